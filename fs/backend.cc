@@ -1,0 +1,472 @@
+#include "fs/backend.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/syscall.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+namespace nasfs {
+
+const char* RoleName(Role r) { return r == Role::kMaster ? "master" : "backup"; }
+
+const char* StateName(BackendState s) {
+  switch (s) {
+    case BackendState::kHealthy: return "healthy";
+    case BackendState::kSyncing: return "syncing";
+    case BackendState::kDown: return "down";
+  }
+  return "unknown";
+}
+
+std::string JoinPath(const std::string& dir, const std::string& name) {
+  return dir.empty() ? name : dir + "/" + name;
+}
+
+bool IsFaultErrno(int e) {
+  switch (e) {
+    case EIO: case ENOTCONN: case ESTALE: case ETIMEDOUT: case EHOSTDOWN: case EHOSTUNREACH:
+    case ENODEV: case ENXIO: case ESHUTDOWN: case ECONNABORTED: case ECONNRESET: case ENETDOWN:
+    case ENETUNREACH: case ECANCELED:
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::string NowIso8601() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  struct tm tm;
+  gmtime_r(&ts.tv_sec, &tm);
+  char buf[64];
+  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  return fmt::format("{}.{:03d}Z", buf, ts.tv_nsec / 1000000);
+}
+
+namespace {
+
+std::string ProcPath(int fd) { return fmt::format("/proc/self/fd/{}", fd); }
+
+int Errno() { return errno ? errno : EIO; }
+
+// Full-length pwrite: a short write is retried, never reported as success.
+int WriteAll(int fd, const char* p, size_t n, off_t off) {
+  while (n > 0) {
+    ssize_t w = pwrite(fd, p, n, off);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return Errno();
+    }
+    if (w == 0) return EIO;
+    p += w;
+    n -= static_cast<size_t>(w);
+    off += w;
+  }
+  return 0;
+}
+
+}  // namespace
+
+Backend::Backend(Role role, std::string path, int threads, std::chrono::milliseconds io_timeout)
+    : role_(role),
+      path_(std::move(path)),
+      io_timeout_(io_timeout),
+      pool_(RoleName(role), threads, /*max_queue=*/static_cast<size_t>(threads) * 64),
+      state_since_(NowIso8601()) {}
+
+Result<void> Backend::OpenRoot() {
+  int fd = open(path_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrFromErrno();
+  root_.reset(fd);
+  return {};
+}
+
+void Backend::SetState(BackendState s, const std::string& why) {
+  BackendState old = state_.exchange(s, std::memory_order_acq_rel);
+  if (old == s) return;
+  {
+    std::lock_guard lk(status_mu_);
+    state_since_ = NowIso8601();
+  }
+  spdlog::get("health")->info("{} {}: {} -> {} ({})", name(), path_, StateName(old), StateName(s),
+                              why);
+}
+
+int Backend::Run(WorkerPool::Fn fn) {
+  int r = pool_.Run(std::move(fn), Deadline());
+  Account(r);
+  return r;
+}
+
+std::shared_ptr<Call> Backend::Submit(WorkerPool::Fn fn, Clock::time_point deadline) {
+  return pool_.Submit(std::move(fn), deadline);
+}
+
+void Backend::Account(int r) {
+  ops_.fetch_add(1, std::memory_order_relaxed);
+  if (r == ETIMEDOUT) timeouts_.fetch_add(1, std::memory_order_relaxed);
+  if (IsFaultErrno(r)) {
+    errors_.fetch_add(1, std::memory_order_relaxed);
+    std::lock_guard lk(status_mu_);
+    last_error_ = fmt::format("{} at {}", std::strerror(r), NowIso8601());
+  }
+}
+
+nlohmann::json Backend::Status() const {
+  nlohmann::json j;
+  j["role"] = name();
+  j["path"] = path_;
+  j["state"] = StateName(state());
+  {
+    std::lock_guard lk(status_mu_);
+    j["state_since"] = state_since_;
+    j["last_error"] = last_error_.empty() ? nlohmann::json(nullptr) : nlohmann::json(last_error_);
+  }
+  j["ops"] = ops_.load();
+  j["errors"] = errors_.load();
+  j["timeouts"] = timeouts_.load();
+  j["in_flight"] = pool_.InFlight();
+  return j;
+}
+
+Result<UniqueFd> Backend::OpenBeneath(const std::string& rel, int flags, mode_t mode) const {
+  struct open_how how {};
+  how.flags = static_cast<uint64_t>(flags | O_CLOEXEC);
+  how.mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
+  const char* p = rel.empty() ? "." : rel.c_str();
+  for (int attempt = 0;; ++attempt) {
+    long fd = syscall(SYS_openat2, root_.get(), p, &how, sizeof how);
+    if (fd >= 0) return UniqueFd(static_cast<int>(fd));
+    // EAGAIN: a concurrent rename raced the confined walk; the kernel asks
+    // us to retry rather than risk an escape.
+    if ((errno == EAGAIN || errno == EINTR) && attempt < 8) continue;
+    return ErrFromErrno();
+  }
+}
+
+Result<UniqueFd> Backend::OpenParent(const std::string& rel, std::string* name) const {
+  auto slash = rel.rfind('/');
+  if (slash == std::string::npos) {
+    *name = rel.empty() ? "." : rel;
+    return OpenBeneath("", O_PATH | O_DIRECTORY);
+  }
+  *name = rel.substr(slash + 1);
+  return OpenBeneath(rel.substr(0, slash), O_PATH | O_DIRECTORY);
+}
+
+int Backend::Stat(const std::string& rel, struct stat* st) const {
+  auto fd = OpenBeneath(rel, O_PATH | O_NOFOLLOW);
+  if (!fd) return fd.error();
+  return fstat(fd->get(), st) == 0 ? 0 : Errno();
+}
+
+int Backend::ReadLink(const std::string& rel, std::string* target) const {
+  auto fd = OpenBeneath(rel, O_PATH | O_NOFOLLOW);
+  if (!fd) return fd.error();
+  char buf[PATH_MAX + 1];
+  ssize_t n = readlinkat(fd->get(), "", buf, sizeof buf);
+  if (n < 0) return Errno();
+  if (n > PATH_MAX) return ENAMETOOLONG;
+  target->assign(buf, static_cast<size_t>(n));
+  return 0;
+}
+
+int Backend::ReadDir(const std::string& rel, std::vector<DirEntry>* out) const {
+  auto fd = OpenBeneath(rel, O_RDONLY | O_DIRECTORY | O_NOATIME);
+  if (!fd) return fd.error();
+  DIR* d = fdopendir(fd->get());
+  if (!d) return Errno();
+  fd->release();
+  out->clear();
+  errno = 0;
+  while (struct dirent* e = readdir(d)) {
+    out->push_back(DirEntry{e->d_name, e->d_type});
+    errno = 0;
+  }
+  int err = errno;
+  closedir(d);
+  return err;
+}
+
+int Backend::StatChildren(const std::string& rel, const std::vector<std::string>& names,
+                          std::vector<struct stat>* out) const {
+  auto fd = OpenBeneath(rel, O_PATH | O_DIRECTORY);
+  if (!fd) return fd.error();
+  out->assign(names.size(), {});
+  for (size_t i = 0; i < names.size(); ++i)
+    if (fstatat(fd->get(), names[i].c_str(), &(*out)[i], AT_SYMLINK_NOFOLLOW) != 0)
+      (*out)[i].st_ino = 0;
+  return 0;
+}
+
+int Backend::Read(const std::string& rel, off_t off, size_t size, std::string* out) const {
+  auto fd = OpenBeneath(rel, O_RDONLY | O_NOFOLLOW | O_NOATIME);
+  if (!fd) return fd.error();
+  out->resize(size);
+  size_t got = 0;
+  while (got < size) {
+    ssize_t n = pread(fd->get(), out->data() + got, size - got, off + static_cast<off_t>(got));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Errno();
+    }
+    if (n == 0) break;  // end of file: the only short read
+    got += static_cast<size_t>(n);
+  }
+  out->resize(got);
+  return 0;
+}
+
+int Backend::Write(const std::string& rel, off_t off, const std::string& data,
+                   const timespec& t) const {
+  auto fd = OpenBeneath(rel, O_WRONLY | O_NOFOLLOW);
+  if (!fd) return fd.error();
+  if (int e = WriteAll(fd->get(), data.data(), data.size(), off)) return e;
+  const timespec times[2] = {{0, UTIME_OMIT}, t};
+  return futimens(fd->get(), times) == 0 ? 0 : Errno();
+}
+
+// Gives a new entry its owner, keeps set-id bits chown cleared, stamps t on
+// it and its parent, and stats it.
+int Backend::FinishNew(int pfd, const std::string& name, const Caller& who, mode_t mode,
+                       const timespec& t, struct stat* st) const {
+  struct stat parent;
+  if (fstat(pfd, &parent) != 0) return Errno();
+  // In a set-group-ID directory the new entry already has the directory's group.
+  gid_t gid = (parent.st_mode & S_ISGID) ? static_cast<gid_t>(-1) : who.gid;
+  if (fchownat(pfd, name.c_str(), who.uid, gid, AT_SYMLINK_NOFOLLOW) != 0) return Errno();
+  if (S_ISREG(mode) && (mode & (S_ISUID | S_ISGID)) &&
+      fchmodat(pfd, name.c_str(), mode & 07777, 0) != 0)
+    return Errno();
+  const timespec times[2] = {t, t};
+  if (utimensat(pfd, name.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0) return Errno();
+  const timespec ptimes[2] = {{0, UTIME_OMIT}, t};
+  if (utimensat(pfd, ".", ptimes, 0) != 0) return Errno();
+  return fstatat(pfd, name.c_str(), st, AT_SYMLINK_NOFOLLOW) == 0 ? 0 : Errno();
+}
+
+int Backend::Create(const std::string& rel, int flags, mode_t mode, const Caller& who,
+                    const timespec& t, struct stat* st) const {
+  std::string name;
+  auto pfd = OpenParent(rel, &name);
+  if (!pfd) return pfd.error();
+  int fd = openat(pfd->get(), name.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC,
+                  mode & 07777);
+  if (fd >= 0) {
+    UniqueFd f(fd);
+    return FinishNew(pfd->get(), name, who, S_IFREG | mode, t, st);
+  }
+  if (errno != EEXIST || (flags & O_EXCL)) return Errno();
+  // Another web server created it between our lookup and now: open it as
+  // open(2) without O_EXCL would.
+  UniqueFd f(openat(pfd->get(), name.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!f) return Errno();
+  if (flags & O_TRUNC) {
+    if (ftruncate(f.get(), 0) != 0) return Errno();
+    const timespec times[2] = {{0, UTIME_OMIT}, t};
+    if (futimens(f.get(), times) != 0) return Errno();
+  }
+  return fstat(f.get(), st) == 0 ? 0 : Errno();
+}
+
+int Backend::Mknod(const std::string& rel, mode_t mode, dev_t rdev, const Caller& who,
+                   const timespec& t, struct stat* st) const {
+  std::string name;
+  auto pfd = OpenParent(rel, &name);
+  if (!pfd) return pfd.error();
+  if (mknodat(pfd->get(), name.c_str(), mode, rdev) != 0) return Errno();
+  return FinishNew(pfd->get(), name, who, mode, t, st);
+}
+
+int Backend::Mkdir(const std::string& rel, mode_t mode, const Caller& who, const timespec& t,
+                   struct stat* st) const {
+  std::string name;
+  auto pfd = OpenParent(rel, &name);
+  if (!pfd) return pfd.error();
+  if (mkdirat(pfd->get(), name.c_str(), mode & 07777) != 0) return Errno();
+  return FinishNew(pfd->get(), name, who, S_IFDIR | mode, t, st);
+}
+
+int Backend::Symlink(const std::string& target, const std::string& rel, const Caller& who,
+                     const timespec& t, struct stat* st) const {
+  std::string name;
+  auto pfd = OpenParent(rel, &name);
+  if (!pfd) return pfd.error();
+  if (symlinkat(target.c_str(), pfd->get(), name.c_str()) != 0) return Errno();
+  return FinishNew(pfd->get(), name, who, S_IFLNK | 0777, t, st);
+}
+
+int Backend::Link(const std::string& old_rel, const std::string& new_rel, const timespec& t,
+                  struct stat* st) const {
+  auto ofd = OpenBeneath(old_rel, O_PATH | O_NOFOLLOW);
+  if (!ofd) return ofd.error();
+  std::string name;
+  auto pfd = OpenParent(new_rel, &name);
+  if (!pfd) return pfd.error();
+  if (linkat(ofd->get(), "", pfd->get(), name.c_str(), AT_EMPTY_PATH) != 0) return Errno();
+  const timespec ptimes[2] = {{0, UTIME_OMIT}, t};
+  if (utimensat(pfd->get(), ".", ptimes, 0) != 0) return Errno();
+  return fstat(ofd->get(), st) == 0 ? 0 : Errno();
+}
+
+int Backend::TouchParent(const std::string& rel, const timespec& t) const {
+  std::string name;
+  auto pfd = OpenParent(rel, &name);
+  if (!pfd) return pfd.error();
+  const timespec ptimes[2] = {{0, UTIME_OMIT}, t};
+  return utimensat(pfd->get(), ".", ptimes, 0) == 0 ? 0 : Errno();
+}
+
+int Backend::Unlink(const std::string& rel, const timespec& t) const {
+  std::string name;
+  auto pfd = OpenParent(rel, &name);
+  if (!pfd) return pfd.error();
+  if (unlinkat(pfd->get(), name.c_str(), 0) != 0) return Errno();
+  const timespec ptimes[2] = {{0, UTIME_OMIT}, t};
+  return utimensat(pfd->get(), ".", ptimes, 0) == 0 ? 0 : Errno();
+}
+
+int Backend::Rmdir(const std::string& rel, const timespec& t) const {
+  std::string name;
+  auto pfd = OpenParent(rel, &name);
+  if (!pfd) return pfd.error();
+  if (unlinkat(pfd->get(), name.c_str(), AT_REMOVEDIR) != 0) return Errno();
+  const timespec ptimes[2] = {{0, UTIME_OMIT}, t};
+  return utimensat(pfd->get(), ".", ptimes, 0) == 0 ? 0 : Errno();
+}
+
+int Backend::Rename(const std::string& old_rel, const std::string& new_rel, unsigned flags,
+                    const timespec& t) const {
+  std::string oname, nname;
+  auto opfd = OpenParent(old_rel, &oname);
+  if (!opfd) return opfd.error();
+  auto npfd = OpenParent(new_rel, &nname);
+  if (!npfd) return npfd.error();
+  if (renameat2(opfd->get(), oname.c_str(), npfd->get(), nname.c_str(), flags) != 0)
+    return Errno();
+  const timespec ptimes[2] = {{0, UTIME_OMIT}, t};
+  if (utimensat(opfd->get(), ".", ptimes, 0) != 0) return Errno();
+  return utimensat(npfd->get(), ".", ptimes, 0) == 0 ? 0 : Errno();
+}
+
+int Backend::SetAttr(const std::string& rel, const SetAttrArgs& a, struct stat* st) const {
+  auto fd = OpenBeneath(rel, O_PATH | O_NOFOLLOW);
+  if (!fd) return fd.error();
+  struct stat cur;
+  if (fstat(fd->get(), &cur) != 0) return Errno();
+  bool is_link = S_ISLNK(cur.st_mode);
+  // chown before chmod: chown clears set-id bits, an explicit mode wins.
+  if ((a.set_uid || a.set_gid) &&
+      fchownat(fd->get(), "", a.set_uid ? a.uid : static_cast<uid_t>(-1),
+               a.set_gid ? a.gid : static_cast<gid_t>(-1), AT_EMPTY_PATH) != 0)
+    return Errno();
+  // chmod and truncate through the O_PATH fd's /proc link: it names exactly
+  // the inode we resolved beneath the root, never a path that could be
+  // swapped for a symlink meanwhile.
+  if (a.set_mode) {
+    if (is_link) return EOPNOTSUPP;
+    if (chmod(ProcPath(fd->get()).c_str(), a.mode & 07777) != 0) return Errno();
+  }
+  if (a.set_size) {
+    if (!S_ISREG(cur.st_mode)) return S_ISDIR(cur.st_mode) ? EISDIR : EINVAL;
+    if (truncate(ProcPath(fd->get()).c_str(), a.size) != 0) return Errno();
+  }
+  if (a.set_atime || a.set_mtime) {
+    const timespec times[2] = {a.set_atime ? a.atime : timespec{0, UTIME_OMIT},
+                               a.set_mtime ? a.mtime : timespec{0, UTIME_OMIT}};
+    if (rel.empty()) {
+      if (utimensat(root_.get(), ".", times, 0) != 0) return Errno();
+    } else {
+      std::string name;
+      auto pfd = OpenParent(rel, &name);
+      if (!pfd) return pfd.error();
+      if (utimensat(pfd->get(), name.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0) return Errno();
+    }
+  }
+  return fstat(fd->get(), st) == 0 ? 0 : Errno();
+}
+
+int Backend::Fallocate(const std::string& rel, int mode, off_t off, off_t len,
+                       const timespec& t) const {
+  auto fd = OpenBeneath(rel, O_WRONLY | O_NOFOLLOW);
+  if (!fd) return fd.error();
+  if (fallocate(fd->get(), mode, off, len) != 0) return Errno();
+  const timespec times[2] = {{0, UTIME_OMIT}, t};
+  return futimens(fd->get(), times) == 0 ? 0 : Errno();
+}
+
+int Backend::Fsync(const std::string& rel, bool datasync) const {
+  auto fd = OpenBeneath(rel, O_RDONLY | O_NOFOLLOW);
+  if (!fd) return fd.error();
+  int r = datasync ? fdatasync(fd->get()) : fsync(fd->get());
+  return r == 0 ? 0 : Errno();
+}
+
+int Backend::StatFs(struct statvfs* out) const {
+  return fstatvfs(root_.get(), out) == 0 ? 0 : Errno();
+}
+
+int Backend::GetXattr(const std::string& rel, const std::string& name, size_t size,
+                      std::string* out) const {
+  auto fd = OpenBeneath(rel, O_PATH | O_NOFOLLOW);
+  if (!fd) return fd.error();
+  struct stat st;
+  if (fstat(fd->get(), &st) != 0) return Errno();
+  if (S_ISLNK(st.st_mode)) return ENODATA;
+  out->resize(size);
+  ssize_t n = getxattr(ProcPath(fd->get()).c_str(), name.c_str(), size ? out->data() : nullptr, size);
+  if (n < 0) return Errno();
+  out->resize(size ? static_cast<size_t>(n) : 0);
+  if (!size) out->assign(std::to_string(n));  // the size query's answer
+  return 0;
+}
+
+int Backend::ListXattr(const std::string& rel, size_t size, std::string* out) const {
+  auto fd = OpenBeneath(rel, O_PATH | O_NOFOLLOW);
+  if (!fd) return fd.error();
+  struct stat st;
+  if (fstat(fd->get(), &st) != 0) return Errno();
+  if (S_ISLNK(st.st_mode)) {
+    out->assign(size ? "" : "0");
+    return 0;
+  }
+  out->resize(size);
+  ssize_t n = listxattr(ProcPath(fd->get()).c_str(), size ? out->data() : nullptr, size);
+  if (n < 0) return Errno();
+  out->resize(size ? static_cast<size_t>(n) : 0);
+  if (!size) out->assign(std::to_string(n));
+  return 0;
+}
+
+int Backend::SetXattr(const std::string& rel, const std::string& name, const std::string& value,
+                      int flags) const {
+  auto fd = OpenBeneath(rel, O_PATH | O_NOFOLLOW);
+  if (!fd) return fd.error();
+  struct stat st;
+  if (fstat(fd->get(), &st) != 0) return Errno();
+  if (S_ISLNK(st.st_mode)) return EPERM;
+  return setxattr(ProcPath(fd->get()).c_str(), name.c_str(), value.data(), value.size(), flags) == 0
+             ? 0
+             : Errno();
+}
+
+int Backend::RemoveXattr(const std::string& rel, const std::string& name) const {
+  auto fd = OpenBeneath(rel, O_PATH | O_NOFOLLOW);
+  if (!fd) return fd.error();
+  struct stat st;
+  if (fstat(fd->get(), &st) != 0) return Errno();
+  if (S_ISLNK(st.st_mode)) return EPERM;
+  return removexattr(ProcPath(fd->get()).c_str(), name.c_str()) == 0 ? 0 : Errno();
+}
+
+}  // namespace nasfs

@@ -1,0 +1,166 @@
+// One NAS: its root, its role, its state, and the syscalls nasfs makes on it.
+//
+// Confinement: every access starts from root_fd_ and resolves with openat2
+// RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS |
+// RESOLVE_NO_XDEV. The kernel resolves symlinks seen through the mount
+// itself, so the daemon never needs to follow one on a NAS: a path that meets
+// a symlink in the middle (a directory swapped for a link on the NAS behind
+// our back) fails with ELOOP instead of escaping. The last component is then
+// acted on relative to its confined parent with *at() calls that do not
+// follow it.
+//
+// The syscall methods (Stat, Write, Mkdir, ...) block; they are meant to run
+// on this backend's WorkerPool, through Run(). They return 0 or a positive
+// errno. Paths are relative to the NAS root, without a leading '/', and ""
+// is the root itself.
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "fs/common.h"
+#include "fs/worker_pool.h"
+
+namespace nasfs {
+
+enum class Role { kMaster, kBackup };
+const char* RoleName(Role r);
+
+enum class BackendState {
+  kHealthy,  // serves reads and takes writes
+  kSyncing,  // target of a background copy: takes covered writes, serves no reads
+  kDown,     // not used (from issue 3 on: failed probes or in-band faults)
+};
+const char* StateName(BackendState s);
+
+// nasfs's own directory at the top of each NAS, invisible through the mount.
+inline constexpr const char* kMetaDir = ".nasfs";
+
+struct DirEntry {
+  std::string name;
+  unsigned char type;  // DT_*
+};
+
+// What SETATTR changes, resolved (UTIME_NOW already replaced by the mirror's
+// timestamp so both NAS get the same value).
+struct SetAttrArgs {
+  bool set_mode = false, set_uid = false, set_gid = false, set_size = false;
+  bool set_atime = false, set_mtime = false;
+  mode_t mode = 0;
+  uid_t uid = static_cast<uid_t>(-1);
+  gid_t gid = static_cast<gid_t>(-1);
+  off_t size = 0;
+  timespec atime{}, mtime{};
+};
+
+// Who asks: new files get this owner.
+struct Caller {
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+class Backend {
+ public:
+  Backend(Role role, std::string path, int threads, std::chrono::milliseconds io_timeout);
+  Backend(const Backend&) = delete;
+  Backend& operator=(const Backend&) = delete;
+
+  // Starts the worker threads (after daemonizing).
+  void Start() { pool_.Start(); }
+
+  // Opens the root. Fails if it is not a directory.
+  [[nodiscard]] Result<void> OpenRoot();
+
+  Role role() const { return role_; }
+  const char* name() const { return RoleName(role_); }
+  const std::string& path() const { return path_; }
+  int root_fd() const { return root_.get(); }
+
+  BackendState state() const { return state_.load(std::memory_order_acquire); }
+  void SetState(BackendState s, const std::string& why);
+
+  // Runs fn on this NAS's workers under the io_timeout deadline, and counts it.
+  int Run(WorkerPool::Fn fn);
+  std::shared_ptr<Call> Submit(WorkerPool::Fn fn, Clock::time_point deadline);
+  Clock::time_point Deadline() const { return Clock::now() + io_timeout_; }
+  // Records the outcome of a call made through Submit.
+  void Account(int result);
+
+  nlohmann::json Status() const;
+
+  // ---- confined path resolution ----
+  [[nodiscard]] Result<UniqueFd> OpenBeneath(const std::string& rel, int flags, mode_t mode = 0) const;
+  // O_PATH fd of rel's parent directory; *name gets the last component.
+  [[nodiscard]] Result<UniqueFd> OpenParent(const std::string& rel, std::string* name) const;
+
+  // ---- syscalls (blocking; run them on the pool) ----
+  int Stat(const std::string& rel, struct stat* st) const;
+  int ReadLink(const std::string& rel, std::string* target) const;
+  int ReadDir(const std::string& rel, std::vector<DirEntry>* out) const;
+  // stats each of names inside directory rel; missing ones get st_ino 0.
+  int StatChildren(const std::string& rel, const std::vector<std::string>& names,
+                   std::vector<struct stat>* out) const;
+  // Reads up to size bytes; short only at end of file.
+  int Read(const std::string& rel, off_t off, size_t size, std::string* out) const;
+  int Write(const std::string& rel, off_t off, const std::string& data, const timespec& t) const;
+  int Create(const std::string& rel, int flags, mode_t mode, const Caller& who, const timespec& t,
+             struct stat* st) const;
+  int Mknod(const std::string& rel, mode_t mode, dev_t rdev, const Caller& who, const timespec& t,
+            struct stat* st) const;
+  int Mkdir(const std::string& rel, mode_t mode, const Caller& who, const timespec& t,
+            struct stat* st) const;
+  int Symlink(const std::string& target, const std::string& rel, const Caller& who,
+              const timespec& t, struct stat* st) const;
+  int Link(const std::string& old_rel, const std::string& new_rel, const timespec& t,
+           struct stat* st) const;
+  int Unlink(const std::string& rel, const timespec& t) const;
+  int Rmdir(const std::string& rel, const timespec& t) const;
+  int Rename(const std::string& old_rel, const std::string& new_rel, unsigned flags,
+             const timespec& t) const;
+  int SetAttr(const std::string& rel, const SetAttrArgs& a, struct stat* st) const;
+  int Fallocate(const std::string& rel, int mode, off_t off, off_t len, const timespec& t) const;
+  int Fsync(const std::string& rel, bool datasync) const;
+  int StatFs(struct statvfs* out) const;
+  int GetXattr(const std::string& rel, const std::string& name, size_t size, std::string* out) const;
+  int ListXattr(const std::string& rel, size_t size, std::string* out) const;
+  int SetXattr(const std::string& rel, const std::string& name, const std::string& value,
+               int flags) const;
+  int RemoveXattr(const std::string& rel, const std::string& name) const;
+  // Sets the mtime of rel's parent directory (namespace changes move it).
+  int TouchParent(const std::string& rel, const timespec& t) const;
+
+ private:
+  int FinishNew(int parent_fd, const std::string& name, const Caller& who, mode_t mode,
+                const timespec& t, struct stat* st) const;
+
+  const Role role_;
+  const std::string path_;
+  const std::chrono::milliseconds io_timeout_;
+  UniqueFd root_;
+  WorkerPool pool_;
+
+  std::atomic<BackendState> state_{BackendState::kHealthy};
+  mutable std::mutex status_mu_;
+  std::string state_since_;  // guarded by status_mu_
+  std::string last_error_;   // guarded by status_mu_
+  std::atomic<uint64_t> ops_{0}, errors_{0}, timeouts_{0};
+};
+
+// "a/b" + "c" -> "a/b/c"; "" + "c" -> "c".
+std::string JoinPath(const std::string& dir, const std::string& name);
+// Whether an errno means the NAS itself is sick rather than the request wrong.
+bool IsFaultErrno(int e);
+// UTC now as ISO 8601.
+std::string NowIso8601();
+
+}  // namespace nasfs

@@ -1,0 +1,192 @@
+#include "fs/identity.h"
+
+#include <fcntl.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+namespace nasfs {
+namespace {
+
+std::string Short(const std::string& id) { return id.substr(0, 8); }
+
+tl::expected<std::string, int> ReadSmallFile(const Backend& nas, const std::string& rel) {
+  auto fd = nas.OpenBeneath(rel, O_RDONLY | O_NOFOLLOW);
+  if (!fd) return tl::unexpected(fd.error());
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(fd->get(), buf, sizeof buf);
+    if (n < 0) return tl::unexpected(errno);
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+    if (out.size() > (1 << 20)) return tl::unexpected(EFBIG);
+  }
+  return out;
+}
+
+// Writes .nasfs/<name> durably: temp file, fsync, rename, fsync of .nasfs.
+tl::expected<void, std::string> WriteMetaFile(const Backend& nas, const std::string& name,
+                                              const std::string& content) {
+  if (mkdirat(nas.root_fd(), kMetaDir, 0700) != 0 && errno != EEXIST)
+    return tl::unexpected(fmt::format("cannot create {}/{}: {}", nas.path(), kMetaDir, std::strerror(errno)));
+  auto dir = nas.OpenBeneath(kMetaDir, O_RDONLY | O_DIRECTORY);
+  if (!dir)
+    return tl::unexpected(fmt::format("cannot open {}/{}: {}", nas.path(), kMetaDir, std::strerror(dir.error())));
+  std::string tmp = name + ".tmp";
+  UniqueFd f(openat(dir->get(), tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
+  auto fail = [&](const char* what) {
+    return tl::unexpected(fmt::format("cannot {} {}/{}/{}: {}", what, nas.path(), kMetaDir, name, std::strerror(errno)));
+  };
+  if (!f) return fail("create");
+  if (write(f.get(), content.data(), content.size()) != static_cast<ssize_t>(content.size())) return fail("write");
+  if (fsync(f.get()) != 0) return fail("fsync");
+  if (renameat(dir->get(), tmp.c_str(), dir->get(), name.c_str()) != 0) return fail("rename");
+  if (fsync(dir->get()) != 0) return fail("fsync directory of");
+  return {};
+}
+
+}  // namespace
+
+std::string NewPairId() {
+  unsigned char b[16];
+  if (getrandom(b, sizeof b, 0) != sizeof b) abort();  // no entropy: nothing sane to do
+  std::string s;
+  for (unsigned char c : b) s += fmt::format("{:02x}", c);
+  return s;
+}
+
+tl::expected<SideFacts, std::string> ReadSideFacts(const Backend& nas) {
+  SideFacts f;
+  auto id = ReadSmallFile(nas, std::string(kMetaDir) + "/" + kIdentityFile);
+  if (id) {
+    auto j = nlohmann::json::parse(*id, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("pair_id") || !j["pair_id"].is_string() ||
+        !j.contains("role") || !j["role"].is_string() ||
+        (j["role"] != "master" && j["role"] != "backup"))
+      return tl::unexpected(fmt::format("{}/{}/{} is damaged; refusing to guess which pair {} belongs to",
+                                        nas.path(), kMetaDir, kIdentityFile, nas.path()));
+    Marker m;
+    m.pair_id = j["pair_id"].get<std::string>();
+    m.role = j["role"] == "master" ? Role::kMaster : Role::kBackup;
+    m.created = j.value("created", "");
+    f.marker = m;
+  } else if (id.error() != ENOENT) {
+    return tl::unexpected(fmt::format("cannot read the identity marker of {}: {}", nas.path(),
+                                      std::strerror(id.error())));
+  }
+  f.sync_pending = static_cast<bool>(ReadSmallFile(nas, std::string(kMetaDir) + "/" + kSyncFile));
+  std::vector<DirEntry> entries;
+  if (int e = nas.ReadDir("", &entries))
+    return tl::unexpected(fmt::format("cannot list {}: {}", nas.path(), std::strerror(e)));
+  for (const auto& e : entries)
+    if (e.name != "." && e.name != ".." && e.name != kMetaDir && e.name != "lost+found") {
+      f.empty = false;
+      break;
+    }
+  return f;
+}
+
+tl::expected<PairingPlan, std::string> DecidePairing(const SideFacts& m, const SideFacts& b,
+                                                     const std::string& source,
+                                                     const std::string& mp, const std::string& bp) {
+  PairingPlan p;
+  // A resumed copy continues in its direction whatever else holds.
+  if (m.marker && b.marker) {
+    if (m.marker->pair_id != b.marker->pair_id)
+      return tl::unexpected(fmt::format(
+          "{} (pair {}) and {} (pair {}) belong to different nasfs pairs; refusing to mix them", mp,
+          Short(m.marker->pair_id), bp, Short(b.marker->pair_id)));
+    if (m.marker->role != Role::kMaster || b.marker->role != Role::kBackup)
+      return tl::unexpected(fmt::format(
+          "{} is marked {} and {} is marked {}: MASTER:BACKUP given in the wrong order?", mp,
+          RoleName(m.marker->role), bp, RoleName(b.marker->role)));
+    p.pair_id = m.marker->pair_id;
+    if (b.sync_pending) p.copy_from = Role::kMaster;
+    else if (m.sync_pending) p.copy_from = Role::kBackup;
+    p.displace = false;
+    return p;
+  }
+  if (m.marker && !b.marker) {
+    if (m.marker->role != Role::kMaster)
+      return tl::unexpected(fmt::format("{} is marked backup, not master", mp));
+    if (source != "master")
+      return tl::unexpected(fmt::format(
+          "{} has no nasfs marker but {} belongs to pair {}: the backup looks unmounted or new. "
+          "Mount the NAS there, or to adopt it as a new backup mount once with -o source=master",
+          bp, mp, Short(m.marker->pair_id)));
+    p.pair_id = m.marker->pair_id;
+    p.write_backup_marker = true;
+    p.copy_from = Role::kMaster;
+    p.displace = !b.empty;
+    return p;
+  }
+  if (!m.marker && b.marker) {
+    if (b.marker->role != Role::kBackup)
+      return tl::unexpected(fmt::format("{} is marked master, not backup", bp));
+    if (source != "backup")
+      return tl::unexpected(fmt::format(
+          "{} has no nasfs marker but {} belongs to pair {}: the master looks unmounted or new. "
+          "Mount the NAS there, or to adopt it as a new master mount once with -o source=backup",
+          mp, bp, Short(b.marker->pair_id)));
+    p.pair_id = b.marker->pair_id;
+    p.write_master_marker = true;
+    p.copy_from = Role::kBackup;
+    p.displace = !m.empty;
+    return p;
+  }
+  // Never paired.
+  p.pair_id = NewPairId();
+  p.write_master_marker = p.write_backup_marker = true;
+  if (source == "master" || (source.empty() && b.empty)) {
+    if (source.empty() && m.empty) return p;  // two empty volumes: nothing to copy
+    p.copy_from = Role::kMaster;
+    p.displace = !b.empty;
+    return p;
+  }
+  if (source == "backup") {
+    p.copy_from = Role::kBackup;
+    p.displace = !m.empty;
+    return p;
+  }
+  if (m.empty)
+    return tl::unexpected(fmt::format(
+        "{} is empty but {} holds data, and they were never paired: mount with -o source=backup to "
+        "copy the backup onto the master",
+        mp, bp));
+  return tl::unexpected(fmt::format(
+      "{} and {} both hold data and were never paired: mount with -o source=master or "
+      "-o source=backup to say which to copy onto the other (what it would overwrite or delete is "
+      "kept under .nasfs/displaced/)",
+      mp, bp));
+}
+
+tl::expected<void, std::string> WriteMarker(const Backend& nas, const Marker& m) {
+  nlohmann::json j = {{"format", 1}, {"pair_id", m.pair_id}, {"role", RoleName(m.role)},
+                      {"created", m.created.empty() ? NowIso8601() : m.created}};
+  return WriteMetaFile(nas, kIdentityFile, j.dump() + "\n");
+}
+
+tl::expected<void, std::string> WriteSyncPending(const Backend& target, Role source) {
+  nlohmann::json j = {{"source", RoleName(source)}, {"started", NowIso8601()}};
+  return WriteMetaFile(target, kSyncFile, j.dump() + "\n");
+}
+
+tl::expected<void, std::string> ClearSyncPending(const Backend& target) {
+  auto dir = target.OpenBeneath(kMetaDir, O_RDONLY | O_DIRECTORY);
+  if (!dir) return tl::unexpected(fmt::format("cannot open {}/{}", target.path(), kMetaDir));
+  if (unlinkat(dir->get(), kSyncFile, 0) != 0 && errno != ENOENT)
+    return tl::unexpected(fmt::format("cannot remove {}/{}/{}: {}", target.path(), kMetaDir, kSyncFile,
+                                      std::strerror(errno)));
+  if (fsync(dir->get()) != 0)
+    return tl::unexpected(fmt::format("cannot fsync {}/{}", target.path(), kMetaDir));
+  return {};
+}
+
+}  // namespace nasfs

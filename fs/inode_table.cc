@@ -1,0 +1,158 @@
+#include "fs/inode_table.h"
+
+#include <cassert>
+#include <mutex>
+#include <vector>
+
+namespace nasfs {
+
+InodeTable::InodeTable() {
+  auto root = std::make_unique<Node>();
+  root->ino = FUSE_ROOT_ID;
+  root->nlookup = 1;  // the kernel never forgets the root
+  nodes_.emplace(FUSE_ROOT_ID, std::move(root));
+}
+
+fuse_ino_t InodeTable::Lookup(fuse_ino_t parent, const std::string& name) {
+  std::unique_lock lk(mu_);
+  auto pit = nodes_.find(parent);
+  if (pit == nodes_.end() || (parent != FUSE_ROOT_ID && pit->second->parent == 0)) return 0;
+  auto it = children_.find(Key{parent, name});
+  if (it != children_.end()) {
+    ++nodes_.at(it->second)->nlookup;
+    return it->second;
+  }
+  auto n = std::make_unique<Node>();
+  n->ino = next_ino_++;
+  n->nlookup = 1;
+  Node* raw = n.get();
+  nodes_.emplace(raw->ino, std::move(n));
+  AttachLocked(raw, parent, name);
+  return raw->ino;
+}
+
+void InodeTable::Forget(fuse_ino_t ino, uint64_t n) {
+  std::unique_lock lk(mu_);
+  auto it = nodes_.find(ino);
+  if (it == nodes_.end() || ino == FUSE_ROOT_ID) return;
+  Node* node = it->second.get();
+  node->nlookup = n >= node->nlookup ? 0 : node->nlookup - n;
+  MaybeFreeLocked(node);
+}
+
+std::optional<std::string> InodeTable::PathLocked(fuse_ino_t ino) const {
+  std::vector<const std::string*> parts;
+  while (ino != FUSE_ROOT_ID) {
+    auto it = nodes_.find(ino);
+    if (it == nodes_.end() || it->second->parent == 0) return std::nullopt;
+    parts.push_back(&it->second->name);
+    ino = it->second->parent;
+  }
+  std::string p;
+  for (auto i = parts.rbegin(); i != parts.rend(); ++i) {
+    if (!p.empty()) p += '/';
+    p += **i;
+  }
+  return p;
+}
+
+std::optional<std::string> InodeTable::Path(fuse_ino_t ino) const {
+  std::shared_lock lk(mu_);
+  return PathLocked(ino);
+}
+
+std::optional<std::string> InodeTable::ChildPath(fuse_ino_t parent, const std::string& name) const {
+  std::shared_lock lk(mu_);
+  auto p = PathLocked(parent);
+  if (!p) return std::nullopt;
+  return p->empty() ? name : *p + "/" + name;
+}
+
+void InodeTable::AttachLocked(Node* n, fuse_ino_t parent, const std::string& name) {
+  n->parent = parent;
+  n->name = name;
+  children_[Key{parent, name}] = n->ino;
+  ++nodes_.at(parent)->children;
+}
+
+void InodeTable::DetachLocked(Node* n) {
+  if (n->parent == 0) return;
+  children_.erase(Key{n->parent, n->name});
+  Node* p = nodes_.at(n->parent).get();
+  assert(p->children > 0 && "child count out of step with the tree");
+  --p->children;
+  n->parent = 0;
+  MaybeFreeLocked(p);
+}
+
+void InodeTable::MaybeFreeLocked(Node* n) {
+  if (n->ino == FUSE_ROOT_ID || n->nlookup > 0 || n->children > 0) return;
+  DetachLocked(n);  // may free the parent in turn
+  nodes_.erase(n->ino);
+}
+
+void InodeTable::Remove(fuse_ino_t parent, const std::string& name) {
+  std::unique_lock lk(mu_);
+  auto it = children_.find(Key{parent, name});
+  if (it == children_.end()) return;
+  Node* n = nodes_.at(it->second).get();
+  // Keep the parent alive across the detach of n and the free check of n.
+  DetachLocked(n);
+  MaybeFreeLocked(n);
+}
+
+void InodeTable::Rename(fuse_ino_t parent, const std::string& name, fuse_ino_t new_parent,
+                        const std::string& new_name) {
+  std::unique_lock lk(mu_);
+  auto src = children_.find(Key{parent, name});
+  auto dst = children_.find(Key{new_parent, new_name});
+  Node* target = dst != children_.end() ? nodes_.at(dst->second).get() : nullptr;
+  Node* moved = src != children_.end() ? nodes_.at(src->second).get() : nullptr;
+  if (target == moved) return;
+  if (!nodes_.count(new_parent)) return;
+  // Pin the new parent: detaching the target or the moved node may otherwise
+  // free it before we attach.
+  Node* np = nodes_.at(new_parent).get();
+  ++np->children;
+  if (target) {
+    DetachLocked(target);
+    MaybeFreeLocked(target);
+  }
+  if (moved) {
+    DetachLocked(moved);
+    AttachLocked(moved, new_parent, new_name);
+  }
+  --np->children;
+  MaybeFreeLocked(np);
+}
+
+void InodeTable::Exchange(fuse_ino_t parent, const std::string& name, fuse_ino_t new_parent,
+                          const std::string& new_name) {
+  std::unique_lock lk(mu_);
+  auto a = children_.find(Key{parent, name});
+  auto b = children_.find(Key{new_parent, new_name});
+  Node* na = a != children_.end() ? nodes_.at(a->second).get() : nullptr;
+  Node* nb = b != children_.end() ? nodes_.at(b->second).get() : nullptr;
+  if (!nodes_.count(parent) || !nodes_.count(new_parent)) return;
+  Node* p1 = nodes_.at(parent).get();
+  Node* p2 = nodes_.at(new_parent).get();
+  ++p1->children;
+  ++p2->children;
+  if (na) DetachLocked(na);
+  if (nb) DetachLocked(nb);
+  if (na) AttachLocked(na, new_parent, new_name);
+  if (nb) AttachLocked(nb, parent, name);
+  // Unknown to the table: the kernel will look it up again.
+  if (na && !nb) MaybeFreeLocked(na);
+  --p1->children;
+  --p2->children;
+  MaybeFreeLocked(p1);
+  MaybeFreeLocked(p2);
+}
+
+size_t InodeTable::size() const {
+  std::shared_lock lk(mu_);
+  return nodes_.size();
+}
+
+}  // namespace nasfs

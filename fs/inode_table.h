@@ -1,0 +1,84 @@
+// nasfs's own inode numbers.
+//
+// The two NAS give one file different st_ino, so nasfs numbers files itself:
+// a node is a (parent, name) edge in a tree rooted at FUSE_ROOT_ID, and its
+// number is the same whichever NAS answers. Paths are derived by walking up,
+// so renaming a directory is one update, whatever it holds. Numbers are never
+// reused within a mount's life.
+//
+// A node lives while the kernel holds lookups on it (nlookup > 0) or while
+// it has children in the table, so a path can always be derived for a node
+// the kernel may name. An unlinked node is detached: it has no path, and
+// operations on it get ENOENT.
+//
+// Thread-safe: mu_ guards everything; it is never held across a NAS call.
+#pragma once
+
+#include <fuse_lowlevel.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+
+namespace nasfs {
+
+class InodeTable {
+ public:
+  InodeTable();
+
+  // The node for parent/name, created if new; adds one kernel lookup.
+  // Returns 0 if parent is unknown or detached.
+  fuse_ino_t Lookup(fuse_ino_t parent, const std::string& name);
+  // Drops n kernel lookups; frees the node once nothing refers to it.
+  void Forget(fuse_ino_t ino, uint64_t n);
+
+  // NAS-relative path of ino ("" for the root), or nullopt when unknown or
+  // detached.
+  std::optional<std::string> Path(fuse_ino_t ino) const;
+  std::optional<std::string> ChildPath(fuse_ino_t parent, const std::string& name) const;
+
+  // Mirrors a successful unlink/rmdir: detaches parent/name.
+  void Remove(fuse_ino_t parent, const std::string& name);
+  // Mirrors a successful rename: whatever was at the target is detached.
+  void Rename(fuse_ino_t parent, const std::string& name, fuse_ino_t new_parent,
+              const std::string& new_name);
+  // Mirrors a successful RENAME_EXCHANGE.
+  void Exchange(fuse_ino_t parent, const std::string& name, fuse_ino_t new_parent,
+                const std::string& new_name);
+
+  size_t size() const;
+
+ private:
+  struct Node {
+    fuse_ino_t ino = 0;
+    fuse_ino_t parent = 0;  // 0: detached (unlinked, or replaced by a rename)
+    std::string name;
+    uint64_t nlookup = 0;
+    uint64_t children = 0;  // attached nodes whose parent is this one
+  };
+  struct Key {
+    fuse_ino_t parent;
+    std::string name;
+    bool operator==(const Key&) const = default;
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const noexcept {
+      return std::hash<std::string>()(k.name) ^ (std::hash<uint64_t>()(k.parent) * 0x9e3779b97f4a7c15ULL);
+    }
+  };
+
+  std::optional<std::string> PathLocked(fuse_ino_t ino) const;
+  void DetachLocked(Node* n);
+  void AttachLocked(Node* n, fuse_ino_t parent, const std::string& name);
+  void MaybeFreeLocked(Node* n);
+
+  mutable std::shared_mutex mu_;
+  std::unordered_map<fuse_ino_t, std::unique_ptr<Node>> nodes_;  // guarded by mu_
+  std::unordered_map<Key, fuse_ino_t, KeyHash> children_;         // guarded by mu_
+  fuse_ino_t next_ino_ = FUSE_ROOT_ID + 1;                        // guarded by mu_
+};
+
+}  // namespace nasfs

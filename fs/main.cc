@@ -1,0 +1,165 @@
+// nasfs: wires options, the two NAS, the FUSE session and the control socket.
+//
+// Everything that can fail (options, NAS checks, identity, the control
+// socket, the mount itself) happens before fuse_daemonize(), so `nasfs`
+// (and mount(8) through it) exits non-zero with a reason instead of leaving
+// a half-made mount. Threads start only after daemonizing: fork keeps none.
+#include <fuse_lowlevel.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/sinks/syslog_sink.h>
+#include <spdlog/spdlog.h>
+
+#include "fs/control_protocol.h"
+#include "fs/control_server.h"
+#include "fs/nasfs.h"
+
+namespace {
+
+void SetUpLogging(bool foreground, bool debug) {
+  std::vector<spdlog::sink_ptr> sinks;
+  sinks.push_back(std::make_shared<spdlog::sinks::syslog_sink_mt>("nasfs", LOG_PID, LOG_DAEMON, false));
+  if (foreground) sinks.push_back(std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+  for (const char* name : {"fuse", "health", "journal", "replay", "control", "sync"}) {
+    auto l = std::make_shared<spdlog::logger>(name, sinks.begin(), sinks.end());
+    l->set_level(debug ? spdlog::level::debug : spdlog::level::info);
+    spdlog::register_logger(l);
+  }
+}
+
+// The mount at `path`, if any, as "type" from /proc/self/mountinfo.
+std::string MountedTypeAt(const std::string& path) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line, found;
+  while (std::getline(in, line)) {
+    std::istringstream ss(line);
+    std::string id, parent, devno, root, mp, tok;
+    ss >> id >> parent >> devno >> root >> mp;
+    // mount point uses octal escapes for space, tab, newline and backslash
+    std::string dec;
+    for (size_t i = 0; i < mp.size(); ++i) {
+      if (mp[i] == '\\' && i + 3 < mp.size()) {
+        dec += static_cast<char>(std::stoi(mp.substr(i + 1, 3), nullptr, 8));
+        i += 3;
+      } else {
+        dec += mp[i];
+      }
+    }
+    if (dec != path) continue;
+    while (ss >> tok && tok != "-") {
+    }
+    std::string type;
+    ss >> type;
+    found = type;  // the last one wins: it is the one on top
+  }
+  return found;
+}
+
+std::string EscapeOptValue(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == ',' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+int Fail(const std::string& msg) {
+  std::fprintf(stderr, "nasfs: %s\n", msg.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  auto parsed = nasfs::ParseOptions(argc, argv);
+  if (!parsed) {
+    std::fprintf(stderr, "nasfs: %s\n", parsed.error().c_str());
+    return 2;
+  }
+  nasfs::Options opts = *parsed;
+  if (opts.show_help) {
+    std::fputs(nasfs::UsageText().c_str(), stdout);
+    return 0;
+  }
+  if (opts.show_version) {
+    std::printf("nasfs %s (libfuse %d)\n", NASFS_VERSION, fuse_version());
+    return 0;
+  }
+  if (geteuid() != 0)
+    return Fail("must run as root: it writes files on both NAS as the callers who own them");
+
+  SetUpLogging(opts.foreground, opts.debug);
+  umask(0);  // the kernel already applied the caller's umask to every mode
+
+  if (std::string t = MountedTypeAt(opts.mountpoint); !t.empty() && t.starts_with("fuse"))
+    return Fail("mount point " + opts.mountpoint + " is already mounted (" + t + ")");
+
+  nasfs::Nasfs fs(opts);
+  if (auto r = fs.Prepare(); !r) return Fail(r.error());
+
+  nasfs::control::ControlServer control(opts.control_socket, opts.control_gid, [&fs](const nlohmann::json& req) {
+    std::string cmd = req.value("cmd", "");
+    if (cmd == "status") return fs.Status();
+    return nlohmann::json{{"ok", false}, {"error", "unknown command '" + cmd + "'"}};
+  });
+  if (auto r = control.Listen(); !r) return Fail(r.error());
+
+  std::string mount_opts = "allow_other,default_permissions,subtype=nasfs,fsname=" +
+                           EscapeOptValue(opts.source_spec);
+  for (const auto& o : opts.fuse_mount_opts) mount_opts += "," + o;
+  std::vector<std::string> args_s = {argv[0], "-o", mount_opts};
+  if (opts.debug) args_s.push_back("-d");
+  std::vector<char*> args_v;
+  for (auto& s : args_s) args_v.push_back(s.data());
+  fuse_args args = FUSE_ARGS_INIT(static_cast<int>(args_v.size()), args_v.data());
+
+  const fuse_lowlevel_ops& ops = nasfs::Operations();
+  fuse_session* se = fuse_session_new(&args, &ops, sizeof ops, &fs);
+  if (!se) return Fail("bad FUSE mount option in '" + mount_opts + "' (see nasfs --help)");
+  if (fuse_set_signal_handlers(se) != 0) {
+    fuse_session_destroy(se);
+    return Fail("cannot install signal handlers");
+  }
+  if (fuse_session_mount(se, opts.mountpoint.c_str()) != 0) {
+    fuse_remove_signal_handlers(se);
+    fuse_session_destroy(se);
+    return Fail("cannot mount on " + opts.mountpoint);
+  }
+  // From here the mount exists: the parent returns only after this point.
+  if (fuse_daemonize(opts.foreground) != 0) {
+    fuse_session_unmount(se);
+    fuse_remove_signal_handlers(se);
+    fuse_session_destroy(se);
+    return Fail("cannot daemonize");
+  }
+
+  if (auto r = nasfs::control::WriteRegistry({opts.mountpoint, opts.control_socket, static_cast<long>(getpid())}); !r)
+    spdlog::get("control")->warn("cannot write the registry entry for {}: nasfsctl finds the socket only at its default path",
+                                 opts.mountpoint);
+  control.Start();
+  fs.StartBackground();
+  spdlog::get("fuse")->info("mounted {} on {} (node {}, io_timeout {} ms)", opts.source_spec,
+                            opts.mountpoint, opts.node, opts.io_timeout_ms);
+
+  fuse_loop_config* cfg = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_max_threads(cfg, static_cast<unsigned>(opts.fuse_threads));
+  fuse_loop_cfg_set_idle_threads(cfg, 8);
+  int ret = fuse_session_loop_mt(se, cfg);
+  fuse_loop_cfg_destroy(cfg);
+
+  spdlog::get("fuse")->info("unmounting {}", opts.mountpoint);
+  control.Stop();
+  nasfs::control::RemoveRegistry(opts.mountpoint);
+  fuse_session_unmount(se);
+  fuse_remove_signal_handlers(se);
+  fuse_session_destroy(se);
+  return ret == 0 ? 0 : 1;
+}

@@ -1,0 +1,199 @@
+// Lookup, attributes, statfs, and the operations table.
+#include <spdlog/spdlog.h>
+
+#include "fs/ops.h"
+
+namespace nasfs::ops {
+
+void ReplyNewEntry(fuse_req_t req, fuse_ino_t parent, const char* name, const struct stat& st) {
+  Nasfs& fs = Fs(req);
+  fuse_ino_t ino = fs.inodes().Lookup(parent, name);
+  if (!ino) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  fuse_entry_param e;
+  FillEntry(fs, ino, st, &e);
+  fuse_reply_entry(req, &e);
+}
+
+void Init(void* userdata, fuse_conn_info* conn) {
+  (void)userdata;
+  // Mirrored writes must reach both NAS before the reply: no writeback cache.
+  conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+  // Drop cached pages when a refreshed mtime or size shows the file changed
+  // (another web server wrote it).
+  if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA) conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
+  if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+  if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
+  if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+  // Locks stay local to this web server: a NAS lock would not be seen by the
+  // other server's nasfs either, so pretending otherwise would mislead.
+  conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
+  conn->max_write = 1 << 20;
+  conn->max_readahead = 1 << 20;
+  if (!(conn->capable & FUSE_CAP_NO_OPEN_SUPPORT))
+    spdlog::get("fuse")->warn("kernel lacks no-open support: every open costs a round trip");
+}
+
+int DoLookup(Nasfs& fs, fuse_ino_t parent, const char* name, struct stat* st) {
+  if (IsMetaName(parent, name)) return ENOENT;
+  std::string path;
+  if (int e = ChildPathOf(fs, parent, name, &path)) return e;
+  auto out = std::make_shared<struct stat>();
+  int r = fs.ReadCall([path, out](const Backend& b) { return b.Stat(path, out.get()); });
+  if (r == 0) *st = *out;
+  return r;
+}
+
+void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Nasfs& fs = Fs(req);
+  struct stat st;
+  int r = DoLookup(fs, parent, name, &st);
+  if (r == ENOENT) {
+    // A negative entry: the kernel caches the miss for cache_timeout.
+    fuse_entry_param e{};
+    e.entry_timeout = fs.cache_timeout();
+    fuse_reply_entry(req, &e);
+    return;
+  }
+  if (r) {
+    fuse_reply_err(req, r);
+    return;
+  }
+  ReplyNewEntry(req, parent, name, st);
+}
+
+void Forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  Fs(req).inodes().Forget(ino, nlookup);
+  fuse_reply_none(req);
+}
+
+void ForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  for (size_t i = 0; i < count; ++i) Fs(req).inodes().Forget(forgets[i].ino, forgets[i].nlookup);
+  fuse_reply_none(req);
+}
+
+int DoGetAttr(Nasfs& fs, fuse_ino_t ino, struct stat* st) {
+  std::string path;
+  if (int e = PathOf(fs, ino, &path)) return e;
+  auto out = std::make_shared<struct stat>();
+  int r = fs.ReadCall([path, out](const Backend& b) { return b.Stat(path, out.get()); });
+  if (r == 0) {
+    *st = *out;
+    st->st_ino = ino;
+  }
+  return r;
+}
+
+void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  (void)fi;
+  Nasfs& fs = Fs(req);
+  struct stat st;
+  if (int r = DoGetAttr(fs, ino, &st)) {
+    fuse_reply_err(req, r);
+    return;
+  }
+  fuse_reply_attr(req, &st, AttrTimeout(fs, st));
+}
+
+int DoSetAttr(Nasfs& fs, fuse_ino_t ino, const struct stat& attr, int to_set, struct stat* st) {
+  std::string path;
+  if (int e = PathOf(fs, ino, &path)) return e;
+  timespec now = Mirror::Now();
+  SetAttrArgs a;
+  a.set_mode = to_set & FUSE_SET_ATTR_MODE;
+  a.mode = attr.st_mode;
+  a.set_uid = to_set & FUSE_SET_ATTR_UID;
+  a.uid = attr.st_uid;
+  a.set_gid = to_set & FUSE_SET_ATTR_GID;
+  a.gid = attr.st_gid;
+  a.set_size = to_set & FUSE_SET_ATTR_SIZE;
+  a.size = attr.st_size;
+  a.set_atime = to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_ATIME_NOW);
+  a.atime = (to_set & FUSE_SET_ATTR_ATIME_NOW) ? now : attr.st_atim;
+  a.set_mtime = to_set & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW);
+  a.mtime = (to_set & FUSE_SET_ATTR_MTIME_NOW) ? now : attr.st_mtim;
+  if (a.set_size && !a.set_mtime) {
+    // Each NAS would stamp its own clock on the truncate; stamp ours on both.
+    a.set_mtime = true;
+    a.mtime = now;
+  }
+  auto out = std::make_shared<StatPair>();
+  int r = fs.Mutate("setattr", {path}, [path, a, out](const Backend& b) {
+    return b.SetAttr(path, a, &out->st[RoleIndex(b)]);
+  });
+  if (r == 0) {
+    *st = out->Result();
+    st->st_ino = ino;
+  }
+  return r;
+}
+
+void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi) {
+  (void)fi;
+  Nasfs& fs = Fs(req);
+  struct stat st;
+  if (int r = DoSetAttr(fs, ino, *attr, to_set, &st)) {
+    fuse_reply_err(req, r);
+    return;
+  }
+  fuse_reply_attr(req, &st, AttrTimeout(fs, st));
+}
+
+void StatFs(fuse_req_t req, fuse_ino_t ino) {
+  (void)ino;
+  auto out = std::make_shared<struct statvfs>();
+  int r = Fs(req).ReadCall([out](const Backend& b) { return b.StatFs(out.get()); });
+  if (r) {
+    fuse_reply_err(req, r);
+    return;
+  }
+  fuse_reply_statfs(req, out.get());
+}
+
+}  // namespace nasfs::ops
+
+namespace nasfs {
+
+const fuse_lowlevel_ops& Operations() {
+  static const fuse_lowlevel_ops ops = [] {
+    fuse_lowlevel_ops o{};
+    o.init = ops::Init;
+    o.lookup = ops::Lookup;
+    o.forget = ops::Forget;
+    o.forget_multi = ops::ForgetMulti;
+    o.getattr = ops::GetAttr;
+    o.setattr = ops::SetAttr;
+    o.statfs = ops::StatFs;
+    o.readlink = ops::ReadLink;
+    o.mknod = ops::Mknod;
+    o.mkdir = ops::Mkdir;
+    o.symlink = ops::Symlink;
+    o.link = ops::Link;
+    o.unlink = ops::Unlink;
+    o.rmdir = ops::Rmdir;
+    o.rename = ops::Rename;
+    o.opendir = ops::OpenDir;
+    o.readdir = ops::ReadDir;
+    o.readdirplus = ops::ReadDirPlus;
+    o.releasedir = ops::ReleaseDir;
+    o.fsyncdir = ops::FsyncDir;
+    o.open = ops::Open;
+    o.create = ops::Create;
+    o.read = ops::Read;
+    o.write = ops::Write;
+    o.flush = ops::Flush;
+    o.release = ops::Release;
+    o.fsync = ops::Fsync;
+    o.fallocate = ops::Fallocate;
+    o.setxattr = ops::SetXattr;
+    o.getxattr = ops::GetXattr;
+    o.listxattr = ops::ListXattr;
+    o.removexattr = ops::RemoveXattr;
+    return o;
+  }();
+  return ops;
+}
+
+}  // namespace nasfs

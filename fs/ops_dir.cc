@@ -1,0 +1,269 @@
+// Namespace operations and directory listing.
+#include <dirent.h>
+#include <linux/fs.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "fs/ops.h"
+
+namespace nasfs::ops {
+
+void ReadLink(fuse_req_t req, fuse_ino_t ino) {
+  Nasfs& fs = Fs(req);
+  std::string path;
+  if (int e = PathOf(fs, ino, &path)) {
+    fuse_reply_err(req, e);
+    return;
+  }
+  auto out = std::make_shared<std::string>();
+  int r = fs.ReadCall([path, out](const Backend& b) { return b.ReadLink(path, out.get()); });
+  if (r) {
+    fuse_reply_err(req, r);
+    return;
+  }
+  fuse_reply_readlink(req, out->c_str());
+}
+
+namespace {
+
+// The shape every "make a new name" operation shares: check the name,
+// resolve the path, mirror `make`, reply with the new entry.
+template <typename MakeFn>
+void MakeEntry(fuse_req_t req, const char* what, fuse_ino_t parent, const char* name, MakeFn make) {
+  Nasfs& fs = Fs(req);
+  if (IsMetaName(parent, name)) {
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  std::string path;
+  if (int e = ChildPathOf(fs, parent, name, &path)) {
+    fuse_reply_err(req, e);
+    return;
+  }
+  auto out = std::make_shared<StatPair>();
+  int r = fs.Mutate(what, {path}, make(path, out));
+  if (r) {
+    fuse_reply_err(req, r);
+    return;
+  }
+  ReplyNewEntry(req, parent, name, out->Result());
+}
+
+}  // namespace
+
+void Mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+  Caller who = CallerOf(req);
+  timespec t = Mirror::Now();
+  MakeEntry(req, "mknod", parent, name, [=](const std::string& path, std::shared_ptr<StatPair> out) {
+    return [=](const Backend& b) { return b.Mknod(path, mode, rdev, who, t, &out->st[RoleIndex(b)]); };
+  });
+}
+
+void Mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  Caller who = CallerOf(req);
+  timespec t = Mirror::Now();
+  MakeEntry(req, "mkdir", parent, name, [=](const std::string& path, std::shared_ptr<StatPair> out) {
+    return [=](const Backend& b) { return b.Mkdir(path, mode, who, t, &out->st[RoleIndex(b)]); };
+  });
+}
+
+void Symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
+  Caller who = CallerOf(req);
+  timespec t = Mirror::Now();
+  std::string target = link;
+  MakeEntry(req, "symlink", parent, name, [=](const std::string& path, std::shared_ptr<StatPair> out) {
+    return [=](const Backend& b) { return b.Symlink(target, path, who, t, &out->st[RoleIndex(b)]); };
+  });
+}
+
+void Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char* name) {
+  Nasfs& fs = Fs(req);
+  std::string old_path;
+  if (int e = PathOf(fs, ino, &old_path)) {
+    fuse_reply_err(req, e);
+    return;
+  }
+  timespec t = Mirror::Now();
+  MakeEntry(req, "link", parent, name, [=](const std::string& path, std::shared_ptr<StatPair> out) {
+    return [=](const Backend& b) { return b.Link(old_path, path, t, &out->st[RoleIndex(b)]); };
+  });
+}
+
+namespace {
+
+void RemoveEntry(fuse_req_t req, fuse_ino_t parent, const char* name, bool dir) {
+  Nasfs& fs = Fs(req);
+  if (IsMetaName(parent, name)) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  std::string path;
+  if (int e = ChildPathOf(fs, parent, name, &path)) {
+    fuse_reply_err(req, e);
+    return;
+  }
+  timespec t = Mirror::Now();
+  int r = fs.Mutate(dir ? "rmdir" : "unlink", {path}, [path, t, dir](const Backend& b) {
+    return dir ? b.Rmdir(path, t) : b.Unlink(path, t);
+  });
+  if (r == 0) fs.inodes().Remove(parent, name);
+  fuse_reply_err(req, r);
+}
+
+}  // namespace
+
+void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name) { RemoveEntry(req, parent, name, false); }
+void Rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) { RemoveEntry(req, parent, name, true); }
+
+int DoRename(Nasfs& fs, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+             const char* newname, unsigned int flags) {
+  if (IsMetaName(parent, name) || IsMetaName(newparent, newname)) return EPERM;
+  if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) return EINVAL;
+  std::string from, to;
+  if (int e = ChildPathOf(fs, parent, name, &from)) return e;
+  if (int e = ChildPathOf(fs, newparent, newname, &to)) return e;
+  timespec t = Mirror::Now();
+  int r = fs.Mutate("rename", {from, to},
+                    [from, to, flags, t](const Backend& b) { return b.Rename(from, to, flags, t); });
+  if (r) return r;
+  if (flags & RENAME_EXCHANGE)
+    fs.inodes().Exchange(parent, name, newparent, newname);
+  else
+    fs.inodes().Rename(parent, name, newparent, newname);
+  return 0;
+}
+
+void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+            const char* newname, unsigned int flags) {
+  fuse_reply_err(req, DoRename(Fs(req), parent, name, newparent, newname, flags));
+}
+
+namespace {
+
+// A directory listing taken at opendir, served by offset: a snapshot keeps
+// offsets stable while the directory changes underneath.
+struct DirHandle {
+  std::string path;
+  std::vector<DirEntry> entries;
+};
+
+DirHandle* HandleOf(fuse_file_info* fi) { return reinterpret_cast<DirHandle*>(fi->fh); }
+
+// A d_ino for an entry listed without a lookup: readdir takes no lookup
+// count, so it cannot hand out a nasfs number; a stable stand-in, never 0
+// (some readers skip d_ino 0). stat() gives the real number.
+fuse_ino_t DirentIno(const std::string& name) {
+  return (std::hash<std::string>()(name) | (1ULL << 63));
+}
+
+}  // namespace
+
+void OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Nasfs& fs = Fs(req);
+  std::string path;
+  if (int e = PathOf(fs, ino, &path)) {
+    fuse_reply_err(req, e);
+    return;
+  }
+  auto out = std::make_shared<std::vector<DirEntry>>();
+  int r = fs.ReadCall([path, out](const Backend& b) { return b.ReadDir(path, out.get()); });
+  if (r) {
+    fuse_reply_err(req, r);
+    return;
+  }
+  auto h = std::make_unique<DirHandle>();
+  h->path = path;
+  h->entries.reserve(out->size());
+  for (auto& e : *out)
+    if (!(ino == FUSE_ROOT_ID && e.name == kMetaDir)) h->entries.push_back(std::move(e));
+  fi->fh = reinterpret_cast<uint64_t>(h.get());
+  if (fuse_reply_open(req, fi) == 0) h.release();
+}
+
+void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  (void)ino;
+  DirHandle* h = HandleOf(fi);
+  std::string buf(size, '\0');
+  size_t used = 0;
+  for (size_t i = static_cast<size_t>(off); i < h->entries.size(); ++i) {
+    const DirEntry& e = h->entries[i];
+    struct stat st {};
+    st.st_ino = DirentIno(e.name);
+    st.st_mode = static_cast<mode_t>(e.type) << 12;
+    size_t n = fuse_add_direntry(req, buf.data() + used, size - used, e.name.c_str(), &st,
+                                 static_cast<off_t>(i + 1));
+    if (n > size - used) break;
+    used += n;
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void ReadDirPlus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  Nasfs& fs = Fs(req);
+  DirHandle* h = HandleOf(fi);
+  // Stat this batch in one NAS call. A batch holds at most what fits: each
+  // entry takes at least ~150 bytes of the reply.
+  size_t first = static_cast<size_t>(off);
+  size_t last = std::min(h->entries.size(), first + size / 128 + 1);
+  std::vector<std::string> names;
+  for (size_t i = first; i < last; ++i) names.push_back(h->entries[i].name);
+  auto stats = std::make_shared<std::vector<struct stat>>();
+  std::string path = h->path;
+  int r = fs.ReadCall([path, names, stats](const Backend& b) {
+    return b.StatChildren(path, names, stats.get());
+  });
+  if (r) {
+    fuse_reply_err(req, r);
+    return;
+  }
+  std::string buf(size, '\0');
+  size_t used = 0;
+  for (size_t i = first; i < last; ++i) {
+    const DirEntry& d = h->entries[i];
+    const struct stat& st = (*stats)[i - first];
+    fuse_entry_param e{};
+    bool dot = d.name == "." || d.name == "..";
+    if (dot || st.st_ino == 0) {
+      // No lookup is taken: the kernel treats ino 0 as "name only".
+      e.attr.st_ino = DirentIno(d.name);
+      e.attr.st_mode = static_cast<mode_t>(d.type) << 12;
+    } else {
+      FillEntry(fs, 0, st, &e);
+    }
+    size_t need = fuse_add_direntry_plus(req, nullptr, 0, d.name.c_str(), &e, 0);
+    if (need > size - used) break;
+    if (!dot && st.st_ino != 0) {
+      fuse_ino_t child = fs.inodes().Lookup(ino, d.name);
+      if (!child) break;
+      e.ino = child;
+      e.attr.st_ino = child;
+    } else {
+      e.ino = 0;
+    }
+    used += fuse_add_direntry_plus(req, buf.data() + used, size - used, d.name.c_str(), &e,
+                                   static_cast<off_t>(i + 1));
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void ReleaseDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  (void)ino;
+  delete HandleOf(fi);
+  fuse_reply_err(req, 0);
+}
+
+void FsyncDir(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
+  (void)fi;
+  Nasfs& fs = Fs(req);
+  std::string path;
+  if (int e = PathOf(fs, ino, &path)) {
+    fuse_reply_err(req, e);
+    return;
+  }
+  fuse_reply_err(req, fs.Mutate("fsyncdir", {path}, [path, datasync](const Backend& b) {
+    return b.Fsync(path, datasync != 0);
+  }));
+}
+
+}  // namespace nasfs::ops

@@ -1,0 +1,133 @@
+// File data: open/create, read, write, fsync, fallocate.
+//
+// nasfs keeps no per-open state. OPEN answers ENOSYS once, and the kernel
+// then stops sending OPEN, FLUSH and RELEASE (no-open support, which also
+// keeps the page cache across opens): opening and closing a hot file costs
+// no round trip. Each READ or WRITE names the file by inode; a NAS worker
+// opens its path beneath the NAS root for the one call. A file unlinked
+// while open can therefore no longer be read through the mount (a NAS
+// cannot give it back by name either).
+#include "fs/ops.h"
+
+namespace nasfs::ops {
+
+void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  (void)ino;
+  (void)fi;
+  fuse_reply_err(req, ENOSYS);
+}
+
+void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
+  Nasfs& fs = Fs(req);
+  if (IsMetaName(parent, name)) {
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  std::string path;
+  if (int e = ChildPathOf(fs, parent, name, &path)) {
+    fuse_reply_err(req, e);
+    return;
+  }
+  Caller who = CallerOf(req);
+  timespec t = Mirror::Now();
+  int flags = fi->flags;
+  auto out = std::make_shared<StatPair>();
+  int r = fs.Mutate("create", {path}, [=](const Backend& b) {
+    return b.Create(path, flags, mode, who, t, &out->st[RoleIndex(b)]);
+  });
+  if (r) {
+    fuse_reply_err(req, r);
+    return;
+  }
+  fuse_ino_t ino = fs.inodes().Lookup(parent, name);
+  if (!ino) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  fuse_entry_param e;
+  FillEntry(fs, ino, out->Result(), &e);
+  fi->fh = 0;
+  if (fuse_reply_create(req, &e, fi) != 0) fs.inodes().Forget(ino, 1);
+}
+
+void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  (void)fi;
+  Nasfs& fs = Fs(req);
+  std::string path;
+  if (int e = PathOf(fs, ino, &path)) {
+    fuse_reply_err(req, e);
+    return;
+  }
+  auto out = std::make_shared<std::string>();
+  int r = fs.ReadCall([path, off, size, out](const Backend& b) { return b.Read(path, off, size, out.get()); });
+  if (r) {
+    fuse_reply_err(req, r);
+    return;
+  }
+  fuse_reply_buf(req, out->data(), out->size());
+}
+
+void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off, fuse_file_info* fi) {
+  (void)fi;
+  Nasfs& fs = Fs(req);
+  std::string path;
+  if (int e = PathOf(fs, ino, &path)) {
+    fuse_reply_err(req, e);
+    return;
+  }
+  // The request buffer is libfuse's and is reused after the reply; a NAS
+  // call that outlives its deadline must own its bytes.
+  auto data = std::make_shared<const std::string>(buf, size);
+  timespec t = Mirror::Now();
+  int r = fs.Mutate("write", {path}, [path, off, data, t](const Backend& b) {
+    return b.Write(path, off, *data, t);
+  });
+  if (r) {
+    fuse_reply_err(req, r);
+    return;
+  }
+  fuse_reply_write(req, size);
+}
+
+void Flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  (void)ino;
+  (void)fi;
+  // Writes are on both NAS before WRITE is answered: nothing to flush.
+  // ENOSYS tells the kernel to stop sending FLUSH at all.
+  fuse_reply_err(req, ENOSYS);
+}
+
+void Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  (void)ino;
+  (void)fi;
+  fuse_reply_err(req, 0);
+}
+
+void Fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
+  (void)fi;
+  Nasfs& fs = Fs(req);
+  std::string path;
+  if (int e = PathOf(fs, ino, &path)) {
+    fuse_reply_err(req, e);
+    return;
+  }
+  fuse_reply_err(req, fs.Mutate("fsync", {path}, [path, datasync](const Backend& b) {
+    return b.Fsync(path, datasync != 0);
+  }));
+}
+
+void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len, fuse_file_info* fi) {
+  (void)fi;
+  Nasfs& fs = Fs(req);
+  std::string path;
+  if (int e = PathOf(fs, ino, &path)) {
+    fuse_reply_err(req, e);
+    return;
+  }
+  timespec t = Mirror::Now();
+  fuse_reply_err(req, fs.Mutate("fallocate", {path}, [=](const Backend& b) {
+    return b.Fallocate(path, mode, off, len, t);
+  }));
+}
+
+}  // namespace nasfs::ops

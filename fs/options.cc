@@ -1,0 +1,248 @@
+#include "fs/options.h"
+
+#include <grp.h>
+#include <limits.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <string_view>
+
+#include <fmt/format.h>
+
+#include "fs/control_protocol.h"
+
+namespace nasfs {
+namespace {
+
+// Options mount(8), mount.fuse3 or fstab may hand us that mean nothing to a
+// FUSE session: accepted and dropped.
+bool IsIgnoredMountOption(std::string_view o) {
+  static constexpr std::string_view kIgnored[] = {
+      "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail",
+      "allow_other", "default_permissions", "rw"};
+  for (auto i : kIgnored)
+    if (o == i) return true;
+  return o.starts_with("x-") || o.starts_with("comment=");
+}
+
+tl::expected<long, std::string> ParseInt(std::string_view name, std::string_view v, long lo,
+                                         long hi) {
+  std::string s(v);
+  char* end = nullptr;
+  errno = 0;
+  long n = std::strtol(s.c_str(), &end, 10);
+  if (s.empty() || errno != 0 || *end != '\0' || n < lo || n > hi)
+    return tl::unexpected(
+        fmt::format("bad value for {}: '{}' (expected an integer from {} to {})", name, s, lo, hi));
+  return n;
+}
+
+tl::expected<std::string, std::string> AbsoluteDir(std::string_view what, const std::string& p) {
+  if (p.empty()) return tl::unexpected(fmt::format("{} path is empty", what));
+  char buf[PATH_MAX];
+  if (!realpath(p.c_str(), buf))
+    return tl::unexpected(fmt::format("{} '{}': {}", what, p, std::strerror(errno)));
+  return std::string(buf);
+}
+
+std::vector<std::string_view> SplitCommas(std::string_view s) {
+  std::vector<std::string_view> out;
+  while (!s.empty()) {
+    auto c = s.find(',');
+    auto part = s.substr(0, c);
+    if (!part.empty()) out.push_back(part);
+    if (c == std::string_view::npos) break;
+    s.remove_prefix(c + 1);
+  }
+  return out;
+}
+
+tl::expected<void, std::string> ApplyOption(Options& o, std::string_view opt) {
+  auto eq = opt.find('=');
+  std::string_view key = opt.substr(0, eq);
+  std::string_view val = eq == std::string_view::npos ? std::string_view() : opt.substr(eq + 1);
+  bool has_val = eq != std::string_view::npos;
+  auto need_val = [&]() -> tl::expected<void, std::string> {
+    if (!has_val || val.empty())
+      return tl::unexpected(fmt::format("option {} needs a value ({}=...)", key, key));
+    return {};
+  };
+  if (key == "journal") {
+    if (auto r = need_val(); !r) return r;
+    if (val.front() != '/') return tl::unexpected(std::string("journal= needs an absolute path"));
+    o.journal_dir = val;
+  } else if (key == "control") {
+    if (auto r = need_val(); !r) return r;
+    if (val.front() != '/') return tl::unexpected(std::string("control= needs an absolute path"));
+    o.control_socket = val;
+  } else if (key == "control_group") {
+    if (auto r = need_val(); !r) return r;
+    std::string name(val);
+    struct group gr, *res = nullptr;
+    char buf[4096];
+    if (getgrnam_r(name.c_str(), &gr, buf, sizeof buf, &res) != 0 || !res)
+      return tl::unexpected(fmt::format("control_group: no such group '{}'", name));
+    o.control_gid = gr.gr_gid;
+  } else if (key == "node") {
+    if (auto r = need_val(); !r) return r;
+    for (char c : val)
+      if (!(isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'))
+        return tl::unexpected(fmt::format("node name '{}' may hold only letters, digits, '-', '_', '.'", val));
+    o.node = val;
+  } else if (key == "io_timeout") {
+    if (auto r = need_val(); !r) return r;
+    auto n = ParseInt(key, val, 10, 600000);
+    if (!n) return tl::unexpected(n.error());
+    o.io_timeout_ms = static_cast<int>(*n);
+  } else if (key == "cache_timeout") {
+    if (auto r = need_val(); !r) return r;
+    std::string s(val);
+    char* end = nullptr;
+    double d = std::strtod(s.c_str(), &end);
+    if (*end != '\0' || !(d >= 0 && d <= 3600))
+      return tl::unexpected(fmt::format("bad value for cache_timeout: '{}' (seconds, 0 to 3600)", s));
+    o.cache_timeout_s = d;
+  } else if (key == "source") {
+    if (val != "master" && val != "backup")
+      return tl::unexpected(std::string("source= must be 'master' or 'backup'"));
+    o.source = val;
+  } else if (key == "threads") {
+    if (auto r = need_val(); !r) return r;
+    auto n = ParseInt(key, val, 2, 1024);
+    if (!n) return tl::unexpected(n.error());
+    o.fuse_threads = static_cast<int>(*n);
+  } else if (key == "backend_threads") {
+    if (auto r = need_val(); !r) return r;
+    auto n = ParseInt(key, val, 1, 256);
+    if (!n) return tl::unexpected(n.error());
+    o.backend_threads = static_cast<int>(*n);
+  } else if (key == "debug") {
+    o.debug = true;
+  } else if (IsIgnoredMountOption(opt)) {
+    // nothing
+  } else if (key == "fsname" || key == "subtype") {
+    return tl::unexpected(fmt::format("option {} is set by nasfs itself", key));
+  } else {
+    o.fuse_mount_opts.emplace_back(opt);
+  }
+  return {};
+}
+
+}  // namespace
+
+tl::expected<Options, std::string> ParseOptions(int argc, char** argv) {
+  Options o;
+  std::vector<std::string> positional;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a == "-h" || a == "--help") {
+      o.show_help = true;
+    } else if (a == "-V" || a == "--version") {
+      o.show_version = true;
+    } else if (a == "-f") {
+      o.foreground = true;
+    } else if (a == "-d") {
+      o.debug = true;
+      o.foreground = true;
+    } else if (a == "-s") {
+      // single-threaded: not supported, but harmless to accept from helpers
+    } else if (a == "-o" || a.starts_with("-o")) {
+      std::string_view list;
+      if (a == "-o") {
+        if (i + 1 >= argc) return tl::unexpected(std::string("-o needs an option list"));
+        list = argv[++i];
+      } else {
+        list = a.substr(2);
+      }
+      for (auto opt : SplitCommas(list))
+        if (auto r = ApplyOption(o, opt); !r) return tl::unexpected(r.error());
+    } else if (a.starts_with("-")) {
+      return tl::unexpected(fmt::format("unknown argument '{}' (see nasfs --help)", a));
+    } else {
+      positional.emplace_back(a);
+    }
+  }
+  if (o.show_help || o.show_version) return o;
+  if (positional.size() != 2)
+    return tl::unexpected(std::string("usage: nasfs MASTER:BACKUP MOUNTPOINT [-f] [-o OPTIONS] (see nasfs --help)"));
+
+  o.source_spec = positional[0];
+  auto colon = o.source_spec.find(':');
+  if (colon == std::string::npos || o.source_spec.find(':', colon + 1) != std::string::npos)
+    return tl::unexpected(fmt::format("'{}' is not MASTER:BACKUP (two directories joined by one ':')",
+                                      o.source_spec));
+  auto m = AbsoluteDir("master", o.source_spec.substr(0, colon));
+  if (!m) return tl::unexpected(m.error());
+  auto b = AbsoluteDir("backup", o.source_spec.substr(colon + 1));
+  if (!b) return tl::unexpected(b.error());
+  auto mp = AbsoluteDir("mount point", positional[1]);
+  if (!mp) return tl::unexpected(mp.error());
+  o.master = *m;
+  o.backup = *b;
+  o.mountpoint = *mp;
+  if (o.master == o.backup) return tl::unexpected(std::string("master and backup are the same directory"));
+  auto inside = [](const std::string& a, const std::string& b) {
+    return a == b || (a.starts_with(b) && (b == "/" || a[b.size()] == '/'));
+  };
+  for (const auto* nas : {&o.master, &o.backup})
+    if (inside(o.mountpoint, *nas) || inside(*nas, o.mountpoint))
+      return tl::unexpected(fmt::format("mount point {} and NAS {} must not contain each other",
+                                        o.mountpoint, *nas));
+
+  if (o.node.empty()) {
+    char host[HOST_NAME_MAX + 1] = {};
+    gethostname(host, sizeof host - 1);
+    o.node = host[0] ? host : "node";
+  }
+  std::string id = control::MountId(o.mountpoint);
+  if (o.journal_dir.empty()) o.journal_dir = "/var/lib/nasfs/" + id;
+  if (o.control_socket.empty()) o.control_socket = control::DefaultControlSocket(o.mountpoint);
+  return o;
+}
+
+std::string UsageText() {
+  return R"(usage: nasfs MASTER:BACKUP MOUNTPOINT [-f] [-d] [-o OPTION[,OPTION...]]
+
+Mounts a mirrored view of two NAS directories at MOUNTPOINT. Reads come from
+the master; every change is applied to both NAS before it is acknowledged.
+nasfs returns once the mount is usable (or exits non-zero saying why).
+
+fstab:  /nas_master:/nas_backup /var/www/shared fuse.nasfs allow_other,_netdev 0 0
+
+nasfs options (-o):
+  journal=DIR            local write-ahead journal directory
+                         (default /var/lib/nasfs/<mount id>)
+  control=SOCKET         control socket for nasfsctl
+                         (default /run/nasfs/<mount id>.sock)
+  control_group=GROUP    members of GROUP may use the control socket too
+                         (default: root only)
+  node=NAME              this web server's name (default: the host name)
+  io_timeout=MS          deadline for every NAS call, in milliseconds
+                         (default 1000, 10 to 600000)
+  cache_timeout=SECONDS  how long the kernel caches names, attributes and
+                         missing names (default 1; another web server's
+                         changes show within this time)
+  source=master|backup   first pairing of two NAS that both hold data: copy
+                         this side onto the other; what would be overwritten
+                         or deleted is kept under .nasfs/displaced/
+  threads=N              most FUSE worker threads (default 64)
+  backend_threads=N      worker threads per NAS (default 16)
+  debug                  same as -d
+
+Always on: allow_other, default_permissions. Other FUSE mount options
+(ro, nosuid, nodev, noexec, noatime, ...) are passed to the kernel.
+Ignored: defaults, auto, noauto, user, users, nouser, _netdev, nofail, x-*.
+
+general options:
+  -f                     stay in the foreground
+  -d                     debug logging (implies -f)
+  -h, --help             this text
+  -V, --version          the version
+
+See nasfsctl(8): `nasfsctl status [MOUNTPOINT] [--json]`.
+)";
+}
+
+}  // namespace nasfs

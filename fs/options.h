@@ -1,0 +1,48 @@
+// Command line of the nasfs daemon: nasfs MASTER:BACKUP MOUNTPOINT [-f] [-d] [-o OPTS].
+//
+// nasfs's own -o options are consumed here; the rest are FUSE mount options,
+// passed on to libfuse, which rejects what it does not know.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include "fs/common.h"
+
+namespace nasfs {
+
+struct Options {
+  std::string master;       // absolute path of the master NAS root
+  std::string backup;       // absolute path of the backup NAS root
+  std::string source_spec;  // "MASTER:BACKUP" as given (shown as fsname)
+  std::string mountpoint;   // absolute
+
+  std::string journal_dir;     // default /var/lib/nasfs/<mount id>
+  std::string control_socket;  // default /run/nasfs/<mount id>.sock
+  gid_t control_gid = static_cast<gid_t>(-1);  // control_group=, resolved
+  std::string node;            // default: host name
+  int io_timeout_ms = 1000;
+  double cache_timeout_s = 1.0;
+  std::string source;  // "", "master" or "backup": first pairing of two non-empty NAS
+  int fuse_threads = 64;
+  int backend_threads = 16;
+
+  bool foreground = false;
+  bool debug = false;
+  bool show_help = false;
+  bool show_version = false;
+
+  // FUSE mount options to pass on (allow_other and default_permissions are
+  // always added), without the leading "-o".
+  std::vector<std::string> fuse_mount_opts;
+};
+
+// Parses argv. Errors are one line fit for an operator, without "nasfs: ".
+[[nodiscard]] tl::expected<Options, std::string> ParseOptions(int argc, char** argv);
+
+// The text of `nasfs --help`.
+std::string UsageText();
+
+}  // namespace nasfs

@@ -1,0 +1,445 @@
+#include "fs/tree_sync.h"
+
+#include <fcntl.h>
+#include <liburing.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "fs/identity.h"
+
+namespace nasfs {
+
+int ComparePaths(const std::string& a, const std::string& b) {
+  size_t i = 0, j = 0;
+  for (;;) {
+    bool ea = i >= a.size(), eb = j >= b.size();
+    if (ea || eb) return ea && eb ? 0 : (ea ? -1 : 1);
+    size_t ia = a.find('/', i), ib = b.find('/', j);
+    if (ia == std::string::npos) ia = a.size();
+    if (ib == std::string::npos) ib = b.size();
+    std::string_view ca(a.data() + i, ia - i), cb(b.data() + j, ib - j);
+    if (int c = ca.compare(cb)) return c;
+    i = ia + 1;
+    j = ib + 1;
+  }
+}
+
+namespace {
+
+constexpr size_t kChunk = 1 << 20;
+constexpr int kDepth = 4;  // chunks in flight
+
+bool SameTime(const timespec& a, const timespec& b) { return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec; }
+
+// Sets owner, mode and times of the target entry to the source's.
+int CopyMeta(const Backend& t, const std::string& path, const struct stat& s) {
+  SetAttrArgs a;
+  a.set_uid = a.set_gid = true;
+  a.uid = s.st_uid;
+  a.gid = s.st_gid;
+  a.set_mode = !S_ISLNK(s.st_mode);
+  a.mode = s.st_mode;
+  a.set_atime = a.set_mtime = true;
+  a.atime = s.st_atim;
+  a.mtime = s.st_mtim;
+  struct stat out;
+  return t.SetAttr(path, a, &out);
+}
+
+}  // namespace
+
+struct TreeSync::Uring {
+  io_uring ring{};
+  std::vector<std::unique_ptr<char[]>> bufs;
+  bool ok = false;
+  Uring() {
+    ok = io_uring_queue_init(kDepth * 2, &ring, 0) == 0;
+    for (int i = 0; i < kDepth; ++i) bufs.emplace_back(new char[kChunk]);
+  }
+  ~Uring() {
+    if (ok) io_uring_queue_exit(&ring);
+  }
+};
+
+TreeSync::TreeSync(Backend* source, Backend* target, std::shared_mutex* sync_mu,
+                   std::function<void(bool)> done)
+    : source_(source), target_(target), sync_mu_(sync_mu), done_(std::move(done)) {}
+
+TreeSync::~TreeSync() { Stop(); }
+
+void TreeSync::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
+
+void TreeSync::Stop() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+}
+
+bool TreeSync::Covers(const std::string& path) const {
+  if (finished_) return true;
+  if (!started_walk_) return false;
+  if (ComparePaths(path, cursor_) <= 0) return true;
+  return cursor_subtree_done_ && (cursor_.empty() || (path.size() > cursor_.size() &&
+                                                      path.compare(0, cursor_.size(), cursor_) == 0 &&
+                                                      path[cursor_.size()] == '/'));
+}
+
+void TreeSync::SetCursor(const std::string& path, bool subtree_done) {
+  cursor_ = path;
+  cursor_subtree_done_ = subtree_done;
+}
+
+nlohmann::json TreeSync::Status() const {
+  std::lock_guard lk(status_mu_);
+  auto n = [](const std::string& s) { return s.empty() ? nlohmann::json(nullptr) : nlohmann::json(s); };
+  return {{"state", state_},
+          {"source", source_->name()},
+          {"target", target_->name()},
+          {"entries_done", entries_.load()},
+          {"bytes_copied", bytes_.load()},
+          {"displaced", displaced_.load()},
+          {"displaced_dir", n(displaced_dir_.empty() ? "" : target_->path() + "/" + displaced_dir_)},
+          {"started", n(started_)},
+          {"finished", n(finished_at_)},
+          {"error", n(error_)}};
+}
+
+void TreeSync::Run() {
+  auto log = spdlog::get("sync");
+  std::string ts = NowIso8601();
+  {
+    std::lock_guard lk(status_mu_);
+    state_ = "running";
+    started_ = ts;
+    displaced_dir_ = std::string(kMetaDir) + "/displaced/" + ts;
+  }
+  log->info("copying {} {} onto {} {}", source_->name(), source_->path(), target_->name(), target_->path());
+  uring_ = std::make_unique<Uring>();
+  int r = 0;
+  {
+    std::unique_lock lk(*sync_mu_);
+    started_walk_ = true;
+    SetCursor("", false);
+  }
+  r = WalkDir("");
+  if (r == 0) {
+    // Make the copy durable before sync.json goes: a power cut must not
+    // leave a target that looks finished but lost its last files.
+    auto fd = target_->OpenBeneath("", O_RDONLY | O_DIRECTORY);
+    if (!fd || syncfs(fd->get()) != 0) r = EIO;
+  }
+  {
+    std::unique_lock lk(*sync_mu_);
+    if (r == 0) finished_ = true;
+  }
+  {
+    std::lock_guard lk(status_mu_);
+    state_ = r == 0 ? "done" : "failed";
+    finished_at_ = NowIso8601();
+    if (r) error_ = std::strerror(r);
+  }
+  if (r == 0)
+    log->info("copy onto {} done: {} entries, {} bytes, {} displaced", target_->name(), entries_.load(),
+              bytes_.load(), displaced_.load());
+  else
+    log->error("copy onto {} failed: {}", target_->name(), std::strerror(r));
+  if (done_) done_(r == 0);
+}
+
+int TreeSync::ListUnion(const std::string& dir, std::vector<std::string>* names) {
+  std::set<std::string> all;
+  for (Backend* b : {source_, target_}) {
+    auto out = std::make_shared<std::vector<DirEntry>>();
+    int r = b->Run([b, dir, out] { return b->ReadDir(dir, out.get()); });
+    if (r == ENOENT || r == ENOTDIR) continue;
+    if (r) return r;
+    for (auto& e : *out) {
+      if (e.name == "." || e.name == "..") continue;
+      if (dir.empty() && (e.name == kMetaDir || e.name == "lost+found")) continue;
+      all.insert(e.name);
+    }
+  }
+  names->assign(all.begin(), all.end());
+  return 0;
+}
+
+int TreeSync::WalkDir(const std::string& dir) {
+  std::string last;
+  bool have_last = false;
+  for (;;) {
+    if (stop_) return ECANCELED;
+    std::vector<std::string> names;
+    if (int r = ListUnion(dir, &names)) return r;
+    if (have_last) names.erase(names.begin(), std::upper_bound(names.begin(), names.end(), last));
+    if (names.empty()) {
+      // Leave the directory only under the lock, after a last look: a name
+      // created after our listing is either in this listing or covered.
+      std::unique_lock lk(*sync_mu_);
+      if (int r = ListUnion(dir, &names)) return r;
+      if (have_last) names.erase(names.begin(), std::upper_bound(names.begin(), names.end(), last));
+      if (names.empty()) {
+        SetCursor(dir, true);
+        return SyncDirTimes(dir);
+      }
+      continue;
+    }
+    for (const auto& name : names) {
+      if (stop_) return ECANCELED;
+      std::string child = JoinPath(dir, name);
+      bool is_dir = false;
+      {
+        std::unique_lock lk(*sync_mu_);
+        if (int r = SyncEntry(child, &is_dir)) {
+          std::lock_guard sl(status_mu_);
+          error_ = fmt::format("{}: {}", child, std::strerror(r));
+          return r;
+        }
+        SetCursor(child, false);
+      }
+      entries_.fetch_add(1, std::memory_order_relaxed);
+      last = name;
+      have_last = true;
+      if (is_dir)
+        if (int r = WalkDir(child)) return r;
+    }
+  }
+}
+
+int TreeSync::SyncDirTimes(const std::string& path) {
+  auto s = std::make_shared<struct stat>();
+  Backend* src = source_;
+  int r = src->Run([src, path, s] { return src->Stat(path, s.get()); });
+  if (r == ENOENT) return 0;
+  if (r) return r;
+  if (!S_ISDIR(s->st_mode)) return 0;
+  Backend* t = target_;
+  return t->Run([t, path, s] { return CopyMeta(*t, path, *s); });
+}
+
+int TreeSync::Displace(const std::string& path) {
+  Backend* t = target_;
+  std::string dest = displaced_dir_ + "/" + path;
+  int r = t->Run([t, path, dest] {
+    // mkdir -p the destination's parents inside .nasfs/displaced/
+    size_t pos = 0;
+    while ((pos = dest.find('/', pos + 1)) != std::string::npos) {
+      std::string dir = dest.substr(0, pos);
+      std::string name;
+      auto pfd = t->OpenParent(dir, &name);
+      if (!pfd) return pfd.error();
+      if (mkdirat(pfd->get(), name.c_str(), 0700) != 0 && errno != EEXIST) return errno;
+    }
+    std::string on, dn;
+    auto opfd = t->OpenParent(path, &on);
+    if (!opfd) return opfd.error();
+    auto dpfd = t->OpenParent(dest, &dn);
+    if (!dpfd) return dpfd.error();
+    return renameat(opfd->get(), on.c_str(), dpfd->get(), dn.c_str()) == 0 ? 0 : errno;
+  });
+  if (r == 0) {
+    displaced_.fetch_add(1, std::memory_order_relaxed);
+    spdlog::get("sync")->info("kept {} {} as {}/{}", target_->name(), path, target_->path(), dest);
+  }
+  return r;
+}
+
+int TreeSync::SyncEntry(const std::string& path, bool* is_dir) {
+  *is_dir = false;
+  Backend* src = source_;
+  Backend* t = target_;
+  auto s = std::make_shared<struct stat>();
+  auto d = std::make_shared<struct stat>();
+  int rs = src->Run([src, path, s] { return src->Stat(path, s.get()); });
+  int rd = t->Run([t, path, d] { return t->Stat(path, d.get()); });
+  if (rs && rs != ENOENT) return rs;
+  if (rd && rd != ENOENT) return rd;
+  bool have = rd == 0;
+  if (rs == ENOENT) return have ? Displace(path) : 0;
+  if (have && (s->st_mode & S_IFMT) != (d->st_mode & S_IFMT)) {
+    if (int r = Displace(path)) return r;
+    have = false;
+  }
+  Caller owner{s->st_uid, s->st_gid};
+  timespec now = s->st_mtim;
+  auto scratch = std::make_shared<struct stat>();
+  switch (s->st_mode & S_IFMT) {
+    case S_IFDIR:
+      *is_dir = true;
+      if (!have)
+        if (int r = t->Run([t, path, s, owner, now, scratch] {
+              return t->Mkdir(path, s->st_mode & 07777, owner, now, scratch.get());
+            }))
+          return r;
+      // times are set when the walk leaves the directory
+      return t->Run([t, path, s] {
+        SetAttrArgs a;
+        a.set_uid = a.set_gid = a.set_mode = true;
+        a.uid = s->st_uid;
+        a.gid = s->st_gid;
+        a.mode = s->st_mode;
+        struct stat out;
+        return t->SetAttr(path, a, &out);
+      });
+    case S_IFREG:
+      if (have && d->st_size == s->st_size && SameTime(d->st_mtim, s->st_mtim)) break;
+      if (have)
+        if (int r = Displace(path)) return r;
+      if (int r = CopyFileData(path, *s)) return r;
+      break;
+    case S_IFLNK: {
+      auto st = std::make_shared<std::string>();
+      auto dt = std::make_shared<std::string>();
+      if (int r = src->Run([src, path, st] { return src->ReadLink(path, st.get()); })) return r;
+      if (have && t->Run([t, path, dt] { return t->ReadLink(path, dt.get()); }) == 0 && *dt == *st) break;
+      if (have)
+        if (int r = Displace(path)) return r;
+      if (int r = t->Run([t, path, st, owner, now, scratch] {
+            return t->Symlink(*st, path, owner, now, scratch.get());
+          }))
+        return r;
+      break;
+    }
+    default:
+      if (have && d->st_rdev == s->st_rdev) break;
+      if (have)
+        if (int r = Displace(path)) return r;
+      if (int r = t->Run([t, path, s, owner, now, scratch] {
+            return t->Mknod(path, s->st_mode, s->st_rdev, owner, now, scratch.get());
+          }))
+        return r;
+      break;
+  }
+  return t->Run([t, path, s] { return CopyMeta(*t, path, *s); });
+}
+
+int TreeSync::CopyFileData(const std::string& path, const struct stat& st) {
+  Backend* src = source_;
+  Backend* t = target_;
+  std::string tmp = fmt::format("{}/tmp/copy-{}-{}", kMetaDir, getpid(), ++tmp_seq_);
+  auto sfd = std::make_shared<UniqueFd>();
+  auto tfd = std::make_shared<UniqueFd>();
+  if (int r = src->Run([src, path, sfd] {
+        auto f = src->OpenBeneath(path, O_RDONLY | O_NOFOLLOW | O_NOATIME);
+        if (!f) return f.error();
+        *sfd = std::move(*f);
+        return 0;
+      }))
+    return r;
+  if (int r = t->Run([t, tmp, tfd] {
+        mkdirat(t->root_fd(), kMetaDir, 0700);
+        std::string tmpdir = std::string(kMetaDir) + "/tmp";
+        auto meta = t->OpenBeneath(kMetaDir, O_PATH | O_DIRECTORY);
+        if (!meta) return meta.error();
+        if (mkdirat(meta->get(), "tmp", 0700) != 0 && errno != EEXIST) return errno;
+        auto f = t->OpenBeneath(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0600);
+        if (!f) return f.error();
+        *tfd = std::move(*f);
+        return 0;
+      }))
+    return r;
+
+  // Linked read->write pairs, kDepth chunks in flight. A short read (the
+  // file shrank under us) breaks the link and cancels its write, which we
+  // report rather than copy a torn file.
+  int err = 0;
+  if (!uring_ || !uring_->ok) return ENOSYS;
+  io_uring* ring = &uring_->ring;
+  off_t size = st.st_size;
+  off_t next = 0;
+  int inflight = 0;  // SQE pairs submitted, not yet reaped (2 CQEs each)
+  int cqes_left = 0;
+  uint64_t copied = 0;
+  auto timeout_ms = std::chrono::duration_cast<std::chrono::milliseconds>(t->Deadline() - Clock::now()).count();
+  int slot = 0;
+  while ((next < size || cqes_left > 0) && !err) {
+    while (next < size && inflight < kDepth) {
+      size_t len = static_cast<size_t>(std::min<off_t>(kChunk, size - next));
+      char* buf = uring_->bufs[static_cast<size_t>(slot)].get();
+      slot = (slot + 1) % kDepth;
+      io_uring_sqe* r = io_uring_get_sqe(ring);
+      io_uring_prep_read(r, sfd->get(), buf, static_cast<unsigned>(len), static_cast<uint64_t>(next));
+      r->flags |= IOSQE_IO_LINK;
+      io_uring_sqe_set_data64(r, len);
+      io_uring_sqe* w = io_uring_get_sqe(ring);
+      io_uring_prep_write(w, tfd->get(), buf, static_cast<unsigned>(len), static_cast<uint64_t>(next));
+      io_uring_sqe_set_data64(w, (1ULL << 63) | len);
+      next += static_cast<off_t>(len);
+      ++inflight;
+      cqes_left += 2;
+    }
+    io_uring_submit(ring);
+    __kernel_timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000};
+    io_uring_cqe* cqe = nullptr;
+    int w = io_uring_wait_cqe_timeout(ring, &cqe, &ts);
+    if (w == -ETIME) {
+      // A NAS stopped answering. Its requests still own our buffers, so
+      // the ring is abandoned, not torn down.
+      (void)uring_.release();
+      return ETIMEDOUT;
+    }
+    if (w < 0) return -w;
+    uint64_t tag = io_uring_cqe_get_data64(cqe);
+    bool is_write = tag >> 63;
+    size_t len = tag & ~(1ULL << 63);
+    int res = cqe->res;
+    io_uring_cqe_seen(ring, cqe);
+    --cqes_left;
+    if (res < 0) err = -res == ECANCELED ? EAGAIN : -res;
+    else if (static_cast<size_t>(res) != len) err = EAGAIN;  // source changed size while copied
+    if (is_write) {
+      --inflight;
+      if (!err) copied += len;
+    }
+  }
+  if (err) {
+    // Reap what is left so the buffers are free for the next file.
+    while (cqes_left > 0) {
+      io_uring_cqe* cqe = nullptr;
+      __kernel_timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000};
+      if (io_uring_wait_cqe_timeout(ring, &cqe, &ts) != 0) {
+        (void)uring_.release();
+        break;
+      }
+      io_uring_cqe_seen(ring, cqe);
+      --cqes_left;
+    }
+    t->Run([t, tmp] { return unlinkat(t->root_fd(), tmp.c_str(), 0) == 0 ? 0 : errno; });
+    return err;
+  }
+  bytes_.fetch_add(copied, std::memory_order_relaxed);
+  // Owner, mode and times on the temp file, then into place in one rename.
+  auto s = std::make_shared<struct stat>(st);
+  return t->Run([t, tmp, path, s, tfd] {
+    if (fchown(tfd->get(), s->st_uid, s->st_gid) != 0) return errno;
+    if (fchmod(tfd->get(), s->st_mode & 07777) != 0) return errno;
+    const timespec times[2] = {s->st_atim, s->st_mtim};
+    if (futimens(tfd->get(), times) != 0) return errno;
+    std::string tn, pn;
+    auto tp = t->OpenParent(tmp, &tn);
+    if (!tp) return tp.error();
+    auto pp = t->OpenParent(path, &pn);
+    if (!pp) return pp.error();
+    return renameat(tp->get(), tn.c_str(), pp->get(), pn.c_str()) == 0 ? 0 : errno;
+  });
+}
+
+int TreeSync::ReconcileTree(const std::string& path) {
+  bool is_dir = false;
+  if (int r = SyncEntry(path, &is_dir)) return r;
+  if (!is_dir) return 0;
+  std::vector<std::string> names;
+  if (int r = ListUnion(path, &names)) return r;
+  for (const auto& n : names)
+    if (int r = ReconcileTree(JoinPath(path, n))) return r;
+  return SyncDirTimes(path);
+}
+
+}  // namespace nasfs

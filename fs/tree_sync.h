@@ -1,0 +1,99 @@
+// Copies one NAS onto the other in the background while nasfs serves from the
+// source: the first pairing of a master with data and an empty or foreign
+// backup, or its resumption after a restart.
+//
+// The walk visits the source tree depth first, names in byte order, so the
+// paths it has passed form a prefix of that order: Covers(path). A mutation
+// through the mount goes to the target too only when the walk has passed
+// every path it touches; otherwise the target is skipped and the walk copies
+// the result when it gets there. Each entry is copied while holding *sync_mu
+// exclusively, and mutations hold it shared, so the walk and a mirrored
+// write never interleave on one entry. A directory's listing is taken again
+// under the lock before the walk leaves it, so a name created meanwhile is
+// either copied or covered.
+//
+// Whatever the copy would overwrite or delete on the target is first moved
+// to <target>/.nasfs/displaced/<start time>/<path>: nothing is destroyed.
+// File data moves through io_uring (linked read/write pairs, several chunks
+// in flight), each completion waited with the io_timeout deadline.
+//
+// The copy is idempotent: a file whose type, size and mtime already match is
+// left alone, so a copy cut off by a crash simply runs again.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "fs/backend.h"
+
+namespace nasfs {
+
+// Walk order: component by component, bytewise; a directory before what it
+// holds. Returns <0, 0, >0.
+int ComparePaths(const std::string& a, const std::string& b);
+
+class TreeSync {
+ public:
+  // *source, *target and *sync_mu must outlive the TreeSync. `done` runs on
+  // the sync thread when the copy finished (ok) or gave up (!ok).
+  TreeSync(Backend* source, Backend* target, std::shared_mutex* sync_mu,
+           std::function<void(bool ok)> done);
+  ~TreeSync();  // stops and joins the walk
+
+  void Start();
+  void Stop();
+
+  // Whether the walk has passed `path`. Caller holds *sync_mu (shared or
+  // exclusive).
+  bool Covers(const std::string& path) const;
+  // Makes the target's `path` (and everything under it) equal to the
+  // source's. Caller holds *sync_mu exclusively. Returns 0 or an errno.
+  int ReconcileTree(const std::string& path);
+
+  nlohmann::json Status() const;
+
+ private:
+  void Run();
+  int WalkDir(const std::string& dir);
+  // Makes the target's entry (not its children) match; *is_dir tells the
+  // walk whether to descend.
+  int SyncEntry(const std::string& path, bool* is_dir);
+  int ListUnion(const std::string& dir, std::vector<std::string>* names);
+  int SyncDirTimes(const std::string& path);
+  int Displace(const std::string& path);
+  int CopyFileData(const std::string& path, const struct stat& st);
+  void SetCursor(const std::string& path, bool subtree_done);
+
+  Backend* source_;
+  Backend* target_;
+  std::shared_mutex* sync_mu_;
+  std::function<void(bool)> done_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+
+  // guarded by *sync_mu_
+  std::string cursor_;
+  bool cursor_subtree_done_ = false;
+  bool started_walk_ = false;
+  bool finished_ = false;
+
+  std::string displaced_dir_;  // .nasfs/displaced/<start time>, set by Run
+  uint64_t tmp_seq_ = 0;       // sync thread only
+  struct Uring;
+  std::unique_ptr<Uring> uring_;  // sync thread only; leaked if a NAS hangs mid-copy
+
+  mutable std::mutex status_mu_;
+  std::string state_ = "idle";  // guarded by status_mu_
+  std::string error_;           // guarded by status_mu_
+  std::string started_, finished_at_;  // guarded by status_mu_
+  std::atomic<uint64_t> entries_{0}, bytes_{0}, displaced_{0};
+};
+
+}  // namespace nasfs

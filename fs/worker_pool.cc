@@ -1,0 +1,99 @@
+#include "fs/worker_pool.h"
+
+#include <pthread.h>
+
+#include <cerrno>
+
+namespace nasfs {
+
+int Call::Wait(Clock::time_point deadline) {
+  std::unique_lock lk(mu_);
+  if (!cv_.wait_until(lk, deadline, [this] { return done_; })) return ETIMEDOUT;
+  return result_;
+}
+
+bool Call::done() const {
+  std::lock_guard lk(mu_);
+  return done_;
+}
+
+void Call::Finish(int result) {
+  {
+    std::lock_guard lk(mu_);
+    done_ = true;
+    result_ = result;
+  }
+  cv_.notify_all();
+}
+
+WorkerPool::WorkerPool(std::string name, int threads, size_t max_queue)
+    : name_(std::move(name)), nthreads_(threads), max_queue_(max_queue), shared_(std::make_shared<Shared>()) {}
+
+void WorkerPool::Start() {
+  if (!threads_.empty()) return;
+  for (int i = 0; i < nthreads_; ++i) {
+    threads_.emplace_back(Work, shared_);
+    pthread_setname_np(threads_.back().native_handle(), (name_.substr(0, 11) + "-w").c_str());
+  }
+}
+
+WorkerPool::~WorkerPool() {
+  {
+    std::lock_guard lk(shared_->mu);
+    shared_->stopping = true;
+    for (auto& it : shared_->queue) it.call->Finish(ECANCELED);
+    shared_->queue.clear();
+  }
+  shared_->cv.notify_all();
+  // A worker blocked in a syscall on a hung NAS would block join() forever;
+  // the threads own a reference to Shared, so detaching them is safe.
+  for (auto& t : threads_) t.detach();
+}
+
+std::shared_ptr<Call> WorkerPool::Submit(Fn fn, Clock::time_point deadline) {
+  auto call = std::make_shared<Call>();
+  {
+    std::lock_guard lk(shared_->mu);
+    if (shared_->stopping) {
+      call->Finish(ECANCELED);
+      return call;
+    }
+    if (shared_->queue.size() >= max_queue_) {
+      call->Finish(ETIMEDOUT);
+      return call;
+    }
+    shared_->queue.push_back(Item{std::move(fn), deadline, call});
+  }
+  shared_->cv.notify_one();
+  return call;
+}
+
+size_t WorkerPool::InFlight() const {
+  std::lock_guard lk(shared_->mu);
+  return shared_->queue.size() + shared_->running;
+}
+
+void WorkerPool::Work(std::shared_ptr<Shared> s) {
+  std::unique_lock lk(s->mu);
+  for (;;) {
+    s->cv.wait(lk, [&] { return s->stopping || !s->queue.empty(); });
+    if (s->stopping) return;
+    Item it = std::move(s->queue.front());
+    s->queue.pop_front();
+    if (Clock::now() >= it.deadline) {
+      // Its waiter has given up; running it now could apply a change the
+      // caller already reported as failed.
+      it.call->Finish(ETIMEDOUT);
+      continue;
+    }
+    ++s->running;
+    lk.unlock();
+    int r = it.fn();
+    it.call->Finish(r);
+    it = Item{};  // drop captured state outside the lock
+    lk.lock();
+    --s->running;
+  }
+}
+
+}  // namespace nasfs

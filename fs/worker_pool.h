@@ -1,0 +1,97 @@
+// A bounded pool of threads that runs calls against one NAS, each with a
+// deadline, so that no FUSE thread ever blocks on a NAS without one.
+//
+// A call that misses its deadline is abandoned by its waiter, not cancelled:
+// a syscall stuck on a hung NAS cannot be interrupted. The call's state is
+// shared-owned by the waiter and the worker, so a late completion touches
+// nothing freed. A call still queued when its deadline passes never runs.
+// The queue is bounded: when every thread is stuck and the queue is full,
+// Submit fails at once with ETIMEDOUT rather than growing without bound.
+//
+// Thread-safe.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace nasfs {
+
+using Clock = std::chrono::steady_clock;
+
+// The outcome of one submitted call.
+class Call {
+ public:
+  // Waits until the call finished or `deadline` passed. Returns the call's
+  // result (0 or a positive errno), or ETIMEDOUT.
+  int Wait(Clock::time_point deadline);
+  // True once the worker finished it (result is then final).
+  bool done() const;
+
+ private:
+  friend class WorkerPool;
+  void Finish(int result);
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;  // guarded by mu_
+  int result_ = 0;     // guarded by mu_
+};
+
+class WorkerPool {
+ public:
+  // fn returns 0 or a positive errno.
+  using Fn = std::function<int()>;
+
+  // Threads start in Start(), not here: a daemon forks after building its
+  // pools, and fork keeps no threads.
+  WorkerPool(std::string name, int threads, size_t max_queue);
+  // Stops idle workers and joins them; workers stuck in a syscall are
+  // detached (they hold only shared state).
+  ~WorkerPool();
+  WorkerPool(const WorkerPool&) = delete;
+  WorkerPool& operator=(const WorkerPool&) = delete;
+
+  void Start();
+
+  // Queues fn. The returned call finishes with fn's result, or with
+  // ETIMEDOUT when the deadline passed before a worker took it, or at once
+  // when the queue is full.
+  std::shared_ptr<Call> Submit(Fn fn, Clock::time_point deadline);
+
+  // Submit and wait. fn must own (capture by value) whatever it touches after
+  // the deadline.
+  int Run(Fn fn, Clock::time_point deadline) { return Submit(std::move(fn), deadline)->Wait(deadline); }
+
+  // Calls queued or running now.
+  size_t InFlight() const;
+
+ private:
+  struct Item {
+    Fn fn;
+    Clock::time_point deadline;
+    std::shared_ptr<Call> call;
+  };
+  struct Shared {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<Item> queue;  // guarded by mu
+    size_t running = 0;      // guarded by mu
+    bool stopping = false;   // guarded by mu
+  };
+  static void Work(std::shared_ptr<Shared> s);
+
+  std::string name_;
+  int nthreads_;
+  size_t max_queue_;
+  std::shared_ptr<Shared> shared_;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace nasfs
