@@ -12,6 +12,7 @@
 #include <ctime>
 
 #include <fmt/format.h>
+#include <xxhash.h>
 #include <spdlog/spdlog.h>
 
 namespace nasfs {
@@ -410,6 +411,25 @@ int Backend::Fsync(const std::string& rel, bool datasync) const {
   if (!fd) return fd.error();
   int r = datasync ? fdatasync(fd->get()) : fsync(fd->get());
   return r == 0 ? 0 : Errno();
+}
+
+int Backend::Hash(const std::string& rel, uint64_t* out) const {
+  auto fd = OpenBeneath(rel, O_RDONLY | O_NOFOLLOW | O_NOATIME);
+  if (!fd) return fd.error();
+  std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> st(XXH3_createState(), XXH3_freeState);
+  XXH3_64bits_reset(st.get());
+  std::string buf(1 << 20, '\0');
+  for (;;) {
+    ssize_t n = read(fd->get(), buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Errno();
+    }
+    if (n == 0) break;
+    XXH3_64bits_update(st.get(), buf.data(), static_cast<size_t>(n));
+  }
+  *out = XXH3_64bits_digest(st.get());
+  return 0;
 }
 
 int Backend::StatFs(struct statvfs* out) const {

@@ -130,6 +130,8 @@ class Backend {
   int SetAttr(const std::string& rel, const SetAttrArgs& a, struct stat* st) const;
   int Fallocate(const std::string& rel, int mode, off_t off, off_t len, const timespec& t) const;
   int Fsync(const std::string& rel, bool datasync) const;
+  // xxh3-64 of the file's content.
+  int Hash(const std::string& rel, uint64_t* out) const;
   int StatFs(struct statvfs* out) const;
   int GetXattr(const std::string& rel, const std::string& name, size_t size, std::string* out) const;
   int ListXattr(const std::string& rel, size_t size, std::string* out) const;

@@ -71,7 +71,7 @@ void Nasfs::StartBackground() {
   if (plan_.displace)
     spdlog::get("sync")->warn("{} {} holds data nasfs never saw: what the copy replaces is kept under {}/{}/displaced/",
                               sync_target_->name(), sync_target_->path(), sync_target_->path(), kMetaDir);
-  sync_ = std::make_unique<TreeSync>(source, sync_target_, &sync_mu_,
+  sync_ = std::make_unique<TreeSync>(source, sync_target_, &sync_mu_, plan_.displace,
                                      [this](bool ok) { OnSyncDone(ok); });
   sync_->Start();
 }
@@ -102,9 +102,7 @@ int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, co
     return mirror_.Apply(what, first, {}, op);
 
   std::shared_lock lk(sync_mu_);
-  if (!sync_) {
-    // Not started yet (the walk starts after daemonizing): nothing covered.
-  }
+  // sync_ is null until the walk starts after daemonizing: nothing covered.
   bool all = true, any = false;
   for (const auto& p : paths) {
     bool c = sync_ && sync_->Covers(p);

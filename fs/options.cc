@@ -213,7 +213,9 @@ fstab:  /nas_master:/nas_backup /var/www/shared fuse.nasfs allow_other,_netdev 0
 
 nasfs options (-o):
   journal=DIR            local write-ahead journal directory
-                         (default /var/lib/nasfs/<mount id>)
+                         (default /var/lib/nasfs/<mount id>). Reserved:
+                         this version keeps no journal; it refuses to
+                         mount unless both NAS are usable
   control=SOCKET         control socket for nasfsctl
                          (default /run/nasfs/<mount id>.sock)
   control_group=GROUP    members of GROUP may use the control socket too

@@ -69,8 +69,23 @@ struct TreeSync::Uring {
 };
 
 TreeSync::TreeSync(Backend* source, Backend* target, std::shared_mutex* sync_mu,
-                   std::function<void(bool)> done)
-    : source_(source), target_(target), sync_mu_(sync_mu), done_(std::move(done)) {}
+                   bool verify_content, std::function<void(bool)> done)
+    : source_(source),
+      target_(target),
+      sync_mu_(sync_mu),
+      verify_content_(verify_content),
+      done_(std::move(done)) {}
+
+bool TreeSync::SameContent(const std::string& path) {
+  auto hs = std::make_shared<uint64_t>(0), ht = std::make_shared<uint64_t>(0);
+  Backend* src = source_;
+  Backend* t = target_;
+  // Each hash is one NAS call; a file too large to hash within io_timeout
+  // counts as different and is copied (after being displaced).
+  if (src->Run([src, path, hs] { return src->Hash(path, hs.get()); })) return false;
+  if (t->Run([t, path, ht] { return t->Hash(path, ht.get()); })) return false;
+  return *hs == *ht;
+}
 
 TreeSync::~TreeSync() { Stop(); }
 
@@ -289,7 +304,9 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir) {
         return t->SetAttr(path, a, &out);
       });
     case S_IFREG:
-      if (have && d->st_size == s->st_size && SameTime(d->st_mtim, s->st_mtim)) break;
+      if (have && d->st_size == s->st_size && SameTime(d->st_mtim, s->st_mtim) &&
+          (!verify_content_ || SameContent(path)))
+        break;
       if (have)
         if (int r = Displace(path)) return r;
       if (int r = CopyFileData(path, *s)) return r;

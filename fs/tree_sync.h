@@ -18,7 +18,10 @@
 // in flight), each completion waited with the io_timeout deadline.
 //
 // The copy is idempotent: a file whose type, size and mtime already match is
-// left alone, so a copy cut off by a crash simply runs again.
+// left alone, so a copy cut off by a crash simply runs again. When the
+// target holds data nasfs never saw (`verify_content`), equal size and mtime
+// prove nothing (ext4 stamps with a coarse clock): the content must match by
+// xxh3 too.
 #pragma once
 
 #include <atomic>
@@ -43,7 +46,7 @@ class TreeSync {
  public:
   // *source, *target and *sync_mu must outlive the TreeSync. `done` runs on
   // the sync thread when the copy finished (ok) or gave up (!ok).
-  TreeSync(Backend* source, Backend* target, std::shared_mutex* sync_mu,
+  TreeSync(Backend* source, Backend* target, std::shared_mutex* sync_mu, bool verify_content,
            std::function<void(bool ok)> done);
   ~TreeSync();  // stops and joins the walk
 
@@ -68,12 +71,14 @@ class TreeSync {
   int ListUnion(const std::string& dir, std::vector<std::string>* names);
   int SyncDirTimes(const std::string& path);
   int Displace(const std::string& path);
+  bool SameContent(const std::string& path);
   int CopyFileData(const std::string& path, const struct stat& st);
   void SetCursor(const std::string& path, bool subtree_done);
 
   Backend* source_;
   Backend* target_;
   std::shared_mutex* sync_mu_;
+  const bool verify_content_;
   std::function<void(bool)> done_;
   std::thread thread_;
   std::atomic<bool> stop_{false};
