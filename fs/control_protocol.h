@@ -77,8 +77,8 @@ namespace wire {
 using Deadline = std::chrono::steady_clock::time_point;
 
 // Reads one line: the bytes before the first '\n', or before end of file (or
-// a reset) when the peer closes without one (empty if it sent nothing). Bytes after the '\n' are
-// discarded: one message per connection. Errors: ETIMEDOUT at the deadline,
+// a reset) when the peer closes without one (empty if it sent nothing). Bytes
+// after the '\n' are discarded: one message per connection. Errors: ETIMEDOUT at the deadline,
 // EMSGSIZE once the line exceeds max_bytes, ECANCELED when wake_fd (if >= 0)
 // becomes readable, or the errno of a failed read.
 [[nodiscard]] Result<std::string> ReadLine(int fd, Deadline deadline, size_t max_bytes,

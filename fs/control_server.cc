@@ -1,0 +1,311 @@
+#include "fs/control_server.h"
+
+#include <grp.h>
+#include <poll.h>
+#include <pwd.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cassert>
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "fs/control_protocol.h"
+
+namespace nasfs::control {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The daemon registers the "control" logger with its sinks at start-up; until
+// it has (or in tests) we log through an unregistered copy of the default
+// logger, so the daemon can still register the name later.
+std::shared_ptr<spdlog::logger> Log() {
+  if (auto l = spdlog::get("control")) return l;
+  static const std::shared_ptr<spdlog::logger> fallback =
+      spdlog::default_logger()->clone("control");
+  return fallback;
+}
+
+nlohmann::json Failure(std::string error) {
+  return {{"ok", false}, {"error", std::move(error)}};
+}
+
+// mkdir -p; directories it creates get `mode`.
+tl::expected<void, std::string> MakeParentDirs(const std::string& path, mode_t mode) {
+  size_t last = path.rfind('/');
+  if (last == std::string::npos || last == 0) return {};
+  std::string dir = path.substr(0, last);
+  for (size_t pos = 1;; ++pos) {
+    pos = dir.find('/', pos);
+    std::string prefix = dir.substr(0, pos);
+    if (::mkdir(prefix.c_str(), mode) != 0 && errno != EEXIST) {
+      return tl::unexpected(
+          fmt::format("cannot create directory {}: {}", prefix, std::strerror(errno)));
+    }
+    if (pos == std::string::npos) break;
+  }
+  return {};
+}
+
+// The groups of `uid` in the user database, its primary group included.
+// Empty when the user is unknown.
+std::vector<gid_t> GroupsOf(uid_t uid) {
+  long hint = ::sysconf(_SC_GETPW_R_SIZE_MAX);
+  std::vector<char> buf(hint > 0 ? static_cast<size_t>(hint) : 16384);
+  passwd pw{};
+  passwd* found = nullptr;
+  for (;;) {
+    int rc = ::getpwuid_r(uid, &pw, buf.data(), buf.size(), &found);
+    if (rc == ERANGE && buf.size() < (1u << 20)) {
+      buf.resize(buf.size() * 2);
+      continue;
+    }
+    if (rc != 0 || found == nullptr) return {};
+    break;
+  }
+  std::vector<gid_t> groups(64);
+  for (;;) {
+    int n = static_cast<int>(groups.size());
+    if (::getgrouplist(pw.pw_name, pw.pw_gid, groups.data(), &n) >= 0) {
+      groups.resize(static_cast<size_t>(n));
+      return groups;
+    }
+    // n now holds the number needed.
+    if (n <= static_cast<int>(groups.size()) || n > 65536) return {};
+    groups.resize(static_cast<size_t>(n));
+  }
+}
+
+}  // namespace
+
+ControlServer::ControlServer(std::string socket_path, gid_t allowed_gid, Handler handler)
+    : path_(std::move(socket_path)), allowed_gid_(allowed_gid), handler_(std::move(handler)) {}
+
+ControlServer::~ControlServer() {
+  Stop();
+  listen_fd_.reset();
+  if (bound_) {
+    struct stat st;
+    if (::lstat(path_.c_str(), &st) == 0 && st.st_dev == bound_dev_ && st.st_ino == bound_ino_) {
+      (void)::unlink(path_.c_str());  // nothing to do if it fails at shutdown
+    }
+  }
+}
+
+tl::expected<void, std::string> ControlServer::Listen() {
+  using Unexpected = tl::unexpected<std::string>;
+  if (listen_fd_) return Unexpected(fmt::format("control socket {} is already listening", path_));
+
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path_.empty() || path_.size() >= sizeof addr.sun_path) {
+    return Unexpected(fmt::format("control socket path '{}' is empty or longer than {} bytes",
+                                  path_, sizeof addr.sun_path - 1));
+  }
+  std::memcpy(addr.sun_path, path_.data(), path_.size());
+  if (auto made = MakeParentDirs(path_, 0755); !made) return Unexpected(made.error());
+
+  struct stat st;
+  if (::lstat(path_.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      return Unexpected(
+          fmt::format("control socket path {} exists and is not a socket; not replacing it", path_));
+    }
+    // A socket file outlives its daemon. Whether someone still listens on it
+    // is only known by trying: refused means stale; accepted, or a full
+    // backlog (EAGAIN), means a live daemon.
+    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!probe) return Unexpected(fmt::format("cannot create a unix socket: {}", std::strerror(errno)));
+    int rc;
+    do {
+      rc = ::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
+    } while (rc != 0 && errno == EINTR);
+    if (rc == 0 || errno == EAGAIN) {
+      return Unexpected(fmt::format("control socket {} is in use by a running nasfs", path_));
+    }
+    if (errno != ECONNREFUSED && errno != ENOENT) {
+      return Unexpected(fmt::format("cannot check control socket {}: {}", path_, std::strerror(errno)));
+    }
+    Log()->info("replacing stale control socket {}", path_);
+    if (::unlink(path_.c_str()) != 0 && errno != ENOENT) {
+      return Unexpected(
+          fmt::format("cannot remove stale control socket {}: {}", path_, std::strerror(errno)));
+    }
+  }
+
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) return Unexpected(fmt::format("cannot create a unix socket: {}", std::strerror(errno)));
+  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
+    return Unexpected(fmt::format("cannot bind control socket {}: {}", path_, std::strerror(errno)));
+  }
+  if (::lstat(path_.c_str(), &st) != 0) {
+    return Unexpected(fmt::format("cannot stat control socket {}: {}", path_, std::strerror(errno)));
+  }
+  bound_ = true;
+  bound_dev_ = st.st_dev;
+  bound_ino_ = st.st_ino;
+  // Modes are set before listen(): until then every connect() is refused, so
+  // there is no window in which the umask's looser mode lets anyone in.
+  const bool group = allowed_gid_ != static_cast<gid_t>(-1);
+  if (group && ::chown(path_.c_str(), static_cast<uid_t>(-1), allowed_gid_) != 0) {
+    return Unexpected(fmt::format("cannot give control socket {} to group {}: {}", path_,
+                                  allowed_gid_, std::strerror(errno)));
+  }
+  if (::chmod(path_.c_str(), group ? 0660 : 0600) != 0) {
+    return Unexpected(fmt::format("cannot chmod control socket {}: {}", path_, std::strerror(errno)));
+  }
+  if (::listen(fd.get(), 64) != 0) {
+    return Unexpected(fmt::format("cannot listen on control socket {}: {}", path_, std::strerror(errno)));
+  }
+  UniqueFd ev(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!ev) return Unexpected(fmt::format("cannot create an eventfd: {}", std::strerror(errno)));
+  listen_fd_ = std::move(fd);
+  stop_event_ = std::move(ev);
+  Log()->info("control socket listening on {} (mode {})", path_, group ? "0660" : "0600");
+  return {};
+}
+
+void ControlServer::Start() {
+  assert(listen_fd_ && stop_event_ && "ControlServer::Start() before a successful Listen()");
+  if (thread_.joinable()) return;
+  running_ = true;
+  thread_ = std::thread([this] { Serve(); });
+}
+
+void ControlServer::Stop() {
+  if (!thread_.joinable()) return;
+  uint64_t one = 1;
+  // The counter cannot overflow from a handful of Stop()s; a failed write
+  // would only mean it is already signalled.
+  (void)::write(stop_event_.get(), &one, sizeof one);
+  if (std::this_thread::get_id() == thread_.get_id()) return;  // Serve() sees it on return
+  thread_.join();
+  running_ = false;
+  uint64_t drained;
+  (void)::read(stop_event_.get(), &drained, sizeof drained);  // ready for another Start()
+}
+
+void ControlServer::Serve() {
+  for (;;) {
+    pollfd pfds[2] = {{listen_fd_.get(), POLLIN, 0}, {stop_event_.get(), POLLIN, 0}};
+    int n = ::poll(pfds, 2, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      Log()->error("control socket {}: poll failed: {}; control server stops", path_,
+                   std::strerror(errno));
+      return;
+    }
+    if (pfds[1].revents & POLLIN) return;
+    if (!(pfds[0].revents & POLLIN)) continue;
+    UniqueFd conn(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!conn) {
+      int e = errno;
+      if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR || e == ECONNABORTED) continue;
+      Log()->warn("control socket {}: accept failed: {}", path_, std::strerror(e));
+      // Out of descriptors: back off instead of spinning on a ready listener.
+      pollfd stop = {stop_event_.get(), POLLIN, 0};
+      if (::poll(&stop, 1, 100) > 0) return;
+      continue;
+    }
+    HandleConnection(conn.get());
+  }
+}
+
+std::string ControlServer::PeerRefusal(int fd) const {
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return fmt::format("cannot identify the caller: {}", std::strerror(errno));
+  }
+  if (cred.uid == 0) return {};
+  if (allowed_gid_ == static_cast<gid_t>(-1)) {
+    return fmt::format("uid {} is not root, and only root may use this control socket", cred.uid);
+  }
+  if (cred.gid == allowed_gid_) return {};
+  auto groups = GroupsOf(cred.uid);
+  if (std::find(groups.begin(), groups.end(), allowed_gid_) != groups.end()) return {};
+  return fmt::format("uid {} is neither root nor a member of the control group (gid {})",
+                     cred.uid, allowed_gid_);
+}
+
+nlohmann::json ControlServer::Answer(const std::string& line) {
+  nlohmann::json request;
+  try {
+    request = nlohmann::json::parse(line);
+  } catch (const nlohmann::json::exception& ex) {
+    return Failure(fmt::format("bad request: {}", ex.what()));
+  }
+  if (!request.is_object()) return Failure("bad request: not a JSON object");
+  nlohmann::json answer;
+  try {
+    answer = handler_(request);
+  } catch (const std::exception& ex) {
+    Log()->error("control request {} failed: {}", wire::Encode(request).substr(0, 200), ex.what());
+    return Failure(fmt::format("internal error: {}", ex.what()));
+  } catch (...) {
+    Log()->error("control request {} failed with an unknown exception",
+                 wire::Encode(request).substr(0, 200));
+    return Failure("internal error: unknown exception");
+  }
+  if (!answer.is_object()) return Failure("internal error: the answer is not a JSON object");
+  if (!answer.contains("ok")) answer["ok"] = true;
+  return answer;
+}
+
+void ControlServer::HandleConnection(int fd) {
+  auto reply = [this, fd](const nlohmann::json& answer) {
+    std::string out;
+    try {
+      out = wire::Encode(answer);
+    } catch (const std::exception& ex) {
+      out = wire::Encode(Failure(fmt::format("internal error: {}", ex.what())));
+    }
+    if (out.size() > kMaxMessageBytes) {
+      out = wire::Encode(Failure(
+          fmt::format("internal error: the answer is larger than {} bytes", kMaxMessageBytes)));
+    }
+    // A client that stopped reading only loses its own answer.
+    if (auto sent = wire::WriteAll(fd, out, Clock::now() + kIoTimeout); !sent) {
+      Log()->debug("control socket {}: answer not delivered: {}", path_,
+                   std::strerror(sent.error()));
+    }
+  };
+
+  if (std::string refusal = PeerRefusal(fd); !refusal.empty()) {
+    Log()->warn("control socket {}: refused a caller: {}", path_, refusal);
+    reply(Failure("permission denied: " + refusal));
+    return;
+  }
+  auto line = wire::ReadLine(fd, Clock::now() + kIoTimeout, kMaxMessageBytes, stop_event_.get());
+  if (!line) {
+    switch (line.error()) {
+      case ECANCELED:
+        return;  // stopping
+      case ETIMEDOUT:
+        reply(Failure(fmt::format("bad request: no complete request line within {} ms",
+                                  kIoTimeout.count())));
+        return;
+      case EMSGSIZE:
+        reply(Failure(fmt::format("bad request: larger than {} bytes", kMaxMessageBytes)));
+        return;
+      default:
+        return;  // the caller vanished; nobody to answer
+    }
+  }
+  if (line->empty()) {
+    reply(Failure("bad request: empty request"));
+    return;
+  }
+  reply(Answer(*line));
+}
+
+}  // namespace nasfs::control
