@@ -210,13 +210,11 @@ int Backend::StatChildren(const std::string& rel, const std::vector<std::string>
   return 0;
 }
 
-int Backend::Read(const std::string& rel, off_t off, size_t size, std::string* out) const {
-  auto fd = OpenBeneath(rel, O_RDONLY | O_NOFOLLOW | O_NOATIME);
-  if (!fd) return fd.error();
+int Backend::ReadFd(int fd, off_t off, size_t size, std::string* out) {
   out->resize(size);
   size_t got = 0;
   while (got < size) {
-    ssize_t n = pread(fd->get(), out->data() + got, size - got, off + static_cast<off_t>(got));
+    ssize_t n = pread(fd, out->data() + got, size - got, off + static_cast<off_t>(got));
     if (n < 0) {
       if (errno == EINTR) continue;
       return Errno();
@@ -228,13 +226,44 @@ int Backend::Read(const std::string& rel, off_t off, size_t size, std::string* o
   return 0;
 }
 
+int Backend::WriteFd(int fd, off_t off, const std::string& data, const timespec& t) {
+  if (int e = WriteAll(fd, data.data(), data.size(), off)) return e;
+  const timespec times[2] = {{0, UTIME_OMIT}, t};
+  return futimens(fd, times) == 0 ? 0 : Errno();
+}
+
+int Backend::SetAttrFd(int fd, const SetAttrArgs& a, struct stat* st) {
+  if ((a.set_uid || a.set_gid) &&
+      fchown(fd, a.set_uid ? a.uid : static_cast<uid_t>(-1), a.set_gid ? a.gid : static_cast<gid_t>(-1)) != 0)
+    return Errno();
+  if (a.set_mode && fchmod(fd, a.mode & 07777) != 0) return Errno();
+  if (a.set_size && ftruncate(fd, a.size) != 0) return Errno();
+  if (a.set_atime || a.set_mtime) {
+    const timespec times[2] = {a.set_atime ? a.atime : timespec{0, UTIME_OMIT},
+                               a.set_mtime ? a.mtime : timespec{0, UTIME_OMIT}};
+    if (futimens(fd, times) != 0) return Errno();
+  }
+  return fstat(fd, st) == 0 ? 0 : Errno();
+}
+
+UniqueFd Backend::OpenIfRegular(const std::string& rel) const {
+  auto p = OpenBeneath(rel, O_PATH | O_NOFOLLOW);
+  struct stat st;
+  if (!p || fstat(p->get(), &st) != 0 || !S_ISREG(st.st_mode)) return UniqueFd();
+  return UniqueFd(open(ProcPath(p->get()).c_str(), O_RDWR | O_CLOEXEC | O_NOATIME));
+}
+
+int Backend::Read(const std::string& rel, off_t off, size_t size, std::string* out) const {
+  auto fd = OpenBeneath(rel, O_RDONLY | O_NOFOLLOW | O_NOATIME);
+  if (!fd) return fd.error();
+  return ReadFd(fd->get(), off, size, out);
+}
+
 int Backend::Write(const std::string& rel, off_t off, const std::string& data,
                    const timespec& t) const {
   auto fd = OpenBeneath(rel, O_WRONLY | O_NOFOLLOW);
   if (!fd) return fd.error();
-  if (int e = WriteAll(fd->get(), data.data(), data.size(), off)) return e;
-  const timespec times[2] = {{0, UTIME_OMIT}, t};
-  return futimens(fd->get(), times) == 0 ? 0 : Errno();
+  return WriteFd(fd->get(), off, data, t);
 }
 
 // Gives a new entry its owner, keeps set-id bits chown cleared, stamps t on

@@ -138,6 +138,14 @@ class Backend {
   int SetXattr(const std::string& rel, const std::string& name, const std::string& value,
                int flags) const;
   int RemoveXattr(const std::string& rel, const std::string& name) const;
+  // For a name about to go away: an O_RDWR fd on it if it is a regular
+  // file (never opens a device or fifo), else an invalid fd.
+  UniqueFd OpenIfRegular(const std::string& rel) const;
+  // The same calls on an fd (an orphan's), for files that have no name.
+  static int ReadFd(int fd, off_t off, size_t size, std::string* out);
+  static int WriteFd(int fd, off_t off, const std::string& data, const timespec& t);
+  static int SetAttrFd(int fd, const SetAttrArgs& a, struct stat* st);
+
   // Sets the mtime of rel's parent directory (namespace changes move it).
   int TouchParent(const std::string& rel, const timespec& t) const;
 

@@ -31,13 +31,21 @@ fuse_ino_t InodeTable::Lookup(fuse_ino_t parent, const std::string& name) {
   return raw->ino;
 }
 
-void InodeTable::Forget(fuse_ino_t ino, uint64_t n) {
+bool InodeTable::Forget(fuse_ino_t ino, uint64_t n) {
   std::unique_lock lk(mu_);
   auto it = nodes_.find(ino);
-  if (it == nodes_.end() || ino == FUSE_ROOT_ID) return;
+  if (it == nodes_.end()) return true;
+  if (ino == FUSE_ROOT_ID) return false;
   Node* node = it->second.get();
   node->nlookup = n >= node->nlookup ? 0 : node->nlookup - n;
   MaybeFreeLocked(node);
+  return !nodes_.count(ino);
+}
+
+fuse_ino_t InodeTable::Peek(fuse_ino_t parent, const std::string& name) const {
+  std::shared_lock lk(mu_);
+  auto it = children_.find(Key{parent, name});
+  return it == children_.end() ? 0 : it->second;
 }
 
 std::optional<std::string> InodeTable::PathLocked(fuse_ino_t ino) const {
@@ -91,25 +99,27 @@ void InodeTable::MaybeFreeLocked(Node* n) {
   nodes_.erase(n->ino);
 }
 
-void InodeTable::Remove(fuse_ino_t parent, const std::string& name) {
+fuse_ino_t InodeTable::Remove(fuse_ino_t parent, const std::string& name) {
   std::unique_lock lk(mu_);
   auto it = children_.find(Key{parent, name});
-  if (it == children_.end()) return;
-  Node* n = nodes_.at(it->second).get();
-  // Keep the parent alive across the detach of n and the free check of n.
+  if (it == children_.end()) return 0;
+  fuse_ino_t ino = it->second;
+  Node* n = nodes_.at(ino).get();
   DetachLocked(n);
   MaybeFreeLocked(n);
+  return nodes_.count(ino) ? ino : 0;
 }
 
-void InodeTable::Rename(fuse_ino_t parent, const std::string& name, fuse_ino_t new_parent,
-                        const std::string& new_name) {
+fuse_ino_t InodeTable::Rename(fuse_ino_t parent, const std::string& name, fuse_ino_t new_parent,
+                              const std::string& new_name) {
   std::unique_lock lk(mu_);
   auto src = children_.find(Key{parent, name});
   auto dst = children_.find(Key{new_parent, new_name});
   Node* target = dst != children_.end() ? nodes_.at(dst->second).get() : nullptr;
   Node* moved = src != children_.end() ? nodes_.at(src->second).get() : nullptr;
-  if (target == moved) return;
-  if (!nodes_.count(new_parent)) return;
+  if (target == moved) return 0;
+  if (!nodes_.count(new_parent)) return 0;
+  fuse_ino_t target_ino = target ? target->ino : 0;
   // Pin the new parent: detaching the target or the moved node may otherwise
   // free it before we attach.
   Node* np = nodes_.at(new_parent).get();
@@ -124,6 +134,7 @@ void InodeTable::Rename(fuse_ino_t parent, const std::string& name, fuse_ino_t n
   }
   --np->children;
   MaybeFreeLocked(np);
+  return target_ino && nodes_.count(target_ino) ? target_ino : 0;
 }
 
 void InodeTable::Exchange(fuse_ino_t parent, const std::string& name, fuse_ino_t new_parent,

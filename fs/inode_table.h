@@ -33,18 +33,23 @@ class InodeTable {
   // Returns 0 if parent is unknown or detached.
   fuse_ino_t Lookup(fuse_ino_t parent, const std::string& name);
   // Drops n kernel lookups; frees the node once nothing refers to it.
-  void Forget(fuse_ino_t ino, uint64_t n);
+  // Returns true when ino is no longer in the table.
+  bool Forget(fuse_ino_t ino, uint64_t n);
+  // The node at parent/name if the table has one (no lookup is added), or 0.
+  fuse_ino_t Peek(fuse_ino_t parent, const std::string& name) const;
 
   // NAS-relative path of ino ("" for the root), or nullopt when unknown or
   // detached.
   std::optional<std::string> Path(fuse_ino_t ino) const;
   std::optional<std::string> ChildPath(fuse_ino_t parent, const std::string& name) const;
 
-  // Mirrors a successful unlink/rmdir: detaches parent/name.
-  void Remove(fuse_ino_t parent, const std::string& name);
+  // Mirrors a successful unlink/rmdir: detaches parent/name. Returns the
+  // detached node if the kernel still holds it, else 0.
+  fuse_ino_t Remove(fuse_ino_t parent, const std::string& name);
   // Mirrors a successful rename: whatever was at the target is detached.
-  void Rename(fuse_ino_t parent, const std::string& name, fuse_ino_t new_parent,
-              const std::string& new_name);
+  // Returns that node if the kernel still holds it, else 0.
+  fuse_ino_t Rename(fuse_ino_t parent, const std::string& name, fuse_ino_t new_parent,
+                    const std::string& new_name);
   // Mirrors a successful RENAME_EXCHANGE.
   void Exchange(fuse_ino_t parent, const std::string& name, fuse_ino_t new_parent,
                 const std::string& new_name);

@@ -125,6 +125,26 @@ int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, co
   return 0;
 }
 
+std::shared_ptr<Orphan> Nasfs::FindOrphan(fuse_ino_t ino) const {
+  std::lock_guard lk(orphans_mu_);
+  auto it = orphans_.find(ino);
+  return it == orphans_.end() ? nullptr : it->second;
+}
+
+void Nasfs::AdoptOrphan(fuse_ino_t ino, std::shared_ptr<Orphan> o) {
+  std::lock_guard lk(orphans_mu_);
+  orphans_[ino] = std::move(o);
+}
+
+void Nasfs::DropOrphan(fuse_ino_t ino) {
+  std::lock_guard lk(orphans_mu_);
+  orphans_.erase(ino);
+}
+
+int Nasfs::MutateOrphan(const char* what, const Mirror::Op& op) {
+  return mirror_.Apply(what, "(unlinked file)", {}, op);
+}
+
 void Nasfs::OnDivergence(const std::string& path) {
   std::lock_guard lk(diverged_mu_);
   if (diverged_.size() < 10000) diverged_.insert(path);
@@ -156,8 +176,13 @@ nlohmann::json Nasfs::Status() const {
     }
     j["diverged"] = {{"count", diverged_.size()}, {"paths", d}};
   }
+  size_t orphans;
+  {
+    std::lock_guard lk(orphans_mu_);
+    orphans = orphans_.size();
+  }
   j["counters"] = {{"mirrored_ops", mirror_.mirrored_ops()}, {"divergences", mirror_.divergences()},
-                   {"inodes", inodes_.size()}};
+                   {"inodes", inodes_.size()}, {"open_unlinked", orphans}};
   return j;
 }
 

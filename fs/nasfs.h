@@ -11,6 +11,7 @@
 #include <set>
 #include <shared_mutex>
 #include <string>
+#include <unordered_map>
 
 #include <nlohmann/json.hpp>
 
@@ -23,6 +24,28 @@
 #include "fs/tree_sync.h"
 
 namespace nasfs {
+
+// A regular file whose name went away (unlink, or a rename over it) while
+// the kernel still knew its inode, so it may be open: one fd per NAS,
+// opened just before the name went, keeps it readable and writable until
+// the kernel forgets the inode, as on a local filesystem. nginx sending a
+// file that a deploy replaces by rename keeps sending the old one.
+class Orphan {
+ public:
+  void Set(Role r, UniqueFd fd) {
+    std::lock_guard lk(mu_);
+    fd_[r == Role::kMaster ? 0 : 1] = std::move(fd);
+  }
+  // -1 when this NAS had no such file.
+  int Fd(Role r) const {
+    std::lock_guard lk(mu_);
+    return fd_[r == Role::kMaster ? 0 : 1].get();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  UniqueFd fd_[2];  // guarded by mu_
+};
 
 class Nasfs {
  public:
@@ -50,6 +73,14 @@ class Nasfs {
   // running copy (see TreeSync).
   int Mutate(const char* what, std::initializer_list<std::string> paths, const Mirror::Op& op);
 
+  // Orphans, by nasfs inode number.
+  std::shared_ptr<Orphan> FindOrphan(fuse_ino_t ino) const;
+  void AdoptOrphan(fuse_ino_t ino, std::shared_ptr<Orphan> o);
+  void DropOrphan(fuse_ino_t ino);
+  // Applies a change to an orphan on both NAS (no path, so no copy
+  // coverage to honour: a file without a name is never copied).
+  int MutateOrphan(const char* what, const Mirror::Op& op);
+
   double cache_timeout() const { return opts_.cache_timeout_s; }
   nlohmann::json Status() const;
 
@@ -71,6 +102,9 @@ class Nasfs {
   std::shared_mutex sync_mu_;
   std::unique_ptr<TreeSync> sync_;
   Backend* sync_target_ = nullptr;  // set before the copy starts, then const
+
+  mutable std::mutex orphans_mu_;
+  std::unordered_map<fuse_ino_t, std::shared_ptr<Orphan>> orphans_;  // guarded by orphans_mu_
 
   mutable std::mutex diverged_mu_;
   std::set<std::string> diverged_;  // guarded by diverged_mu_

@@ -70,6 +70,41 @@ inline int ChildPathOf(Nasfs& fs, fuse_ino_t parent, const char* name, std::stri
   return 0;
 }
 
+// What an inode names on the NAS: its path, or, for a file whose name went
+// away while the kernel held it, its orphan fds.
+struct FileRef {
+  std::string path;
+  std::shared_ptr<Orphan> orphan;
+};
+inline int RefOf(Nasfs& fs, fuse_ino_t ino, FileRef* out) {
+  if (PathOf(fs, ino, &out->path) == 0) return 0;
+  out->orphan = fs.FindOrphan(ino);
+  return out->orphan ? 0 : ENOENT;
+}
+
+// Runs a read on the read NAS: by_path(backend, path), or by_fd(backend, fd)
+// for an orphan. Both must own what they touch (see above).
+template <typename P, typename F>
+int ReadRef(Nasfs& fs, const FileRef& ref, P by_path, F by_fd) {
+  if (!ref.orphan)
+    return fs.ReadCall([path = ref.path, by_path](const Backend& b) { return by_path(b, path); });
+  return fs.ReadCall([o = ref.orphan, by_fd](const Backend& b) {
+    int fd = o->Fd(b.role());
+    return fd < 0 ? ENOENT : by_fd(b, fd);
+  });
+}
+
+// The same for a change, applied to both NAS.
+template <typename P, typename F>
+int MutateRef(Nasfs& fs, const char* what, const FileRef& ref, P by_path, F by_fd) {
+  if (!ref.orphan)
+    return fs.Mutate(what, {ref.path}, [path = ref.path, by_path](const Backend& b) { return by_path(b, path); });
+  return fs.MutateOrphan(what, [o = ref.orphan, by_fd](const Backend& b) {
+    int fd = o->Fd(b.role());
+    return fd < 0 ? ENOENT : by_fd(b, fd);
+  });
+}
+
 // Registers parent/name in the inode table and replies with its entry.
 void ReplyNewEntry(fuse_req_t req, fuse_ino_t parent, const char* name, const struct stat& st);
 

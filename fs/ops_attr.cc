@@ -64,21 +64,29 @@ void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   ReplyNewEntry(req, parent, name, st);
 }
 
+namespace {
+void DoForget(Nasfs& fs, fuse_ino_t ino, uint64_t nlookup) {
+  if (fs.inodes().Forget(ino, nlookup)) fs.DropOrphan(ino);
+}
+}  // namespace
+
 void Forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
-  Fs(req).inodes().Forget(ino, nlookup);
+  DoForget(Fs(req), ino, nlookup);
   fuse_reply_none(req);
 }
 
 void ForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
-  for (size_t i = 0; i < count; ++i) Fs(req).inodes().Forget(forgets[i].ino, forgets[i].nlookup);
+  for (size_t i = 0; i < count; ++i) DoForget(Fs(req), forgets[i].ino, forgets[i].nlookup);
   fuse_reply_none(req);
 }
 
 int DoGetAttr(Nasfs& fs, fuse_ino_t ino, struct stat* st) {
-  std::string path;
-  if (int e = PathOf(fs, ino, &path)) return e;
+  FileRef ref;
+  if (int e = RefOf(fs, ino, &ref)) return e;
   auto out = std::make_shared<struct stat>();
-  int r = fs.ReadCall([path, out](const Backend& b) { return b.Stat(path, out.get()); });
+  int r = ReadRef(
+      fs, ref, [out](const Backend& b, const std::string& p) { return b.Stat(p, out.get()); },
+      [out](const Backend&, int fd) { return fstat(fd, out.get()) == 0 ? 0 : errno; });
   if (r == 0) {
     *st = *out;
     st->st_ino = ino;
@@ -98,8 +106,8 @@ void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 }
 
 int DoSetAttr(Nasfs& fs, fuse_ino_t ino, const struct stat& attr, int to_set, struct stat* st) {
-  std::string path;
-  if (int e = PathOf(fs, ino, &path)) return e;
+  FileRef ref;
+  if (int e = RefOf(fs, ino, &ref)) return e;
   timespec now = Mirror::Now();
   SetAttrArgs a;
   a.set_mode = to_set & FUSE_SET_ATTR_MODE;
@@ -120,9 +128,10 @@ int DoSetAttr(Nasfs& fs, fuse_ino_t ino, const struct stat& attr, int to_set, st
     a.mtime = now;
   }
   auto out = std::make_shared<StatPair>();
-  int r = fs.Mutate("setattr", {path}, [path, a, out](const Backend& b) {
-    return b.SetAttr(path, a, &out->st[RoleIndex(b)]);
-  });
+  int r = MutateRef(
+      fs, "setattr", ref,
+      [a, out](const Backend& b, const std::string& p) { return b.SetAttr(p, a, &out->st[RoleIndex(b)]); },
+      [a, out](const Backend& b, int fd) { return Backend::SetAttrFd(fd, a, &out->st[RoleIndex(b)]); });
   if (r == 0) {
     *st = out->Result();
     st->st_ino = ino;

@@ -104,10 +104,14 @@ void RemoveEntry(fuse_req_t req, fuse_ino_t parent, const char* name, bool dir) 
     return;
   }
   timespec t = Mirror::Now();
-  int r = fs.Mutate(dir ? "rmdir" : "unlink", {path}, [path, t, dir](const Backend& b) {
+  // A file the kernel knows may be open: keep it reachable (see Orphan).
+  auto orphan = !dir && fs.inodes().Peek(parent, name) ? std::make_shared<Orphan>() : nullptr;
+  int r = fs.Mutate(dir ? "rmdir" : "unlink", {path}, [path, t, dir, orphan](const Backend& b) {
+    if (orphan) orphan->Set(b.role(), b.OpenIfRegular(path));
     return dir ? b.Rmdir(path, t) : b.Unlink(path, t);
   });
-  if (r == 0) fs.inodes().Remove(parent, name);
+  if (r == 0)
+    if (fuse_ino_t gone = fs.inodes().Remove(parent, name); gone && orphan) fs.AdoptOrphan(gone, orphan);
   fuse_reply_err(req, r);
 }
 
@@ -124,13 +128,21 @@ int DoRename(Nasfs& fs, fuse_ino_t parent, const char* name, fuse_ino_t newparen
   if (int e = ChildPathOf(fs, parent, name, &from)) return e;
   if (int e = ChildPathOf(fs, newparent, newname, &to)) return e;
   timespec t = Mirror::Now();
-  int r = fs.Mutate("rename", {from, to},
-                    [from, to, flags, t](const Backend& b) { return b.Rename(from, to, flags, t); });
+  // The file a rename replaces may be open (a deploy renaming a new
+  // index.html over the one nginx is sending): keep it reachable.
+  auto orphan = !(flags & RENAME_EXCHANGE) && fs.inodes().Peek(newparent, newname)
+                    ? std::make_shared<Orphan>()
+                    : nullptr;
+  int r = fs.Mutate("rename", {from, to}, [from, to, flags, t, orphan](const Backend& b) {
+    if (orphan) orphan->Set(b.role(), b.OpenIfRegular(to));
+    return b.Rename(from, to, flags, t);
+  });
   if (r) return r;
-  if (flags & RENAME_EXCHANGE)
+  if (flags & RENAME_EXCHANGE) {
     fs.inodes().Exchange(parent, name, newparent, newname);
-  else
-    fs.inodes().Rename(parent, name, newparent, newname);
+  } else if (fuse_ino_t gone = fs.inodes().Rename(parent, name, newparent, newname); gone && orphan) {
+    fs.AdoptOrphan(gone, orphan);
+  }
   return 0;
 }
 

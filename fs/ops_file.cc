@@ -5,8 +5,8 @@
 // keeps the page cache across opens): opening and closing a hot file costs
 // no round trip. Each READ or WRITE names the file by inode; a NAS worker
 // opens its path beneath the NAS root for the one call. A file unlinked
-// while open can therefore no longer be read through the mount (a NAS
-// cannot give it back by name either).
+// while the kernel holds it stays usable through the fds its orphan keeps
+// (see Orphan in nasfs.h).
 #include "fs/ops.h"
 
 namespace nasfs::ops {
@@ -53,13 +53,15 @@ void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fu
 void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
   (void)fi;
   Nasfs& fs = Fs(req);
-  std::string path;
-  if (int e = PathOf(fs, ino, &path)) {
+  FileRef ref;
+  if (int e = RefOf(fs, ino, &ref)) {
     fuse_reply_err(req, e);
     return;
   }
   auto out = std::make_shared<std::string>();
-  int r = fs.ReadCall([path, off, size, out](const Backend& b) { return b.Read(path, off, size, out.get()); });
+  int r = ReadRef(
+      fs, ref, [=](const Backend& b, const std::string& p) { return b.Read(p, off, size, out.get()); },
+      [=](const Backend&, int fd) { return Backend::ReadFd(fd, off, size, out.get()); });
   if (r) {
     fuse_reply_err(req, r);
     return;
@@ -70,8 +72,8 @@ void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info
 void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off, fuse_file_info* fi) {
   (void)fi;
   Nasfs& fs = Fs(req);
-  std::string path;
-  if (int e = PathOf(fs, ino, &path)) {
+  FileRef ref;
+  if (int e = RefOf(fs, ino, &ref)) {
     fuse_reply_err(req, e);
     return;
   }
@@ -79,9 +81,9 @@ void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t o
   // call that outlives its deadline must own its bytes.
   auto data = std::make_shared<const std::string>(buf, size);
   timespec t = Mirror::Now();
-  int r = fs.Mutate("write", {path}, [path, off, data, t](const Backend& b) {
-    return b.Write(path, off, *data, t);
-  });
+  int r = MutateRef(
+      fs, "write", ref, [=](const Backend& b, const std::string& p) { return b.Write(p, off, *data, t); },
+      [=](const Backend&, int fd) { return Backend::WriteFd(fd, off, *data, t); });
   if (r) {
     fuse_reply_err(req, r);
     return;
@@ -106,14 +108,17 @@ void Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 void Fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
   (void)fi;
   Nasfs& fs = Fs(req);
-  std::string path;
-  if (int e = PathOf(fs, ino, &path)) {
+  FileRef ref;
+  if (int e = RefOf(fs, ino, &ref)) {
     fuse_reply_err(req, e);
     return;
   }
-  fuse_reply_err(req, fs.Mutate("fsync", {path}, [path, datasync](const Backend& b) {
-    return b.Fsync(path, datasync != 0);
-  }));
+  fuse_reply_err(req, MutateRef(
+                          fs, "fsync", ref,
+                          [datasync](const Backend& b, const std::string& p) { return b.Fsync(p, datasync != 0); },
+                          [datasync](const Backend&, int fd) {
+                            return (datasync ? fdatasync(fd) : fsync(fd)) == 0 ? 0 : errno;
+                          }));
 }
 
 void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len, fuse_file_info* fi) {
