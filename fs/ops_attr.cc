@@ -21,6 +21,11 @@ void Init(void* userdata, fuse_conn_info* conn) {
   (void)userdata;
   // Mirrored writes must reach both NAS before the reply: no writeback cache.
   conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+  // OPEN answers ENOSYS (no-open), so it cannot truncate: without this the
+  // kernel would leave O_TRUNC to an OPEN that never comes, and
+  // open(O_TRUNC) would silently keep the old bytes. Cleared, the kernel
+  // truncates through SETATTR, which the mirror applies to both NAS.
+  conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
   // Drop cached pages when a refreshed mtime or size shows the file changed
   // (another web server wrote it).
   if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA) conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
