@@ -53,6 +53,41 @@ int CopyMeta(const Backend& t, const std::string& path, const struct stat& s) {
   return t.SetAttr(path, a, &out);
 }
 
+std::vector<std::string> SplitNames(const std::string& list) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < list.size();) {
+    size_t e = list.find('\0', i);
+    if (e == std::string::npos) e = list.size();
+    if (e > i) out.emplace_back(list, i, e - i);
+    i = e + 1;
+  }
+  return out;
+}
+
+constexpr size_t kXattrMax = 65536;  // XATTR_LIST_MAX and XATTR_SIZE_MAX
+
+// Makes the target's extended attributes equal the source's. Attributes the
+// target's filesystem refuses outside user.* (security labels) are skipped.
+int CopyXattrs(const Backend& src, const Backend& t, const std::string& path) {
+  std::string slist, tlist;
+  if (int r = src.ListXattr(path, kXattrMax, &slist)) return r == ENOTSUP ? 0 : r;
+  if (int r = t.ListXattr(path, kXattrMax, &tlist)) return r == ENOTSUP ? 0 : r;
+  auto snames = SplitNames(slist);
+  for (const auto& name : SplitNames(tlist))
+    if (std::find(snames.begin(), snames.end(), name) == snames.end())
+      if (int r = t.RemoveXattr(path, name); r && name.starts_with("user.")) return r;
+  for (const auto& name : snames) {
+    std::string sv, tv;
+    if (int r = src.GetXattr(path, name, kXattrMax, &sv)) {
+      if (r == ENODATA) continue;  // removed meanwhile
+      return r;
+    }
+    if (t.GetXattr(path, name, kXattrMax, &tv) == 0 && tv == sv) continue;
+    if (int r = t.SetXattr(path, name, sv, 0); r && name.starts_with("user.")) return r;
+  }
+  return 0;
+}
+
 }  // namespace
 
 struct TreeSync::Uring {
@@ -294,6 +329,7 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir) {
             }))
           return r;
       // times are set when the walk leaves the directory
+      if (int r = t->Run([src, t, path] { return CopyXattrs(*src, *t, path); })) return r;
       return t->Run([t, path, s] {
         SetAttrArgs a;
         a.set_uid = a.set_gid = a.set_mode = true;
@@ -334,6 +370,8 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir) {
         return r;
       break;
   }
+  if (!S_ISLNK(s->st_mode))
+    if (int r = t->Run([src, t, path] { return CopyXattrs(*src, *t, path); })) return r;
   return t->Run([t, path, s] { return CopyMeta(*t, path, *s); });
 }
 
