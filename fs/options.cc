@@ -18,6 +18,18 @@ namespace {
 
 // Options mount(8), mount.fuse3 or fstab may hand us that mean nothing to a
 // FUSE session: accepted and dropped.
+// Kernel mount options nasfs passes on. Anything else is refused here,
+// with one clear line, rather than by libfuse with its own message.
+bool IsKernelMountOption(std::string_view o) {
+  static constexpr std::string_view kPassed[] = {
+      "ro", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "async", "sync", "dirsync",
+      "noatime", "atime", "relatime", "norelatime", "strictatime", "nostrictatime", "nodiratime",
+      "diratime", "lazytime", "nolazytime"};
+  for (auto p : kPassed)
+    if (o == p) return true;
+  return o.starts_with("max_read=");
+}
+
 bool IsIgnoredMountOption(std::string_view o) {
   static constexpr std::string_view kIgnored[] = {
       "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail",
@@ -124,8 +136,10 @@ tl::expected<void, std::string> ApplyOption(Options& o, std::string_view opt) {
     // nothing
   } else if (key == "fsname" || key == "subtype") {
     return tl::unexpected(fmt::format("option {} is set by nasfs itself", key));
-  } else {
+  } else if (IsKernelMountOption(opt)) {
     o.fuse_mount_opts.emplace_back(opt);
+  } else {
+    return tl::unexpected(fmt::format("unknown mount option '{}' (see nasfs --help)", opt));
   }
   return {};
 }
@@ -233,8 +247,9 @@ nasfs options (-o):
   backend_threads=N      worker threads per NAS (default 16)
   debug                  same as -d
 
-Always on: allow_other, default_permissions. Other FUSE mount options
-(ro, nosuid, nodev, noexec, noatime, ...) are passed to the kernel.
+Always on: allow_other, default_permissions. Passed to the kernel: ro,
+nosuid/suid, nodev/dev, noexec/exec, async/sync, dirsync, the atime family
+(noatime, relatime, strictatime, nodiratime, lazytime), max_read=N.
 Ignored: defaults, auto, noauto, user, users, nouser, _netdev, nofail, x-*.
 
 general options:
