@@ -1,0 +1,69 @@
+#!/bin/bash
+# The whole test suite: unit tests and the mounted end-to-end tests.
+#
+#   sudo bash scripts/test.sh                     # setup (install + build), then every test
+#   SKIP_SETUP=1 sudo bash scripts/test.sh        # already set up: build and test
+#   SKIP_SETUP=1 bash scripts/test.sh --suite unit     # extra args go to `meson test`
+#
+# Environment:
+#   SKIP_SETUP=1               skip scripts/setup.sh (apt, build, install);
+#                              build/ is still brought up to date by meson test
+#   BUILD_DIR=build            meson build directory
+#   TIMEOUT_MULTIPLIER=2       scales every test's timeout (slow CI machines)
+#
+# The exit code is meson's: 0 when every test passed or was skipped. The
+# mounted tests need root and /dev/fuse; without them they are skipped (exit
+# 77), so run this with sudo. Afterwards any nasfs or bindfs mount under /tmp
+# that appeared during the run (a test killed before its own cleanup) is
+# unmounted; mounts that were there before the run are left alone. (So do not
+# run two suites at once on one machine: one would clean up after the other.)
+set -uo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD_DIR=${BUILD_DIR:-build}
+cd "$REPO" || exit 1
+
+# "ID MOUNTPOINT" for every nasfs or bindfs mount under /tmp: type fuse.nasfs,
+# or fuse.bindfs / plain fuse with a directory as source (bindfs 1.14 on fuse3
+# shows as plain "fuse"), i.e. what the tests mount as NAS and as nasfs.
+test_mounts() {
+  awk '{ for (i = 7; $i != "-"; i++) {}
+         type = $(i + 1); src = $(i + 2)
+         if ($5 !~ /^\/tmp\//) next
+         if (type == "fuse.nasfs" || ((type == "fuse.bindfs" || type == "fuse") && src ~ /^\//)) print $1, $5 }' \
+    /proc/self/mountinfo
+}
+BEFORE=$(test_mounts)
+
+cleanup() {
+  local id mp path left=0
+  # Newest first: a nasfs mount stacked on a bindfs "NAS" goes before it.
+  while read -r id mp; do
+    [ -n "$id" ] || continue
+    grep -qx "$id $mp" <<<"$BEFORE" && continue
+    path=$(printf '%b' "$mp")  # mountinfo escapes space etc. as \040
+    echo "test.sh: unmounting leftover $path" >&2
+    # A hung (SIGSTOPped) FUSE server would block a plain umount: bound it.
+    timeout 10 umount "$path" 2>/dev/null || umount -l "$path" 2>/dev/null || left=1
+  done < <(test_mounts | sort -rn)
+  [ "$left" = 0 ] || echo "test.sh: warning: some mounts under /tmp could not be unmounted" >&2
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+if [ "${SKIP_SETUP:-0}" != 1 ]; then
+  BUILD_DIR=$BUILD_DIR bash "$REPO/scripts/setup.sh" || { echo "test.sh: setup failed" >&2; exit 1; }
+fi
+[ -f "$BUILD_DIR/build.ninja" ] || { echo "test.sh: no $BUILD_DIR/: run sudo bash scripts/setup.sh" >&2; exit 1; }
+if [ "$(id -u)" != 0 ] || [ ! -c /dev/fuse ]; then
+  echo "test.sh: warning: not root or no /dev/fuse: the mounted tests will be SKIPPED" >&2
+fi
+
+printf '\n==> meson test -C %s\n' "$BUILD_DIR"
+# meson test rebuilds what changed first, and ends with its summary
+# (Ok: / Expected Fail: / Fail: / Unexpected Pass: / Skipped: / Timeout:).
+meson test -C "$BUILD_DIR" --print-errorlogs --timeout-multiplier "${TIMEOUT_MULTIPLIER:-2}" "$@"
+rc=$?
+printf '\n==> test suite: %s (exit %d); full log: %s/meson-logs/testlog.txt\n' \
+  "$([ $rc = 0 ] && echo PASSED || echo FAILED)" "$rc" "$BUILD_DIR"
+exit "$rc"
