@@ -270,14 +270,19 @@ int Backend::Write(const std::string& rel, off_t off, const std::string& data,
 // it and its parent, and stats it.
 int Backend::FinishNew(int pfd, const std::string& name, const Caller& who, mode_t mode,
                        const timespec& t, struct stat* st) const {
-  struct stat parent;
-  if (fstat(pfd, &parent) != 0) return Errno();
-  // In a set-group-ID directory the new entry already has the directory's group.
-  gid_t gid = (parent.st_mode & S_ISGID) ? static_cast<gid_t>(-1) : who.gid;
-  if (fchownat(pfd, name.c_str(), who.uid, gid, AT_SYMLINK_NOFOLLOW) != 0) return Errno();
-  if (S_ISREG(mode) && (mode & (S_ISUID | S_ISGID)) &&
-      fchmodat(pfd, name.c_str(), mode & 07777, 0) != 0)
-    return Errno();
+  // The daemon creates as root:root; a root caller's entry is already
+  // right (and keeps a set-group-ID directory's group), so skip the calls.
+  if (who.uid != 0 || who.gid != 0) {
+    struct stat parent;
+    if (fstat(pfd, &parent) != 0) return Errno();
+    // In a set-group-ID directory the new entry already has the directory's group.
+    gid_t gid = (parent.st_mode & S_ISGID) ? static_cast<gid_t>(-1) : who.gid;
+    if (fchownat(pfd, name.c_str(), who.uid, gid, AT_SYMLINK_NOFOLLOW) != 0) return Errno();
+    // chown cleared the set-id bits the mode asked for: put them back.
+    if (S_ISREG(mode) && (mode & (S_ISUID | S_ISGID)) &&
+        fchmodat(pfd, name.c_str(), mode & 07777, 0) != 0)
+      return Errno();
+  }
   const timespec times[2] = {t, t};
   if (utimensat(pfd, name.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0) return Errno();
   const timespec ptimes[2] = {{0, UTIME_OMIT}, t};
