@@ -81,7 +81,12 @@ tl::expected<SideFacts, std::string> ReadSideFacts(const Backend& nas) {
     return tl::unexpected(fmt::format("cannot read the identity marker of {}: {}", nas.path(),
                                       std::strerror(id.error())));
   }
-  f.sync_pending = static_cast<bool>(ReadSmallFile(nas, std::string(kMetaDir) + "/" + kSyncFile));
+  if (auto sync = ReadSmallFile(nas, std::string(kMetaDir) + "/" + kSyncFile)) {
+    f.sync_pending = true;
+    auto j = nlohmann::json::parse(*sync, nullptr, /*allow_exceptions=*/false);
+    // Damaged: assume the worst, that the target held foreign data.
+    f.sync_verify = j.is_discarded() || !j.is_object() || j.value("verify_content", true);
+  }
   std::vector<DirEntry> entries;
   if (int e = nas.ReadDir("", &entries))
     return tl::unexpected(fmt::format("cannot list {}: {}", nas.path(), std::strerror(e)));
@@ -108,9 +113,13 @@ tl::expected<PairingPlan, std::string> DecidePairing(const SideFacts& m, const S
           "{} is marked {} and {} is marked {}: MASTER:BACKUP given in the wrong order?", mp,
           RoleName(m.marker->role), bp, RoleName(b.marker->role)));
     p.pair_id = m.marker->pair_id;
-    if (b.sync_pending) p.copy_from = Role::kMaster;
-    else if (m.sync_pending) p.copy_from = Role::kBackup;
-    p.displace = false;
+    if (b.sync_pending) {
+      p.copy_from = Role::kMaster;
+      p.displace = b.sync_verify;
+    } else if (m.sync_pending) {
+      p.copy_from = Role::kBackup;
+      p.displace = m.sync_verify;
+    }
     return p;
   }
   if (m.marker && !b.marker) {
@@ -144,13 +153,22 @@ tl::expected<PairingPlan, std::string> DecidePairing(const SideFacts& m, const S
   // Never paired.
   p.pair_id = NewPairId();
   p.write_master_marker = p.write_backup_marker = true;
+  // An empty side is what an unmounted NAS looks like: it is never the
+  // source that moves the other side's data aside.
+  if (!source.empty() && (source == "master" ? m.empty : b.empty) &&
+      !(source == "master" ? b.empty : m.empty))
+    return tl::unexpected(fmt::format(
+        "source={} but {} is empty (not mounted?) while {} holds data: refusing to move that data "
+        "aside",
+        source, source == "master" ? mp : bp, source == "master" ? bp : mp));
   if (source == "master" || (source.empty() && b.empty)) {
-    if (source.empty() && m.empty) return p;  // two empty volumes: nothing to copy
+    if (m.empty) return p;  // nothing to copy
     p.copy_from = Role::kMaster;
     p.displace = !b.empty;
     return p;
   }
   if (source == "backup") {
+    if (b.empty) return p;  // both empty
     p.copy_from = Role::kBackup;
     p.displace = !m.empty;
     return p;
@@ -173,8 +191,11 @@ tl::expected<void, std::string> WriteMarker(const Backend& nas, const Marker& m)
   return WriteMetaFile(nas, kIdentityFile, j.dump() + "\n");
 }
 
-tl::expected<void, std::string> WriteSyncPending(const Backend& target, Role source) {
-  nlohmann::json j = {{"source", RoleName(source)}, {"started", NowIso8601()}};
+tl::expected<void, std::string> WriteSyncPending(const Backend& target, Role source,
+                                                 bool verify_content) {
+  nlohmann::json j = {{"source", RoleName(source)},
+                      {"verify_content", verify_content},
+                      {"started", NowIso8601()}};
   return WriteMetaFile(target, kSyncFile, j.dump() + "\n");
 }
 

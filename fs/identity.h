@@ -30,6 +30,7 @@ struct SideFacts {
   std::optional<Marker> marker;
   bool empty = true;         // nothing but .nasfs and lost+found
   bool sync_pending = false;  // .nasfs/sync.json: an unfinished copy onto it
+  bool sync_verify = false;   // that copy must compare content (foreign data)
 };
 
 // What to do at mount.
@@ -57,7 +58,9 @@ struct PairingPlan {
 // Creates .nasfs/ and durably writes the marker (temp file, fsync, rename).
 [[nodiscard]] tl::expected<void, std::string> WriteMarker(const Backend& nas, const Marker& m);
 // Durably writes or removes .nasfs/sync.json on the copy's target.
-[[nodiscard]] tl::expected<void, std::string> WriteSyncPending(const Backend& target, Role source);
+// `verify_content` is kept so a resumed copy still checks content.
+[[nodiscard]] tl::expected<void, std::string> WriteSyncPending(const Backend& target, Role source,
+                                                               bool verify_content);
 [[nodiscard]] tl::expected<void, std::string> ClearSyncPending(const Backend& target);
 
 std::string NewPairId();

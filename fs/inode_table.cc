@@ -15,8 +15,9 @@ InodeTable::InodeTable() {
 
 fuse_ino_t InodeTable::Lookup(fuse_ino_t parent, const std::string& name) {
   std::unique_lock lk(mu_);
-  auto pit = nodes_.find(parent);
-  if (pit == nodes_.end() || (parent != FUSE_ROOT_ID && pit->second->parent == 0)) return 0;
+  // A node must have a path: refuse under any detached ancestor, not only
+  // a detached parent.
+  if (!PathLocked(parent)) return 0;
   auto it = children_.find(Key{parent, name});
   if (it != children_.end()) {
     ++nodes_.at(it->second)->nlookup;

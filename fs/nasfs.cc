@@ -50,7 +50,8 @@ tl::expected<void, std::string> Nasfs::Prepare() {
     sync_target_ = source == master_.get() ? backup_.get() : master_.get();
     // sync.json before the marker: a crash in between leaves a target that
     // is refused (no marker), never one that looks finished.
-    if (auto r = WriteSyncPending(*sync_target_, source->role()); !r) return tl::unexpected(r.error());
+    if (auto r = WriteSyncPending(*sync_target_, source->role(), plan_.displace); !r)
+      return tl::unexpected(r.error());
     sync_target_->SetState(BackendState::kSyncing, fmt::format("copy from {} pending", source->name()));
   }
   if (plan_.write_master_marker)

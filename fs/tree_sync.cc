@@ -292,7 +292,14 @@ int TreeSync::Displace(const std::string& path) {
     if (!opfd) return opfd.error();
     auto dpfd = t->OpenParent(dest, &dn);
     if (!dpfd) return dpfd.error();
-    return renameat(opfd->get(), on.c_str(), dpfd->get(), dn.c_str()) == 0 ? 0 : errno;
+    // The same path can be displaced twice in one run (the walk, then a
+    // reconcile): never replace the version kept first.
+    std::string name = dn;
+    for (int n = 1;; ++n) {
+      if (renameat2(opfd->get(), on.c_str(), dpfd->get(), name.c_str(), RENAME_NOREPLACE) == 0) return 0;
+      if (errno != EEXIST || n > 1000) return errno;
+      name = fmt::format("{}.{}", dn, n);
+    }
   });
   if (r == 0) {
     displaced_.fetch_add(1, std::memory_order_relaxed);
@@ -409,25 +416,31 @@ int TreeSync::CopyFileData(const std::string& path, const struct stat& st) {
   io_uring* ring = &uring_->ring;
   off_t size = st.st_size;
   off_t next = 0;
-  int inflight = 0;  // SQE pairs submitted, not yet reaped (2 CQEs each)
   int cqes_left = 0;
   uint64_t copied = 0;
+  // A buffer is free again only when the write that used it completed
+  // (completions may come out of order): user_data carries its slot.
+  std::vector<int> free_slots;
+  for (int i = 0; i < kDepth; ++i) free_slots.push_back(i);
   auto timeout_ms = std::chrono::duration_cast<std::chrono::milliseconds>(t->Deadline() - Clock::now()).count();
-  int slot = 0;
+  constexpr uint64_t kWriteBit = 1ULL << 63;
+  auto tag = [](bool write, int slot, size_t len) {
+    return (write ? kWriteBit : 0) | (static_cast<uint64_t>(slot) << 32) | len;
+  };
   while ((next < size || cqes_left > 0) && !err) {
-    while (next < size && inflight < kDepth) {
+    while (next < size && !free_slots.empty()) {
+      int slot = free_slots.back();
+      free_slots.pop_back();
       size_t len = static_cast<size_t>(std::min<off_t>(kChunk, size - next));
       char* buf = uring_->bufs[static_cast<size_t>(slot)].get();
-      slot = (slot + 1) % kDepth;
       io_uring_sqe* r = io_uring_get_sqe(ring);
       io_uring_prep_read(r, sfd->get(), buf, static_cast<unsigned>(len), static_cast<uint64_t>(next));
       r->flags |= IOSQE_IO_LINK;
-      io_uring_sqe_set_data64(r, len);
+      io_uring_sqe_set_data64(r, tag(false, slot, len));
       io_uring_sqe* w = io_uring_get_sqe(ring);
       io_uring_prep_write(w, tfd->get(), buf, static_cast<unsigned>(len), static_cast<uint64_t>(next));
-      io_uring_sqe_set_data64(w, (1ULL << 63) | len);
+      io_uring_sqe_set_data64(w, tag(true, slot, len));
       next += static_cast<off_t>(len);
-      ++inflight;
       cqes_left += 2;
     }
     io_uring_submit(ring);
@@ -441,16 +454,17 @@ int TreeSync::CopyFileData(const std::string& path, const struct stat& st) {
       return ETIMEDOUT;
     }
     if (w < 0) return -w;
-    uint64_t tag = io_uring_cqe_get_data64(cqe);
-    bool is_write = tag >> 63;
-    size_t len = tag & ~(1ULL << 63);
+    uint64_t data = io_uring_cqe_get_data64(cqe);
+    bool is_write = data & kWriteBit;
+    int slot = static_cast<int>((data >> 32) & 0x7fffffff);
+    size_t len = data & 0xffffffffULL;
     int res = cqe->res;
     io_uring_cqe_seen(ring, cqe);
     --cqes_left;
     if (res < 0) err = -res == ECANCELED ? EAGAIN : -res;
     else if (static_cast<size_t>(res) != len) err = EAGAIN;  // source changed size while copied
     if (is_write) {
-      --inflight;
+      free_slots.push_back(slot);
       if (!err) copied += len;
     }
   }
