@@ -1,0 +1,665 @@
+// Backend: the path-confined syscalls on one NAS, against a real temporary
+// directory standing in for the NAS. The syscall methods block and need no
+// worker pool, so they are called directly. The confinement tests plant
+// symlinks and ".." paths that lead to a second directory outside the NAS
+// and check both the errno and that nothing outside changed.
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "fs/backend.h"
+
+namespace nasfs {
+namespace {
+
+using ::testing::AnyOf;
+using ::testing::Eq;
+using ::testing::Ne;
+using ::testing::UnorderedElementsAre;
+
+timespec Ts(time_t s, long ns) { return timespec{s, ns}; }
+
+bool SameTime(const timespec& a, const timespec& b) {
+  return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
+}
+
+std::string Fmt(const timespec& t) {
+  return std::to_string(t.tv_sec) + "." + std::to_string(t.tv_nsec);
+}
+
+class BackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = MakeTemp("/tmp/nasfs-backend-nas-XXXXXX");
+    outside_ = MakeTemp("/tmp/nasfs-backend-outside-XXXXXX");
+    nas_ = std::make_unique<Backend>(Role::kMaster, root_, 1, std::chrono::milliseconds(1000));
+    auto r = nas_->OpenRoot();
+    ASSERT_TRUE(r) << std::strerror(r.error());
+    // A file outside the NAS that no confined call may reach.
+    WriteFile(outside_ + "/file", "outside");
+  }
+  void TearDown() override {
+    std::error_code ec;
+    if (!root_.empty()) std::filesystem::remove_all(root_, ec);
+    if (!outside_.empty()) std::filesystem::remove_all(outside_, ec);
+  }
+
+  static std::string MakeTemp(std::string tmpl) {
+    if (!::mkdtemp(tmpl.data())) ADD_FAILURE() << "mkdtemp: " << std::strerror(errno);
+    return tmpl;
+  }
+  static void WriteFile(const std::string& path, const std::string& content) {
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    f << content;
+    ASSERT_TRUE(f.good()) << path;
+  }
+  static std::string ReadFile(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  }
+  static bool Exists(const std::string& path) {
+    struct stat st;
+    return ::lstat(path.c_str(), &st) == 0;
+  }
+  std::string At(const std::string& rel) const { return root_ + "/" + rel; }
+  // Creates rel as an empty file through the backend.
+  void NewFile(const std::string& rel, mode_t mode = 0644) {
+    struct stat st;
+    ASSERT_EQ(nas_->Create(rel, O_EXCL, mode, who_, Ts(1000, 0), &st), 0) << rel;
+  }
+  static bool IsRoot() { return ::geteuid() == 0; }
+
+  std::string root_, outside_;
+  std::unique_ptr<Backend> nas_;
+  Caller who_{1234, 5678};
+};
+
+TEST_F(BackendTest, OpenRootFailsForAMissingDirectoryOrAFile) {
+  Backend missing(Role::kBackup, root_ + "/nope", 1, std::chrono::milliseconds(100));
+  auto r = missing.OpenRoot();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), ENOENT);
+  WriteFile(At("plain"), "x");
+  Backend file(Role::kBackup, At("plain"), 1, std::chrono::milliseconds(100));
+  auto f = file.OpenRoot();
+  ASSERT_FALSE(f);
+  EXPECT_EQ(f.error(), ENOTDIR);
+}
+
+TEST_F(BackendTest, StatOfTheEmptyPathIsTheRoot) {
+  struct stat st, want;
+  ASSERT_EQ(nas_->Stat("", &st), 0);
+  ASSERT_EQ(::stat(root_.c_str(), &want), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_EQ(st.st_ino, want.st_ino);
+}
+
+TEST_F(BackendTest, MkdirCreateWriteReadAndStatRoundTrip) {
+  struct stat st;
+  ASSERT_EQ(nas_->Mkdir("d", 0750, who_, Ts(1000, 1), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0750u);
+  ASSERT_EQ(nas_->Create("d/f", O_EXCL, 0640, who_, Ts(1000, 2), &st), 0);
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
+  EXPECT_EQ(st.st_size, 0);
+  ASSERT_EQ(nas_->Write("d/f", 0, "hello world", Ts(1001, 0)), 0);
+  ASSERT_EQ(nas_->Write("d/f", 6, "WORLD!", Ts(1002, 0)), 0);
+  std::string got;
+  ASSERT_EQ(nas_->Read("d/f", 0, 100, &got), 0);
+  EXPECT_EQ(got, "hello WORLD!");
+  ASSERT_EQ(nas_->Read("d/f", 6, 3, &got), 0);
+  EXPECT_EQ(got, "WOR");
+  ASSERT_EQ(nas_->Stat("d/f", &st), 0);
+  EXPECT_EQ(st.st_size, 12);
+  EXPECT_EQ(ReadFile(At("d/f")), "hello WORLD!");
+  EXPECT_EQ(nas_->Stat("d/missing", &st), ENOENT);
+  EXPECT_EQ(nas_->Create("d/f", O_EXCL, 0640, who_, Ts(1, 0), &st), EEXIST);
+}
+
+TEST_F(BackendTest, WriteAtAnOffsetPastTheEndLeavesAHole) {
+  NewFile("f");
+  ASSERT_EQ(nas_->Write("f", 10, "x", Ts(5, 0)), 0);
+  std::string got;
+  ASSERT_EQ(nas_->Read("f", 0, 100, &got), 0);
+  EXPECT_EQ(got, std::string(10, '\0') + "x");
+}
+
+TEST_F(BackendTest, CreateWithoutExclOpensAnExistingFileAndTruncatesOnlyWithOTrunc) {
+  NewFile("f");
+  ASSERT_EQ(nas_->Write("f", 0, "content", Ts(5, 0)), 0);
+  struct stat st;
+  ASSERT_EQ(nas_->Create("f", 0, 0600, who_, Ts(6, 0), &st), 0);
+  EXPECT_EQ(st.st_size, 7);
+  ASSERT_EQ(nas_->Create("f", O_TRUNC, 0600, who_, Ts(7, 7), &st), 0);
+  EXPECT_EQ(st.st_size, 0);
+  EXPECT_TRUE(SameTime(st.st_mtim, Ts(7, 7))) << Fmt(st.st_mtim);
+}
+
+TEST_F(BackendTest, CreateGivesTheNewFileTheCallersOwner) {
+  if (!IsRoot()) GTEST_SKIP() << "chown to another user needs root";
+  struct stat st;
+  ASSERT_EQ(nas_->Create("f", O_EXCL, 0644, who_, Ts(1000, 0), &st), 0);
+  EXPECT_EQ(st.st_uid, 1234u);
+  EXPECT_EQ(st.st_gid, 5678u);
+  struct stat disk;
+  ASSERT_EQ(::lstat(At("f").c_str(), &disk), 0);
+  EXPECT_EQ(disk.st_uid, 1234u);
+  EXPECT_EQ(disk.st_gid, 5678u);
+  ASSERT_EQ(nas_->Mkdir("d", 0755, who_, Ts(1000, 0), &st), 0);
+  EXPECT_EQ(st.st_uid, 1234u);
+  EXPECT_EQ(st.st_gid, 5678u);
+  ASSERT_EQ(nas_->Symlink("target", "l", who_, Ts(1000, 0), &st), 0);
+  EXPECT_EQ(st.st_uid, 1234u);
+  EXPECT_EQ(st.st_gid, 5678u);
+}
+
+TEST_F(BackendTest, CreateKeepsTheSetuidBitThatChownClears) {
+  if (!IsRoot()) GTEST_SKIP() << "chown to another user needs root";
+  struct stat st;
+  ASSERT_EQ(nas_->Create("suid", O_EXCL, 04755, who_, Ts(1000, 0), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 04755u);
+  ASSERT_EQ(nas_->Create("sgid", O_EXCL, 02755, who_, Ts(1000, 0), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 02755u);
+  struct stat disk;
+  ASSERT_EQ(::lstat(At("suid").c_str(), &disk), 0);
+  EXPECT_EQ(disk.st_mode & 07777, 04755u);
+  EXPECT_EQ(disk.st_uid, 1234u);
+}
+
+TEST_F(BackendTest, ANewEntryInASetgidDirectoryTakesTheDirectorysGroup) {
+  if (!IsRoot()) GTEST_SKIP() << "chown to another user needs root";
+  struct stat st;
+  ASSERT_EQ(nas_->Mkdir("shared", 0775, Caller{0, 4242}, Ts(1000, 0), &st), 0);
+  ASSERT_EQ(::chmod(At("shared").c_str(), 02775), 0);
+  ASSERT_EQ(nas_->Create("shared/f", O_EXCL, 0644, who_, Ts(1000, 0), &st), 0);
+  EXPECT_EQ(st.st_uid, 1234u);
+  EXPECT_EQ(st.st_gid, 4242u);
+}
+
+TEST_F(BackendTest, ANewEntryAndItsParentGetTheGivenTimestampExactly) {
+  struct stat st, parent;
+  ASSERT_EQ(nas_->Mkdir("d", 0755, who_, Ts(1600000000, 123456789), &st), 0);
+  EXPECT_TRUE(SameTime(st.st_mtim, Ts(1600000000, 123456789))) << Fmt(st.st_mtim);
+  EXPECT_TRUE(SameTime(st.st_atim, Ts(1600000000, 123456789))) << Fmt(st.st_atim);
+
+  const timespec t = Ts(1700000000, 987654321);
+  ASSERT_EQ(nas_->Create("d/f", O_EXCL, 0644, who_, t, &st), 0);
+  EXPECT_TRUE(SameTime(st.st_mtim, t)) << Fmt(st.st_mtim);
+  ASSERT_EQ(nas_->Stat("d", &parent), 0);
+  EXPECT_TRUE(SameTime(parent.st_mtim, t)) << Fmt(parent.st_mtim);
+
+  const timespec t2 = Ts(1700000001, 1);
+  ASSERT_EQ(nas_->Symlink("f", "d/l", who_, t2, &st), 0);
+  EXPECT_TRUE(SameTime(st.st_mtim, t2)) << Fmt(st.st_mtim);
+  ASSERT_EQ(nas_->Stat("d", &parent), 0);
+  EXPECT_TRUE(SameTime(parent.st_mtim, t2)) << Fmt(parent.st_mtim);
+
+  const timespec t3 = Ts(1700000002, 2);
+  ASSERT_EQ(nas_->Mknod("d/fifo", S_IFIFO | 0600, 0, who_, t3, &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+  EXPECT_TRUE(SameTime(st.st_mtim, t3)) << Fmt(st.st_mtim);
+  ASSERT_EQ(nas_->Stat("d", &parent), 0);
+  EXPECT_TRUE(SameTime(parent.st_mtim, t3)) << Fmt(parent.st_mtim);
+}
+
+TEST_F(BackendTest, WriteStampsTheGivenMtime) {
+  NewFile("f");
+  const timespec t = Ts(1650000000, 424242424);
+  ASSERT_EQ(nas_->Write("f", 0, "data", t), 0);
+  struct stat st;
+  ASSERT_EQ(nas_->Stat("f", &st), 0);
+  EXPECT_TRUE(SameTime(st.st_mtim, t)) << Fmt(st.st_mtim);
+}
+
+TEST_F(BackendTest, SetAttrTruncatesAndSetsMtime) {
+  NewFile("f");
+  ASSERT_EQ(nas_->Write("f", 0, "0123456789", Ts(5, 0)), 0);
+  SetAttrArgs a;
+  a.set_size = true;
+  a.size = 4;
+  a.set_mtime = true;
+  a.mtime = Ts(1234567890, 111);
+  struct stat st;
+  ASSERT_EQ(nas_->SetAttr("f", a, &st), 0);
+  EXPECT_EQ(st.st_size, 4);
+  EXPECT_TRUE(SameTime(st.st_mtim, Ts(1234567890, 111))) << Fmt(st.st_mtim);
+  EXPECT_EQ(ReadFile(At("f")), "0123");
+  // Growing fills with zeros.
+  SetAttrArgs grow;
+  grow.set_size = true;
+  grow.size = 6;
+  ASSERT_EQ(nas_->SetAttr("f", grow, &st), 0);
+  EXPECT_EQ(ReadFile(At("f")), std::string("0123\0\0", 6));
+}
+
+TEST_F(BackendTest, SetAttrChangesModeOwnerAndTimesOfADirectoryAndTheRoot) {
+  struct stat st;
+  ASSERT_EQ(nas_->Mkdir("d", 0755, who_, Ts(5, 0), &st), 0);
+  SetAttrArgs a;
+  a.set_mode = true;
+  a.mode = 01777;
+  a.set_atime = a.set_mtime = true;
+  a.atime = Ts(10, 10);
+  a.mtime = Ts(20, 20);
+  ASSERT_EQ(nas_->SetAttr("d", a, &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 01777u);
+  EXPECT_TRUE(SameTime(st.st_mtim, Ts(20, 20)));
+  EXPECT_TRUE(SameTime(st.st_atim, Ts(10, 10)));
+  ASSERT_EQ(nas_->SetAttr("", a, &st), 0);
+  EXPECT_TRUE(SameTime(st.st_mtim, Ts(20, 20)));
+  SetAttrArgs size;
+  size.set_size = true;
+  EXPECT_EQ(nas_->SetAttr("d", size, &st), EISDIR);
+}
+
+TEST_F(BackendTest, SetAttrChmodAfterChownKeepsTheExplicitSetuidBit) {
+  if (!IsRoot()) GTEST_SKIP() << "chown to another user needs root";
+  NewFile("f", 0755);
+  SetAttrArgs a;
+  a.set_uid = a.set_gid = a.set_mode = true;
+  a.uid = 4321;
+  a.gid = 8765;
+  a.mode = 04755;
+  struct stat st;
+  ASSERT_EQ(nas_->SetAttr("f", a, &st), 0);
+  EXPECT_EQ(st.st_uid, 4321u);
+  EXPECT_EQ(st.st_gid, 8765u);
+  EXPECT_EQ(st.st_mode & 07777, 04755u);
+}
+
+TEST_F(BackendTest, RenameWithNoreplaceOntoAnExistingNameFailsWithEexist) {
+  NewFile("a");
+  NewFile("b");
+  ASSERT_EQ(nas_->Write("a", 0, "A", Ts(5, 0)), 0);
+  ASSERT_EQ(nas_->Write("b", 0, "B", Ts(5, 0)), 0);
+  EXPECT_EQ(nas_->Rename("a", "b", RENAME_NOREPLACE, Ts(6, 0)), EEXIST);
+  EXPECT_EQ(ReadFile(At("a")), "A");
+  EXPECT_EQ(ReadFile(At("b")), "B");
+  EXPECT_EQ(nas_->Rename("a", "c", RENAME_NOREPLACE, Ts(6, 0)), 0);
+  EXPECT_FALSE(Exists(At("a")));
+  EXPECT_EQ(ReadFile(At("c")), "A");
+}
+
+TEST_F(BackendTest, RenameExchangeSwapsTwoEntries) {
+  struct stat st;
+  ASSERT_EQ(nas_->Mkdir("d", 0755, who_, Ts(5, 0), &st), 0);
+  NewFile("d/inner");
+  NewFile("f");
+  ASSERT_EQ(nas_->Write("f", 0, "file", Ts(5, 0)), 0);
+  ASSERT_EQ(nas_->Rename("d", "f", RENAME_EXCHANGE, Ts(6, 0)), 0);
+  EXPECT_EQ(ReadFile(At("d")), "file");
+  EXPECT_TRUE(Exists(At("f/inner")));
+}
+
+TEST_F(BackendTest, RenameMovesAcrossDirectoriesAndStampsBothParents) {
+  struct stat st;
+  ASSERT_EQ(nas_->Mkdir("src", 0755, who_, Ts(5, 0), &st), 0);
+  ASSERT_EQ(nas_->Mkdir("dst", 0755, who_, Ts(5, 0), &st), 0);
+  NewFile("src/f");
+  NewFile("dst/old");
+  const timespec t = Ts(1700000000, 5);
+  ASSERT_EQ(nas_->Rename("src/f", "dst/old", 0, t), 0);
+  EXPECT_FALSE(Exists(At("src/f")));
+  ASSERT_EQ(nas_->Stat("src", &st), 0);
+  EXPECT_TRUE(SameTime(st.st_mtim, t)) << Fmt(st.st_mtim);
+  ASSERT_EQ(nas_->Stat("dst", &st), 0);
+  EXPECT_TRUE(SameTime(st.st_mtim, t)) << Fmt(st.st_mtim);
+  EXPECT_EQ(nas_->Rename("src/missing", "dst/x", 0, t), ENOENT);
+}
+
+TEST_F(BackendTest, UnlinkRemovesAFileAndStampsTheParent) {
+  struct stat st;
+  ASSERT_EQ(nas_->Mkdir("d", 0755, who_, Ts(5, 0), &st), 0);
+  NewFile("d/f");
+  const timespec t = Ts(1700000003, 3);
+  ASSERT_EQ(nas_->Unlink("d/f", t), 0);
+  EXPECT_FALSE(Exists(At("d/f")));
+  ASSERT_EQ(nas_->Stat("d", &st), 0);
+  EXPECT_TRUE(SameTime(st.st_mtim, t)) << Fmt(st.st_mtim);
+  EXPECT_EQ(nas_->Unlink("d/f", t), ENOENT);
+  EXPECT_EQ(nas_->Unlink("d", t), EISDIR);
+}
+
+TEST_F(BackendTest, RmdirRemovesOnlyAnEmptyDirectory) {
+  struct stat st;
+  ASSERT_EQ(nas_->Mkdir("d", 0755, who_, Ts(5, 0), &st), 0);
+  NewFile("d/f");
+  EXPECT_EQ(nas_->Rmdir("d", Ts(6, 0)), ENOTEMPTY);
+  ASSERT_EQ(nas_->Unlink("d/f", Ts(6, 0)), 0);
+  const timespec t = Ts(1700000004, 4);
+  ASSERT_EQ(nas_->Rmdir("d", t), 0);
+  EXPECT_FALSE(Exists(At("d")));
+  ASSERT_EQ(nas_->Stat("", &st), 0);
+  EXPECT_TRUE(SameTime(st.st_mtim, t)) << Fmt(st.st_mtim);
+}
+
+TEST_F(BackendTest, SymlinkAndReadLinkRoundTrip) {
+  struct stat st;
+  ASSERT_EQ(nas_->Symlink("../some/where else", "l", who_, Ts(5, 0), &st), 0);
+  EXPECT_TRUE(S_ISLNK(st.st_mode));
+  std::string target;
+  ASSERT_EQ(nas_->ReadLink("l", &target), 0);
+  EXPECT_EQ(target, "../some/where else");
+  // Not a link: an error (the kernel says ENOENT for readlinkat(fd, "") on
+  // a non-link where readlink(2) would say EINVAL; FUSE only asks for links).
+  NewFile("f");
+  EXPECT_NE(nas_->ReadLink("f", &target), 0);
+}
+
+TEST_F(BackendTest, LinkAddsASecondNameForTheSameInode) {
+  NewFile("f");
+  struct stat st, orig;
+  ASSERT_EQ(nas_->Stat("f", &orig), 0);
+  struct stat dst;
+  ASSERT_EQ(nas_->Mkdir("d", 0755, who_, Ts(5, 0), &dst), 0);
+  const timespec t = Ts(1700000005, 5);
+  ASSERT_EQ(nas_->Link("f", "d/g", t, &st), 0);
+  EXPECT_EQ(st.st_ino, orig.st_ino);
+  EXPECT_EQ(st.st_nlink, 2u);
+  ASSERT_EQ(nas_->Write("d/g", 0, "shared", Ts(6, 0)), 0);
+  EXPECT_EQ(ReadFile(At("f")), "shared");
+  ASSERT_EQ(nas_->Stat("d", &dst), 0);
+  EXPECT_TRUE(SameTime(dst.st_mtim, t)) << Fmt(dst.st_mtim);
+  EXPECT_EQ(nas_->Link("f", "d/g", t, &st), EEXIST);
+}
+
+TEST_F(BackendTest, UserXattrsCanBeSetReadListedAndRemoved) {
+  NewFile("f");
+  int r = nas_->SetXattr("f", "user.color", "blue", 0);
+  if (r == EOPNOTSUPP) GTEST_SKIP() << "no user xattrs on " << root_;
+  ASSERT_EQ(r, 0);
+  ASSERT_EQ(nas_->SetXattr("f", "user.shape", std::string("sq\0re", 5), 0), 0);
+  EXPECT_EQ(nas_->SetXattr("f", "user.color", "red", XATTR_CREATE), EEXIST);
+  EXPECT_EQ(nas_->SetXattr("f", "user.none", "x", XATTR_REPLACE), ENODATA);
+  std::string v;
+  ASSERT_EQ(nas_->GetXattr("f", "user.color", 0, &v), 0);
+  EXPECT_EQ(v, "4");  // the size query answers the length
+  ASSERT_EQ(nas_->GetXattr("f", "user.color", 64, &v), 0);
+  EXPECT_EQ(v, "blue");
+  ASSERT_EQ(nas_->GetXattr("f", "user.shape", 64, &v), 0);
+  EXPECT_EQ(v, std::string("sq\0re", 5));
+  EXPECT_EQ(nas_->GetXattr("f", "user.color", 2, &v), ERANGE);
+  std::string list;
+  ASSERT_EQ(nas_->ListXattr("f", 1024, &list), 0);
+  std::vector<std::string> names;
+  for (size_t i = 0; i < list.size();) {
+    names.emplace_back(list.c_str() + i);
+    i += names.back().size() + 1;
+  }
+  EXPECT_THAT(names, UnorderedElementsAre("user.color", "user.shape"));
+  ASSERT_EQ(nas_->RemoveXattr("f", "user.color"), 0);
+  EXPECT_EQ(nas_->GetXattr("f", "user.color", 64, &v), ENODATA);
+  EXPECT_EQ(nas_->RemoveXattr("f", "user.color"), ENODATA);
+}
+
+TEST_F(BackendTest, ReadDirListsEveryEntryWithItsType) {
+  struct stat st;
+  ASSERT_EQ(nas_->Mkdir("d", 0755, who_, Ts(5, 0), &st), 0);
+  NewFile("d/file");
+  ASSERT_EQ(nas_->Mkdir("d/sub", 0755, who_, Ts(5, 0), &st), 0);
+  ASSERT_EQ(nas_->Symlink("file", "d/link", who_, Ts(5, 0), &st), 0);
+  std::vector<DirEntry> out;
+  ASSERT_EQ(nas_->ReadDir("d", &out), 0);
+  std::map<std::string, unsigned char> got;
+  for (auto& e : out) got[e.name] = e.type;
+  EXPECT_EQ(got.size(), 5u);
+  EXPECT_TRUE(got.count("."));
+  EXPECT_TRUE(got.count(".."));
+  EXPECT_EQ(got["file"], DT_REG);
+  EXPECT_EQ(got["sub"], DT_DIR);
+  EXPECT_EQ(got["link"], DT_LNK);
+  EXPECT_EQ(nas_->ReadDir("d/file", &out), ENOTDIR);
+  EXPECT_EQ(nas_->ReadDir("nope", &out), ENOENT);
+}
+
+TEST_F(BackendTest, StatChildrenMarksMissingNamesWithInodeZero) {
+  NewFile("here");
+  std::vector<struct stat> out;
+  ASSERT_EQ(nas_->StatChildren("", {"here", "gone"}, &out), 0);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_NE(out[0].st_ino, 0u);
+  EXPECT_EQ(out[1].st_ino, 0u);
+}
+
+TEST_F(BackendTest, ReadReturnsShortOnlyAtEndOfFile) {
+  // Large enough that the kernel may split the read.
+  const size_t size = (3 << 20) + 12345;
+  std::string data(size, '\0');
+  std::mt19937 rng(7);
+  for (auto& c : data) c = static_cast<char>(rng());
+  WriteFile(At("big"), data);
+  std::string got;
+  ASSERT_EQ(nas_->Read("big", 0, size, &got), 0);
+  EXPECT_EQ(got.size(), size);
+  EXPECT_TRUE(got == data);
+  ASSERT_EQ(nas_->Read("big", 1000, 2 << 20, &got), 0);
+  EXPECT_EQ(got.size(), static_cast<size_t>(2 << 20));
+  EXPECT_TRUE(got == data.substr(1000, 2 << 20));
+  // Across the end: short, exactly what is left.
+  ASSERT_EQ(nas_->Read("big", static_cast<off_t>(size - 10), 4096, &got), 0);
+  EXPECT_EQ(got, data.substr(size - 10));
+  // At and past the end: empty, not an error.
+  ASSERT_EQ(nas_->Read("big", static_cast<off_t>(size), 10, &got), 0);
+  EXPECT_EQ(got, "");
+  ASSERT_EQ(nas_->Read("big", static_cast<off_t>(size + 100), 10, &got), 0);
+  EXPECT_EQ(got, "");
+}
+
+TEST_F(BackendTest, HashIsTheSameForEqualContentAndDiffersOtherwise) {
+  WriteFile(At("a"), "same content");
+  WriteFile(At("b"), "same content");
+  WriteFile(At("c"), "same contenT");
+  uint64_t ha = 0, hb = 0, hc = 0;
+  ASSERT_EQ(nas_->Hash("a", &ha), 0);
+  ASSERT_EQ(nas_->Hash("b", &hb), 0);
+  ASSERT_EQ(nas_->Hash("c", &hc), 0);
+  EXPECT_EQ(ha, hb);
+  EXPECT_NE(ha, hc);
+}
+
+// ---- confinement ----
+
+TEST_F(BackendTest, StatThroughASymlinkedDirectoryLeavingTheNasFails) {
+  ASSERT_EQ(::symlink(outside_.c_str(), At("link").c_str()), 0);
+  struct stat st;
+  int r = nas_->Stat("link/file", &st);
+  EXPECT_THAT(r, AnyOf(Eq(ELOOP), Eq(EXDEV), Eq(ENOENT))) << std::strerror(r);
+  std::string data;
+  r = nas_->Read("link/file", 0, 100, &data);
+  EXPECT_THAT(r, AnyOf(Eq(ELOOP), Eq(EXDEV), Eq(ENOENT))) << std::strerror(r);
+  std::vector<DirEntry> list;
+  EXPECT_NE(nas_->ReadDir("link", &list), 0);
+  uint64_t h;
+  EXPECT_NE(nas_->Hash("link/file", &h), 0);
+}
+
+TEST_F(BackendTest, CreatingThroughASymlinkedDirectoryFailsAndCreatesNothingOutside) {
+  ASSERT_EQ(::symlink(outside_.c_str(), At("link").c_str()), 0);
+  struct stat st;
+  int r = nas_->Create("link/new", O_EXCL, 0644, who_, Ts(5, 0), &st);
+  EXPECT_THAT(r, AnyOf(Eq(ELOOP), Eq(EXDEV), Eq(ENOENT))) << std::strerror(r);
+  EXPECT_NE(nas_->Create("link/new2", 0, 0644, who_, Ts(5, 0), &st), 0);
+  EXPECT_NE(nas_->Mkdir("link/newdir", 0755, who_, Ts(5, 0), &st), 0);
+  EXPECT_NE(nas_->Symlink("x", "link/newlink", who_, Ts(5, 0), &st), 0);
+  EXPECT_NE(nas_->Mknod("link/fifo", S_IFIFO | 0644, 0, who_, Ts(5, 0), &st), 0);
+  NewFile("inside");
+  EXPECT_NE(nas_->Link("inside", "link/hardlink", Ts(5, 0), &st), 0);
+  EXPECT_NE(nas_->Rename("inside", "link/moved", 0, Ts(5, 0)), 0);
+  EXPECT_TRUE(Exists(At("inside")));
+  for (const char* n : {"new", "new2", "newdir", "newlink", "fifo", "hardlink", "moved"})
+    EXPECT_FALSE(Exists(outside_ + "/" + n)) << n << " was created outside the NAS";
+}
+
+TEST_F(BackendTest, ChangingAFileThroughASymlinkedDirectoryLeavesItAlone) {
+  ASSERT_EQ(::symlink(outside_.c_str(), At("link").c_str()), 0);
+  struct stat before;
+  ASSERT_EQ(::stat((outside_ + "/file").c_str(), &before), 0);
+  EXPECT_NE(nas_->Write("link/file", 0, "PWNED", Ts(5, 0)), 0);
+  SetAttrArgs a;
+  a.set_size = true;
+  a.size = 0;
+  a.set_mode = true;
+  a.mode = 0777;
+  struct stat st;
+  EXPECT_NE(nas_->SetAttr("link/file", a, &st), 0);
+  EXPECT_NE(nas_->Fallocate("link/file", 0, 0, 4096, Ts(5, 0)), 0);
+  EXPECT_NE(nas_->SetXattr("link/file", "user.x", "y", 0), 0);
+  EXPECT_NE(nas_->Unlink("link/file", Ts(5, 0)), 0);
+  EXPECT_NE(nas_->Rename("link/file", "stolen", 0, Ts(5, 0)), 0);
+  EXPECT_EQ(ReadFile(outside_ + "/file"), "outside");
+  struct stat after;
+  ASSERT_EQ(::stat((outside_ + "/file").c_str(), &after), 0);
+  EXPECT_EQ(after.st_mode, before.st_mode);
+  EXPECT_FALSE(Exists(At("stolen")));
+}
+
+TEST_F(BackendTest, ARelativeSymlinkClimbingOutOfTheNasIsNotFollowed) {
+  std::string out_name = std::filesystem::path(outside_).filename();
+  ASSERT_EQ(::symlink(("../" + out_name).c_str(), At("up").c_str()), 0);
+  struct stat st;
+  EXPECT_NE(nas_->Stat("up/file", &st), 0);
+  EXPECT_NE(nas_->Create("up/new", O_EXCL, 0644, who_, Ts(5, 0), &st), 0);
+  EXPECT_FALSE(Exists(outside_ + "/new"));
+}
+
+TEST_F(BackendTest, PathsWithDotDotThatLeaveTheNasFail) {
+  std::string out_name = std::filesystem::path(outside_).filename();
+  struct stat st;
+  ASSERT_EQ(nas_->Mkdir("sub", 0755, who_, Ts(5, 0), &st), 0);
+  for (const std::string& p : {"../" + out_name + "/file", "sub/../../" + out_name + "/file",
+                               std::string(".."), std::string("sub/../..")}) {
+    int r = nas_->Stat(p, &st);
+    EXPECT_NE(r, 0) << p << " resolved outside the NAS";
+    std::string data;
+    EXPECT_NE(nas_->Read(p, 0, 10, &data), 0) << p;
+    EXPECT_NE(nas_->Write(p, 0, "PWNED", Ts(5, 0)), 0) << p;
+  }
+  for (const std::string& p : {"../" + out_name + "/new", "sub/../../" + out_name + "/new"}) {
+    EXPECT_NE(nas_->Create(p, O_EXCL, 0644, who_, Ts(5, 0), &st), 0) << p;
+    EXPECT_NE(nas_->Mkdir(p + "dir", 0755, who_, Ts(5, 0), &st), 0) << p;
+    EXPECT_NE(nas_->Symlink("x", p + "link", who_, Ts(5, 0), &st), 0) << p;
+  }
+  EXPECT_NE(nas_->Unlink("../" + out_name + "/file", Ts(5, 0)), 0);
+  EXPECT_NE(nas_->Rename("../" + out_name + "/file", "stolen", 0, Ts(5, 0)), 0);
+  EXPECT_EQ(ReadFile(outside_ + "/file"), "outside");
+  for (const char* n : {"new", "newdir", "newlink"})
+    EXPECT_FALSE(Exists(outside_ + "/" + n)) << n << " was created outside the NAS";
+  EXPECT_FALSE(Exists(At("stolen")));
+}
+
+TEST_F(BackendTest, AnAbsoluteSymlinkAsTheLastComponentIsStatedButNeverFollowed) {
+  const std::string target = outside_ + "/file";
+  ASSERT_EQ(::symlink(target.c_str(), At("abs").c_str()), 0);
+  struct stat st;
+  ASSERT_EQ(nas_->Stat("abs", &st), 0);
+  EXPECT_TRUE(S_ISLNK(st.st_mode));
+  std::string link;
+  ASSERT_EQ(nas_->ReadLink("abs", &link), 0);
+  EXPECT_EQ(link, target);
+
+  std::string data;
+  int r = nas_->Read("abs", 0, 100, &data);
+  EXPECT_THAT(r, AnyOf(Eq(ELOOP), Eq(EXDEV))) << std::strerror(r);
+  EXPECT_NE(nas_->Write("abs", 0, "PWNED", Ts(5, 0)), 0);
+  EXPECT_NE(nas_->Create("abs", O_TRUNC, 0644, who_, Ts(5, 0), &st), 0);
+  uint64_t h;
+  EXPECT_NE(nas_->Hash("abs", &h), 0);
+  EXPECT_NE(nas_->Fsync("abs", false), 0);
+  SetAttrArgs size;
+  size.set_size = true;
+  size.size = 0;
+  EXPECT_NE(nas_->SetAttr("abs", size, &st), 0);
+  SetAttrArgs mode;
+  mode.set_mode = true;
+  mode.mode = 0777;
+  EXPECT_NE(nas_->SetAttr("abs", mode, &st), 0);
+  EXPECT_EQ(nas_->GetXattr("abs", "user.x", 10, &data), ENODATA);
+  EXPECT_NE(nas_->SetXattr("abs", "user.x", "y", 0), 0);
+
+  EXPECT_EQ(ReadFile(target), "outside");
+  struct stat out;
+  ASSERT_EQ(::stat(target.c_str(), &out), 0);
+  EXPECT_NE(out.st_mode & 07777, 0777u);
+  char v[8];
+  EXPECT_LT(::getxattr(target.c_str(), "user.x", v, sizeof v), 0);
+}
+
+TEST_F(BackendTest, ChangingTheOwnerOfASymlinkLeavesItsTargetAlone) {
+  if (!IsRoot()) GTEST_SKIP() << "chown to another user needs root";
+  const std::string target = outside_ + "/file";
+  ASSERT_EQ(::symlink(target.c_str(), At("abs").c_str()), 0);
+  struct stat before;
+  ASSERT_EQ(::stat(target.c_str(), &before), 0);
+  SetAttrArgs a;
+  a.set_uid = a.set_gid = true;
+  a.uid = 4321;
+  a.gid = 8765;
+  a.set_mtime = true;
+  a.mtime = Ts(77, 77);
+  struct stat st;
+  ASSERT_EQ(nas_->SetAttr("abs", a, &st), 0);
+  EXPECT_TRUE(S_ISLNK(st.st_mode));
+  EXPECT_EQ(st.st_uid, 4321u);
+  EXPECT_TRUE(SameTime(st.st_mtim, Ts(77, 77)));
+  struct stat after;
+  ASSERT_EQ(::stat(target.c_str(), &after), 0);
+  EXPECT_EQ(after.st_uid, before.st_uid);
+  EXPECT_EQ(after.st_gid, before.st_gid);
+  EXPECT_TRUE(SameTime(after.st_mtim, before.st_mtim));
+}
+
+TEST_F(BackendTest, CreatingOverADanglingSymlinkDoesNotCreateItsTarget) {
+  const std::string target = outside_ + "/created-through-link";
+  ASSERT_EQ(::symlink(target.c_str(), At("dangling").c_str()), 0);
+  struct stat st;
+  EXPECT_NE(nas_->Create("dangling", 0, 0644, who_, Ts(5, 0), &st), 0);
+  EXPECT_NE(nas_->Create("dangling", O_TRUNC, 0644, who_, Ts(5, 0), &st), 0);
+  EXPECT_EQ(nas_->Create("dangling", O_EXCL, 0644, who_, Ts(5, 0), &st), EEXIST);
+  EXPECT_FALSE(Exists(target));
+}
+
+TEST_F(BackendTest, ADirectorySwappedForASymlinkBehindOurBackIsNotFollowed) {
+  struct stat st;
+  ASSERT_EQ(nas_->Mkdir("www", 0755, who_, Ts(5, 0), &st), 0);
+  NewFile("www/index.html");
+  ASSERT_EQ(nas_->Stat("www/index.html", &st), 0);
+  // Someone on the NAS replaces the directory with a link to elsewhere.
+  std::filesystem::remove_all(At("www"));
+  ASSERT_EQ(::symlink(outside_.c_str(), At("www").c_str()), 0);
+  EXPECT_NE(nas_->Stat("www/file", &st), 0);
+  EXPECT_NE(nas_->Create("www/index.html", O_EXCL, 0644, who_, Ts(5, 0), &st), 0);
+  EXPECT_FALSE(Exists(outside_ + "/index.html"));
+}
+
+TEST_F(BackendTest, JoinPathAndIsFaultErrnoBehaveAsDocumented) {
+  EXPECT_EQ(JoinPath("", "c"), "c");
+  EXPECT_EQ(JoinPath("a/b", "c"), "a/b/c");
+  EXPECT_TRUE(IsFaultErrno(EIO));
+  EXPECT_TRUE(IsFaultErrno(ETIMEDOUT));
+  EXPECT_FALSE(IsFaultErrno(ENOENT));
+  EXPECT_FALSE(IsFaultErrno(EEXIST));
+}
+
+}  // namespace
+}  // namespace nasfs
