@@ -64,6 +64,16 @@ printf '\n==> meson test -C %s\n' "$BUILD_DIR"
 # (Ok: / Expected Fail: / Fail: / Unexpected Pass: / Skipped: / Timeout:).
 meson test -C "$BUILD_DIR" --print-errorlogs --timeout-multiplier "${TIMEOUT_MULTIPLIER:-2}" "$@"
 rc=$?
+# One plain closing line of GoogleTest cases across every test binary, for
+# readers that do not know meson's summary.
+log="$BUILD_DIR/meson-logs/testlog.txt"
+if [ -f "$log" ]; then
+  passed=$(grep -Eo '^\[  PASSED  \] [0-9]+ tests?' "$log" | awk '{s+=$4} END {print s+0}')
+  failed=$(grep -Eo '^\[  FAILED  \] [0-9]+ tests?, listed below' "$log" | awk '{s+=$4} END {print s+0}')
+  skipped=$(grep -Eo '^\[  SKIPPED \] [0-9]+ tests?,' "$log" | awk '{s+=$4} END {print s+0}')
+  [ "$rc" = 0 ] || [ "$failed" -gt 0 ] || failed=1  # a crashed binary counts
+  printf '\ntests: %d passed, %d failed, %d skipped\n' "$passed" "$failed" "$skipped"
+fi
 printf '\n==> test suite: %s (exit %d); full log: %s/meson-logs/testlog.txt\n' \
   "$([ $rc = 0 ] && echo PASSED || echo FAILED)" "$rc" "$BUILD_DIR"
 exit "$rc"
