@@ -24,6 +24,7 @@ const char* StateName(BackendState s) {
     case BackendState::kHealthy: return "healthy";
     case BackendState::kSyncing: return "syncing";
     case BackendState::kDown: return "down";
+    case BackendState::kRecovering: return "recovering";
   }
   return "unknown";
 }
@@ -85,21 +86,75 @@ Backend::Backend(Role role, std::string path, int threads, std::chrono::millisec
       state_since_(NowIso8601()) {}
 
 Result<void> Backend::OpenRoot() {
+  auto fd = OpenPathAfresh();
+  if (!fd) return Err(fd.error());
+  SwapRoot(std::move(*fd));
+  return {};
+}
+
+Result<UniqueFd> Backend::OpenPathAfresh() const {
   int fd = open(path_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return ErrFromErrno();
-  root_.reset(fd);
-  return {};
+  return UniqueFd(fd);
+}
+
+std::shared_ptr<const UniqueFd> Backend::Root() const {
+  std::lock_guard lk(root_mu_);
+  return root_ ? root_ : std::make_shared<const UniqueFd>();
+}
+
+void Backend::SwapRoot(UniqueFd fd) {
+  auto next = std::make_shared<const UniqueFd>(std::move(fd));
+  std::lock_guard lk(root_mu_);
+  root_ = std::move(next);
 }
 
 void Backend::SetState(BackendState s, const std::string& why) {
   BackendState old = state_.exchange(s, std::memory_order_acq_rel);
   if (old == s) return;
+  state_changes_.fetch_add(1, std::memory_order_relaxed);
   {
     std::lock_guard lk(status_mu_);
     state_since_ = NowIso8601();
   }
-  spdlog::get("health")->info("{} {}: {} -> {} ({})", name(), path_, StateName(old), StateName(s),
-                              why);
+  auto log = spdlog::get("health");
+  if (s == BackendState::kDown)
+    log->warn("{} {}: {} -> down ({})", name(), path_, StateName(old), why);
+  else
+    log->info("{} {}: {} -> {} ({})", name(), path_, StateName(old), StateName(s), why);
+}
+
+void Backend::SetLastError(const std::string& e) {
+  std::lock_guard lk(status_mu_);
+  last_error_ = fmt::format("{} at {}", e, NowIso8601());
+}
+
+void Backend::AddMissed(std::initializer_list<std::string> paths) {
+  std::lock_guard lk(status_mu_);
+  for (const auto& p : paths) missed_.insert(p);
+}
+
+std::vector<std::string> Backend::TakeMissed() {
+  std::lock_guard lk(status_mu_);
+  std::vector<std::string> v(missed_.begin(), missed_.end());
+  missed_.clear();
+  return v;
+}
+
+void Backend::RestoreMissed(const std::vector<std::string>& paths) {
+  std::lock_guard lk(status_mu_);
+  missed_.insert(paths.begin(), paths.end());
+}
+
+void Backend::RecordProbe(bool ok, double latency_ms) {
+  if (ok) {
+    probe_streak_.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    probe_streak_.store(0, std::memory_order_relaxed);
+    probes_failed_.fetch_add(1, std::memory_order_relaxed);
+  }
+  std::lock_guard lk(status_mu_);
+  probe_latency_ms_ = latency_ms;
 }
 
 int Backend::Run(WorkerPool::Fn fn) {
@@ -131,7 +186,11 @@ nlohmann::json Backend::Status() const {
     std::lock_guard lk(status_mu_);
     j["state_since"] = state_since_;
     j["last_error"] = last_error_.empty() ? nlohmann::json(nullptr) : nlohmann::json(last_error_);
+    j["probe_latency_ms"] = probe_latency_ms_ < 0 ? nlohmann::json(nullptr) : nlohmann::json(probe_latency_ms_);
+    j["missed"] = {{"count", missed_.size()}, {"full_copy_needed", needs_full_sync_.load()}};
   }
+  j["state_changes"] = state_changes_.load();
+  j["probes_failed"] = probes_failed_.load();
   j["ops"] = ops_.load();
   j["errors"] = errors_.load();
   j["timeouts"] = timeouts_.load();
@@ -140,13 +199,19 @@ nlohmann::json Backend::Status() const {
 }
 
 Result<UniqueFd> Backend::OpenBeneath(const std::string& rel, int flags, mode_t mode) const {
+  auto root = Root();
+  if (!root->valid()) return Err(ENOTCONN);
+  return OpenBeneathAt(root->get(), rel, flags, mode);
+}
+
+Result<UniqueFd> Backend::OpenBeneathAt(int dirfd, const std::string& rel, int flags, mode_t mode) {
   struct open_how how {};
   how.flags = static_cast<uint64_t>(flags | O_CLOEXEC);
   how.mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0;
   how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
   const char* p = rel.empty() ? "." : rel.c_str();
   for (int attempt = 0;; ++attempt) {
-    long fd = syscall(SYS_openat2, root_.get(), p, &how, sizeof how);
+    long fd = syscall(SYS_openat2, dirfd, p, &how, sizeof how);
     if (fd >= 0) return UniqueFd(static_cast<int>(fd));
     // EAGAIN: a concurrent rename raced the confined walk; the kernel asks
     // us to retry rather than risk an escape.
@@ -420,7 +485,7 @@ int Backend::SetAttr(const std::string& rel, const SetAttrArgs& a, struct stat* 
     const timespec times[2] = {a.set_atime ? a.atime : timespec{0, UTIME_OMIT},
                                a.set_mtime ? a.mtime : timespec{0, UTIME_OMIT}};
     if (rel.empty()) {
-      if (utimensat(root_.get(), ".", times, 0) != 0) return Errno();
+      if (utimensat(Root()->get(), ".", times, 0) != 0) return Errno();
     } else {
       std::string name;
       auto pfd = OpenParent(rel, &name);
@@ -429,6 +494,39 @@ int Backend::SetAttr(const std::string& rel, const SetAttrArgs& a, struct stat* 
     }
   }
   return fstat(fd->get(), st) == 0 ? 0 : Errno();
+}
+
+namespace {
+
+// Removes dirfd/name recursively; name is one component, never followed.
+int RemoveAt(int dirfd, const char* name) {
+  if (unlinkat(dirfd, name, 0) == 0 || errno == ENOENT) return 0;
+  if (errno != EISDIR) return Errno();
+  int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return Errno();
+  DIR* d = fdopendir(fd);
+  if (!d) {
+    int e = Errno();
+    close(fd);
+    return e;
+  }
+  int err = 0;
+  while (struct dirent* e = readdir(d)) {
+    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+    if ((err = RemoveAt(::dirfd(d), e->d_name))) break;
+  }
+  closedir(d);
+  if (err) return err;
+  return unlinkat(dirfd, name, AT_REMOVEDIR) == 0 || errno == ENOENT ? 0 : Errno();
+}
+
+}  // namespace
+
+int Backend::RemoveTree(const std::string& rel) const {
+  std::string name;
+  auto pfd = OpenParent(rel, &name);
+  if (!pfd) return pfd.error();
+  return RemoveAt(pfd->get(), name.c_str());
 }
 
 int Backend::Fallocate(const std::string& rel, int mode, off_t off, off_t len,
@@ -467,7 +565,7 @@ int Backend::Hash(const std::string& rel, uint64_t* out) const {
 }
 
 int Backend::StatFs(struct statvfs* out) const {
-  return fstatvfs(root_.get(), out) == 0 ? 0 : Errno();
+  return fstatvfs(Root()->get(), out) == 0 ? 0 : Errno();
 }
 
 int Backend::GetXattr(const std::string& rel, const std::string& name, size_t size,

@@ -23,6 +23,7 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -37,9 +38,10 @@ enum class Role { kMaster, kBackup };
 const char* RoleName(Role r);
 
 enum class BackendState {
-  kHealthy,  // serves reads and takes writes
-  kSyncing,  // target of a background copy: takes covered writes, serves no reads
-  kDown,     // not used (from issue 3 on: failed probes or in-band faults)
+  kHealthy,     // serves reads and takes writes
+  kSyncing,     // target of a background copy: takes covered writes, serves no reads
+  kDown,        // failed in band or by probe: no reads, no writes; what it misses is recorded
+  kRecovering,  // probes good again; its missed paths are being replayed onto it
 };
 const char* StateName(BackendState s);
 
@@ -80,19 +82,44 @@ class Backend {
 
   // Opens the root. Fails if it is not a directory.
   [[nodiscard]] Result<void> OpenRoot();
+  // The root in use. A call holds its snapshot, so a remount picked up
+  // meanwhile (SwapRoot) never closes an fd under it.
+  std::shared_ptr<const UniqueFd> Root() const;
+  // Opens path() afresh (blocking: run it on the pool). It may be a new
+  // mount, or the bare directory of an unmounted NAS: the caller checks the
+  // identity marker through CheckMarkerAt before SwapRoot.
+  Result<UniqueFd> OpenPathAfresh() const;
+  void SwapRoot(UniqueFd fd);
 
   Role role() const { return role_; }
   const char* name() const { return RoleName(role_); }
   const std::string& path() const { return path_; }
-  int root_fd() const { return root_.get(); }
 
   BackendState state() const { return state_.load(std::memory_order_acquire); }
   void SetState(BackendState s, const std::string& why);
+  // Records the error that made a state change (shown as last_error).
+  void SetLastError(const std::string& e);
+
+  // Paths this NAS missed while out, to replay onto it when it returns.
+  // `full`: it missed an unknown set (down at start-up, or a copy cut off):
+  // only a whole-tree copy brings it back.
+  void AddMissed(std::initializer_list<std::string> paths);
+  std::vector<std::string> TakeMissed();  // sorted, cleared
+  void RestoreMissed(const std::vector<std::string>& paths);
+  void SetNeedsFullSync(bool v) { needs_full_sync_ = v; }
+  bool needs_full_sync() const { return needs_full_sync_; }
+
+  // Probe bookkeeping (health monitor thread).
+  void RecordProbe(bool ok, double latency_ms);
+  int probe_streak() const { return probe_streak_.load(); }
 
   // Runs fn on this NAS's workers under the io_timeout deadline, and counts it.
   int Run(WorkerPool::Fn fn);
   std::shared_ptr<Call> Submit(WorkerPool::Fn fn, Clock::time_point deadline);
   Clock::time_point Deadline() const { return Clock::now() + io_timeout_; }
+  std::chrono::milliseconds io_timeout() const { return io_timeout_; }
+  // Calls queued or running on this NAS (some may be stuck on it).
+  size_t InFlight() const { return pool_.InFlight(); }
   // Records the outcome of a call made through Submit.
   void Account(int result);
 
@@ -100,6 +127,9 @@ class Backend {
 
   // ---- confined path resolution ----
   [[nodiscard]] Result<UniqueFd> OpenBeneath(const std::string& rel, int flags, mode_t mode = 0) const;
+  // The same beneath any directory fd (a root not yet swapped in).
+  [[nodiscard]] static Result<UniqueFd> OpenBeneathAt(int dirfd, const std::string& rel, int flags,
+                                                      mode_t mode = 0);
   // O_PATH fd of rel's parent directory; *name gets the last component.
   [[nodiscard]] Result<UniqueFd> OpenParent(const std::string& rel, std::string* name) const;
 
@@ -146,6 +176,9 @@ class Backend {
   static int WriteFd(int fd, off_t off, const std::string& data, const timespec& t);
   static int SetAttrFd(int fd, const SetAttrArgs& a, struct stat* st);
 
+  // Removes rel and, for a directory, everything under it.
+  int RemoveTree(const std::string& rel) const;
+
   // Sets the mtime of rel's parent directory (namespace changes move it).
   int TouchParent(const std::string& rel, const timespec& t) const;
 
@@ -156,14 +189,19 @@ class Backend {
   const Role role_;
   const std::string path_;
   const std::chrono::milliseconds io_timeout_;
-  UniqueFd root_;
+  mutable std::mutex root_mu_;
+  std::shared_ptr<const UniqueFd> root_;  // guarded by root_mu_
   WorkerPool pool_;
 
   std::atomic<BackendState> state_{BackendState::kHealthy};
   mutable std::mutex status_mu_;
   std::string state_since_;  // guarded by status_mu_
   std::string last_error_;   // guarded by status_mu_
-  std::atomic<uint64_t> ops_{0}, errors_{0}, timeouts_{0};
+  std::set<std::string> missed_;  // guarded by status_mu_
+  double probe_latency_ms_ = -1;  // guarded by status_mu_; -1: no probe yet
+  std::atomic<bool> needs_full_sync_{false};
+  std::atomic<int> probe_streak_{0};
+  std::atomic<uint64_t> ops_{0}, errors_{0}, timeouts_{0}, state_changes_{0}, probes_failed_{0};
 };
 
 // "a/b" + "c" -> "a/b/c"; "" + "c" -> "c".

@@ -34,7 +34,7 @@ tl::expected<std::string, int> ReadSmallFile(const Backend& nas, const std::stri
 // Writes .nasfs/<name> durably: temp file, fsync, rename, fsync of .nasfs.
 tl::expected<void, std::string> WriteMetaFile(const Backend& nas, const std::string& name,
                                               const std::string& content) {
-  if (mkdirat(nas.root_fd(), kMetaDir, 0700) != 0 && errno != EEXIST)
+  if (mkdirat(nas.Root()->get(), kMetaDir, 0700) != 0 && errno != EEXIST)
     return tl::unexpected(fmt::format("cannot create {}/{}: {}", nas.path(), kMetaDir, std::strerror(errno)));
   auto dir = nas.OpenBeneath(kMetaDir, O_RDONLY | O_DIRECTORY);
   if (!dir)

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <ctime>
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 namespace nasfs {
@@ -13,29 +14,72 @@ timespec Mirror::Now() {
   return t;
 }
 
-int Mirror::Apply(const char* what, const std::string& path, Targets targets, const Op& op) {
-  targets.master = targets.master && master_->state() != BackendState::kDown;
-  targets.backup = targets.backup && backup_->state() != BackendState::kDown;
-  if (!targets.master && !targets.backup) return EIO;
+bool Mirror::Writable(const Backend& b) {
+  auto s = b.state();
+  return s == BackendState::kHealthy || s == BackendState::kSyncing;
+}
+
+bool Mirror::IsWriteFault(int e) { return IsFaultErrno(e) || e == ENOSPC || e == EDQUOT || e == EROFS; }
+
+int Mirror::Apply(const char* what, std::initializer_list<std::string> paths, Targets targets, const Op& op) {
+  Backend* side[2] = {master_, backup_};
+  bool want[2] = {targets.master, targets.backup};
+  bool run[2] = {false, false};
+  for (int i = 0; i < 2; ++i) {
+    run[i] = want[i] && Writable(*side[i]);
+    if (want[i] && !run[i]) side[i]->AddMissed(paths);
+  }
+  if (!run[0] && !run[1]) return EIO;
 
   // Both sides are submitted before either is waited on: they run in parallel.
   auto deadline = master_->Deadline();
-  std::shared_ptr<Call> m, b;
-  if (targets.master) m = master_->Submit([op, be = master_] { return op(*be); }, deadline);
-  if (targets.backup) b = backup_->Submit([op, be = backup_] { return op(*be); }, deadline);
-  int rm = m ? m->Wait(deadline) : 0;
-  int rb = b ? b->Wait(deadline) : 0;
-  if (m) master_->Account(rm);
-  if (b) backup_->Account(rb);
+  std::shared_ptr<Call> call[2];
+  for (int i = 0; i < 2; ++i)
+    if (run[i]) call[i] = side[i]->Submit([op, be = side[i]] { return op(*be); }, deadline);
+  int r[2] = {0, 0};
+  for (int i = 0; i < 2; ++i)
+    if (run[i]) {
+      r[i] = call[i]->Wait(deadline);
+      side[i]->Account(r[i]);
+    }
   mirrored_.fetch_add(1, std::memory_order_relaxed);
 
-  if (m && b && (rm == 0) != (rb == 0)) {
-    divergences_.fetch_add(1, std::memory_order_relaxed);
-    spdlog::get("fuse")->warn("{} '{}' diverged: master {}, backup {}", what, path,
-                              rm ? std::strerror(rm) : "ok", rb ? std::strerror(rb) : "ok");
-    if (on_divergence_) on_divergence_(path);
+  // 1. Agreement.
+  if (run[0] && run[1] && r[0] == r[1] && !IsFaultErrno(r[0])) return r[0];
+  if (!run[0] || !run[1]) {
+    int i = run[0] ? 0 : 1;
+    if (IsFaultErrno(r[i])) {
+      side[i]->AddMissed(paths);
+      on_fault_(*side[i], r[i], what);
+      return EIO;
+    }
+    return r[i];
   }
-  return m ? rm : rb;
+  // 2. Faults.
+  bool fault[2] = {IsWriteFault(r[0]), IsWriteFault(r[1])};
+  if (fault[0] && fault[1]) {
+    for (int i = 0; i < 2; ++i)
+      if (IsFaultErrno(r[i])) {
+        side[i]->AddMissed(paths);
+        on_fault_(*side[i], r[i], what);
+      }
+    // Both full is an answer the application can act on; both broken is EIO.
+    return IsFaultErrno(r[0]) ? EIO : r[0];
+  }
+  divergences_.fetch_add(1, std::memory_order_relaxed);
+  for (int i = 0; i < 2; ++i)
+    if (fault[i]) {
+      side[i]->AddMissed(paths);
+      on_fault_(*side[i], r[i], what);
+      return r[1 - i];
+    }
+  // 3. Ordinary disagreement: the master is right, the backup missed it.
+  std::string p = paths.size() ? *paths.begin() : "";
+  spdlog::get("fuse")->warn("{} '{}': master {}, backup {}; the backup will be brought in line", what, p,
+                            r[0] ? std::strerror(r[0]) : "ok", r[1] ? std::strerror(r[1]) : "ok");
+  backup_->AddMissed(paths);
+  on_fault_(*backup_, r[1] ? r[1] : EIO, fmt::format("{} disagreed with the master", what));
+  return r[0];
 }
 
 }  // namespace nasfs

@@ -3,21 +3,30 @@
 // Each side runs the same operation on its own worker pool under the
 // io_timeout deadline, and stamps the mirror's one timestamp on what it
 // changed, so both NAS carry identical mtimes (nginx builds ETag and
-// Last-Modified from them). The caller gets the master's result, or the
-// backup's when the master is not taking writes.
+// Last-Modified from them).
 //
-// A side that is not taking writes is skipped: a syncing backup takes only
-// the writes its copy has already passed (Nasfs decides, through `targets`).
-// When the two sides disagree (one applied it, the other failed), the
-// mirror counts a divergence, logs it once with the path, and reports it to
-// the divergence callback, which reconciles the path. Issue 3 will journal
-// it instead.
+// Outcome rules, in order:
+//  1. Both sides ran and agree (success, or the same ordinary errno such as
+//     EEXIST or ENOSPC on both): that is the answer.
+//  2. A side that faulted (EIO, ENOTCONN, a missed deadline, ...) or cannot
+//     take writes (ENOSPC, EDQUOT, EROFS) while the other did not is
+//     reported to the hooks (it goes down) and records the paths it missed;
+//     the other side's result is the answer, so the application sees
+//     success when one NAS took the change.
+//  3. Otherwise the master's result is the answer, and a backup whose
+//     result differs is treated as having missed the change (it goes down
+//     and is brought back in line from the master).
+// A side that is not taking writes (down) is skipped and records the paths
+// as missed. A side the caller leaves out (a copy has not reached the path)
+// is skipped without a record: the copy will carry the result.
+// Both sides out: EIO at once.
 //
 // Thread-safe.
 #pragma once
 
 #include <atomic>
 #include <functional>
+#include <initializer_list>
 #include <string>
 
 #include "fs/backend.h"
@@ -28,12 +37,12 @@ class Mirror {
  public:
   // One side's work: runs on that NAS's worker thread.
   using Op = std::function<int(const Backend&)>;
-  // Told about a path left different on the two NAS.
-  using DivergenceFn = std::function<void(const std::string& path)>;
+  // Told that a NAS failed: it should go down. Called on the FUSE thread.
+  using FaultFn = std::function<void(Backend& nas, int err, const std::string& what)>;
 
   // *master and *backup must outlive the mirror.
-  Mirror(Backend* master, Backend* backup) : master_(master), backup_(backup) {}
-  void SetDivergenceCallback(DivergenceFn fn) { on_divergence_ = std::move(fn); }
+  Mirror(Backend* master, Backend* backup, FaultFn on_fault)
+      : master_(master), backup_(backup), on_fault_(std::move(on_fault)) {}
 
   struct Targets {
     bool master = true;
@@ -41,11 +50,15 @@ class Mirror {
   };
   // Runs op on the targeted NAS in parallel; `op` must capture by value what
   // it uses (it may outlive the call when a NAS misses its deadline).
-  // `path` names what the op changes, for logs and reconciliation.
-  int Apply(const char* what, const std::string& path, Targets targets, const Op& op);
+  // `paths` names what the op changes (recorded for a side that misses it).
+  int Apply(const char* what, std::initializer_list<std::string> paths, Targets targets, const Op& op);
 
   // The timestamp a mutation stamps on both NAS.
   static timespec Now();
+  // A NAS taking writes: healthy, or the target of a running copy.
+  static bool Writable(const Backend& b);
+  // An errno that means a NAS cannot take this write, whatever it is.
+  static bool IsWriteFault(int e);
 
   uint64_t mirrored_ops() const { return mirrored_.load(); }
   uint64_t divergences() const { return divergences_.load(); }
@@ -53,7 +66,7 @@ class Mirror {
  private:
   Backend* master_;
   Backend* backup_;
-  DivergenceFn on_divergence_;
+  FaultFn on_fault_;
   std::atomic<uint64_t> mirrored_{0}, divergences_{0};
 };
 

@@ -8,7 +8,7 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
-#include <set>
+#include <vector>
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fs/backend.h"
+#include "fs/health.h"
 #include "fs/identity.h"
 #include "fs/inode_table.h"
 #include "fs/mirror.h"
@@ -52,12 +53,15 @@ class Nasfs {
   explicit Nasfs(Options opts);
   ~Nasfs();
 
-  // Start-up checks that can fail, run before daemonizing: open both NAS,
-  // read their markers, decide the pairing, write markers. Errors are one
-  // line for the operator.
+  // Start-up checks that can fail, run before daemonizing: open both NAS
+  // (each bounded by io_timeout: a hung NAS cannot hang the mount), read
+  // their markers, decide the pairing, write markers. One NAS may be out
+  // (dead, hung, or unmounted: no marker) when the other carries this
+  // pair's marker: nasfs then starts with it down. Errors are one line for
+  // the operator.
   [[nodiscard]] tl::expected<void, std::string> Prepare();
   // After daemonizing (threads do not survive fork): starts the NAS worker
-  // pools, and the background copy if the pairing asked for one.
+  // pools, the health monitors, and the background copy if one is due.
   void StartBackground();
 
   const Options& opts() const { return opts_; }
@@ -66,11 +70,23 @@ class Nasfs {
   InodeTable& inodes() { return inodes_; }
   ReadRouter& router() { return router_; }
 
-  // Runs a read-only call on the NAS the router picks. Returns EIO when none
-  // can serve.
-  int ReadCall(const std::function<int(const Backend&)>& fn);
-  // Applies a mutation touching `paths` (1 or 2) to both NAS, honouring a
-  // running copy (see TreeSync).
+  // Runs a read-only call on the NAS the router picks; on a fault or a
+  // missed deadline that NAS goes down and the call is retried once on the
+  // other. EIO when neither can serve. Each attempt writes into its own T:
+  // an abandoned attempt may still finish later, so *result is filled only
+  // from an attempt that completed.
+  template <typename T>
+  int ReadInto(std::function<int(const Backend&, T*)> fn, T* result) {
+    return ReadWithFailover([&](Backend& b) {
+      auto out = std::make_shared<T>();
+      Backend* nas = &b;
+      int r = nas->Run([fn, out, nas] { return fn(*nas, out.get()); });
+      if (r == 0) *result = std::move(*out);
+      return r;
+    });
+  }
+  // Applies a mutation touching `paths` (1 or 2) to both NAS (see Mirror),
+  // honouring a running copy (see TreeSync).
   int Mutate(const char* what, std::initializer_list<std::string> paths, const Mirror::Op& op);
 
   // Orphans, by nasfs inode number.
@@ -78,15 +94,27 @@ class Nasfs {
   void AdoptOrphan(fuse_ino_t ino, std::shared_ptr<Orphan> o);
   void DropOrphan(fuse_ino_t ino);
   // Applies a change to an orphan on both NAS (no path, so no copy
-  // coverage to honour: a file without a name is never copied).
+  // coverage to honour and nothing to replay: a file without a name is
+  // never copied).
   int MutateOrphan(const char* what, const Mirror::Op& op);
 
   double cache_timeout() const { return opts_.cache_timeout_s; }
   nlohmann::json Status() const;
 
  private:
-  void OnDivergence(const std::string& path);
-  void OnSyncDone(bool ok);
+  Backend& Other(const Backend& b) { return &b == master_.get() ? *backup_ : *master_; }
+  int ReadWithFailover(const std::function<int(Backend&)>& attempt);
+  // A NAS failed (in band or by probe): it goes down.
+  void OnFault(Backend& b, const std::string& why);
+  void OnProbe(Backend& b, bool ok, const std::string& error, double latency_ms);
+  // Called after each good probe of a down NAS: once it has had enough good
+  // probes in a row and no call of the outage is still in flight, replays
+  // what it missed (or starts a whole-tree copy) and brings it back.
+  void MaybeRecover(Backend& b);
+  // Starts a background copy of source onto target. Caller holds sync_mu_
+  // exclusively.
+  void StartSyncLocked(Backend& source, Backend& target, bool verify_content);
+  void OnSyncDone(Backend& target, bool ok);
 
   Options opts_;
   std::unique_ptr<Backend> master_, backup_;
@@ -96,18 +124,21 @@ class Nasfs {
   std::string pair_id_;
   PairingPlan plan_;
   std::chrono::steady_clock::time_point started_;
+  std::unique_ptr<HealthMonitor> monitors_[2];
 
-  // Lock order: sync_mu_ before InodeTable's lock. Shared for mutations
-  // while a copy runs, exclusive for the copier's per-entry work.
-  std::shared_mutex sync_mu_;
-  std::unique_ptr<TreeSync> sync_;
-  Backend* sync_target_ = nullptr;  // set before the copy starts, then const
+  // Lock order: sync_mu_ before Backend and InodeTable locks. Every
+  // mutation holds it shared; a copy's per-entry work and a replay hold it
+  // exclusively, so no write races them.
+  mutable std::shared_mutex sync_mu_;
+  std::shared_ptr<TreeSync> sync_;  // written under sync_mu_ and sync_ptr_mu_; the running or last copy
+  mutable std::mutex sync_ptr_mu_;  // lets Status() read sync_ without waiting on sync_mu_
+  std::vector<std::shared_ptr<TreeSync>> old_syncs_;  // guarded by sync_ptr_mu_; joined at exit
+  std::mutex recover_mu_;  // one recovery at a time
+
+  std::atomic<uint64_t> failovers_{0}, retried_ops_{0}, replayed_paths_{0};
 
   mutable std::mutex orphans_mu_;
   std::unordered_map<fuse_ino_t, std::shared_ptr<Orphan>> orphans_;  // guarded by orphans_mu_
-
-  mutable std::mutex diverged_mu_;
-  std::set<std::string> diverged_;  // guarded by diverged_mu_
 };
 
 // Low-level operations table (fs/ops_*.cc).

@@ -82,16 +82,19 @@ inline int RefOf(Nasfs& fs, fuse_ino_t ino, FileRef* out) {
   return out->orphan ? 0 : ENOENT;
 }
 
-// Runs a read on the read NAS: by_path(backend, path), or by_fd(backend, fd)
-// for an orphan. Both must own what they touch (see above).
-template <typename P, typename F>
-int ReadRef(Nasfs& fs, const FileRef& ref, P by_path, F by_fd) {
+// Runs a read on the read NAS, with failover: by_path(backend, path, out),
+// or by_fd(backend, fd, out) for an orphan. See Nasfs::ReadInto.
+template <typename T, typename P, typename F>
+int ReadRef(Nasfs& fs, const FileRef& ref, P by_path, F by_fd, T* result) {
   if (!ref.orphan)
-    return fs.ReadCall([path = ref.path, by_path](const Backend& b) { return by_path(b, path); });
-  return fs.ReadCall([o = ref.orphan, by_fd](const Backend& b) {
-    int fd = o->Fd(b.role());
-    return fd < 0 ? ENOENT : by_fd(b, fd);
-  });
+    return fs.ReadInto<T>([path = ref.path, by_path](const Backend& b, T* out) { return by_path(b, path, out); },
+                          result);
+  return fs.ReadInto<T>(
+      [o = ref.orphan, by_fd](const Backend& b, T* out) {
+        int fd = o->Fd(b.role());
+        return fd < 0 ? ENOENT : by_fd(b, fd, out);
+      },
+      result);
 }
 
 // The same for a change, applied to both NAS.

@@ -45,10 +45,7 @@ int DoLookup(Nasfs& fs, fuse_ino_t parent, const char* name, struct stat* st) {
   if (IsMetaName(parent, name)) return ENOENT;
   std::string path;
   if (int e = ChildPathOf(fs, parent, name, &path)) return e;
-  auto out = std::make_shared<struct stat>();
-  int r = fs.ReadCall([path, out](const Backend& b) { return b.Stat(path, out.get()); });
-  if (r == 0) *st = *out;
-  return r;
+  return fs.ReadInto<struct stat>([path](const Backend& b, struct stat* o) { return b.Stat(path, o); }, st);
 }
 
 void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -88,14 +85,10 @@ void ForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
 int DoGetAttr(Nasfs& fs, fuse_ino_t ino, struct stat* st) {
   FileRef ref;
   if (int e = RefOf(fs, ino, &ref)) return e;
-  auto out = std::make_shared<struct stat>();
   int r = ReadRef(
-      fs, ref, [out](const Backend& b, const std::string& p) { return b.Stat(p, out.get()); },
-      [out](const Backend&, int fd) { return fstat(fd, out.get()) == 0 ? 0 : errno; });
-  if (r == 0) {
-    *st = *out;
-    st->st_ino = ino;
-  }
+      fs, ref, [](const Backend& b, const std::string& p, struct stat* o) { return b.Stat(p, o); },
+      [](const Backend&, int fd, struct stat* o) { return fstat(fd, o) == 0 ? 0 : errno; }, st);
+  if (r == 0) st->st_ino = ino;
   return r;
 }
 
@@ -157,13 +150,13 @@ void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse
 
 void StatFs(fuse_req_t req, fuse_ino_t ino) {
   (void)ino;
-  auto out = std::make_shared<struct statvfs>();
-  int r = Fs(req).ReadCall([out](const Backend& b) { return b.StatFs(out.get()); });
+  struct statvfs out {};
+  int r = Fs(req).ReadInto<struct statvfs>([](const Backend& b, struct statvfs* o) { return b.StatFs(o); }, &out);
   if (r) {
     fuse_reply_err(req, r);
     return;
   }
-  fuse_reply_statfs(req, out.get());
+  fuse_reply_statfs(req, &out);
 }
 
 }  // namespace nasfs::ops

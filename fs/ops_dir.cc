@@ -16,13 +16,13 @@ void ReadLink(fuse_req_t req, fuse_ino_t ino) {
     fuse_reply_err(req, e);
     return;
   }
-  auto out = std::make_shared<std::string>();
-  int r = fs.ReadCall([path, out](const Backend& b) { return b.ReadLink(path, out.get()); });
+  std::string out;
+  int r = fs.ReadInto<std::string>([path](const Backend& b, std::string* o) { return b.ReadLink(path, o); }, &out);
   if (r) {
     fuse_reply_err(req, r);
     return;
   }
-  fuse_reply_readlink(req, out->c_str());
+  fuse_reply_readlink(req, out.c_str());
 }
 
 namespace {
@@ -178,16 +178,17 @@ void OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     fuse_reply_err(req, e);
     return;
   }
-  auto out = std::make_shared<std::vector<DirEntry>>();
-  int r = fs.ReadCall([path, out](const Backend& b) { return b.ReadDir(path, out.get()); });
+  std::vector<DirEntry> out;
+  int r = fs.ReadInto<std::vector<DirEntry>>(
+      [path](const Backend& b, std::vector<DirEntry>* o) { return b.ReadDir(path, o); }, &out);
   if (r) {
     fuse_reply_err(req, r);
     return;
   }
   auto h = std::make_unique<DirHandle>();
   h->path = path;
-  h->entries.reserve(out->size());
-  for (auto& e : *out)
+  h->entries.reserve(out.size());
+  for (auto& e : out)
     if (!(ino == FUSE_ROOT_ID && e.name == kMetaDir)) h->entries.push_back(std::move(e));
   fi->fh = reinterpret_cast<uint64_t>(h.get());
   if (fuse_reply_open(req, fi) == 0) h.release();
@@ -220,11 +221,11 @@ void ReadDirPlus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fi
   size_t last = std::min(h->entries.size(), first + size / 128 + 1);
   std::vector<std::string> names;
   for (size_t i = first; i < last; ++i) names.push_back(h->entries[i].name);
-  auto stats = std::make_shared<std::vector<struct stat>>();
+  std::vector<struct stat> stats;
   std::string path = h->path;
-  int r = fs.ReadCall([path, names, stats](const Backend& b) {
-    return b.StatChildren(path, names, stats.get());
-  });
+  int r = fs.ReadInto<std::vector<struct stat>>(
+      [path, names](const Backend& b, std::vector<struct stat>* o) { return b.StatChildren(path, names, o); },
+      &stats);
   if (r) {
     fuse_reply_err(req, r);
     return;
@@ -233,7 +234,7 @@ void ReadDirPlus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fi
   size_t used = 0;
   for (size_t i = first; i < last; ++i) {
     const DirEntry& d = h->entries[i];
-    const struct stat& st = (*stats)[i - first];
+    const struct stat& st = stats[i - first];
     fuse_entry_param e{};
     bool dot = d.name == "." || d.name == "..";
     if (dot || st.st_ino == 0) {

@@ -58,15 +58,15 @@ void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info
     fuse_reply_err(req, e);
     return;
   }
-  auto out = std::make_shared<std::string>();
+  std::string out;
   int r = ReadRef(
-      fs, ref, [=](const Backend& b, const std::string& p) { return b.Read(p, off, size, out.get()); },
-      [=](const Backend&, int fd) { return Backend::ReadFd(fd, off, size, out.get()); });
+      fs, ref, [=](const Backend& b, const std::string& p, std::string* o) { return b.Read(p, off, size, o); },
+      [=](const Backend&, int fd, std::string* o) { return Backend::ReadFd(fd, off, size, o); }, &out);
   if (r) {
     fuse_reply_err(req, r);
     return;
   }
-  fuse_reply_buf(req, out->data(), out->size());
+  fuse_reply_buf(req, out.data(), out.size());
 }
 
 void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off, fuse_file_info* fi) {

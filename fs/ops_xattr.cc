@@ -15,16 +15,17 @@ void ReplyXattr(fuse_req_t req, fuse_ino_t ino, size_t size, Fn call) {
     fuse_reply_err(req, e);
     return;
   }
-  auto out = std::make_shared<std::string>();
-  int r = fs.ReadCall([path, size, out, call](const Backend& b) { return call(b, path, size, out.get()); });
+  std::string out;
+  int r = fs.ReadInto<std::string>(
+      [path, size, call](const Backend& b, std::string* o) { return call(b, path, size, o); }, &out);
   if (r) {
     fuse_reply_err(req, r);
     return;
   }
   if (size == 0)
-    fuse_reply_xattr(req, std::stoul(*out));
+    fuse_reply_xattr(req, std::stoul(out));
   else
-    fuse_reply_buf(req, out->data(), out->size());
+    fuse_reply_buf(req, out.data(), out.size());
 }
 
 }  // namespace

@@ -108,6 +108,16 @@ tl::expected<void, std::string> ApplyOption(Options& o, std::string_view opt) {
     auto n = ParseInt(key, val, 10, 600000);
     if (!n) return tl::unexpected(n.error());
     o.io_timeout_ms = static_cast<int>(*n);
+  } else if (key == "probe_interval") {
+    if (auto r = need_val(); !r) return r;
+    auto n = ParseInt(key, val, 50, 60000);
+    if (!n) return tl::unexpected(n.error());
+    o.probe_interval_ms = static_cast<int>(*n);
+  } else if (key == "probe_successes") {
+    if (auto r = need_val(); !r) return r;
+    auto n = ParseInt(key, val, 1, 100);
+    if (!n) return tl::unexpected(n.error());
+    o.probe_successes = static_cast<int>(*n);
   } else if (key == "cache_timeout") {
     if (auto r = need_val(); !r) return r;
     std::string s(val);
@@ -228,15 +238,19 @@ fstab:  /nas_master:/nas_backup /var/www/shared fuse.nasfs allow_other,_netdev 0
 nasfs options (-o):
   journal=DIR            local write-ahead journal directory
                          (default /var/lib/nasfs/<mount id>). Reserved:
-                         this version keeps no journal; it refuses to
-                         mount unless both NAS are usable
+                         this version keeps what a NAS missed in memory
+                         only
   control=SOCKET         control socket for nasfsctl
                          (default /run/nasfs/<mount id>.sock)
   control_group=GROUP    members of GROUP may use the control socket too
                          (default: root only)
   node=NAME              this web server's name (default: the host name)
   io_timeout=MS          deadline for every NAS call, in milliseconds
-                         (default 1000, 10 to 600000)
+                         (default 1000, 10 to 600000); a NAS that misses
+                         it is taken out and the call retried on the other
+  probe_interval=MS      how often each NAS is probed (default 500)
+  probe_successes=N      good probes in a row before a NAS that failed is
+                         trusted again (default 3)
   cache_timeout=SECONDS  how long the kernel caches names, attributes and
                          missing names (default 1; another web server's
                          changes show within this time)

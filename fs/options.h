@@ -24,6 +24,8 @@ struct Options {
   gid_t control_gid = static_cast<gid_t>(-1);  // control_group=, resolved
   std::string node;            // default: host name
   int io_timeout_ms = 1000;
+  int probe_interval_ms = 500;
+  int probe_successes = 3;  // good probes in a row before a NAS is trusted again
   double cache_timeout_s = 1.0;
   std::string source;  // "", "master" or "backup": first pairing of two non-empty NAS
   int fuse_threads = 64;

@@ -104,12 +104,15 @@ struct TreeSync::Uring {
 };
 
 TreeSync::TreeSync(Backend* source, Backend* target, std::shared_mutex* sync_mu,
-                   bool verify_content, std::function<void(bool)> done)
+                   bool verify_content, bool displace, std::function<void(bool)> done)
     : source_(source),
       target_(target),
       sync_mu_(sync_mu),
       verify_content_(verify_content),
-      done_(std::move(done)) {}
+      displace_(displace),
+      done_(std::move(done)) {
+  displaced_dir_ = std::string(kMetaDir) + "/displaced/" + NowIso8601();
+}
 
 bool TreeSync::SameContent(const std::string& path) {
   auto hs = std::make_shared<uint64_t>(0), ht = std::make_shared<uint64_t>(0);
@@ -169,10 +172,8 @@ void TreeSync::Run() {
     std::lock_guard lk(status_mu_);
     state_ = "running";
     started_ = ts;
-    displaced_dir_ = std::string(kMetaDir) + "/displaced/" + ts;
   }
   log->info("copying {} {} onto {} {}", source_->name(), source_->path(), target_->name(), target_->path());
-  uring_ = std::make_unique<Uring>();
   int r = 0;
   {
     std::unique_lock lk(*sync_mu_);
@@ -276,6 +277,7 @@ int TreeSync::SyncDirTimes(const std::string& path) {
 
 int TreeSync::Displace(const std::string& path) {
   Backend* t = target_;
+  if (!displace_) return t->Run([t, path] { return t->RemoveTree(path); });
   std::string dest = displaced_dir_ + "/" + path;
   int r = t->Run([t, path, dest] {
     // mkdir -p the destination's parents inside .nasfs/displaced/
@@ -396,7 +398,7 @@ int TreeSync::CopyFileData(const std::string& path, const struct stat& st) {
       }))
     return r;
   if (int r = t->Run([t, tmp, tfd] {
-        mkdirat(t->root_fd(), kMetaDir, 0700);
+        mkdirat(t->Root()->get(), kMetaDir, 0700);
         std::string tmpdir = std::string(kMetaDir) + "/tmp";
         auto meta = t->OpenBeneath(kMetaDir, O_PATH | O_DIRECTORY);
         if (!meta) return meta.error();
@@ -412,7 +414,8 @@ int TreeSync::CopyFileData(const std::string& path, const struct stat& st) {
   // file shrank under us) breaks the link and cancels its write, which we
   // report rather than copy a torn file.
   int err = 0;
-  if (!uring_ || !uring_->ok) return ENOSYS;
+  if (!uring_) uring_ = std::make_unique<Uring>();
+  if (!uring_->ok) return ENOSYS;
   io_uring* ring = &uring_->ring;
   off_t size = st.st_size;
   off_t next = 0;
@@ -480,7 +483,9 @@ int TreeSync::CopyFileData(const std::string& path, const struct stat& st) {
       io_uring_cqe_seen(ring, cqe);
       --cqes_left;
     }
-    t->Run([t, tmp] { return unlinkat(t->root_fd(), tmp.c_str(), 0) == 0 ? 0 : errno; });
+    (void)t->Run([t, tmp] {  // best effort: a leftover temp file is harmless
+      return unlinkat(t->Root()->get(), tmp.c_str(), 0) == 0 ? 0 : errno;
+    });
     return err;
   }
   bytes_.fetch_add(copied, std::memory_order_relaxed);
@@ -501,13 +506,28 @@ int TreeSync::CopyFileData(const std::string& path, const struct stat& st) {
 }
 
 int TreeSync::ReconcileTree(const std::string& path) {
+  // Ancestors the target lacks (created while it was out) come first.
+  for (size_t pos = path.find('/'); pos != std::string::npos; pos = path.find('/', pos + 1)) {
+    std::string anc = path.substr(0, pos);
+    auto st = std::make_shared<struct stat>();
+    Backend* t = target_;
+    int r = t->Run([t, anc, st] { return t->Stat(anc, st.get()); });
+    if (r == 0 && S_ISDIR(st->st_mode)) continue;
+    if (r != 0 && r != ENOENT) return r;
+    bool is_dir = false;
+    if (int e = SyncEntry(anc, &is_dir)) return e;
+  }
+  return ReconcileSubtree(path);
+}
+
+int TreeSync::ReconcileSubtree(const std::string& path) {
   bool is_dir = false;
   if (int r = SyncEntry(path, &is_dir)) return r;
   if (!is_dir) return 0;
   std::vector<std::string> names;
   if (int r = ListUnion(path, &names)) return r;
   for (const auto& n : names)
-    if (int r = ReconcileTree(JoinPath(path, n))) return r;
+    if (int r = ReconcileSubtree(JoinPath(path, n))) return r;
   return SyncDirTimes(path);
 }
 

@@ -12,8 +12,10 @@
 // under the lock before the walk leaves it, so a name created meanwhile is
 // either copied or covered.
 //
-// Whatever the copy would overwrite or delete on the target is first moved
-// to <target>/.nasfs/displaced/<start time>/<path>: nothing is destroyed.
+// With `displace`, whatever the copy would overwrite or delete on the target
+// is first moved to <target>/.nasfs/displaced/<start time>/<path>: nothing
+// is destroyed. Without it (a replay of paths the target is known to have
+// missed), stale entries are simply replaced.
 // File data moves through io_uring (linked read/write pairs, several chunks
 // in flight), each completion waited with the io_timeout deadline.
 //
@@ -47,7 +49,7 @@ class TreeSync {
   // *source, *target and *sync_mu must outlive the TreeSync. `done` runs on
   // the sync thread when the copy finished (ok) or gave up (!ok).
   TreeSync(Backend* source, Backend* target, std::shared_mutex* sync_mu, bool verify_content,
-           std::function<void(bool ok)> done);
+           bool displace, std::function<void(bool ok)> done);
   ~TreeSync();  // stops and joins the walk
 
   void Start();
@@ -57,8 +59,15 @@ class TreeSync {
   // exclusive).
   bool Covers(const std::string& path) const;
   // Makes the target's `path` (and everything under it) equal to the
-  // source's. Caller holds *sync_mu exclusively. Returns 0 or an errno.
+  // source's, creating missing ancestors first. Caller holds *sync_mu
+  // exclusively. Returns 0 or an errno.
   int ReconcileTree(const std::string& path);
+
+  // Sets path's directory times to the source's (after a replay changed
+  // what it holds). Caller holds *sync_mu exclusively.
+  int ReconcileDirTimes(const std::string& path) { return SyncDirTimes(path); }
+
+  Backend* target() const { return target_; }
 
   nlohmann::json Status() const;
 
@@ -70,7 +79,9 @@ class TreeSync {
   int SyncEntry(const std::string& path, bool* is_dir);
   int ListUnion(const std::string& dir, std::vector<std::string>* names);
   int SyncDirTimes(const std::string& path);
+  // Moves aside (displace_) or removes the target's entry at path.
   int Displace(const std::string& path);
+  int ReconcileSubtree(const std::string& path);
   bool SameContent(const std::string& path);
   int CopyFileData(const std::string& path, const struct stat& st);
   void SetCursor(const std::string& path, bool subtree_done);
@@ -79,6 +90,7 @@ class TreeSync {
   Backend* target_;
   std::shared_mutex* sync_mu_;
   const bool verify_content_;
+  const bool displace_;
   std::function<void(bool)> done_;
   std::thread thread_;
   std::atomic<bool> stop_{false};

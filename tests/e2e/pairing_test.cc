@@ -15,6 +15,8 @@
 #include <regex>
 
 #include <fmt/format.h>
+#include <thread>
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -307,7 +309,7 @@ TEST_F(PairingTest, ABackupWhoseMarkerNamesAnotherPairIsRefused) {
   EXPECT_EQ(ReadIdentity(ws_.backup()), other) << "the foreign marker was rewritten";
 }
 
-TEST_F(PairingTest, ABackupWithoutItsMarkerIsRefusedAndNothingIsWrittenIntoIt) {
+TEST_F(PairingTest, ABackupWithoutItsMarkerIsTreatedAsDownAndNothingIsWrittenIntoIt) {
   ASSERT_TRUE(WriteFile(ws_.master() + "/index.html", "site"));
   PairAndUnmount();
   // The backup NAS is not mounted: its mount point is a bare, empty directory.
@@ -317,7 +319,16 @@ TEST_F(PairingTest, ABackupWithoutItsMarkerIsRefusedAndNothingIsWrittenIntoIt) {
   ASSERT_EQ(mkdir(ws_.backup().c_str(), 0755), 0);
   {
     MountedNasfs m(ws_);
-    ExpectRefused(m);
+    ASSERT_TRUE(m.mounted()) << "a web server rebooting during an outage must still mount: " << m.error();
+    auto s = m.Status();
+    ASSERT_TRUE(s.ok()) << s.error;
+    EXPECT_EQ(Get(s.json, "/read_from"), "master");
+    EXPECT_EQ(Get(s.json, "/backends/1/state"), "down");
+    // Writes go to the master alone, and probes run: still nothing lands in the bare dir.
+    ASSERT_TRUE(WriteFile(ws_.mnt() + "/during.html", "x"));
+    std::this_thread::sleep_for(1500ms);
+    EXPECT_EQ(ReadFile(ws_.master() + "/during.html"), "x");
+    EXPECT_EQ(Get(m.Status().json, "/backends/1/state"), "down");
   }
   EXPECT_EQ(ListDir(ws_.backup()), std::vector<std::string>{}) << "something was written into the bare backup dir";
 }
@@ -337,16 +348,22 @@ TEST_F(PairingTest, ABackupWithoutItsMarkerIsAdoptedWithSourceMaster) {
   EXPECT_NO_TREE_DIFFS(CompareTrees(ws_.master(), ws_.backup()));
 }
 
-TEST_F(PairingTest, AMasterWithoutItsMarkerNextToAMarkedBackupIsRefused) {
+TEST_F(PairingTest, AMasterWithoutItsMarkerNextToAMarkedBackupIsTreatedAsDown) {
   ASSERT_TRUE(WriteFile(ws_.master() + "/index.html", "site"));
   PairAndUnmount();
   ASSERT_EQ(unlink((ws_.master() + "/.nasfs/identity.json").c_str()), 0);
-  const Tree backup_before = SnapshotTree(ws_.backup(), false);
+  const Tree master_before = SnapshotTree(ws_.master(), false);
   {
     MountedNasfs m(ws_);
-    ExpectRefused(m);
+    ASSERT_TRUE(m.mounted()) << m.error();
+    auto s = m.Status();
+    ASSERT_TRUE(s.ok()) << s.error;
+    EXPECT_EQ(Get(s.json, "/read_from"), "backup");
+    EXPECT_EQ(Get(s.json, "/backends/0/state"), "down");
+    EXPECT_EQ(ReadFile(ws_.mnt() + "/index.html"), "site") << "served from the backup";
+    std::this_thread::sleep_for(1500ms);  // probes run: they must not write to the unmarked master
   }
-  EXPECT_NO_TREE_DIFFS(CompareSnapshots(backup_before, SnapshotTree(ws_.backup(), false), "backup before", "backup after"));
+  EXPECT_NO_TREE_DIFFS(CompareSnapshots(master_before, SnapshotTree(ws_.master(), false), "master before", "master after"));
 }
 
 TEST_F(PairingTest, AnEmptyMasterNextToANonEmptyUnpairedBackupIsRefused) {

@@ -174,7 +174,7 @@ class TreeSyncTest : public ::testing::Test {
       std::lock_guard lk(done_mu_);
       done_ = false;
     }
-    sync_ = std::make_unique<TreeSync>(src_.get(), dst_.get(), &sync_mu_, verify_content,
+    sync_ = std::make_unique<TreeSync>(src_.get(), dst_.get(), &sync_mu_, verify_content, /*displace=*/true,
                                        [this](bool ok) {
                                          std::lock_guard lk(done_mu_);
                                          done_ = true;
@@ -441,7 +441,7 @@ TEST_F(TreeSyncTest, LargeFilesNotInThePageCacheAreCopiedByteForByte) {
 TEST_F(TreeSyncTest, CoversNothingBeforeStartAndEverythingOnceDone) {
   PutFile(S("a/b"), "x");
   PutFile(S("c"), "y");
-  sync_ = std::make_unique<TreeSync>(src_.get(), dst_.get(), &sync_mu_, false, nullptr);
+  sync_ = std::make_unique<TreeSync>(src_.get(), dst_.get(), &sync_mu_, false, /*displace=*/true, nullptr);
   for (const char* p : {"", "a", "a/b", "c", "zzz/never"}) EXPECT_FALSE(Covers(p)) << p;
   sync_.reset();
   ASSERT_TRUE(RunSync());

@@ -1,0 +1,155 @@
+#include "fs/health.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "fs/identity.h"
+
+namespace nasfs {
+namespace {
+
+// What a probe found, filled on the worker thread.
+struct ProbeResult {
+  std::string error;
+  UniqueFd new_root;  // a remounted NAS whose marker checked out
+};
+
+std::string ReadAll(int fd) {
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+  return n < 0 ? std::string() : out;
+}
+
+// "" if dirfd's marker names this pair and role.
+std::string CheckMarker(int dirfd, const std::string& pair_id, Role role) {
+  auto f = Backend::OpenBeneathAt(dirfd, std::string(kMetaDir) + "/" + kIdentityFile, O_RDONLY | O_NOFOLLOW);
+  if (!f) {
+    if (f.error() == ENOENT) return "no nasfs identity marker (not mounted?)";
+    return fmt::format("cannot read the identity marker: {}", std::strerror(f.error()));
+  }
+  auto j = nlohmann::json::parse(ReadAll(f->get()), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return "the identity marker is damaged";
+  if (j.value("pair_id", "") != pair_id)
+    return fmt::format("the identity marker names pair {}, not {}", j.value("pair_id", "?"), pair_id);
+  if (j.value("role", "") != RoleName(role))
+    return fmt::format("the identity marker says {}, not {}", j.value("role", "?"), RoleName(role));
+  return "";
+}
+
+int Probe(const Backend& nas, const std::string& node, const std::string& pair_id, uint64_t seq,
+          ProbeResult* out) {
+  auto root = nas.Root();
+  struct stat rs{}, ps{};
+  bool root_ok = root->valid() && fstat(root->get(), &rs) == 0;
+  int root_err = root_ok ? 0 : errno;
+  // 1. Is the path still the root we use?
+  auto fresh = nas.OpenPathAfresh();
+  int dirfd = root->get();
+  if (fresh && fstat(fresh->get(), &ps) == 0 && (!root_ok || ps.st_dev != rs.st_dev || ps.st_ino != rs.st_ino)) {
+    std::string why = CheckMarker(fresh->get(), pair_id, nas.role());
+    if (!why.empty()) {
+      out->error = root_ok ? fmt::format("{} is no longer the NAS root: {}", nas.path(), why) : why;
+      return EIO;
+    }
+    out->new_root = std::move(*fresh);
+    dirfd = out->new_root.get();
+  } else if (!root_ok) {
+    out->error = fmt::format("root: {}", std::strerror(root_err ? root_err : EIO));
+    return root_err ? root_err : EIO;
+  } else {
+    // 2. The marker of the root in use.
+    std::string why = CheckMarker(dirfd, pair_id, nas.role());
+    if (!why.empty()) {
+      out->error = why;
+      return EIO;
+    }
+  }
+  // 3. A write, read back.
+  std::string name = fmt::format("{}/heartbeat.{}", kMetaDir, node);
+  std::string beat = fmt::format("{} {}\n", seq, NowIso8601());
+  {
+    auto f = Backend::OpenBeneathAt(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0644);
+    if (!f) {
+      out->error = fmt::format("heartbeat write: {}", std::strerror(f.error()));
+      return f.error();
+    }
+    if (write(f->get(), beat.data(), beat.size()) != static_cast<ssize_t>(beat.size())) {
+      int e = errno ? errno : EIO;
+      out->error = fmt::format("heartbeat write: {}", std::strerror(e));
+      return e;
+    }
+  }
+  auto f = Backend::OpenBeneathAt(dirfd, name, O_RDONLY | O_NOFOLLOW);
+  if (!f || ReadAll(f->get()) != beat) {
+    out->error = "heartbeat read back differs";
+    return EIO;
+  }
+  return 0;
+}
+
+}  // namespace
+
+HealthMonitor::HealthMonitor(Backend* nas, std::string node, std::string pair_id,
+                             std::chrono::milliseconds interval, ResultFn on_result)
+    : nas_(nas),
+      node_(std::move(node)),
+      pair_id_(std::move(pair_id)),
+      interval_(interval),
+      on_result_(std::move(on_result)) {}
+
+HealthMonitor::~HealthMonitor() { Stop(); }
+
+void HealthMonitor::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void HealthMonitor::Stop() {
+  {
+    std::lock_guard lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::string HealthMonitor::ProbeOnce() {
+  auto out = std::make_shared<ProbeResult>();
+  Backend* nas = nas_;
+  auto deadline = nas->Deadline();
+  auto call = nas->Submit(
+      [nas, node = node_, pair = pair_id_, seq = ++seq_, out] { return Probe(*nas, node, pair, seq, out.get()); },
+      deadline);
+  int r = call->Wait(deadline);
+  // The worker owns *out until the call is done: read it only then.
+  if (!call->done()) return fmt::format("probe missed its {} ms deadline", nas->io_timeout().count());
+  if (r != 0) return out->error.empty() ? std::strerror(r) : out->error;
+  if (out->new_root.valid()) {
+    nas->SwapRoot(std::move(out->new_root));
+    spdlog::get("health")->info("{} {}: picked up the NAS mounted again at its path", nas->name(), nas->path());
+  }
+  return "";
+}
+
+void HealthMonitor::Loop() {
+  std::unique_lock lk(mu_);
+  while (!stop_) {
+    lk.unlock();
+    auto t0 = Clock::now();
+    std::string err = ProbeOnce();
+    double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    on_result_(*nas_, err.empty(), err, ms);
+    lk.lock();
+    cv_.wait_for(lk, interval_, [this] { return stop_; });
+  }
+}
+
+}  // namespace nasfs
