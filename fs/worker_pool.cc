@@ -58,6 +58,14 @@ std::shared_ptr<Call> WorkerPool::Submit(Fn fn, Clock::time_point deadline) {
       call->Finish(ECANCELED);
       return call;
     }
+    // While every worker is stuck on a hung NAS nothing dequeues: drop the
+    // calls whose waiters already gave up, so what they hold (a write's
+    // bytes) is freed now rather than when the NAS answers, maybe hours on.
+    auto now = Clock::now();
+    while (!shared_->queue.empty() && shared_->queue.front().deadline <= now) {
+      shared_->queue.front().call->Finish(ETIMEDOUT);
+      shared_->queue.pop_front();
+    }
     if (shared_->queue.size() >= max_queue_) {
       call->Finish(ETIMEDOUT);
       return call;
