@@ -251,8 +251,9 @@ class Block {
 };
 
 void RenderBackends(Block& out, const json& backends) {
-  static const std::vector<std::string> kKnown = {"role",   "path",   "state",   "state_since",
-                                                  "last_error", "ops", "errors", "timeouts"};
+  static const std::vector<std::string> kKnown = {"role",     "path",   "state",    "state_since",
+                                                  "last_error", "ops", "errors",   "timeouts",
+                                                  "missed",  "probe_latency_ms"};
   size_t w_role = 0, w_path = 0, w_state = 0;
   for (const auto& b : backends) {
     w_role = std::max(w_role, Text(b, "role").size());
@@ -268,6 +269,13 @@ void RenderBackends(Block& out, const json& backends) {
       if (Field(b, c)) counts += fmt::format("{}{} {}", counts.empty() ? "" : " ", c, Text(b, c));
     }
     if (!counts.empty()) row += "  " + counts;
+    if (auto ms = Number(b, "probe_latency_ms")) row += fmt::format("  probe {:.1f} ms", *ms);
+    if (const json* m = Field(b, "missed"); m && m->is_object()) {
+      if (m->value("full_copy_needed", false))
+        row += "  missed: unknown (full copy on return)";
+      else if (m->value("count", 0) > 0)
+        row += fmt::format("  missed {} paths", m->value("count", 0));
+    }
     if (b.is_object()) {
       for (const auto& [k, v] : b.items()) {
         if (v.is_null() || std::find(kKnown.begin(), kKnown.end(), k) != kKnown.end()) continue;
