@@ -25,11 +25,15 @@ int Mirror::Apply(const char* what, std::initializer_list<std::string> paths, Ta
   Backend* side[2] = {master_, backup_};
   bool want[2] = {targets.master, targets.backup};
   bool run[2] = {false, false};
-  for (int i = 0; i < 2; ++i) {
-    run[i] = want[i] && Writable(*side[i]);
-    if (want[i] && !run[i]) side[i]->AddMissed(paths);
-  }
+  for (int i = 0; i < 2; ++i) run[i] = want[i] && Writable(*side[i]);
+  // Nothing applied anywhere: nothing to record. (Recording it on both
+  // would leave two returning NAS each waiting to be replayed from the
+  // other.)
   if (!run[0] && !run[1]) return EIO;
+  // A path is recorded on a side only when the other side may have changed
+  // it: here the running side may apply it.
+  for (int i = 0; i < 2; ++i)
+    if (want[i] && !run[i]) side[i]->AddMissed(paths);
 
   // Both sides are submitted before either is waited on: they run in parallel.
   auto deadline = master_->Deadline();
@@ -49,7 +53,8 @@ int Mirror::Apply(const char* what, std::initializer_list<std::string> paths, Ta
   if (!run[0] || !run[1]) {
     int i = run[0] ? 0 : 1;
     if (IsFaultErrno(r[i])) {
-      side[i]->AddMissed(paths);
+      // The other side already has the path recorded; this one failed, so
+      // it is not recorded here (see above).
       on_fault_(*side[i], r[i], what);
       return EIO;
     }
@@ -58,11 +63,11 @@ int Mirror::Apply(const char* what, std::initializer_list<std::string> paths, Ta
   // 2. Faults.
   bool fault[2] = {IsWriteFault(r[0]), IsWriteFault(r[1])};
   if (fault[0] && fault[1]) {
+    // Neither took it. A side that faulted may hold part of it; nothing is
+    // recorded (no side is a sound source for the other), which the
+    // write-ahead journal (issue 4) will close.
     for (int i = 0; i < 2; ++i)
-      if (IsFaultErrno(r[i])) {
-        side[i]->AddMissed(paths);
-        on_fault_(*side[i], r[i], what);
-      }
+      if (IsFaultErrno(r[i])) on_fault_(*side[i], r[i], what);
     // Both full is an answer the application can act on; both broken is EIO.
     return IsFaultErrno(r[0]) ? EIO : r[0];
   }
