@@ -70,6 +70,23 @@ inline int ChildPathOf(Nasfs& fs, fuse_ino_t parent, const char* name, std::stri
   return 0;
 }
 
+// The same, replying with the error when there is none: handlers write
+// `if (!PathOrReply(req, fs, ino, &path)) return;`.
+inline bool PathOrReply(fuse_req_t req, Nasfs& fs, fuse_ino_t ino, std::string* out) {
+  if (int e = PathOf(fs, ino, out)) {
+    fuse_reply_err(req, e);
+    return false;
+  }
+  return true;
+}
+inline bool ChildPathOrReply(fuse_req_t req, Nasfs& fs, fuse_ino_t parent, const char* name, std::string* out) {
+  if (int e = ChildPathOf(fs, parent, name, out)) {
+    fuse_reply_err(req, e);
+    return false;
+  }
+  return true;
+}
+
 // What an inode names on the NAS: its path, or, for a file whose name went
 // away while the kernel held it, its orphan fds.
 struct FileRef {
@@ -80,6 +97,14 @@ inline int RefOf(Nasfs& fs, fuse_ino_t ino, FileRef* out) {
   if (PathOf(fs, ino, &out->path) == 0) return 0;
   out->orphan = fs.FindOrphan(ino);
   return out->orphan ? 0 : ENOENT;
+}
+
+inline bool RefOrReply(fuse_req_t req, Nasfs& fs, fuse_ino_t ino, FileRef* out) {
+  if (int e = RefOf(fs, ino, out)) {
+    fuse_reply_err(req, e);
+    return false;
+  }
+  return true;
 }
 
 // Runs a read on the read NAS, with failover: by_path(backend, path, out),

@@ -12,10 +12,7 @@ namespace nasfs::ops {
 void ReadLink(fuse_req_t req, fuse_ino_t ino) {
   Nasfs& fs = Fs(req);
   std::string path;
-  if (int e = PathOf(fs, ino, &path)) {
-    fuse_reply_err(req, e);
-    return;
-  }
+  if (!PathOrReply(req, fs, ino, &path)) return;
   std::string out;
   int r = fs.ReadInto<std::string>([path](const Backend& b, std::string* o) { return b.ReadLink(path, o); }, &out);
   if (r) {
@@ -37,10 +34,7 @@ void MakeEntry(fuse_req_t req, const char* what, fuse_ino_t parent, const char* 
     return;
   }
   std::string path;
-  if (int e = ChildPathOf(fs, parent, name, &path)) {
-    fuse_reply_err(req, e);
-    return;
-  }
+  if (!ChildPathOrReply(req, fs, parent, name, &path)) return;
   auto out = std::make_shared<StatPair>();
   int r = fs.Mutate(what, {path}, make(path, out));
   if (r) {
@@ -80,10 +74,7 @@ void Symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* na
 void Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char* name) {
   Nasfs& fs = Fs(req);
   std::string old_path;
-  if (int e = PathOf(fs, ino, &old_path)) {
-    fuse_reply_err(req, e);
-    return;
-  }
+  if (!PathOrReply(req, fs, ino, &old_path)) return;
   timespec t = Mirror::Now();
   MakeEntry(req, "link", parent, name, [=](const std::string& path, std::shared_ptr<StatPair> out) {
     return [=](const Backend& b) { return b.Link(old_path, path, t, &out->st[RoleIndex(b)]); };
@@ -99,10 +90,7 @@ void RemoveEntry(fuse_req_t req, fuse_ino_t parent, const char* name, bool dir) 
     return;
   }
   std::string path;
-  if (int e = ChildPathOf(fs, parent, name, &path)) {
-    fuse_reply_err(req, e);
-    return;
-  }
+  if (!ChildPathOrReply(req, fs, parent, name, &path)) return;
   timespec t = Mirror::Now();
   // A file the kernel knows may be open: keep it reachable (see Orphan).
   auto orphan = !dir && fs.inodes().Peek(parent, name) ? std::make_shared<Orphan>() : nullptr;
@@ -174,10 +162,7 @@ fuse_ino_t DirentIno(const std::string& name) {
 void OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Nasfs& fs = Fs(req);
   std::string path;
-  if (int e = PathOf(fs, ino, &path)) {
-    fuse_reply_err(req, e);
-    return;
-  }
+  if (!PathOrReply(req, fs, ino, &path)) return;
   std::vector<DirEntry> out;
   int r = fs.ReadInto<std::vector<DirEntry>>(
       [path](const Backend& b, std::vector<DirEntry>* o) { return b.ReadDir(path, o); }, &out);
@@ -270,10 +255,7 @@ void FsyncDir(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) 
   (void)fi;
   Nasfs& fs = Fs(req);
   std::string path;
-  if (int e = PathOf(fs, ino, &path)) {
-    fuse_reply_err(req, e);
-    return;
-  }
+  if (!PathOrReply(req, fs, ino, &path)) return;
   fuse_reply_err(req, fs.Mutate("fsyncdir", {path}, [path, datasync](const Backend& b) {
     return b.Fsync(path, datasync != 0);
   }));

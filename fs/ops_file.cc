@@ -24,10 +24,7 @@ void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fu
     return;
   }
   std::string path;
-  if (int e = ChildPathOf(fs, parent, name, &path)) {
-    fuse_reply_err(req, e);
-    return;
-  }
+  if (!ChildPathOrReply(req, fs, parent, name, &path)) return;
   Caller who = CallerOf(req);
   timespec t = Mirror::Now();
   int flags = fi->flags;
@@ -54,10 +51,7 @@ void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info
   (void)fi;
   Nasfs& fs = Fs(req);
   FileRef ref;
-  if (int e = RefOf(fs, ino, &ref)) {
-    fuse_reply_err(req, e);
-    return;
-  }
+  if (!RefOrReply(req, fs, ino, &ref)) return;
   std::string out;
   int r = ReadRef(
       fs, ref, [=](const Backend& b, const std::string& p, std::string* o) { return b.Read(p, off, size, o); },
@@ -73,10 +67,7 @@ void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t o
   (void)fi;
   Nasfs& fs = Fs(req);
   FileRef ref;
-  if (int e = RefOf(fs, ino, &ref)) {
-    fuse_reply_err(req, e);
-    return;
-  }
+  if (!RefOrReply(req, fs, ino, &ref)) return;
   // The request buffer is libfuse's and is reused after the reply; a NAS
   // call that outlives its deadline must own its bytes.
   auto data = std::make_shared<const std::string>(buf, size);
@@ -109,10 +100,7 @@ void Fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
   (void)fi;
   Nasfs& fs = Fs(req);
   FileRef ref;
-  if (int e = RefOf(fs, ino, &ref)) {
-    fuse_reply_err(req, e);
-    return;
-  }
+  if (!RefOrReply(req, fs, ino, &ref)) return;
   fuse_reply_err(req, MutateRef(
                           fs, "fsync", ref,
                           [datasync](const Backend& b, const std::string& p) { return b.Fsync(p, datasync != 0); },
@@ -125,10 +113,7 @@ void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len, f
   (void)fi;
   Nasfs& fs = Fs(req);
   std::string path;
-  if (int e = PathOf(fs, ino, &path)) {
-    fuse_reply_err(req, e);
-    return;
-  }
+  if (!PathOrReply(req, fs, ino, &path)) return;
   timespec t = Mirror::Now();
   fuse_reply_err(req, fs.Mutate("fallocate", {path}, [=](const Backend& b) {
     return b.Fallocate(path, mode, off, len, t);

@@ -11,10 +11,7 @@ template <typename Fn>
 void ReplyXattr(fuse_req_t req, fuse_ino_t ino, size_t size, Fn call) {
   Nasfs& fs = Fs(req);
   std::string path;
-  if (int e = PathOf(fs, ino, &path)) {
-    fuse_reply_err(req, e);
-    return;
-  }
+  if (!PathOrReply(req, fs, ino, &path)) return;
   std::string out;
   int r = fs.ReadInto<std::string>(
       [path, size, call](const Backend& b, std::string* o) { return call(b, path, size, o); }, &out);
@@ -46,10 +43,7 @@ void ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
 void SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size, int flags) {
   Nasfs& fs = Fs(req);
   std::string path;
-  if (int e = PathOf(fs, ino, &path)) {
-    fuse_reply_err(req, e);
-    return;
-  }
+  if (!PathOrReply(req, fs, ino, &path)) return;
   std::string n = name, v(value, size);
   fuse_reply_err(req, fs.Mutate("setxattr", {path}, [path, n, v, flags](const Backend& b) {
     return b.SetXattr(path, n, v, flags);
@@ -59,10 +53,7 @@ void SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* valu
 void RemoveXattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
   Nasfs& fs = Fs(req);
   std::string path;
-  if (int e = PathOf(fs, ino, &path)) {
-    fuse_reply_err(req, e);
-    return;
-  }
+  if (!PathOrReply(req, fs, ino, &path)) return;
   std::string n = name;
   fuse_reply_err(req, fs.Mutate("removexattr", {path}, [path, n](const Backend& b) {
     return b.RemoveXattr(path, n);
