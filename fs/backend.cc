@@ -205,6 +205,18 @@ Result<UniqueFd> Backend::OpenBeneath(const std::string& rel, int flags, mode_t 
 }
 
 Result<UniqueFd> Backend::OpenBeneathAt(int dirfd, const std::string& rel, int flags, mode_t mode) {
+  // A path through the mount can be any length; one openat2 takes at most
+  // PATH_MAX. Longer paths are walked a chunk of whole components at a
+  // time, each chunk confined beneath the directory the last one opened, so
+  // the walk is as confined as a single call.
+  constexpr size_t kChunk = 2048;
+  if (rel.size() >= PATH_MAX - 1) {
+    size_t cut = rel.rfind('/', kChunk);
+    if (cut == std::string::npos || cut == 0) return Err(ENAMETOOLONG);
+    auto dir = OpenBeneathAt(dirfd, rel.substr(0, cut), O_PATH | O_DIRECTORY);
+    if (!dir) return dir;
+    return OpenBeneathAt(dir->get(), rel.substr(cut + 1), flags, mode);
+  }
   struct open_how how {};
   how.flags = static_cast<uint64_t>(flags | O_CLOEXEC);
   how.mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0;

@@ -1,5 +1,6 @@
 #include "fs/inode_table.h"
 
+#include <algorithm>
 #include <cassert>
 #include <mutex>
 #include <vector>
@@ -78,20 +79,40 @@ std::optional<std::string> InodeTable::ChildPath(fuse_ino_t parent, const std::s
 }
 
 void InodeTable::AttachLocked(Node* n, fuse_ino_t parent, const std::string& name) {
-  n->parent = parent;
-  n->name = name;
+  if (n->parent == 0) {
+    n->parent = parent;
+    n->name = name;
+  } else {
+    n->links.push_back(Name{parent, name});
+  }
   children_[Key{parent, name}] = n->ino;
   ++nodes_.at(parent)->children;
 }
 
-void InodeTable::DetachLocked(Node* n) {
-  if (n->parent == 0) return;
-  children_.erase(Key{n->parent, n->name});
-  Node* p = nodes_.at(n->parent).get();
+void InodeTable::DetachNameLocked(Node* n, fuse_ino_t parent, const std::string& name) {
+  if (n->parent == parent && n->name == name) {
+    if (n->links.empty()) {
+      n->parent = 0;
+    } else {
+      n->parent = n->links.back().parent;
+      n->name = std::move(n->links.back().name);
+      n->links.pop_back();
+    }
+  } else {
+    auto it = std::find_if(n->links.begin(), n->links.end(),
+                           [&](const Name& x) { return x.parent == parent && x.name == name; });
+    if (it == n->links.end()) return;
+    n->links.erase(it);
+  }
+  children_.erase(Key{parent, name});
+  Node* p = nodes_.at(parent).get();
   assert(p->children > 0 && "child count out of step with the tree");
   --p->children;
-  n->parent = 0;
   MaybeFreeLocked(p);
+}
+
+void InodeTable::DetachLocked(Node* n) {
+  while (n->parent != 0) DetachNameLocked(n, n->parent, std::string(n->name));
 }
 
 void InodeTable::MaybeFreeLocked(Node* n) {
@@ -106,9 +127,20 @@ fuse_ino_t InodeTable::Remove(fuse_ino_t parent, const std::string& name) {
   if (it == children_.end()) return 0;
   fuse_ino_t ino = it->second;
   Node* n = nodes_.at(ino).get();
-  DetachLocked(n);
+  DetachNameLocked(n, parent, name);
+  if (n->parent != 0) return 0;  // still reachable by another name
   MaybeFreeLocked(n);
   return nodes_.count(ino) ? ino : 0;
+}
+
+bool InodeTable::AddLink(fuse_ino_t ino, fuse_ino_t parent, const std::string& name) {
+  std::unique_lock lk(mu_);
+  auto it = nodes_.find(ino);
+  if (it == nodes_.end() || it->second->parent == 0 || !PathLocked(parent)) return false;
+  if (children_.count(Key{parent, name})) return false;
+  AttachLocked(it->second.get(), parent, name);
+  ++it->second->nlookup;
+  return true;
 }
 
 fuse_ino_t InodeTable::Rename(fuse_ino_t parent, const std::string& name, fuse_ino_t new_parent,
@@ -125,17 +157,19 @@ fuse_ino_t InodeTable::Rename(fuse_ino_t parent, const std::string& name, fuse_i
   // free it before we attach.
   Node* np = nodes_.at(new_parent).get();
   ++np->children;
+  bool target_named = false;
   if (target) {
-    DetachLocked(target);
-    MaybeFreeLocked(target);
+    DetachNameLocked(target, new_parent, new_name);
+    target_named = target->parent != 0;
+    if (!target_named) MaybeFreeLocked(target);
   }
   if (moved) {
-    DetachLocked(moved);
+    DetachNameLocked(moved, parent, name);
     AttachLocked(moved, new_parent, new_name);
   }
   --np->children;
   MaybeFreeLocked(np);
-  return target_ino && nodes_.count(target_ino) ? target_ino : 0;
+  return target_ino && !target_named && nodes_.count(target_ino) ? target_ino : 0;
 }
 
 void InodeTable::Exchange(fuse_ino_t parent, const std::string& name, fuse_ino_t new_parent,
@@ -150,8 +184,8 @@ void InodeTable::Exchange(fuse_ino_t parent, const std::string& name, fuse_ino_t
   Node* p2 = nodes_.at(new_parent).get();
   ++p1->children;
   ++p2->children;
-  if (na) DetachLocked(na);
-  if (nb) DetachLocked(nb);
+  if (na) DetachNameLocked(na, parent, name);
+  if (nb) DetachNameLocked(nb, new_parent, new_name);
   if (na) AttachLocked(na, new_parent, new_name);
   if (nb) AttachLocked(nb, parent, name);
   // Unknown to the table: the kernel will look it up again.

@@ -11,6 +11,11 @@
 // the kernel may name. An unlinked node is detached: it has no path, and
 // operations on it get ENOENT.
 //
+// A hard link made through the mount is another name of the same node
+// (AddLink), so the kernel sees one inode with one nlink and ctime whichever
+// name it uses. Path() gives the node's first name; when that name goes, the
+// next one takes its place.
+//
 // Thread-safe: mu_ guards everything; it is never held across a NAS call.
 #pragma once
 
@@ -22,6 +27,7 @@
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 namespace nasfs {
 
@@ -50,6 +56,10 @@ class InodeTable {
   // Returns that node if the kernel still holds it, else 0.
   fuse_ino_t Rename(fuse_ino_t parent, const std::string& name, fuse_ino_t new_parent,
                     const std::string& new_name);
+  // Mirrors a successful link(2): parent/name becomes another name of ino,
+  // and the kernel holds one more lookup on it. False if ino is unknown or
+  // the name is taken.
+  bool AddLink(fuse_ino_t ino, fuse_ino_t parent, const std::string& name);
   // Mirrors a successful RENAME_EXCHANGE.
   void Exchange(fuse_ino_t parent, const std::string& name, fuse_ino_t new_parent,
                 const std::string& new_name);
@@ -57,12 +67,17 @@ class InodeTable {
   size_t size() const;
 
  private:
+  struct Name {
+    fuse_ino_t parent;
+    std::string name;
+  };
   struct Node {
     fuse_ino_t ino = 0;
-    fuse_ino_t parent = 0;  // 0: detached (unlinked, or replaced by a rename)
+    fuse_ino_t parent = 0;  // first name; 0: detached (unlinked, or replaced by a rename)
     std::string name;
+    std::vector<Name> links;  // further names (hard links made through the mount)
     uint64_t nlookup = 0;
-    uint64_t children = 0;  // attached nodes whose parent is this one
+    uint64_t children = 0;  // names in the table whose parent is this node
   };
   struct Key {
     fuse_ino_t parent;
@@ -76,7 +91,10 @@ class InodeTable {
   };
 
   std::optional<std::string> PathLocked(fuse_ino_t ino) const;
+  // Removes every name of n.
   void DetachLocked(Node* n);
+  // Removes one name of n; the next name, if any, becomes the first.
+  void DetachNameLocked(Node* n, fuse_ino_t parent, const std::string& name);
   void AttachLocked(Node* n, fuse_ino_t parent, const std::string& name);
   void MaybeFreeLocked(Node* n);
 

@@ -25,9 +25,11 @@ void ReadLink(fuse_req_t req, fuse_ino_t ino) {
 namespace {
 
 // The shape every "make a new name" operation shares: check the name,
-// resolve the path, mirror `make`, reply with the new entry.
+// resolve the path, mirror `make`, reply with the new entry. `same_as`, for
+// link(2), is the inode the new name joins.
 template <typename MakeFn>
-void MakeEntry(fuse_req_t req, const char* what, fuse_ino_t parent, const char* name, MakeFn make) {
+void MakeEntry(fuse_req_t req, const char* what, fuse_ino_t parent, const char* name, MakeFn make,
+               fuse_ino_t same_as = 0) {
   Nasfs& fs = Fs(req);
   if (IsMetaName(parent, name)) {
     fuse_reply_err(req, EPERM);
@@ -39,6 +41,14 @@ void MakeEntry(fuse_req_t req, const char* what, fuse_ino_t parent, const char* 
   int r = fs.Mutate(what, {path}, make(path, out));
   if (r) {
     fuse_reply_err(req, r);
+    return;
+  }
+  if (same_as && fs.inodes().AddLink(same_as, parent, name)) {
+    // One inode for both names: the kernel then shows one nlink and ctime
+    // through either.
+    fuse_entry_param e;
+    FillEntry(fs, same_as, out->Result(), &e);
+    fuse_reply_entry(req, &e);
     return;
   }
   ReplyNewEntry(req, parent, name, out->Result());
@@ -76,9 +86,12 @@ void Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char* name) {
   std::string old_path;
   if (!PathOrReply(req, fs, ino, &old_path)) return;
   timespec t = Mirror::Now();
-  MakeEntry(req, "link", parent, name, [=](const std::string& path, std::shared_ptr<StatPair> out) {
-    return [=](const Backend& b) { return b.Link(old_path, path, t, &out->st[RoleIndex(b)]); };
-  });
+  MakeEntry(
+      req, "link", parent, name,
+      [=](const std::string& path, std::shared_ptr<StatPair> out) {
+        return [=](const Backend& b) { return b.Link(old_path, path, t, &out->st[RoleIndex(b)]); };
+      },
+      ino);
 }
 
 namespace {
