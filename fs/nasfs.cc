@@ -163,6 +163,9 @@ void Nasfs::StartBackground() {
 }
 
 void Nasfs::StartSyncLocked(Backend& source, Backend& target, bool verify_content) {
+  // The whole-tree copy carries whatever was recorded as missed; if it is
+  // cut off, needs_full_sync stays set and another copy follows.
+  (void)target.TakeMissed();
   target.SetState(BackendState::kSyncing, fmt::format("copying from {}", source.name()));
   Backend* t = &target;
   auto next = std::make_shared<TreeSync>(&source, &target, &sync_mu_, verify_content, /*displace=*/true,
