@@ -226,7 +226,7 @@ class E2eEnvironment : public ::testing::Environment {
 
 // ---- environment ------------------------------------------------------------
 
-static std::string BuildDirBinary(const char* rel) {
+std::string BuildDirBinary(const char* rel) {
   char exe[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
   if (n <= 0) return rel;
@@ -481,13 +481,11 @@ StatusResult Status(const std::string& mountpoint, const RunOptions& opts) {
 
 // ---- the mount --------------------------------------------------------------
 
-namespace {
 int CountMountsAt(const std::string& target) {
   int n = 0;
   for (const auto& m : ReadMounts()) n += m.target == target ? 1 : 0;
   return n;
 }
-}  // namespace
 
 MountedNasfs::MountedNasfs(const Workspace& ws, MountSpec spec) {
   mountpoint_ = spec.mountpoint.empty() ? ws.mnt() : spec.mountpoint;

@@ -38,6 +38,9 @@ using namespace std::chrono_literals;
 
 std::string NasfsBin();
 std::string NasfsctlBin();
+// <build dir>/rel, the build directory being the one holding this test binary
+// (<build>/tests/e2e_x): the default for a binary whose env variable is unset.
+std::string BuildDirBinary(const char* rel);
 
 // "" when mounted tests can run here (root, /dev/fuse, fusermount3), else why not.
 std::string WhyMountedTestsCannotRun();
@@ -111,6 +114,8 @@ struct MountEntry {
 std::vector<MountEntry> ReadMounts();
 // The topmost mount at exactly `target`, if any.
 std::optional<MountEntry> FindMount(const std::string& target);
+// How many mounts are stacked at exactly `target`.
+int CountMountsAt(const std::string& target);
 // Lazily unmounts (umount2 MNT_DETACH) every mount at or beneath `prefix`,
 // deepest first. Returns how many it detached.
 int DetachMountsUnder(const std::string& prefix);

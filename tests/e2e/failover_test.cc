@@ -1,0 +1,1109 @@
+// Failover (issue 3) under DESIGN.md's fault model: each NAS is a FUSE mount
+// of a local directory (faultfs; see nas_fault.h for why not bindfs) whose
+// server the test hangs, kills, unmounts, slows down or makes fail, while a
+// reader fetches small files through the nasfs mount at 50 Hz, as nginx
+// would.
+//
+// Every scenario checks the promises: no read the application makes fails,
+// no read stalls longer than the fault allows (a dead mount fails over on
+// the request that finds it; a hung one costs at most io_timeout), writes
+// made during the outage succeed and are on both NAS once the missing one is
+// back, and the two NAS end identical once status reports both healthy.
+// Each test prints one "[failover figures]" line: the measured figures.
+//
+// Every wait is bounded and every fault is undone in TearDown (SIGCONT
+// first, then unmount), whatever the test did.
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <thread>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "tests/e2e/mount_fixture.h"
+#include "tests/e2e/nas_fault.h"
+#include "tests/e2e/tree_compare.h"
+
+namespace nasfs::e2e {
+namespace {
+
+namespace fsys = std::filesystem;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+// nasfs's defaults, which these tests run with.
+constexpr auto kIoTimeout = 1000ms;
+// What a request may take beyond the deadline (scheduling, the retry on the
+// other NAS).
+constexpr auto kSlack = 500ms;
+// A dead mount (ENOTCONN) fails over on the request that finds it: no read
+// waits for anything.
+constexpr double kDeadMountStallMs = 500;
+// A hung NAS costs a read at most the deadline.
+constexpr double kHungStallMs = std::chrono::duration<double, std::milli>(kIoTimeout + kSlack).count();
+// Detection: in band on the first failing request, or by the probe (every
+// 500 ms); either way status shows it within this.
+constexpr auto kDetectWithin = 2500ms;
+// A returning NAS: 3 good probes (~1.5 s) plus the replay of what it missed.
+constexpr auto kRecoverWithin = 10s;
+
+double MsBetween(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+double MsSince(Clock::time_point t) { return MsBetween(t, Clock::now()); }
+
+// ---- status JSON ------------------------------------------------------------
+
+json Get(const json& j, const std::string& pointer) {
+  try {
+    return j.at(json::json_pointer(pointer));
+  } catch (const std::exception&) {
+    return nullptr;
+  }
+}
+
+json BackendOf(const json& status, const std::string& role) {
+  for (const auto& b : Get(status, "/backends")) {
+    if (Get(b, "/role") == role) return b;
+  }
+  return nullptr;
+}
+
+std::string Str(const json& j) { return j.is_string() ? j.get<std::string>() : j.dump(); }
+std::string StateOf(const json& status, const std::string& role) {
+  return Str(Get(BackendOf(status, role), "/state"));
+}
+std::string ReadFrom(const json& status) { return Str(Get(status, "/read_from")); }
+bool BothHealthy(const json& s) {
+  return StateOf(s, "master") == "healthy" && StateOf(s, "backup") == "healthy" && ReadFrom(s) == "master";
+}
+
+// ---- reading through the mount ----------------------------------------------
+
+// Reads the whole file with O_DIRECT, so every read reaches nasfs instead of
+// the page cache. errno is kept on failure.
+std::optional<std::string> ReadDirect(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  constexpr size_t kChunk = 64 * 1024;
+  void* buf = nullptr;
+  if (posix_memalign(&buf, 4096, kChunk) != 0) {
+    close(fd);
+    errno = ENOMEM;
+    return std::nullopt;
+  }
+  std::string out;
+  int err = 0;
+  for (;;) {
+    ssize_t n = read(fd, buf, kChunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      err = errno;
+      break;
+    }
+    if (n == 0) break;
+    out.append(static_cast<char*>(buf), static_cast<size_t>(n));
+  }
+  free(buf);
+  close(fd);
+  if (err != 0) {
+    errno = err;
+    return std::nullopt;
+  }
+  return out;
+}
+
+struct LoadStats {
+  int ops = 0;
+  int failures = 0;
+  double max_ms = 0;
+  std::string max_what;
+  double p50_ms = 0, p99_ms = 0;
+  std::vector<std::string> failure_lines;  // the first few
+
+  std::string Failures() const {
+    std::string s;
+    for (const auto& l : failure_lines) s += "\n  " + l;
+    return s.empty() ? "(none)" : s;
+  }
+};
+
+// A 50 Hz reader: each tick one request through the mount, as a web server
+// makes them: mostly whole-file reads (O_DIRECT, so they reach nasfs), some
+// stats, directory listings and readlinks. Every answer is checked against
+// what the test wrote. Latency and failures are recorded per request.
+class ReaderLoad {
+ public:
+  // files: path relative to mnt -> content; links: path -> target; dirs:
+  // directory -> the names it must list.
+  ReaderLoad(std::string mnt, std::map<std::string, std::string> files,
+             std::map<std::string, std::string> links, std::map<std::string, std::set<std::string>> dirs,
+             uint64_t seed)
+      : mnt_(std::move(mnt)),
+        files_(std::move(files)),
+        links_(std::move(links)),
+        dirs_(std::move(dirs)),
+        rng_(seed) {
+    for (const auto& [rel, data] : files_) file_names_.push_back(rel);
+    for (const auto& [rel, target] : links_) link_names_.push_back(rel);
+    for (const auto& [rel, names] : dirs_) dir_names_.push_back(rel);
+  }
+  ~ReaderLoad() { (void)Stop(-1); }
+
+  void Start() {
+    started_ = Clock::now();
+    thread_ = std::thread([this] { Loop(); });
+  }
+
+  // Stops the reader and returns its figures. A correct nasfs bounds every
+  // request; if the reader is stuck in one for 20 s anyway, that is a
+  // failure, and killing `daemon` (nasfs) releases it (its requests then fail
+  // with ENOTCONN) so the test can end.
+  LoadStats Stop(pid_t daemon) {
+    if (!thread_.joinable()) return Stats();
+    stop_ = true;
+    if (!WaitFor([this] { return done_.load(); }, 20s)) {
+      std::string what;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        what = current_;
+      }
+      ADD_FAILURE() << "the reader is stuck for over 20 s in: " << what
+                    << (daemon > 0 ? "; killing nasfs to release it" : "");
+      if (daemon > 0) kill(daemon, SIGKILL);
+      if (!WaitFor([this] { return done_.load(); }, 10s)) {
+        ADD_FAILURE() << "the reader is still stuck; abandoning its thread";
+        thread_.detach();
+        return Stats();
+      }
+    }
+    thread_.join();
+    return Stats();
+  }
+
+ private:
+  LoadStats Stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    LoadStats s = stats_;
+    std::vector<double> sorted = latencies_;
+    std::sort(sorted.begin(), sorted.end());
+    if (!sorted.empty()) {
+      s.p50_ms = sorted[sorted.size() / 2];
+      s.p99_ms = sorted[std::min(sorted.size() - 1, sorted.size() * 99 / 100)];
+    }
+    return s;
+  }
+
+  void Loop() {
+    auto next = Clock::now();
+    for (int tick = 0; !stop_; ++tick) {
+      std::string what;
+      const auto t0 = Clock::now();
+      std::string failure = OneRequest(tick, &what);
+      const double ms = MsSince(t0);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        latencies_.push_back(ms);
+        ++stats_.ops;
+        if (ms > stats_.max_ms) {
+          stats_.max_ms = ms;
+          stats_.max_what = fmt::format("{} at t={:.0f} ms", what, MsBetween(started_, t0));
+        }
+        if (!failure.empty()) {
+          ++stats_.failures;
+          if (stats_.failure_lines.size() < 10) {
+            stats_.failure_lines.push_back(
+                fmt::format("t={:.0f} ms {} ({:.0f} ms): {}", MsBetween(started_, t0), what, ms, failure));
+          }
+        }
+        current_ = "(between requests)";
+      }
+      next += 20ms;
+      const auto now = Clock::now();
+      if (next > now) {
+        std::this_thread::sleep_until(next);
+      } else {
+        next = now;  // after a stall, go on at 50 Hz rather than in a burst
+      }
+    }
+    done_ = true;
+  }
+
+  // One request; "" when it succeeded with the right answer.
+  std::string OneRequest(int tick, std::string* what) {
+    const int kind = tick % 10;
+    auto begin = [&](std::string w) {
+      *what = std::move(w);
+      std::lock_guard<std::mutex> lock(mu_);
+      current_ = fmt::format("{} (since t={:.0f} ms)", *what, MsSince(started_));
+    };
+    if (kind == 7 && !dir_names_.empty()) {
+      const std::string& rel = dir_names_[rng_() % dir_names_.size()];
+      begin("readdir " + rel);
+      DIR* d = opendir((mnt_ + "/" + rel).c_str());
+      if (d == nullptr) return fmt::format("opendir: {}", std::strerror(errno));
+      std::set<std::string> seen;
+      errno = 0;
+      while (dirent* e = readdir(d)) seen.insert(e->d_name);
+      const int err = errno;
+      closedir(d);
+      if (err != 0) return fmt::format("readdir: {}", std::strerror(err));
+      for (const auto& name : dirs_.at(rel)) {
+        if (!seen.count(name)) return fmt::format("{} missing from the listing ({} entries)", name, seen.size());
+      }
+      return "";
+    }
+    if (kind == 8 && !link_names_.empty()) {
+      const std::string& rel = link_names_[rng_() % link_names_.size()];
+      begin("readlink " + rel);
+      char buf[PATH_MAX];
+      ssize_t n = readlink((mnt_ + "/" + rel).c_str(), buf, sizeof buf);
+      if (n < 0) return fmt::format("readlink: {}", std::strerror(errno));
+      if (std::string(buf, static_cast<size_t>(n)) != links_.at(rel)) return "wrong link target";
+      return "";
+    }
+    const std::string& rel = file_names_[rng_() % file_names_.size()];
+    if (kind == 9) {
+      begin("stat " + rel);
+      struct stat st {};
+      if (lstat((mnt_ + "/" + rel).c_str(), &st) != 0) return fmt::format("lstat: {}", std::strerror(errno));
+      if (st.st_size != static_cast<off_t>(files_.at(rel).size())) {
+        return fmt::format("size {} instead of {}", st.st_size, files_.at(rel).size());
+      }
+      return "";
+    }
+    begin("read " + rel);
+    auto data = ReadDirect(mnt_ + "/" + rel);
+    if (!data) return fmt::format("read: {}", std::strerror(errno));
+    if (*data != files_.at(rel)) return fmt::format("wrong content ({} bytes instead of {})", data->size(), files_.at(rel).size());
+    return "";
+  }
+
+  const std::string mnt_;
+  const std::map<std::string, std::string> files_, links_;
+  const std::map<std::string, std::set<std::string>> dirs_;
+  std::vector<std::string> file_names_, link_names_, dir_names_;
+  std::mt19937_64 rng_;  // the reader thread's only
+  Clock::time_point started_;
+  std::atomic<bool> stop_{false}, done_{false};
+  std::thread thread_;
+  std::mutex mu_;
+  LoadStats stats_;              // guarded by mu_
+  std::vector<double> latencies_;  // guarded by mu_
+  std::string current_;          // guarded by mu_
+};
+
+// ---- watching status --------------------------------------------------------
+
+struct StatusSample {
+  double t_ms;  // since the monitor started
+  std::string read_from, master, backup, master_since, backup_since;
+};
+
+// Polls `nasfsctl status` every 50 ms (the control server never waits on a
+// NAS) and keeps what changed, for the "read_from throughout" and "not a
+// storm" checks and for the figures.
+class StatusMonitor {
+ public:
+  explicit StatusMonitor(std::string mnt) : mnt_(std::move(mnt)) {}
+  ~StatusMonitor() { Stop(); }
+
+  void Start() {
+    started_ = Clock::now();
+    thread_ = std::thread([this] {
+      while (!stop_) {
+        auto s = Status(mnt_, Within(2s));
+        if (s.ok()) {
+          StatusSample x{MsSince(started_),
+                         ReadFrom(s.json),
+                         StateOf(s.json, "master"),
+                         StateOf(s.json, "backup"),
+                         Str(Get(BackendOf(s.json, "master"), "/state_since")),
+                         Str(Get(BackendOf(s.json, "backup"), "/state_since"))};
+          std::lock_guard<std::mutex> lock(mu_);
+          ++polls_;
+          if (samples_.empty() || samples_.back().read_from != x.read_from || samples_.back().master != x.master ||
+              samples_.back().backup != x.backup || samples_.back().master_since != x.master_since ||
+              samples_.back().backup_since != x.backup_since) {
+            samples_.push_back(x);
+          }
+        }
+        std::this_thread::sleep_for(50ms);
+      }
+    });
+  }
+  void Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // The distinct states seen, in order (consecutive repeats merged).
+  std::vector<StatusSample> Changes() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return samples_;
+  }
+  int polls() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return polls_;
+  }
+  // "t=120ms read_from=master master=healthy backup=down; ..."
+  std::string Describe() const {
+    std::string s;
+    for (const auto& x : Changes()) {
+      s += fmt::format("\n  t={:.0f}ms read_from={} master={} backup={}", x.t_ms, x.read_from, x.master, x.backup);
+    }
+    return s;
+  }
+  // The states a backend went through, consecutive repeats merged: "down syncing healthy".
+  std::string Sequence(const std::string& role) const {
+    std::vector<std::string> seq;
+    for (const auto& x : Changes()) {
+      const std::string& state = role == "master" ? x.master : x.backup;
+      if (seq.empty() || seq.back() != state) seq.push_back(state);
+    }
+    return fmt::format("{}", fmt::join(seq, " "));
+  }
+  // How many times a backend's state changed, at least (a state that lasted
+  // less than one poll is missed, but its state_since still moves).
+  int StateChanges(const std::string& role) const {
+    std::set<std::string> since;
+    for (const auto& x : Changes()) since.insert(role == "master" ? x.master_since : x.backup_since);
+    return since.empty() ? 0 : static_cast<int>(since.size()) - 1;
+  }
+
+ private:
+  const std::string mnt_;
+  Clock::time_point started_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  mutable std::mutex mu_;
+  std::vector<StatusSample> samples_;  // guarded by mu_
+  int polls_ = 0;                      // guarded by mu_
+};
+
+std::vector<std::string> ListDir(const std::string& dir) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& e : fsys::directory_iterator(dir, ec)) names.push_back(e.path().filename().string());
+  if (ec) names.push_back("(cannot list: " + ec.message() + ")");
+  return names;
+}
+
+// ---- the fixture ------------------------------------------------------------
+
+class FailoverTest : public ::testing::Test {
+ protected:
+  // Which NAS is a faultfs the test injects errors into, whatever DefaultNasServer() says.
+  enum class Faulty { kNone, kMaster, kBackup };
+
+  void SetUp() override {
+    NASFS_E2E_REQUIRE_MOUNTS();
+    ASSERT_TRUE(ws_.ok()) << ws_.error();
+    seed_ = TestSeed();
+    std::printf("seed=%llu (NASFS_E2E_SEED to repeat)\n", static_cast<unsigned long long>(seed_));
+    RecordProperty("seed", std::to_string(seed_));
+    rng_.seed(seed_);
+  }
+
+  // Undo every fault before anything touches a NAS: SIGCONT first (a stopped
+  // server hangs nasfs's unmount and whatever lists the workspace), then the
+  // loads, the nasfs mount, and the NAS servers.
+  void TearDown() override {
+    if (master_) master_->Cont();
+    if (backup_) backup_->Cont();
+    if (faultfs_) (void)faultfs_->SetFaults("");
+    StopLoads();
+    mount_.reset();
+    backup_.reset();
+    master_.reset();
+  }
+
+  // Both NAS servers, over empty stores.
+  void StartNas(Faulty faulty = Faulty::kNone) {
+    const NasServer server = DefaultNasServer();
+    std::printf("NAS servers: %s%s\n", NasServerName(server),
+                faulty == Faulty::kMaster   ? " (master: faultfs)"
+                : faulty == Faulty::kBackup ? " (backup: faultfs)"
+                                            : "");
+    auto make = [&](const std::string& name, bool fault_injected) -> std::unique_ptr<FuseNas> {
+      if (!fault_injected) return MakeNas(ws_, name, server);
+      auto f = std::make_unique<FaultfsNas>(ws_, name);
+      faultfs_ = f.get();
+      return f;
+    };
+    master_ = make("master", faulty == Faulty::kMaster);
+    ASSERT_TRUE(master_->ok()) << master_->error();
+    backup_ = make("backup", faulty == Faulty::kBackup);
+    ASSERT_TRUE(backup_->ok()) << backup_->error();
+  }
+
+  // nasfs over the two NAS, and waits until status shows both healthy.
+  void MountNasfs(MountSpec spec = {}) {
+    const auto t0 = Clock::now();
+    mount_ = std::make_unique<MountedNasfs>(ws_, std::move(spec));
+    mount_ms_ = MsSince(t0);
+    ASSERT_TRUE(mount_->mounted()) << mount_->error();
+  }
+  void MountAndWaitHealthy() {
+    ASSERT_NO_FATAL_FAILURE(MountNasfs());
+    json s;
+    ASSERT_TRUE(WaitForStatus(BothHealthy, Clock::now() + 10s, &s))
+        << "both NAS not healthy 10 s after mounting: " << s.dump(2);
+  }
+
+  // Polls status until pred holds or the deadline passes; *last gets the last answer.
+  bool WaitForStatus(const std::function<bool(const json&)>& pred, Clock::time_point deadline, json* last) {
+    for (;;) {
+      auto s = Status(mount_->mountpoint(), Within(2s));
+      *last = s.ok() ? s.json : json{{"nasfsctl_error", s.error}};
+      if (s.ok() && pred(s.json)) return true;
+      if (Clock::now() >= deadline) return false;
+      std::this_thread::sleep_for(50ms);
+    }
+  }
+  json StatusNow() {
+    auto s = Status(mount_->mountpoint(), Within(2s));
+    return s.ok() ? s.json : json{{"nasfsctl_error", s.error}};
+  }
+
+  // Waits for both NAS healthy with reads on the master; the time it took.
+  bool WaitRecovered(Clock::time_point since, std::chrono::milliseconds within, const std::string& what) {
+    json s;
+    const bool ok = WaitForStatus(BothHealthy, since + within, &s);
+    recover_ms_ = ok ? MsSince(since) : -1;
+    EXPECT_TRUE(ok) << what << ": both NAS not healthy with reads on the master " << within.count()
+                    << " ms later: " << s.dump(2) << "\nstatus changes:" << Monitor().Describe();
+    if (ok) {
+      // Healthy only once replayed: nothing left missed.
+      for (const char* role : {"master", "backup"}) {
+        EXPECT_EQ(Get(BackendOf(s, role), "/missed/count"), 0) << what << ": " << role << "\n" << s.dump(2);
+      }
+    }
+    return ok;
+  }
+
+  // While `role` is out after the outage writes, status counts what it missed.
+  void ExpectSomethingMissed(const std::string& role) {
+    const json s = StatusNow();
+    const json count = Get(BackendOf(s, role), "/missed/count");
+    EXPECT_TRUE(count.is_number() && count.get<int64_t>() > 0)
+        << role << " is out and missed the outage writes, but status says missed.count=" << count.dump() << "\n"
+        << s.dump(2);
+  }
+
+  std::string M(const std::string& rel) const { return ws_.mnt() + "/" + rel; }
+
+  // The site: 40 small files the reader fetches, 4 symlinks, and work/ for
+  // the writes made during outages.
+  void Populate() {
+    ASSERT_EQ(mkdir(M("static").c_str(), 0755), 0) << std::strerror(errno);
+    ASSERT_EQ(mkdir(M("static/img").c_str(), 0755), 0) << std::strerror(errno);
+    ASSERT_EQ(mkdir(M("work").c_str(), 0755), 0) << std::strerror(errno);
+    for (int i = 0; i < 40; ++i) {
+      const std::string rel = i % 4 == 3 ? fmt::format("static/img/p{:02d}.png", i) : fmt::format("static/f{:02d}.html", i);
+      site_files_[rel] = RandomBytes(rng_, 100 + rng_() % 6000);
+      ASSERT_TRUE(WriteFile(M(rel), site_files_[rel])) << rel << ": " << std::strerror(errno);
+      const auto slash = rel.rfind('/');
+      site_dirs_[rel.substr(0, slash)].insert(rel.substr(slash + 1));
+    }
+    for (int i = 0; i < 4; ++i) {
+      const std::string rel = fmt::format("static/link{}", i);
+      site_links_[rel] = fmt::format("f{:02d}.html", i);
+      ASSERT_EQ(symlink(site_links_[rel].c_str(), M(rel).c_str()), 0) << std::strerror(errno);
+      site_dirs_["static"].insert(fmt::format("link{}", i));
+    }
+    for (const char* name : {"keep.txt", "overwrite.txt", "delete.txt", "rename_src.txt"}) {
+      const std::string rel = std::string("work/") + name;
+      expected_[rel] = fmt::format("{} before the outage\n", name);
+      ASSERT_TRUE(WriteFile(M(rel), *expected_[rel])) << rel << ": " << std::strerror(errno);
+    }
+    ExpectIdentical("after populating");
+  }
+
+  void StartLoads() {
+    reader_ = std::make_unique<ReaderLoad>(ws_.mnt(), site_files_, site_links_, site_dirs_, seed_ ^ 0x5eed);
+    monitor_ = std::make_unique<StatusMonitor>(ws_.mnt());
+    monitor_->Start();
+    reader_->Start();
+  }
+  LoadStats StopLoads() {
+    LoadStats stats;
+    if (reader_) stats = reader_->Stop(mount_ ? mount_->daemon_pid() : -1);
+    if (monitor_) monitor_->Stop();
+    return stats;
+  }
+  const StatusMonitor& Monitor() {
+    static const StatusMonitor none("");
+    return monitor_ ? *monitor_ : none;
+  }
+
+  // One write through the mount, timed: it must succeed, within the deadline
+  // plus slack whatever state the NAS are in.
+  void TimedWrite(const std::string& what, const std::function<bool()>& fn) {
+    const auto t0 = Clock::now();
+    errno = 0;
+    const bool ok = fn();
+    const int err = errno;
+    const double ms = MsSince(t0);
+    max_write_ms_ = std::max(max_write_ms_, ms);
+    ++writes_;
+    EXPECT_TRUE(ok) << what << " failed: " << std::strerror(err);
+    EXPECT_LE(ms, kHungStallMs) << what << " took " << ms << " ms";
+  }
+
+  // Creates, overwrites, deletes, renames and makes a directory through the
+  // mount, and records what both NAS must hold afterwards.
+  void OutageWrites(const std::string& tag) {
+    const std::string created = fmt::format("work/{}_new.txt", tag);
+    const std::string overwritten = "work/overwrite.txt";
+    const std::string renamed = fmt::format("work/{}_renamed.txt", tag);
+    const std::string dir = fmt::format("work/{}_dir", tag);
+    const std::string inner = dir + "/inner.txt";
+    const std::string new_data = RandomBytes(rng_, 3000);
+    const std::string over_data = fmt::format("overwritten during {}\n", tag);
+    TimedWrite("create " + created, [&] { return WriteFile(M(created), new_data); });
+    expected_[created] = new_data;
+    TimedWrite("overwrite " + overwritten, [&] { return WriteFile(M(overwritten), over_data); });
+    expected_[overwritten] = over_data;
+    if (expected_["work/delete.txt"]) {
+      TimedWrite("unlink work/delete.txt", [&] { return unlink(M("work/delete.txt").c_str()) == 0; });
+      expected_["work/delete.txt"] = std::nullopt;
+    }
+    if (expected_["work/rename_src.txt"]) {
+      TimedWrite("rename work/rename_src.txt -> " + renamed,
+                 [&] { return rename(M("work/rename_src.txt").c_str(), M(renamed).c_str()) == 0; });
+      expected_[renamed] = expected_["work/rename_src.txt"];
+      expected_["work/rename_src.txt"] = std::nullopt;
+    }
+    TimedWrite("mkdir " + dir, [&] { return mkdir(M(dir).c_str(), 0755) == 0; });
+    TimedWrite("create " + inner, [&] { return WriteFile(M(inner), tag); });
+    expected_[inner] = tag;
+    // Read-your-writes through the mount, from whichever NAS serves now.
+    for (const std::string& rel : {created, overwritten, renamed, inner}) {
+      const auto got = ReadDirect(M(rel));
+      EXPECT_TRUE(got == expected_[rel]) << "right after the outage writes, " << rel << " reads back "
+                                         << (got ? fmt::format("{} other bytes", got->size())
+                                                 : std::string("nothing: ") + std::strerror(errno));
+    }
+  }
+  void CreateOne(const std::string& rel) {
+    const std::string data = RandomBytes(rng_, 500);
+    TimedWrite("create " + rel, [&] { return WriteFile(M(rel), data); });
+    expected_[rel] = data;
+  }
+
+  // Both NAS hold what the writes made, and are identical (contents, modes,
+  // owners, mtimes, xattrs), read from the stores beneath the FUSE servers.
+  void ExpectIdentical(const std::string& when) {
+    for (const FuseNas* nas : {master_.get(), backup_.get()}) {
+      for (const auto& [rel, data] : expected_) {
+        const std::string p = nas->store() + "/" + rel;
+        if (data) {
+          // Sizes, not bytes: the contents are random.
+          const auto got = ReadFile(p);
+          EXPECT_TRUE(got == *data) << when << ": " << p << " holds "
+                                    << (got ? fmt::format("{} other bytes", got->size()) : "nothing (missing)")
+                                    << " instead of the " << data->size() << " written";
+        } else {
+          struct stat st {};
+          EXPECT_NE(lstat(p.c_str(), &st), 0) << when << ": " << p << " should be gone";
+        }
+      }
+    }
+    const auto diffs = CompareTrees(master_->store(), backup_->store());
+    EXPECT_TRUE(diffs.empty()) << when << ": the two NAS differ:\n" << FormatDiffs(diffs);
+  }
+
+  // One line of figures for the issue note.
+  void Report(const std::string& scenario, const LoadStats& r, const std::string& extra = "") {
+    const json s = mount_ ? StatusNow() : json();
+    const std::string line = fmt::format(
+        "[failover figures] {}: reads={} failed={} max_stall_ms={:.1f} ({}) p50_ms={:.2f} p99_ms={:.1f} "
+        "detect_ms={:.0f} recover_ms={:.0f} writes={} max_write_ms={:.1f} failovers={} retried_ops={} "
+        "status_changes(master/backup)={}/{} master_states=[{}] backup_states=[{}]{}",
+        scenario, r.ops, r.failures, r.max_ms, r.max_what, r.p50_ms, r.p99_ms, detect_ms_, recover_ms_, writes_,
+        max_write_ms_, Get(s, "/counters/failovers").dump(), Get(s, "/counters/retried_ops").dump(),
+        Monitor().StateChanges("master"), Monitor().StateChanges("backup"), Monitor().Sequence("master"),
+        Monitor().Sequence("backup"), extra);
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+    RecordProperty("max_stall_ms", fmt::format("{:.1f}", r.max_ms));
+    RecordProperty("failed_reads", r.failures);
+    RecordProperty("figures", line);
+  }
+
+  // Time from t0 until status shows pred (-1 if not within kDetectWithin).
+  double Detect(Clock::time_point t0, const std::function<bool(const json&)>& pred, const std::string& what) {
+    json s;
+    const bool ok = WaitForStatus(pred, t0 + kDetectWithin, &s);
+    EXPECT_TRUE(ok) << what << " not shown by status within " << kDetectWithin.count() << " ms: " << s.dump(2);
+    detect_ms_ = ok ? MsSince(t0) : -1;
+    return detect_ms_;
+  }
+
+  void ScenarioNasFailsWrites(Faulty which, const std::string& fault, double stall_bound_ms = kDeadMountStallMs);
+
+  Workspace ws_;
+  uint64_t seed_ = 0;
+  std::mt19937_64 rng_;
+  // Declared before the mount: destroyed after it (TearDown orders it anyway).
+  std::unique_ptr<FuseNas> master_, backup_;
+  FaultfsNas* faultfs_ = nullptr;  // master_ or backup_, when StartNas made one a faultfs
+  std::unique_ptr<MountedNasfs> mount_;
+  std::unique_ptr<StatusMonitor> monitor_;
+  std::unique_ptr<ReaderLoad> reader_;
+
+  std::map<std::string, std::string> site_files_, site_links_;
+  std::map<std::string, std::set<std::string>> site_dirs_;
+  // What both NAS must hold at the end: content, or nullopt for "absent".
+  std::map<std::string, std::optional<std::string>> expected_;
+
+  double mount_ms_ = -1, detect_ms_ = -1, recover_ms_ = -1, max_write_ms_ = 0;
+  int writes_ = 0;
+};
+
+auto MasterOut = [](const json& s) { return ReadFrom(s) == "backup" && StateOf(s, "master") != "healthy"; };
+auto BackupOut = [](const json& s) { return StateOf(s, "backup") != "healthy"; };
+
+// ---- the scenarios ----------------------------------------------------------
+
+TEST_F(FailoverTest, ADeadMasterFailsReadsOverAtOnceAndGetsTheOutageWritesWhenItReturns) {
+  ASSERT_NO_FATAL_FAILURE(StartNas());
+  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
+  ASSERT_NO_FATAL_FAILURE(Populate());
+  StartLoads();
+  std::this_thread::sleep_for(1s);
+
+  const auto fault = Clock::now();
+  master_->Kill();
+  OutageWrites("master_dead");  // the first requests meet the fault in band
+  Detect(fault, MasterOut, "the dead master");
+  std::this_thread::sleep_for(1s);
+  ExpectSomethingMissed("master");
+
+  const auto back = Clock::now();
+  ASSERT_EQ(master_->Remount(), "");
+  WaitRecovered(back, kRecoverWithin, "master remounted");
+  std::this_thread::sleep_for(500ms);  // reads on the returned master
+  const LoadStats r = StopLoads();
+  Report("master-killed", r);
+
+  EXPECT_EQ(r.failures, 0) << r.Failures();
+  EXPECT_LE(r.max_ms, kDeadMountStallMs) << "longest read: " << r.max_what;
+  ExpectIdentical("after the master returned");
+}
+
+TEST_F(FailoverTest, AHungMasterCostsAReadAtMostTheDeadlineAndCatchesUpWhenItWakes) {
+  ASSERT_NO_FATAL_FAILURE(StartNas());
+  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
+  ASSERT_NO_FATAL_FAILURE(Populate());
+  StartLoads();
+  std::this_thread::sleep_for(1s);
+
+  const auto fault = Clock::now();
+  master_->Stop();
+  OutageWrites("master_hung");  // the first requests meet the fault in band
+  Detect(fault, MasterOut, "the hung master");
+  std::this_thread::sleep_until(fault + 10s);
+
+  const auto back = Clock::now();
+  master_->Cont();
+  WaitRecovered(back, kRecoverWithin, "master woken");
+  std::this_thread::sleep_for(500ms);
+  const LoadStats r = StopLoads();
+  Report("master-stopped-10s", r);
+
+  EXPECT_EQ(r.failures, 0) << r.Failures();
+  EXPECT_LE(r.max_ms, kHungStallMs) << "longest read: " << r.max_what;
+  ExpectIdentical("after the master woke");
+}
+
+TEST_F(FailoverTest, AHungBackupLeavesReadsOnTheMasterAndCatchesUpWhenItWakes) {
+  ASSERT_NO_FATAL_FAILURE(StartNas());
+  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
+  ASSERT_NO_FATAL_FAILURE(Populate());
+  StartLoads();
+  std::this_thread::sleep_for(1s);
+
+  const auto fault = Clock::now();
+  backup_->Stop();
+  OutageWrites("backup_hung");
+  Detect(fault, BackupOut, "the hung backup");
+  std::this_thread::sleep_until(fault + 4s);
+
+  const auto back = Clock::now();
+  backup_->Cont();
+  WaitRecovered(back, kRecoverWithin, "backup woken");
+  std::this_thread::sleep_for(500ms);
+  const LoadStats r = StopLoads();
+  Report("backup-stopped", r);
+
+  EXPECT_EQ(r.failures, 0) << r.Failures();
+  // The master serves every read: the hung backup must not slow one down.
+  EXPECT_LE(r.max_ms, kDeadMountStallMs) << "longest read: " << r.max_what;
+  for (const auto& x : Monitor().Changes()) {
+    EXPECT_EQ(x.read_from, "master") << "at t=" << x.t_ms << " ms; status changes:" << Monitor().Describe();
+  }
+  ExpectIdentical("after the backup woke");
+}
+
+TEST_F(FailoverTest, AnUnmountedMasterIsNeverWrittenAndIsPickedUpWhenMountedAgain) {
+  ASSERT_NO_FATAL_FAILURE(StartNas());
+  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
+  ASSERT_NO_FATAL_FAILURE(Populate());
+  StartLoads();
+  std::this_thread::sleep_for(1s);
+
+  const auto fault = Clock::now();
+  master_->Unmount();
+  ASSERT_EQ(ListDir(master_->path()), std::vector<std::string>{}) << "the bare mount point is not empty";
+  OutageWrites("master_unmounted");
+  Detect(fault, MasterOut, "the unmounted master");
+  std::this_thread::sleep_for(2s);  // several probes look at the bare directory
+  EXPECT_EQ(ListDir(master_->path()), std::vector<std::string>{})
+      << "nasfs wrote into the bare mount point of the unmounted master";
+
+  const auto back = Clock::now();
+  ASSERT_EQ(master_->Remount(), "");
+  WaitRecovered(back, kRecoverWithin, "master mounted again");
+  std::this_thread::sleep_for(500ms);
+  const LoadStats r = StopLoads();
+  Report("master-unmounted", r);
+
+  EXPECT_EQ(r.failures, 0) << r.Failures();
+  EXPECT_LE(r.max_ms, kDeadMountStallMs) << "longest read: " << r.max_what;
+  ExpectIdentical("after the master was mounted again");
+}
+
+// Promise 4: while the master is unmounted, its mount point holds another
+// pair's volume (a marker naming another pair_id, and a site): nasfs must
+// keep the master down and never write there, and take the real one back.
+TEST_F(FailoverTest, AnotherPairsVolumeAtTheMastersPathIsNeverWrittenAndStaysDown) {
+  ASSERT_NO_FATAL_FAILURE(StartNas());
+  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
+  ASSERT_NO_FATAL_FAILURE(Populate());
+  auto marker = nlohmann::json::parse(ReadFile(master_->store() + "/.nasfs/identity.json").value_or(""), nullptr,
+                                      /*allow_exceptions=*/false);
+  ASSERT_TRUE(marker.is_object()) << "no readable marker in " << master_->store();
+  marker["pair_id"] = std::string(32, 'f');
+  StartLoads();
+  std::this_thread::sleep_for(1s);
+
+  const auto fault = Clock::now();
+  master_->Unmount();
+  const std::string foreign = master_->path();
+  ASSERT_EQ(mkdir((foreign + "/.nasfs").c_str(), 0755), 0) << std::strerror(errno);
+  ASSERT_TRUE(WriteFile(foreign + "/.nasfs/identity.json", marker.dump()));
+  ASSERT_TRUE(WriteFile(foreign + "/index.html", "another site"));
+  ASSERT_EQ(mkdir((foreign + "/work").c_str(), 0755), 0) << std::strerror(errno);
+  const Tree before = SnapshotTree(foreign, /*skip_nasfs=*/false);
+  OutageWrites("foreign_volume");
+  Detect(fault, MasterOut, "the master replaced by another pair's volume");
+  std::this_thread::sleep_for(3s);  // six probes look at it
+  json s = StatusNow();
+  EXPECT_NE(StateOf(s, "master"), "healthy") << s.dump(2);
+  EXPECT_EQ(ReadFrom(s), "backup") << s.dump(2);
+  EXPECT_NO_TREE_DIFFS(CompareSnapshots(before, SnapshotTree(foreign, false), "foreign before", "foreign after"));
+
+  std::error_code ec;
+  for (const auto& e : fsys::directory_iterator(foreign)) fsys::remove_all(e.path(), ec);
+  const auto back = Clock::now();
+  ASSERT_EQ(master_->Remount(), "");
+  WaitRecovered(back, kRecoverWithin, "the real master mounted again");
+  std::this_thread::sleep_for(500ms);
+  const LoadStats r = StopLoads();
+  Report("master-foreign-volume", r);
+
+  EXPECT_EQ(r.failures, 0) << r.Failures();
+  EXPECT_LE(r.max_ms, kDeadMountStallMs) << "longest read: " << r.max_what;
+  ExpectIdentical("after the real master was mounted again");
+}
+
+// Requests abandoned on a slow master complete long after their deadline:
+// here 5 s per operation, the fault cleared after 1.5 s, so the master's
+// probes pass and its replay can finish while writes from before it are
+// still landing. A late write must not overwrite what the replay put there
+// (Promise 2: no stale reads after switch-back).
+TEST_F(FailoverTest, LateCompletionsOnASlowMasterNeverUndoTheReplay) {
+  ASSERT_NO_FATAL_FAILURE(StartNas(Faulty::kMaster));
+  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
+  ASSERT_NO_FATAL_FAILURE(Populate());
+  StartLoads();
+  std::this_thread::sleep_for(1s);
+
+  const auto fault = Clock::now();
+  ASSERT_TRUE(faultfs_->SetFaults("delay_ms=5000"));
+  const std::string first = "first version, abandoned on the master\n";
+  const std::string second = "second version, the backup's alone\n";
+  TimedWrite("overwrite work/overwrite.txt (1)", [&] { return WriteFile(M("work/overwrite.txt"), first); });
+  TimedWrite("overwrite work/overwrite.txt (2)", [&] { return WriteFile(M("work/overwrite.txt"), second); });
+  expected_["work/overwrite.txt"] = second;
+  TimedWrite("create work/late.txt", [&] { return WriteFile(M("work/late.txt"), "short-lived"); });
+  TimedWrite("unlink work/late.txt", [&] { return unlink(M("work/late.txt").c_str()) == 0; });
+  expected_["work/late.txt"] = std::nullopt;
+  Detect(fault, MasterOut, "the slow master");
+  std::this_thread::sleep_until(fault + 1500ms);
+
+  const auto back = Clock::now();
+  ASSERT_TRUE(faultfs_->SetFaults(""));
+  WaitRecovered(back, kRecoverWithin, "slow master's fault cleared");
+  // Every operation started under the delay has landed by now.
+  std::this_thread::sleep_until(std::max(Clock::now(), fault + 8s));
+  const LoadStats r = StopLoads();
+  Report("master-late-completions", r);
+
+  EXPECT_EQ(r.failures, 0) << r.Failures();
+  EXPECT_LE(r.max_ms, kHungStallMs) << "longest read: " << r.max_what;
+  EXPECT_EQ(ReadDirect(M("work/overwrite.txt")).value_or("(unreadable)"), second)
+      << "a stale version is served after the switch-back";
+  const json s = StatusNow();
+  EXPECT_TRUE(BothHealthy(s)) << s.dump(2);
+  ExpectIdentical("after the late completions landed");
+}
+
+// A NAS whose writes fail (EIO: a failing disk; ENOSPC: full) while the
+// other takes them: the application sees success, the failing NAS goes down
+// (reads leave it if it is the master), and once the fault is gone it is
+// brought up to date.
+void FailoverTest::ScenarioNasFailsWrites(Faulty which, const std::string& fault_name, double stall_bound_ms) {
+  const bool master = which == Faulty::kMaster;
+  const std::string role = master ? "master" : "backup";
+  ASSERT_NO_FATAL_FAILURE(StartNas(which));
+  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
+  ASSERT_NO_FATAL_FAILURE(Populate());
+  StartLoads();
+  std::this_thread::sleep_for(1s);
+
+  const auto fault = Clock::now();
+  ASSERT_TRUE(faultfs_->SetFaults(fault_name));
+  OutageWrites(role + "_" + fault_name);
+  Detect(fault, master ? MasterOut : BackupOut, "the " + role + " failing writes (" + fault_name + ")");
+  std::this_thread::sleep_for(1s);
+  ExpectSomethingMissed(role);
+
+  const auto back = Clock::now();
+  ASSERT_TRUE(faultfs_->SetFaults(""));
+  WaitRecovered(back, kRecoverWithin, role + " fault cleared");
+  std::this_thread::sleep_for(500ms);
+  const LoadStats r = StopLoads();
+  Report(role + "-" + fault_name, r);
+
+  EXPECT_EQ(r.failures, 0) << r.Failures();
+  EXPECT_LE(r.max_ms, stall_bound_ms) << "longest read: " << r.max_what;
+  if (!master) {
+    for (const auto& x : Monitor().Changes()) {
+      EXPECT_EQ(x.read_from, "master") << "at t=" << x.t_ms << " ms; status changes:" << Monitor().Describe();
+    }
+  }
+  ExpectIdentical("after the " + role + "'s fault was cleared");
+}
+
+TEST_F(FailoverTest, ABackupFailingWritesWithEioGoesDownWithoutFailingWritesAndCatchesUp) {
+  ScenarioNasFailsWrites(Faulty::kBackup, "eio_writes");
+}
+
+TEST_F(FailoverTest, AFullBackupGoesDownWithoutFailingWritesAndCatchesUp) {
+  ScenarioNasFailsWrites(Faulty::kBackup, "enospc_writes");
+}
+
+TEST_F(FailoverTest, AMasterFailingWritesWithEioGoesDownWithoutFailingWritesAndCatchesUp) {
+  ScenarioNasFailsWrites(Faulty::kMaster, "eio_writes");
+}
+
+TEST_F(FailoverTest, AFullMasterGoesDownWithoutFailingWritesAndCatchesUp) {
+  ScenarioNasFailsWrites(Faulty::kMaster, "enospc_writes");
+}
+
+// A dying disk: every operation on the master, reads too, fails with EIO.
+TEST_F(FailoverTest, AMasterFailingEveryOperationWithEioIsLeftForTheBackupAndCatchesUp) {
+  ScenarioNasFailsWrites(Faulty::kMaster, "eio_all");
+}
+
+// Slow, not dead: every operation on the master takes 1.5 s, beyond the
+// deadline. Requests abandoned on it complete late, after the writes that
+// followed them went to the backup alone; the replay must still leave both
+// NAS identical.
+TEST_F(FailoverTest, AMasterSlowerThanTheDeadlineIsLeftForTheBackupAndCatchesUp) {
+  ScenarioNasFailsWrites(Faulty::kMaster, "delay_ms=1500", kHungStallMs);
+}
+
+TEST_F(FailoverTest, AFlappingMasterCausesNoFailedReadAndNoStateStorm) {
+  ASSERT_NO_FATAL_FAILURE(StartNas());
+  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
+  ASSERT_NO_FATAL_FAILURE(Populate());
+  StartLoads();
+  std::this_thread::sleep_for(1s);
+  const json before = StatusNow();
+
+  const auto fault = Clock::now();
+  for (int i = 0; i < 3; ++i) {
+    master_->Kill();
+    if (i == 0) {
+      OutageWrites("flap");
+    } else {
+      CreateOne(fmt::format("work/flap{}.txt", i));
+    }
+    std::this_thread::sleep_until(fault + std::chrono::milliseconds(2000 * i + 1000));
+    ASSERT_EQ(master_->Remount(), "") << "cycle " << i;
+    std::this_thread::sleep_until(fault + std::chrono::milliseconds(2000 * i + 2000));
+  }
+
+  const auto back = Clock::now();
+  WaitRecovered(back, 15s, "master after flapping");
+  std::this_thread::sleep_for(500ms);
+  const LoadStats r = StopLoads();
+  const json after = StatusNow();
+  Report("master-flapping-3x", r);
+
+  EXPECT_EQ(r.failures, 0) << r.Failures();
+  EXPECT_LE(r.max_ms, kDeadMountStallMs) << "longest read: " << r.max_what;
+  // Reads can move away from the master at most once per death.
+  const json f0 = Get(before, "/counters/failovers"), f1 = Get(after, "/counters/failovers");
+  ASSERT_TRUE(f0.is_number() && f1.is_number()) << "counters.failovers missing: " << after.dump(2);
+  EXPECT_LE(f1.get<int64_t>() - f0.get<int64_t>(), 3) << after.dump(2);
+  EXPECT_GE(f1.get<int64_t>() - f0.get<int64_t>(), 1) << after.dump(2);
+  // At most down -> recovering -> healthy per cycle, and nothing in between.
+  EXPECT_LE(Monitor().StateChanges("master"), 9) << "status changes:" << Monitor().Describe();
+  EXPECT_LE(Monitor().StateChanges("backup"), 0) << "status changes:" << Monitor().Describe();
+  ExpectIdentical("after the flapping stopped");
+}
+
+TEST_F(FailoverTest, WithBothNasDeadRequestsFailFastWithEioAndTheMountRecoversByItself) {
+  ASSERT_NO_FATAL_FAILURE(StartNas());
+  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
+  ASSERT_NO_FATAL_FAILURE(Populate());
+  const std::string& rel = site_files_.begin()->first;
+  ASSERT_EQ(ReadDirect(M(rel)).value_or("(unreadable)"), site_files_[rel]);
+
+  master_->Kill();
+  backup_->Kill();
+  struct Attempt {
+    std::string what;
+    std::function<bool()> fn;
+  };
+  const std::vector<Attempt> attempts = {
+      {"read " + rel, [&] { return ReadDirect(M(rel)).has_value(); }},
+      {"stat of a name never looked up", [&] {
+         struct stat st {};
+         return lstat(M("static/never-looked-up.html").c_str(), &st) == 0;
+       }},
+      {"create work/both_dead.txt", [&] { return WriteFile(M("work/both_dead.txt"), "lost"); }},
+      {"read " + rel + " again", [&] { return ReadDirect(M(rel)).has_value(); }},
+  };
+  double max_ms = 0;
+  for (const auto& a : attempts) {
+    const auto t0 = Clock::now();
+    errno = 0;
+    const bool ok = a.fn();
+    const int err = errno;
+    const double ms = MsSince(t0);
+    max_ms = std::max(max_ms, ms);
+    EXPECT_FALSE(ok) << a.what << " succeeded with both NAS dead";
+    EXPECT_EQ(err, EIO) << a.what << ": " << std::strerror(err);
+    EXPECT_LE(ms, kHungStallMs) << a.what << " took " << ms << " ms";
+  }
+  json s;
+  EXPECT_TRUE(WaitForStatus([](const json& j) { return ReadFrom(j) == "none"; }, Clock::now() + kDetectWithin, &s))
+      << s.dump(2);
+  expected_["work/both_dead.txt"] = std::nullopt;
+
+  const auto back = Clock::now();
+  ASSERT_EQ(master_->Remount(), "");
+  ASSERT_EQ(backup_->Remount(), "");
+  double first_read_ms = -1;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        const bool ok = ReadDirect(M(rel)) == site_files_[rel];
+        if (ok) first_read_ms = MsSince(back);
+        return ok;
+      },
+      kRecoverWithin, 50ms))
+      << "the mount does not read again " << std::chrono::milliseconds(kRecoverWithin).count()
+      << " ms after both NAS returned";
+  WaitRecovered(back, kRecoverWithin, "both NAS back");
+  Report("both-killed", LoadStats{}, fmt::format(" max_failing_request_ms={:.1f} first_good_read_ms={:.0f}", max_ms, first_read_ms));
+  ExpectIdentical("after both NAS returned");
+}
+
+TEST_F(FailoverTest, NasfsStartsWithADeadBackupAndBringsItUpToDateWhenItReturns) {
+  ASSERT_NO_FATAL_FAILURE(StartNas());
+  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
+  ASSERT_NO_FATAL_FAILURE(Populate());
+  ASSERT_EQ(mount_->Unmount(), "");
+  mount_.reset();
+
+  backup_->Kill();
+  ASSERT_NO_FATAL_FAILURE(MountNasfs());
+  json s;
+  EXPECT_TRUE(WaitForStatus(
+      [](const json& j) { return ReadFrom(j) == "master" && StateOf(j, "backup") != "healthy"; },
+      Clock::now() + kDetectWithin, &s))
+      << s.dump(2);
+  StartLoads();
+  OutageWrites("backup_dead_at_start");
+  std::this_thread::sleep_for(1s);
+
+  const auto back = Clock::now();
+  ASSERT_EQ(backup_->Remount(), "");
+  WaitRecovered(back, 15s, "backup remounted");
+  std::this_thread::sleep_for(500ms);
+  const LoadStats r = StopLoads();
+  Report("start-with-dead-backup", r, fmt::format(" mount_ms={:.0f}", mount_ms_));
+
+  EXPECT_EQ(r.failures, 0) << r.Failures();
+  EXPECT_LE(r.max_ms, kDeadMountStallMs) << "longest read: " << r.max_what;
+  ExpectIdentical("after the backup returned");
+}
+
+TEST_F(FailoverTest, NasfsStartsWithAHungBackupAndBringsItUpToDateWhenItWakes) {
+  ASSERT_NO_FATAL_FAILURE(StartNas());
+  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
+  ASSERT_NO_FATAL_FAILURE(Populate());
+  ASSERT_EQ(mount_->Unmount(), "");
+  mount_.reset();
+
+  backup_->Stop();
+  MountSpec spec;
+  spec.timeout = 15s;
+  ASSERT_NO_FATAL_FAILURE(MountNasfs(spec));
+  json s;
+  EXPECT_TRUE(WaitForStatus(
+      [](const json& j) { return ReadFrom(j) == "master" && StateOf(j, "backup") != "healthy"; },
+      Clock::now() + kDetectWithin, &s))
+      << s.dump(2);
+  StartLoads();
+  OutageWrites("backup_hung_at_start");
+  std::this_thread::sleep_for(1s);
+
+  const auto back = Clock::now();
+  backup_->Cont();
+  WaitRecovered(back, 15s, "backup woken");
+  std::this_thread::sleep_for(500ms);
+  const LoadStats r = StopLoads();
+  Report("start-with-hung-backup", r, fmt::format(" mount_ms={:.0f}", mount_ms_));
+
+  EXPECT_EQ(r.failures, 0) << r.Failures();
+  EXPECT_LE(r.max_ms, kDeadMountStallMs) << "longest read: " << r.max_what;
+  ExpectIdentical("after the backup woke");
+}
+
+}  // namespace
+}  // namespace nasfs::e2e
