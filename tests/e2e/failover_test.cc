@@ -455,13 +455,14 @@ class FailoverTest : public ::testing::Test {
     ASSERT_TRUE(backup_->ok()) << backup_->error();
   }
 
-  // nasfs over the two NAS, and waits until status shows both healthy.
+  // nasfs over the two NAS (mount_ms_ gets how long the command took).
   void MountNasfs(MountSpec spec = {}) {
     const auto t0 = Clock::now();
     mount_ = std::make_unique<MountedNasfs>(ws_, std::move(spec));
     mount_ms_ = MsSince(t0);
     ASSERT_TRUE(mount_->mounted()) << mount_->error();
   }
+  // The same, then waits until status shows both healthy.
   void MountAndWaitHealthy() {
     ASSERT_NO_FATAL_FAILURE(MountNasfs());
     json s;
