@@ -455,6 +455,26 @@ class FailoverTest : public ::testing::Test {
     ASSERT_TRUE(backup_->ok()) << backup_->error();
   }
 
+  // Every scenario's start: both NAS, the mount, the files, and the reader
+  // running for a second before the fault.
+  void StartScenario() {
+    ASSERT_NO_FATAL_FAILURE(StartNas());
+    ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
+    ASSERT_NO_FATAL_FAILURE(Populate());
+    StartLoads();
+    std::this_thread::sleep_for(1s);
+  }
+  // Every scenario's end: stop the reader, print the figures, and check
+  // what every scenario promises: no failed read, the longest read within
+  // `stall_bound_ms`, both NAS identical.
+  void FinishScenario(const char* name, double stall_bound_ms, const char* when) {
+    const LoadStats r = StopLoads();
+    Report(name, r);
+    EXPECT_EQ(r.failures, 0) << r.Failures();
+    EXPECT_LE(r.max_ms, stall_bound_ms) << "longest read: " << r.max_what;
+    ExpectIdentical(when);
+  }
+
   // nasfs over the two NAS (mount_ms_ gets how long the command took).
   void MountNasfs(MountSpec spec = {}) {
     const auto t0 = Clock::now();
@@ -687,11 +707,7 @@ auto BackupOut = [](const json& s) { return StateOf(s, "backup") != "healthy"; }
 // ---- the scenarios ----------------------------------------------------------
 
 TEST_F(FailoverTest, ADeadMasterFailsReadsOverAtOnceAndGetsTheOutageWritesWhenItReturns) {
-  ASSERT_NO_FATAL_FAILURE(StartNas());
-  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
-  ASSERT_NO_FATAL_FAILURE(Populate());
-  StartLoads();
-  std::this_thread::sleep_for(1s);
+  ASSERT_NO_FATAL_FAILURE(StartScenario());
 
   const auto fault = Clock::now();
   master_->Kill();
@@ -704,20 +720,11 @@ TEST_F(FailoverTest, ADeadMasterFailsReadsOverAtOnceAndGetsTheOutageWritesWhenIt
   ASSERT_EQ(master_->Remount(), "");
   WaitRecovered(back, kRecoverWithin, "master remounted");
   std::this_thread::sleep_for(500ms);  // reads on the returned master
-  const LoadStats r = StopLoads();
-  Report("master-killed", r);
-
-  EXPECT_EQ(r.failures, 0) << r.Failures();
-  EXPECT_LE(r.max_ms, kDeadMountStallMs) << "longest read: " << r.max_what;
-  ExpectIdentical("after the master returned");
+  FinishScenario("master-killed", kDeadMountStallMs, "after the master returned");
 }
 
 TEST_F(FailoverTest, AHungMasterCostsAReadAtMostTheDeadlineAndCatchesUpWhenItWakes) {
-  ASSERT_NO_FATAL_FAILURE(StartNas());
-  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
-  ASSERT_NO_FATAL_FAILURE(Populate());
-  StartLoads();
-  std::this_thread::sleep_for(1s);
+  ASSERT_NO_FATAL_FAILURE(StartScenario());
 
   const auto fault = Clock::now();
   master_->Stop();
@@ -729,20 +736,11 @@ TEST_F(FailoverTest, AHungMasterCostsAReadAtMostTheDeadlineAndCatchesUpWhenItWak
   master_->Cont();
   WaitRecovered(back, kRecoverWithin, "master woken");
   std::this_thread::sleep_for(500ms);
-  const LoadStats r = StopLoads();
-  Report("master-stopped-10s", r);
-
-  EXPECT_EQ(r.failures, 0) << r.Failures();
-  EXPECT_LE(r.max_ms, kHungStallMs) << "longest read: " << r.max_what;
-  ExpectIdentical("after the master woke");
+  FinishScenario("master-stopped-10s", kHungStallMs, "after the master woke");
 }
 
 TEST_F(FailoverTest, AHungBackupLeavesReadsOnTheMasterAndCatchesUpWhenItWakes) {
-  ASSERT_NO_FATAL_FAILURE(StartNas());
-  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
-  ASSERT_NO_FATAL_FAILURE(Populate());
-  StartLoads();
-  std::this_thread::sleep_for(1s);
+  ASSERT_NO_FATAL_FAILURE(StartScenario());
 
   const auto fault = Clock::now();
   backup_->Stop();
@@ -767,11 +765,7 @@ TEST_F(FailoverTest, AHungBackupLeavesReadsOnTheMasterAndCatchesUpWhenItWakes) {
 }
 
 TEST_F(FailoverTest, AnUnmountedMasterIsNeverWrittenAndIsPickedUpWhenMountedAgain) {
-  ASSERT_NO_FATAL_FAILURE(StartNas());
-  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
-  ASSERT_NO_FATAL_FAILURE(Populate());
-  StartLoads();
-  std::this_thread::sleep_for(1s);
+  ASSERT_NO_FATAL_FAILURE(StartScenario());
 
   const auto fault = Clock::now();
   master_->Unmount();
@@ -786,12 +780,7 @@ TEST_F(FailoverTest, AnUnmountedMasterIsNeverWrittenAndIsPickedUpWhenMountedAgai
   ASSERT_EQ(master_->Remount(), "");
   WaitRecovered(back, kRecoverWithin, "master mounted again");
   std::this_thread::sleep_for(500ms);
-  const LoadStats r = StopLoads();
-  Report("master-unmounted", r);
-
-  EXPECT_EQ(r.failures, 0) << r.Failures();
-  EXPECT_LE(r.max_ms, kDeadMountStallMs) << "longest read: " << r.max_what;
-  ExpectIdentical("after the master was mounted again");
+  FinishScenario("master-unmounted", kDeadMountStallMs, "after the master was mounted again");
 }
 
 // Promise 4: while the master is unmounted, its mount point holds another
@@ -830,12 +819,7 @@ TEST_F(FailoverTest, AnotherPairsVolumeAtTheMastersPathIsNeverWrittenAndStaysDow
   ASSERT_EQ(master_->Remount(), "");
   WaitRecovered(back, kRecoverWithin, "the real master mounted again");
   std::this_thread::sleep_for(500ms);
-  const LoadStats r = StopLoads();
-  Report("master-foreign-volume", r);
-
-  EXPECT_EQ(r.failures, 0) << r.Failures();
-  EXPECT_LE(r.max_ms, kDeadMountStallMs) << "longest read: " << r.max_what;
-  ExpectIdentical("after the real master was mounted again");
+  FinishScenario("master-foreign-volume", kDeadMountStallMs, "after the real master was mounted again");
 }
 
 // Requests abandoned on a slow master complete long after their deadline:
@@ -947,11 +931,7 @@ TEST_F(FailoverTest, AMasterSlowerThanTheDeadlineIsLeftForTheBackupAndCatchesUp)
 }
 
 TEST_F(FailoverTest, AFlappingMasterCausesNoFailedReadAndNoStateStorm) {
-  ASSERT_NO_FATAL_FAILURE(StartNas());
-  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
-  ASSERT_NO_FATAL_FAILURE(Populate());
-  StartLoads();
-  std::this_thread::sleep_for(1s);
+  ASSERT_NO_FATAL_FAILURE(StartScenario());
   const json before = StatusNow();
 
   const auto fault = Clock::now();
