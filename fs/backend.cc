@@ -76,6 +76,31 @@ int WriteAll(int fd, const char* p, size_t n, off_t off) {
   return 0;
 }
 
+// Sets dirfd/name's mtime to t and keeps its atime, sending both fields:
+// some FUSE servers (those built on libfuse 2, Debian's bindfs among them)
+// answer a setattr that carries only the mtime (atime UTIME_OMIT) with
+// success and drop it, which would leave the two NAS with different mtimes.
+int StampMtimeAt(int dirfd, const char* name, const timespec& t, int flags) {
+  struct stat st;
+  if (fstatat(dirfd, name, &st, flags) != 0) return Errno();
+  const timespec times[2] = {st.st_atim, t};
+  return utimensat(dirfd, name, times, flags) == 0 ? 0 : Errno();
+}
+
+int StampMtimeFd(int fd, const timespec& t) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return Errno();
+  const timespec times[2] = {st.st_atim, t};
+  return futimens(fd, times) == 0 ? 0 : Errno();
+}
+
+// The times a setattr asks for, with the ones it leaves alone filled in from
+// `cur`, for the same reason.
+void ExplicitTimes(const SetAttrArgs& a, const struct stat& cur, timespec out[2]) {
+  out[0] = a.set_atime ? a.atime : cur.st_atim;
+  out[1] = a.set_mtime ? a.mtime : cur.st_mtim;
+}
+
 }  // namespace
 
 Backend::Backend(Role role, std::string path, int threads, std::chrono::milliseconds io_timeout)
@@ -305,8 +330,7 @@ int Backend::ReadFd(int fd, off_t off, size_t size, std::string* out) {
 
 int Backend::WriteFd(int fd, off_t off, const std::string& data, const timespec& t) {
   if (int e = WriteAll(fd, data.data(), data.size(), off)) return e;
-  const timespec times[2] = {{0, UTIME_OMIT}, t};
-  return futimens(fd, times) == 0 ? 0 : Errno();
+  return StampMtimeFd(fd, t);
 }
 
 int Backend::SetAttrFd(int fd, const SetAttrArgs& a, struct stat* st) {
@@ -316,8 +340,10 @@ int Backend::SetAttrFd(int fd, const SetAttrArgs& a, struct stat* st) {
   if (a.set_mode && fchmod(fd, a.mode & 07777) != 0) return Errno();
   if (a.set_size && ftruncate(fd, a.size) != 0) return Errno();
   if (a.set_atime || a.set_mtime) {
-    const timespec times[2] = {a.set_atime ? a.atime : timespec{0, UTIME_OMIT},
-                               a.set_mtime ? a.mtime : timespec{0, UTIME_OMIT}};
+    struct stat cur;
+    if (fstat(fd, &cur) != 0) return Errno();
+    timespec times[2];
+    ExplicitTimes(a, cur, times);
     if (futimens(fd, times) != 0) return Errno();
   }
   return fstat(fd, st) == 0 ? 0 : Errno();
@@ -362,8 +388,7 @@ int Backend::FinishNew(int pfd, const std::string& name, const Caller& who, mode
   }
   const timespec times[2] = {t, t};
   if (utimensat(pfd, name.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0) return Errno();
-  const timespec ptimes[2] = {{0, UTIME_OMIT}, t};
-  if (utimensat(pfd, ".", ptimes, 0) != 0) return Errno();
+  if (int e = StampMtimeAt(pfd, ".", t, 0)) return e;
   return fstatat(pfd, name.c_str(), st, AT_SYMLINK_NOFOLLOW) == 0 ? 0 : Errno();
 }
 
@@ -385,8 +410,7 @@ int Backend::Create(const std::string& rel, int flags, mode_t mode, const Caller
   if (!f) return Errno();
   if (flags & O_TRUNC) {
     if (ftruncate(f.get(), 0) != 0) return Errno();
-    const timespec times[2] = {{0, UTIME_OMIT}, t};
-    if (futimens(f.get(), times) != 0) return Errno();
+    if (int e = StampMtimeFd(f.get(), t)) return e;
   }
   return fstat(f.get(), st) == 0 ? 0 : Errno();
 }
@@ -426,8 +450,7 @@ int Backend::Link(const std::string& old_rel, const std::string& new_rel, const 
   auto pfd = OpenParent(new_rel, &name);
   if (!pfd) return pfd.error();
   if (linkat(ofd->get(), "", pfd->get(), name.c_str(), AT_EMPTY_PATH) != 0) return Errno();
-  const timespec ptimes[2] = {{0, UTIME_OMIT}, t};
-  if (utimensat(pfd->get(), ".", ptimes, 0) != 0) return Errno();
+  if (int e = StampMtimeAt(pfd->get(), ".", t, 0)) return e;
   return fstat(ofd->get(), st) == 0 ? 0 : Errno();
 }
 
@@ -435,8 +458,7 @@ int Backend::TouchParent(const std::string& rel, const timespec& t) const {
   std::string name;
   auto pfd = OpenParent(rel, &name);
   if (!pfd) return pfd.error();
-  const timespec ptimes[2] = {{0, UTIME_OMIT}, t};
-  return utimensat(pfd->get(), ".", ptimes, 0) == 0 ? 0 : Errno();
+  return StampMtimeAt(pfd->get(), ".", t, 0);
 }
 
 int Backend::Unlink(const std::string& rel, const timespec& t) const {
@@ -444,8 +466,7 @@ int Backend::Unlink(const std::string& rel, const timespec& t) const {
   auto pfd = OpenParent(rel, &name);
   if (!pfd) return pfd.error();
   if (unlinkat(pfd->get(), name.c_str(), 0) != 0) return Errno();
-  const timespec ptimes[2] = {{0, UTIME_OMIT}, t};
-  return utimensat(pfd->get(), ".", ptimes, 0) == 0 ? 0 : Errno();
+  return StampMtimeAt(pfd->get(), ".", t, 0);
 }
 
 int Backend::Rmdir(const std::string& rel, const timespec& t) const {
@@ -453,8 +474,7 @@ int Backend::Rmdir(const std::string& rel, const timespec& t) const {
   auto pfd = OpenParent(rel, &name);
   if (!pfd) return pfd.error();
   if (unlinkat(pfd->get(), name.c_str(), AT_REMOVEDIR) != 0) return Errno();
-  const timespec ptimes[2] = {{0, UTIME_OMIT}, t};
-  return utimensat(pfd->get(), ".", ptimes, 0) == 0 ? 0 : Errno();
+  return StampMtimeAt(pfd->get(), ".", t, 0);
 }
 
 int Backend::Rename(const std::string& old_rel, const std::string& new_rel, unsigned flags,
@@ -466,9 +486,8 @@ int Backend::Rename(const std::string& old_rel, const std::string& new_rel, unsi
   if (!npfd) return npfd.error();
   if (renameat2(opfd->get(), oname.c_str(), npfd->get(), nname.c_str(), flags) != 0)
     return Errno();
-  const timespec ptimes[2] = {{0, UTIME_OMIT}, t};
-  if (utimensat(opfd->get(), ".", ptimes, 0) != 0) return Errno();
-  return utimensat(npfd->get(), ".", ptimes, 0) == 0 ? 0 : Errno();
+  if (int e = StampMtimeAt(opfd->get(), ".", t, 0)) return e;
+  return StampMtimeAt(npfd->get(), ".", t, 0);
 }
 
 int Backend::SetAttr(const std::string& rel, const SetAttrArgs& a, struct stat* st) const {
@@ -494,8 +513,8 @@ int Backend::SetAttr(const std::string& rel, const SetAttrArgs& a, struct stat* 
     if (truncate(ProcPath(fd->get()).c_str(), a.size) != 0) return Errno();
   }
   if (a.set_atime || a.set_mtime) {
-    const timespec times[2] = {a.set_atime ? a.atime : timespec{0, UTIME_OMIT},
-                               a.set_mtime ? a.mtime : timespec{0, UTIME_OMIT}};
+    timespec times[2];
+    ExplicitTimes(a, cur, times);
     if (rel.empty()) {
       if (utimensat(Root()->get(), ".", times, 0) != 0) return Errno();
     } else {
@@ -546,8 +565,7 @@ int Backend::Fallocate(const std::string& rel, int mode, off_t off, off_t len,
   auto fd = OpenBeneath(rel, O_WRONLY | O_NOFOLLOW);
   if (!fd) return fd.error();
   if (fallocate(fd->get(), mode, off, len) != 0) return Errno();
-  const timespec times[2] = {{0, UTIME_OMIT}, t};
-  return futimens(fd->get(), times) == 0 ? 0 : Errno();
+  return StampMtimeFd(fd->get(), t);
 }
 
 int Backend::Fsync(const std::string& rel, bool datasync) const {
