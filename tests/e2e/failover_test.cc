@@ -437,8 +437,8 @@ class FailoverTest : public ::testing::Test {
   }
 
   // Both NAS servers, over empty stores.
-  void StartNas(Faulty faulty = Faulty::kNone) {
-    const NasServer server = DefaultNasServer();
+  void StartNas(Faulty faulty = Faulty::kNone, std::optional<NasServer> server_choice = std::nullopt) {
+    const NasServer server = server_choice.value_or(DefaultNasServer());
     std::printf("NAS servers: %s%s\n", NasServerName(server),
                 faulty == Faulty::kMaster   ? " (master: faultfs)"
                 : faulty == Faulty::kBackup ? " (backup: faultfs)"
@@ -705,6 +705,19 @@ auto MasterOut = [](const json& s) { return ReadFrom(s) == "backup" && StateOf(s
 auto BackupOut = [](const json& s) { return StateOf(s, "backup") != "healthy"; };
 
 // ---- the scenarios ----------------------------------------------------------
+
+// Servers built on libfuse 2, Debian's bindfs among them, drop a setattr
+// that carries only the mtime; nasfs must still leave both NAS with equal
+// mtimes (it sends both time fields).
+TEST_F(FailoverTest, MtimesMatchOnNasServersThatDropMtimeOnlySetattrs) {
+  ASSERT_NO_FATAL_FAILURE(StartNas(Faulty::kNone, NasServer::kBindfs));
+  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
+  ASSERT_NO_FATAL_FAILURE(Populate());  // writes through the mount, then compares the stores
+  ASSERT_TRUE(WriteFile(ws_.mnt() + "/appended.txt", "one"));
+  ASSERT_EQ(std::system(("echo two >> '" + ws_.mnt() + "/appended.txt'").c_str()), 0);
+  ASSERT_EQ(truncate((ws_.mnt() + "/appended.txt").c_str(), 2), 0);
+  ExpectIdentical("after writes over bindfs");
+}
 
 TEST_F(FailoverTest, ADeadMasterFailsReadsOverAtOnceAndGetsTheOutageWritesWhenItReturns) {
   ASSERT_NO_FATAL_FAILURE(StartScenario());
