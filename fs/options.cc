@@ -81,6 +81,27 @@ tl::expected<void, std::string> ApplyOption(Options& o, std::string_view opt) {
       return tl::unexpected(fmt::format("option {} needs a value ({}=...)", key, key));
     return {};
   };
+  // The integer options: name, where it goes, and its bounds.
+  struct IntOption {
+    std::string_view name;
+    int Options::*field;
+    long lo, hi;
+  };
+  static constexpr IntOption kIntOptions[] = {
+      {"io_timeout", &Options::io_timeout_ms, 10, 600000},
+      {"probe_interval", &Options::probe_interval_ms, 50, 60000},
+      {"probe_successes", &Options::probe_successes, 1, 100},
+      {"threads", &Options::fuse_threads, 2, 1024},
+      {"backend_threads", &Options::backend_threads, 1, 256},
+  };
+  for (const auto& io : kIntOptions) {
+    if (key != io.name) continue;
+    if (auto r = need_val(); !r) return r;
+    auto n = ParseInt(key, val, io.lo, io.hi);
+    if (!n) return tl::unexpected(n.error());
+    o.*io.field = static_cast<int>(*n);
+    return {};
+  }
   if (key == "journal") {
     if (auto r = need_val(); !r) return r;
     if (val.front() != '/') return tl::unexpected(std::string("journal= needs an absolute path"));
@@ -103,21 +124,6 @@ tl::expected<void, std::string> ApplyOption(Options& o, std::string_view opt) {
       if (!(isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'))
         return tl::unexpected(fmt::format("node name '{}' may hold only letters, digits, '-', '_', '.'", val));
     o.node = val;
-  } else if (key == "io_timeout") {
-    if (auto r = need_val(); !r) return r;
-    auto n = ParseInt(key, val, 10, 600000);
-    if (!n) return tl::unexpected(n.error());
-    o.io_timeout_ms = static_cast<int>(*n);
-  } else if (key == "probe_interval") {
-    if (auto r = need_val(); !r) return r;
-    auto n = ParseInt(key, val, 50, 60000);
-    if (!n) return tl::unexpected(n.error());
-    o.probe_interval_ms = static_cast<int>(*n);
-  } else if (key == "probe_successes") {
-    if (auto r = need_val(); !r) return r;
-    auto n = ParseInt(key, val, 1, 100);
-    if (!n) return tl::unexpected(n.error());
-    o.probe_successes = static_cast<int>(*n);
   } else if (key == "cache_timeout") {
     if (auto r = need_val(); !r) return r;
     std::string s(val);
@@ -130,16 +136,6 @@ tl::expected<void, std::string> ApplyOption(Options& o, std::string_view opt) {
     if (val != "master" && val != "backup")
       return tl::unexpected(std::string("source= must be 'master' or 'backup'"));
     o.source = val;
-  } else if (key == "threads") {
-    if (auto r = need_val(); !r) return r;
-    auto n = ParseInt(key, val, 2, 1024);
-    if (!n) return tl::unexpected(n.error());
-    o.fuse_threads = static_cast<int>(*n);
-  } else if (key == "backend_threads") {
-    if (auto r = need_val(); !r) return r;
-    auto n = ParseInt(key, val, 1, 256);
-    if (!n) return tl::unexpected(n.error());
-    o.backend_threads = static_cast<int>(*n);
   } else if (key == "debug") {
     o.debug = true;
   } else if (IsIgnoredMountOption(opt)) {
