@@ -21,27 +21,14 @@ struct ProbeResult {
   UniqueFd new_root;  // a remounted NAS whose marker checked out
 };
 
-std::string ReadAll(int fd) {
-  std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
-  return n < 0 ? std::string() : out;
-}
-
-// "" if dirfd's marker names this pair and role.
-std::string CheckMarker(int dirfd, const std::string& pair_id, Role role) {
-  auto f = Backend::OpenBeneathAt(dirfd, std::string(kMetaDir) + "/" + kIdentityFile, O_RDONLY | O_NOFOLLOW);
-  if (!f) {
-    if (f.error() == ENOENT) return "no nasfs identity marker (not mounted?)";
-    return fmt::format("cannot read the identity marker: {}", std::strerror(f.error()));
-  }
-  auto j = nlohmann::json::parse(ReadAll(f->get()), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return "the identity marker is damaged";
-  if (j.value("pair_id", "") != pair_id)
-    return fmt::format("the identity marker names pair {}, not {}", j.value("pair_id", "?"), pair_id);
-  if (j.value("role", "") != RoleName(role))
-    return fmt::format("the identity marker says {}, not {}", j.value("role", "?"), RoleName(role));
+// "" if dirfd's marker names this pair and nas's role.
+std::string CheckMarker(int dirfd, const Backend& nas, const std::string& pair_id) {
+  auto m = ReadMarkerAt(dirfd, nas.path());
+  if (!m) return m.error();
+  if (!*m) return "no nasfs identity marker (not mounted?)";
+  if ((*m)->pair_id != pair_id) return fmt::format("the identity marker names pair {}, not {}", (*m)->pair_id, pair_id);
+  if ((*m)->role != nas.role())
+    return fmt::format("the identity marker says {}, not {}", RoleName((*m)->role), nas.name());
   return "";
 }
 
@@ -55,7 +42,7 @@ int Probe(const Backend& nas, const std::string& node, const std::string& pair_i
   auto fresh = nas.OpenPathAfresh();
   int dirfd = root->get();
   if (fresh && fstat(fresh->get(), &ps) == 0 && (!root_ok || ps.st_dev != rs.st_dev || ps.st_ino != rs.st_ino)) {
-    std::string why = CheckMarker(fresh->get(), pair_id, nas.role());
+    std::string why = CheckMarker(fresh->get(), nas, pair_id);
     if (!why.empty()) {
       out->error = root_ok ? fmt::format("{} is no longer the NAS root: {}", nas.path(), why) : why;
       return EIO;
@@ -67,7 +54,7 @@ int Probe(const Backend& nas, const std::string& node, const std::string& pair_i
     return root_err ? root_err : EIO;
   } else {
     // 2. The marker of the root in use.
-    std::string why = CheckMarker(dirfd, pair_id, nas.role());
+    std::string why = CheckMarker(dirfd, nas, pair_id);
     if (!why.empty()) {
       out->error = why;
       return EIO;
@@ -88,8 +75,8 @@ int Probe(const Backend& nas, const std::string& node, const std::string& pair_i
       return e;
     }
   }
-  auto f = Backend::OpenBeneathAt(dirfd, name, O_RDONLY | O_NOFOLLOW);
-  if (!f || ReadAll(f->get()) != beat) {
+  auto back = ReadSmallFileAt(dirfd, name);
+  if (!back || *back != beat) {
     out->error = "heartbeat read back differs";
     return EIO;
   }

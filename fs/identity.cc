@@ -16,21 +16,6 @@ namespace {
 
 std::string Short(const std::string& id) { return id.substr(0, 8); }
 
-tl::expected<std::string, int> ReadSmallFile(const Backend& nas, const std::string& rel) {
-  auto fd = nas.OpenBeneath(rel, O_RDONLY | O_NOFOLLOW);
-  if (!fd) return tl::unexpected(fd.error());
-  std::string out;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = read(fd->get(), buf, sizeof buf);
-    if (n < 0) return tl::unexpected(errno);
-    if (n == 0) break;
-    out.append(buf, static_cast<size_t>(n));
-    if (out.size() > (1 << 20)) return tl::unexpected(EFBIG);
-  }
-  return out;
-}
-
 // Writes .nasfs/<name> durably: temp file, fsync, rename, fsync of .nasfs.
 tl::expected<void, std::string> WriteMetaFile(const Backend& nas, const std::string& name,
                                               const std::string& content) {
@@ -54,6 +39,39 @@ tl::expected<void, std::string> WriteMetaFile(const Backend& nas, const std::str
 
 }  // namespace
 
+tl::expected<std::string, int> ReadSmallFileAt(int dirfd, const std::string& rel) {
+  auto fd = Backend::OpenBeneathAt(dirfd, rel, O_RDONLY | O_NOFOLLOW);
+  if (!fd) return tl::unexpected(fd.error());
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(fd->get(), buf, sizeof buf);
+    if (n < 0) return tl::unexpected(errno);
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+    if (out.size() > (1 << 20)) return tl::unexpected(EFBIG);
+  }
+  return out;
+}
+
+tl::expected<std::optional<Marker>, std::string> ReadMarkerAt(int dirfd, const std::string& where) {
+  auto id = ReadSmallFileAt(dirfd, std::string(kMetaDir) + "/" + kIdentityFile);
+  if (!id) {
+    if (id.error() == ENOENT) return std::nullopt;
+    return tl::unexpected(fmt::format("cannot read the identity marker of {}: {}", where, std::strerror(id.error())));
+  }
+  auto j = nlohmann::json::parse(*id, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("pair_id") || !j["pair_id"].is_string() ||
+      !j.contains("role") || !j["role"].is_string() || (j["role"] != "master" && j["role"] != "backup"))
+    return tl::unexpected(fmt::format("{}/{}/{} is damaged; refusing to guess which pair {} belongs to", where,
+                                      kMetaDir, kIdentityFile, where));
+  Marker m;
+  m.pair_id = j["pair_id"].get<std::string>();
+  m.role = j["role"] == "master" ? Role::kMaster : Role::kBackup;
+  m.created = j.value("created", "");
+  return m;
+}
+
 std::string NewPairId() {
   unsigned char b[16];
   if (getrandom(b, sizeof b, 0) != sizeof b) abort();  // no entropy: nothing sane to do
@@ -64,24 +82,11 @@ std::string NewPairId() {
 
 tl::expected<SideFacts, std::string> ReadSideFacts(const Backend& nas) {
   SideFacts f;
-  auto id = ReadSmallFile(nas, std::string(kMetaDir) + "/" + kIdentityFile);
-  if (id) {
-    auto j = nlohmann::json::parse(*id, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded() || !j.is_object() || !j.contains("pair_id") || !j["pair_id"].is_string() ||
-        !j.contains("role") || !j["role"].is_string() ||
-        (j["role"] != "master" && j["role"] != "backup"))
-      return tl::unexpected(fmt::format("{}/{}/{} is damaged; refusing to guess which pair {} belongs to",
-                                        nas.path(), kMetaDir, kIdentityFile, nas.path()));
-    Marker m;
-    m.pair_id = j["pair_id"].get<std::string>();
-    m.role = j["role"] == "master" ? Role::kMaster : Role::kBackup;
-    m.created = j.value("created", "");
-    f.marker = m;
-  } else if (id.error() != ENOENT) {
-    return tl::unexpected(fmt::format("cannot read the identity marker of {}: {}", nas.path(),
-                                      std::strerror(id.error())));
-  }
-  if (auto sync = ReadSmallFile(nas, std::string(kMetaDir) + "/" + kSyncFile)) {
+  auto root = nas.Root();
+  auto marker = ReadMarkerAt(root->get(), nas.path());
+  if (!marker) return tl::unexpected(marker.error());
+  f.marker = *marker;
+  if (auto sync = ReadSmallFileAt(root->get(), std::string(kMetaDir) + "/" + kSyncFile)) {
     f.sync_pending = true;
     auto j = nlohmann::json::parse(*sync, nullptr, /*allow_exceptions=*/false);
     // Damaged: assume the worst, that the target held foreign data.

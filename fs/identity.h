@@ -53,6 +53,13 @@ struct PairingPlan {
                                                                    const std::string& master_path,
                                                                    const std::string& backup_path);
 
+// Reads dirfd/rel (confined beneath dirfd), at most 1 MiB; errors are errnos.
+[[nodiscard]] tl::expected<std::string, int> ReadSmallFileAt(int dirfd, const std::string& rel);
+// Reads and validates the identity marker beneath dirfd (a NAS root):
+// nullopt when there is none, an error when it cannot be read or is
+// damaged. `where` names the NAS in messages.
+[[nodiscard]] tl::expected<std::optional<Marker>, std::string> ReadMarkerAt(int dirfd, const std::string& where);
+
 // Reads the facts from a NAS (blocking; start-up only).
 [[nodiscard]] tl::expected<SideFacts, std::string> ReadSideFacts(const Backend& nas);
 // Creates .nasfs/ and durably writes the marker (temp file, fsync, rename).
