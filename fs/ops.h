@@ -87,6 +87,16 @@ inline bool ChildPathOrReply(fuse_req_t req, Nasfs& fs, fuse_ino_t parent, const
   return true;
 }
 
+// For an operation that makes parent/name: refuses the hidden metadata
+// directory's name (EPERM), then resolves the path, replying on failure.
+inline bool NewNameOrReply(fuse_req_t req, Nasfs& fs, fuse_ino_t parent, const char* name, std::string* out) {
+  if (IsMetaName(parent, name)) {
+    fuse_reply_err(req, EPERM);
+    return false;
+  }
+  return ChildPathOrReply(req, fs, parent, name, out);
+}
+
 // What an inode names on the NAS: its path, or, for a file whose name went
 // away while the kernel held it, its orphan fds.
 struct FileRef {

@@ -31,12 +31,8 @@ template <typename MakeFn>
 void MakeEntry(fuse_req_t req, const char* what, fuse_ino_t parent, const char* name, MakeFn make,
                fuse_ino_t same_as = 0) {
   Nasfs& fs = Fs(req);
-  if (IsMetaName(parent, name)) {
-    fuse_reply_err(req, EPERM);
-    return;
-  }
   std::string path;
-  if (!ChildPathOrReply(req, fs, parent, name, &path)) return;
+  if (!NewNameOrReply(req, fs, parent, name, &path)) return;
   auto out = std::make_shared<StatPair>();
   int r = fs.Mutate(what, {path}, make(path, out));
   if (r) {

@@ -19,12 +19,8 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
   Nasfs& fs = Fs(req);
-  if (IsMetaName(parent, name)) {
-    fuse_reply_err(req, EPERM);
-    return;
-  }
   std::string path;
-  if (!ChildPathOrReply(req, fs, parent, name, &path)) return;
+  if (!NewNameOrReply(req, fs, parent, name, &path)) return;
   Caller who = CallerOf(req);
   timespec t = Mirror::Now();
   int flags = fi->flags;
