@@ -1,0 +1,1070 @@
+#include "journal/journal.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <set>
+
+#include <xxhash.h>
+
+namespace nasfs::journal {
+namespace {
+
+// ---- record framing (journal/FORMAT.md) ----
+constexpr uint32_t kMagic = 0x314c4a4e;  // "NJL1" little endian
+constexpr size_t kHeader = 16;           // magic, length, seq
+constexpr size_t kTrailer = 8;           // xxh3-64
+constexpr uint32_t kMaxPayload = 1 << 20;
+
+enum Kind : uint8_t {
+  kMissed = 1,
+  kDone = 2,
+  kIntent = 3,
+  kRetire = 4,
+  kFullSync = 5,
+  kPair = 6,
+  kCheckpointBegin = 7,
+  kCheckpointEnd = 8,
+};
+
+constexpr uint8_t kFlagWhole = 1;  // kMissed: the whole file, even for a write
+constexpr size_t kMaxRanges = 64;  // past this, a file is replayed whole
+
+void Put8(std::string* s, uint8_t v) { s->push_back(static_cast<char>(v)); }
+void Put32(std::string* s, uint32_t v) {
+  for (int i = 0; i < 4; ++i) s->push_back(static_cast<char>(v >> (8 * i)));
+}
+void Put64(std::string* s, uint64_t v) {
+  for (int i = 0; i < 8; ++i) s->push_back(static_cast<char>(v >> (8 * i)));
+}
+void PutStr(std::string* s, std::string_view v) {
+  Put32(s, static_cast<uint32_t>(v.size()));
+  s->append(v);
+}
+
+uint64_t Load64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+uint32_t Load32(const char* p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+
+// Reads a payload field by field; any overrun makes ok() false.
+class Reader {
+ public:
+  explicit Reader(std::string_view s) : s_(s) {}
+  uint8_t U8() { return Need(1) ? static_cast<uint8_t>(s_[pos_++]) : 0; }
+  uint32_t U32() {
+    if (!Need(4)) return 0;
+    uint32_t v = Load32(s_.data() + pos_);
+    pos_ += 4;
+    return v;
+  }
+  uint64_t U64() {
+    if (!Need(8)) return 0;
+    uint64_t v = Load64(s_.data() + pos_);
+    pos_ += 8;
+    return v;
+  }
+  std::string Str() {
+    uint32_t n = U32();
+    if (!Need(n)) return {};
+    std::string v(s_.substr(pos_, n));
+    pos_ += n;
+    return v;
+  }
+  bool ok() const { return ok_; }
+  bool done() const { return ok_ && pos_ == s_.size(); }
+
+ private:
+  bool Need(size_t n) {
+    if (!ok_ || s_.size() - pos_ < n) ok_ = false;
+    return ok_;
+  }
+  std::string_view s_;
+  size_t pos_ = 0;
+  bool ok_ = true;
+};
+
+void Frame(std::string* out, uint64_t seq, const std::string& payload) {
+  size_t start = out->size();
+  Put32(out, kMagic);
+  Put32(out, static_cast<uint32_t>(payload.size()));
+  Put64(out, seq);
+  out->append(payload);
+  Put64(out, XXH3_64bits(out->data() + start + 4, 12 + payload.size()));
+}
+
+// The record at s[off], if it is whole and its checksum holds.
+bool ParseAt(std::string_view s, size_t off, uint64_t* seq, std::string_view* payload, size_t* size) {
+  if (s.size() - off < kHeader + kTrailer) return false;
+  const char* p = s.data() + off;
+  if (Load32(p) != kMagic) return false;
+  uint32_t len = Load32(p + 4);
+  if (len > kMaxPayload || s.size() - off < kHeader + len + kTrailer) return false;
+  if (XXH3_64bits(p + 4, 12 + len) != Load64(p + kHeader + len)) return false;
+  *seq = Load64(p + 8);
+  *payload = s.substr(off + kHeader, len);
+  *size = kHeader + len + kTrailer;
+  return true;
+}
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string SegmentName(uint64_t n) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%016llx.log", static_cast<unsigned long long>(n));
+  return b;
+}
+
+bool ParseSegmentName(const std::string& name, uint64_t* n) {
+  if (name.size() != 20 || name.compare(16, 4, ".log") != 0) return false;
+  char* end = nullptr;
+  *n = std::strtoull(name.substr(0, 16).c_str(), &end, 16);
+  return end && *end == '\0';
+}
+
+// "a/b/c" -> "a/b", "a" -> "" (the root); the root has no parent.
+bool Parent(const std::string& path, std::string* parent) {
+  if (path.empty()) return false;
+  auto slash = path.rfind('/');
+  *parent = slash == std::string::npos ? "" : path.substr(0, slash);
+  return true;
+}
+
+void MergeRange(std::vector<Range>* ranges, Range r) {
+  if (r.length == 0) return;
+  ranges->push_back(r);
+  std::sort(ranges->begin(), ranges->end(), [](const Range& a, const Range& b) { return a.offset < b.offset; });
+  std::vector<Range> out;
+  for (const auto& x : *ranges) {
+    if (!out.empty() && x.offset <= out.back().offset + out.back().length) {
+      uint64_t end = std::max(out.back().offset + out.back().length, x.offset + x.length);
+      out.back().length = end - out.back().offset;
+    } else {
+      out.push_back(x);
+    }
+  }
+  *ranges = std::move(out);
+}
+
+// One segment's records, found by framing and checksum. Bytes that do
+// not frame are skipped to the next record that does: damage when one
+// follows, a torn tail (a write cut off by a crash, or zeros a power cut
+// left) when none does in the last segment.
+struct ScannedRecord {
+  size_t offset;
+  uint64_t seq;
+  std::string payload;
+};
+struct ScanResult {
+  std::vector<ScannedRecord> records;
+  uint64_t damaged = 0;     // unreadable stretches followed by readable records
+  uint64_t torn_bytes = 0;  // unreadable tail of the last segment
+};
+
+ScanResult Scan(std::string_view data, bool last) {
+  ScanResult out;
+  size_t off = 0;
+  while (off < data.size()) {
+    uint64_t seq;
+    std::string_view payload;
+    size_t size;
+    if (ParseAt(data, off, &seq, &payload, &size)) {
+      out.records.push_back({off, seq, std::string(payload)});
+      off += size;
+      continue;
+    }
+    size_t next = off + 1;
+    while (next < data.size() && !ParseAt(data, next, &seq, &payload, &size)) ++next;
+    if (next >= data.size()) {
+      if (last) out.torn_bytes = data.size() - off;
+      else ++out.damaged;  // sealed segments were synced whole
+      break;
+    }
+    ++out.damaged;
+    off = next;
+  }
+  return out;
+}
+
+// ---- POSIX Env ----
+class PosixFile : public Env::WritableFile {
+ public:
+  explicit PosixFile(int fd) : fd_(fd) {}
+  ~PosixFile() override { close(fd_); }
+  int Append(std::string_view data) override {
+    while (!data.empty()) {
+      ssize_t n = write(fd_, data.data(), data.size());
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return errno;
+      }
+      data.remove_prefix(static_cast<size_t>(n));
+    }
+    return 0;
+  }
+  int Sync() override { return fdatasync(fd_) == 0 ? 0 : errno; }
+
+ private:
+  int fd_;
+};
+
+class PosixEnv : public Env {
+ public:
+  tl::expected<std::unique_ptr<WritableFile>, int> NewWritableFile(const std::string& path) override {
+    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0) return tl::unexpected(errno);
+    return std::make_unique<PosixFile>(fd);
+  }
+  tl::expected<std::string, int> ReadFile(const std::string& path) override {
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return tl::unexpected(errno);
+    std::string out;
+    char buf[65536];
+    for (;;) {
+      ssize_t n = read(fd, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        int e = errno;
+        close(fd);
+        return tl::unexpected(e);
+      }
+      if (n == 0) break;
+      out.append(buf, static_cast<size_t>(n));
+    }
+    close(fd);
+    return out;
+  }
+  tl::expected<std::vector<std::string>, int> ListDir(const std::string& dir) override {
+    DIR* d = opendir(dir.c_str());
+    if (!d) return tl::unexpected(errno);
+    std::vector<std::string> out;
+    while (dirent* e = readdir(d)) {
+      std::string n = e->d_name;
+      if (n != "." && n != "..") out.push_back(n);
+    }
+    closedir(d);
+    return out;
+  }
+  int Remove(const std::string& path) override { return unlink(path.c_str()) == 0 ? 0 : errno; }
+  int Rename(const std::string& from, const std::string& to) override {
+    return rename(from.c_str(), to.c_str()) == 0 ? 0 : errno;
+  }
+  int SyncDir(const std::string& dir) override {
+    int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    int r = fsync(fd) == 0 ? 0 : errno;
+    close(fd);
+    return r;
+  }
+  int CreateDir(const std::string& dir) override {
+    for (size_t pos = 1; pos <= dir.size(); ++pos) {
+      if (pos != dir.size() && dir[pos] != '/') continue;
+      std::string p = dir.substr(0, pos);
+      if (mkdir(p.c_str(), 0700) != 0 && errno != EEXIST) return errno;
+    }
+    struct stat st;
+    if (stat(dir.c_str(), &st) != 0) return errno;
+    return S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
+  }
+  int LockFile(const std::string& path, int* handle) override {
+    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) return errno;
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      int e = errno;
+      close(fd);
+      return e;
+    }
+    *handle = fd;
+    return 0;
+  }
+  void UnlockFile(int handle) override { close(handle); }
+};
+
+}  // namespace
+
+const char* TargetName(Target t) { return t == kMaster ? "master" : "backup"; }
+
+const char* OpName(Op op) {
+  switch (op) {
+    case Op::kWrite: return "write";
+    case Op::kMeta: return "meta";
+    case Op::kTruncate: return "truncate";
+    case Op::kCreate: return "create";
+    case Op::kRemove: return "remove";
+    case Op::kRename: return "rename";
+    case Op::kDirTimes: return "dir-times";
+    case Op::kCrash: return "crash";
+  }
+  return "?";
+}
+
+Env* Env::Default() {
+  static PosixEnv env;
+  return &env;
+}
+
+struct Journal::Impl {
+  Options opts;
+  Env* env = nullptr;
+  int lock_handle = -1;
+
+  mutable std::mutex mu;
+  std::condition_variable cv;
+
+  // ---- the in-memory state the log describes (guarded by mu) ----
+  std::unordered_map<std::string, Pending> pending[2];
+  // Pending entries strictly below each directory, per target.
+  std::unordered_map<std::string, uint32_t> below[2];
+  bool full_sync[2] = {false, false};
+  std::string pair_id;
+  struct Mark {
+    int refs = 0;
+    uint64_t seq = 0;  // of the record that made it; durable once durable_seq >= seq
+  };
+  std::unordered_map<std::string, Mark> active;  // activity log marks
+  std::set<std::string> recovered;               // marks found at Open, not yet retired
+
+  // ---- the log (guarded by mu) ----
+  std::string buf;            // records appended, not yet written
+  uint64_t next_seq = 1;
+  uint64_t durable_seq = 0;
+  bool writer_busy = false;   // a leader or a checkpoint owns `file`
+  std::unique_ptr<Env::WritableFile> file;
+  std::vector<uint64_t> segments;  // numbers, oldest first; the last is `file`
+  uint64_t last_no = 0;            // highest segment number ever used here
+  uint64_t seg_bytes = 0, log_bytes = 0, live_bytes = 0;
+  int failed = 0;
+  std::string failed_text;
+  uint64_t syncs = 0, records = 0, checkpoints = 0;
+
+  std::thread thread;
+  bool stopping = false;  // guarded by mu
+
+  std::string Path(uint64_t n) const { return opts.dir + "/" + SegmentName(n); }
+
+  // ---- state transitions, shared by the live path and Open's replay ----
+  void AddBelow(int t, const std::string& path, int delta) {
+    std::string p = path, parent;
+    while (Parent(p, &parent)) {
+      auto& c = below[t][parent];
+      c = static_cast<uint32_t>(static_cast<int>(c) + delta);
+      if (c == 0) below[t].erase(parent);
+      p = parent;
+    }
+  }
+  void ApplyMissed(int t, const std::string& path, Scope scope, Op op, uint8_t flags, int64_t ns, uint64_t seq,
+                   uint64_t off, uint64_t len, const std::string& from) {
+    auto [it, fresh] = pending[t].try_emplace(path);
+    Pending& e = it->second;
+    if (fresh) {
+      e.path = path;
+      e.target = t == 0 ? kMaster : kBackup;
+      e.data_only = true;
+      e.first_ns = ns;
+      AddBelow(t, path, +1);
+      live_bytes += 64 + path.size();
+    }
+    e.ops |= 1u << static_cast<unsigned>(op);
+    e.scope = std::max(e.scope, scope);
+    if ((flags & kFlagWhole) || (op != Op::kWrite && op != Op::kMeta)) {
+      e.data_only = false;
+      e.ranges.clear();
+    } else if (op == Op::kWrite && e.data_only) {
+      MergeRange(&e.ranges, Range{off, len});
+      if (e.ranges.size() > kMaxRanges) {
+        e.data_only = false;
+        e.ranges.clear();
+      }
+    }
+    e.data_bytes = 0;
+    for (const auto& r : e.ranges) e.data_bytes += r.length;
+    if (op == Op::kCreate) e.link_from = from;
+    e.seq = std::max(e.seq, seq);
+    e.first_ns = std::min(e.first_ns, ns);
+  }
+  void ApplyDone(int t, const std::string& path, uint64_t seq) {
+    auto it = pending[t].find(path);
+    if (it == pending[t].end() || it->second.seq > seq) return;
+    pending[t].erase(it);
+    AddBelow(t, path, -1);
+    live_bytes -= std::min<uint64_t>(live_bytes, 64 + path.size());
+  }
+  void ResetState() {
+    for (int t = 0; t < 2; ++t) {
+      pending[t].clear();
+      below[t].clear();
+      full_sync[t] = false;
+    }
+    pair_id.clear();
+    recovered.clear();
+    live_bytes = 0;
+  }
+
+  // Applies one record read back from disk; false if it makes no sense.
+  bool ApplyRecord(uint64_t seq, std::string_view payload, std::set<std::string>* marks) {
+    Reader r(payload);
+    uint8_t kind = r.U8();
+    switch (kind) {
+      case kMissed: {
+        uint8_t target = r.U8(), scope = r.U8(), op = r.U8(), flags = r.U8();
+        int64_t ns = static_cast<int64_t>(r.U64());
+        uint64_t entry_seq = r.U64(), off = r.U64(), len = r.U64();
+        std::string path = r.Str();
+        std::string from;
+        if (r.ok() && !r.done()) from = r.Str();  // optional: a link's existing name
+        if (!r.done() || (target != kMaster && target != kBackup) || scope > 2 || op < 1 || op > 8) return false;
+        ApplyMissed(target == kMaster ? 0 : 1, path, static_cast<Scope>(scope), static_cast<Op>(op), flags, ns,
+                    entry_seq ? entry_seq : seq, off, len, from);
+        return true;
+      }
+      case kDone: {
+        uint8_t target = r.U8();
+        uint64_t upto = r.U64();
+        std::string path = r.Str();
+        if (!r.done() || (target != kMaster && target != kBackup)) return false;
+        ApplyDone(target == kMaster ? 0 : 1, path, upto);
+        return true;
+      }
+      case kIntent:
+      case kRetire: {
+        uint32_t n = r.U32();
+        std::vector<std::string> dirs;
+        for (uint32_t i = 0; i < n && r.ok(); ++i) dirs.push_back(r.Str());
+        if (!r.done()) return false;
+        for (auto& d : dirs) {
+          if (kind == kIntent) marks->insert(d);
+          else marks->erase(d);
+        }
+        return true;
+      }
+      case kFullSync: {
+        uint8_t target = r.U8(), on = r.U8();
+        if (!r.done() || (target != kMaster && target != kBackup)) return false;
+        full_sync[target == kMaster ? 0 : 1] = on != 0;
+        return true;
+      }
+      case kPair: {
+        std::string id = r.Str();
+        if (!r.done()) return false;
+        pair_id = id;
+        return true;
+      }
+      case kCheckpointBegin:
+        if (r.U64(); !r.done()) return false;
+        ResetState();
+        marks->clear();
+        return true;
+      case kCheckpointEnd:
+        if (r.U32(); !r.done()) return false;
+        return true;
+    }
+    return false;
+  }
+
+  // ---- appending ----
+  uint64_t AppendLocked(const std::string& payload) {
+    uint64_t seq = next_seq++;
+    Frame(&buf, seq, payload);
+    ++records;
+    return seq;
+  }
+
+  void FailLocked(int e, const std::string& what) {
+    if (!failed) {
+      failed = e;
+      failed_text = what + ": " + std::strerror(e);
+    }
+    buf.clear();  // a repair checkpoint writes the whole state afresh
+    cv.notify_all();
+  }
+
+  // Waits until every record up to seq is on disk; the first waiter that
+  // finds no write running writes and syncs for everyone (group commit).
+  int WaitDurableLocked(std::unique_lock<std::mutex>& lk, uint64_t seq) {
+    while (durable_seq < seq) {
+      if (failed) return failed;
+      if (writer_busy) {
+        cv.wait(lk);
+        continue;
+      }
+      writer_busy = true;
+      std::string data;
+      data.swap(buf);
+      uint64_t upto = next_seq - 1;
+      Env::WritableFile* f = file.get();
+      lk.unlock();
+      int e = data.empty() ? 0 : f->Append(data);
+      if (!e && !data.empty()) e = f->Sync();
+      lk.lock();
+      writer_busy = false;
+      if (e) {
+        FailLocked(e, "writing " + Path(segments.back()));
+        return e;
+      }
+      durable_seq = std::max(durable_seq, upto);
+      seg_bytes += data.size();
+      log_bytes += data.size();
+      ++syncs;
+      if (seg_bytes >= opts.segment_bytes) RollLocked(lk);
+      cv.notify_all();
+    }
+    return failed && durable_seq < seq ? failed : 0;
+  }
+
+  // Seals the current segment and starts an empty one.
+  void RollLocked(std::unique_lock<std::mutex>& lk) {
+    writer_busy = true;
+    uint64_t n = ++last_no;
+    std::string path = Path(n);
+    lk.unlock();
+    auto f = env->NewWritableFile(path);
+    int e = f ? env->SyncDir(opts.dir) : f.error();
+    lk.lock();
+    writer_busy = false;
+    if (e) {
+      FailLocked(e, "starting " + path);
+      return;
+    }
+    file = std::move(*f);
+    segments.push_back(n);
+    seg_bytes = 0;
+  }
+
+  // The whole live state as records, for a checkpoint.
+  std::string SnapshotLocked(uint64_t* last_seq) {
+    std::string out;
+    uint32_t count = 0;
+    auto add = [&](const std::string& payload) {
+      Frame(&out, next_seq++, payload);
+      ++count;
+    };
+    std::string p;
+    Put8(&p, kCheckpointBegin);
+    Put64(&p, next_seq);
+    add(p);
+    if (!pair_id.empty()) {
+      p.clear();
+      Put8(&p, kPair);
+      PutStr(&p, pair_id);
+      add(p);
+    }
+    for (int t = 0; t < 2; ++t) {
+      uint8_t target = t == 0 ? kMaster : kBackup;
+      if (full_sync[t]) {
+        p.clear();
+        Put8(&p, kFullSync);
+        Put8(&p, target);
+        Put8(&p, 1);
+        add(p);
+      }
+      for (const auto& [path, e] : pending[t]) {
+        auto missed = [&](Op op, uint8_t flags, uint64_t off, uint64_t len) {
+          const std::string& from = op == Op::kCreate ? e.link_from : std::string();
+          p.clear();
+          Put8(&p, kMissed);
+          Put8(&p, target);
+          Put8(&p, static_cast<uint8_t>(e.scope));
+          Put8(&p, static_cast<uint8_t>(op));
+          Put8(&p, flags);
+          Put64(&p, static_cast<uint64_t>(e.first_ns));
+          Put64(&p, e.seq);
+          Put64(&p, off);
+          Put64(&p, len);
+          PutStr(&p, path);
+          if (!from.empty()) PutStr(&p, from);
+          add(p);
+        };
+        for (unsigned op = 1; op <= 8; ++op)
+          if ((e.ops & (1u << op)) && op != static_cast<unsigned>(Op::kWrite))
+            missed(static_cast<Op>(op), e.data_only ? 0 : kFlagWhole, 0, 0);
+        if (e.ops & (1u << static_cast<unsigned>(Op::kWrite))) {
+          if (!e.data_only || e.ranges.empty()) missed(Op::kWrite, kFlagWhole, 0, 0);
+          for (const auto& r : e.ranges) missed(Op::kWrite, 0, r.offset, r.length);
+        }
+      }
+    }
+    std::vector<std::string> marks(recovered.begin(), recovered.end());
+    for (const auto& [d, m] : active) marks.push_back(d);
+    if (!marks.empty()) {
+      p.clear();
+      Put8(&p, kIntent);
+      Put32(&p, static_cast<uint32_t>(marks.size()));
+      for (const auto& d : marks) PutStr(&p, d);
+      add(p);
+    }
+    p.clear();
+    Put8(&p, kCheckpointEnd);
+    Put32(&p, count + 1);
+    add(p);
+    *last_seq = next_seq - 1;
+    return out;
+  }
+
+  int CheckpointLocked(std::unique_lock<std::mutex>& lk) {
+    while (writer_busy) cv.wait(lk);
+    writer_busy = true;
+    uint64_t upto = 0;
+    std::string data = SnapshotLocked(&upto);
+    buf.clear();  // everything appended so far is in the snapshot
+    uint64_t n = ++last_no;
+    std::string path = Path(n);
+    std::vector<uint64_t> old = segments;
+    lk.unlock();
+    int e = 0;
+    auto f = env->NewWritableFile(path);
+    if (!f) e = f.error();
+    if (!e) e = (*f)->Append(data);
+    if (!e) e = (*f)->Sync();
+    if (!e) e = env->SyncDir(opts.dir);
+    if (!e)
+      for (uint64_t o : old) (void)env->Remove(Path(o));
+    if (e && f) (void)env->Remove(path);
+    lk.lock();
+    writer_busy = false;
+    if (e) {
+      FailLocked(e, "checkpoint into " + path);
+      return e;
+    }
+    file = std::move(*f);
+    segments = {n};
+    seg_bytes = log_bytes = data.size();
+    durable_seq = std::max(durable_seq, upto);
+    failed = 0;
+    failed_text.clear();
+    ++checkpoints;
+    ++syncs;
+    cv.notify_all();
+    return 0;
+  }
+
+  bool TouchesLocked(int t, const std::string& path) const {
+    if (pending[t].empty()) return false;
+    if (pending[t].count(path)) return true;
+    if (auto it = below[t].find(path); it != below[t].end() && it->second > 0) return true;
+    std::string p = path, parent;
+    while (Parent(p, &parent)) {
+      if (pending[t].count(parent)) return true;
+      p = parent;
+    }
+    return false;
+  }
+
+  uint64_t AppendMissedLocked(Target target, const Change& c) {
+    int64_t ns = NowNs();
+    std::string p;
+    Put8(&p, kMissed);
+    Put8(&p, target);
+    Put8(&p, static_cast<uint8_t>(c.scope));
+    Put8(&p, static_cast<uint8_t>(c.op));
+    Put8(&p, 0);
+    Put64(&p, static_cast<uint64_t>(ns));
+    Put64(&p, 0);
+    Put64(&p, c.offset);
+    Put64(&p, c.length);
+    PutStr(&p, c.path);
+    if (!c.link_from.empty()) PutStr(&p, c.link_from);
+    uint64_t seq = AppendLocked(p);
+    ApplyMissed(TargetIndex(target), c.path, c.scope, c.op, 0, ns, seq, c.offset, c.length, c.link_from);
+    return seq;
+  }
+
+  void RunBackground(Journal* j) {
+    std::unique_lock lk(mu);
+    while (!stopping) {
+      cv.wait_for(lk, std::chrono::milliseconds(opts.background_interval_ms));
+      if (stopping) break;
+      lk.unlock();
+      j->Tick();
+      lk.lock();
+    }
+  }
+};
+
+Journal::Journal(const Options& opts) : impl_(std::make_unique<Impl>()), dir_(opts.dir) {
+  impl_->opts = opts;
+  impl_->env = opts.env ? opts.env : Env::Default();
+}
+
+Journal::~Journal() {
+  {
+    std::lock_guard lk(impl_->mu);
+    impl_->stopping = true;
+  }
+  impl_->cv.notify_all();
+  if (impl_->thread.joinable()) impl_->thread.join();
+  (void)Flush();
+  impl_->file.reset();
+  if (impl_->lock_handle >= 0) impl_->env->UnlockFile(impl_->lock_handle);
+}
+
+tl::expected<std::unique_ptr<Journal>, std::string> Journal::Open(const Options& opts, Recovered* out) {
+  Recovered local;
+  Recovered& rec = out ? *out : local;
+  rec = Recovered{};
+  std::unique_ptr<Journal> j(new Journal(opts));
+  Impl& m = *j->impl_;
+  Env* env = m.env;
+  auto fail = [&](const std::string& what, int e) {
+    return tl::unexpected(std::string("journal ") + opts.dir + ": " + what + ": " + std::strerror(e));
+  };
+  if (opts.dir.empty() || opts.dir.front() != '/')
+    return tl::unexpected(std::string("journal directory must be an absolute path"));
+  if (int e = env->CreateDir(opts.dir)) return fail("cannot create it", e);
+  if (int e = env->LockFile(opts.dir + "/LOCK", &m.lock_handle))
+    return e == EWOULDBLOCK ? tl::unexpected("journal " + opts.dir + " is in use by another nasfs")
+                            : fail("cannot lock it", e);
+  auto names = env->ListDir(opts.dir);
+  if (!names) return fail("cannot list it", names.error());
+  std::vector<uint64_t> segs;
+  for (const auto& n : *names) {
+    uint64_t num;
+    if (ParseSegmentName(n, &num)) segs.push_back(num);
+  }
+  std::sort(segs.begin(), segs.end());
+  rec.fresh = segs.empty();
+
+  // Read every segment once. A segment that opens with a checkpoint and
+  // holds its end supersedes everything before it; one whose checkpoint
+  // was cut off by a crash is ignored (the segments it was to replace are
+  // still there, since they are deleted only after it is synced).
+  struct Seg {
+    uint64_t num;
+    ScanResult scan;
+    bool checkpoint = false, partial_checkpoint = false;
+  };
+  std::vector<Seg> read;
+  std::vector<std::string> contents;
+  for (uint64_t n : segs) {
+    auto d = env->ReadFile(m.Path(n));
+    if (!d) return fail("cannot read " + SegmentName(n), d.error());
+    contents.push_back(std::move(*d));
+  }
+  // The tail that may be torn is the end of the last segment holding
+  // anything: a crash can leave an empty segment (or a checkpoint cut off)
+  // after it.
+  size_t tail = 0;
+  for (size_t i = 0; i < segs.size(); ++i) {
+    if (contents[i].empty()) continue;
+    uint64_t seq;
+    std::string_view payload;
+    size_t size;
+    bool starts_checkpoint = ParseAt(contents[i], 0, &seq, &payload, &size) && !payload.empty() &&
+                             payload[0] == static_cast<char>(kCheckpointBegin);
+    bool partial = false;
+    if (starts_checkpoint) {
+      auto recs = Scan(contents[i], true).records;
+      partial = std::none_of(recs.begin(), recs.end(), [](const ScannedRecord& x) {
+        return !x.payload.empty() && x.payload[0] == static_cast<char>(kCheckpointEnd);
+      });
+    }
+    if (!partial) tail = i;
+  }
+  for (size_t i = 0; i < segs.size(); ++i) {
+    Seg s{segs[i], Scan(contents[i], i >= tail)};
+    const auto& r = s.scan.records;
+    if (!r.empty() && r.front().offset == 0 && !r.front().payload.empty() &&
+        r.front().payload[0] == static_cast<char>(kCheckpointBegin)) {
+      s.checkpoint = std::any_of(r.begin(), r.end(), [](const ScannedRecord& x) {
+        return !x.payload.empty() && x.payload[0] == static_cast<char>(kCheckpointEnd);
+      });
+      s.partial_checkpoint = !s.checkpoint;
+    }
+    read.push_back(std::move(s));
+  }
+  size_t first = 0;
+  for (size_t i = 0; i < read.size(); ++i)
+    if (read[i].checkpoint) first = i;
+
+  std::set<std::string> marks;
+  uint64_t max_seq = 0;
+  std::vector<std::string> damaged;
+  for (size_t i = 0; i < read.size(); ++i) {
+    const Seg& s = read[i];
+    for (const auto& x : s.scan.records) max_seq = std::max(max_seq, x.seq);
+    if (i < first || s.partial_checkpoint) continue;
+    uint64_t bad = s.scan.damaged;
+    for (const auto& x : s.scan.records) {
+      if (m.ApplyRecord(x.seq, x.payload, &marks)) ++rec.records;
+      else ++bad;  // a well-framed record that makes no sense
+    }
+    rec.torn_bytes += s.scan.torn_bytes;
+    rec.damaged_records += bad;
+    if (bad) damaged.push_back(SegmentName(s.num));
+  }
+  if (!damaged.empty())
+    rec.damage = std::to_string(rec.damaged_records) + " unreadable record(s) in " + std::to_string(damaged.size()) +
+                 " segment(s) of " + opts.dir + "; what they named is unknown (kept as *.damaged)";
+  rec.unfinished_dirs.assign(marks.begin(), marks.end());
+  m.recovered = marks;
+  m.next_seq = max_seq + 1;
+  m.durable_seq = max_seq;
+  m.last_no = segs.empty() ? 0 : segs.back();
+  for (uint64_t n : segs)
+    if (std::find(damaged.begin(), damaged.end(), SegmentName(n)) == damaged.end()) m.segments.push_back(n);
+  // Start a fresh segment holding the state just read: torn tails and
+  // superseded segments go away with the old files.
+  {
+    std::unique_lock lk(m.mu);
+    if (int e = m.CheckpointLocked(lk)) return fail("cannot write a checkpoint", e);
+  }
+  // Only now, with their readable records safe in the checkpoint, are
+  // damaged segments set aside for the operator (a crash before this
+  // leaves them superseded, and the next Open deletes them).
+  for (const auto& d : damaged) {
+    std::string from = opts.dir + "/" + d;
+    if (env->Rename(from, from + ".damaged") == 0) rec.damaged_files.push_back(d + ".damaged");
+  }
+  if (!damaged.empty()) (void)env->SyncDir(opts.dir);
+  if (opts.background) m.thread = std::thread([&m, jp = j.get()] { m.RunBackground(jp); });
+  return j;
+}
+
+void Journal::StartBackground() {
+  Impl& m = *impl_;
+  if (m.thread.joinable()) return;
+  m.thread = std::thread([&m, this] { m.RunBackground(this); });
+}
+
+int Journal::Intend(const std::vector<std::string>& dirs) {
+  Impl& m = *impl_;
+  std::unique_lock lk(m.mu);
+  std::vector<std::string> fresh;
+  uint64_t wait_for = 0;
+  for (const auto& d : dirs) {
+    auto it = m.active.find(d);
+    if (it != m.active.end()) {
+      ++it->second.refs;
+      wait_for = std::max(wait_for, it->second.seq);
+    } else if (std::find(fresh.begin(), fresh.end(), d) == fresh.end()) {
+      fresh.push_back(d);
+    } else {
+      ++m.active[d].refs;  // listed twice in one call
+    }
+  }
+  if (!fresh.empty()) {
+    std::string p;
+    Put8(&p, kIntent);
+    Put32(&p, static_cast<uint32_t>(fresh.size()));
+    for (const auto& d : fresh) PutStr(&p, d);
+    uint64_t seq = m.AppendLocked(p);
+    for (const auto& d : fresh) {
+      auto& mark = m.active[d];
+      mark.refs += 1;
+      mark.seq = seq;
+    }
+    wait_for = std::max(wait_for, seq);
+  }
+  int e = m.failed;
+  if (!e && wait_for > m.durable_seq) e = m.WaitDurableLocked(lk, wait_for);
+  if (e) {
+    lk.unlock();
+    Release(dirs);
+  }
+  return e;
+}
+
+void Journal::Release(const std::vector<std::string>& dirs) {
+  std::lock_guard lk(impl_->mu);
+  for (const auto& d : dirs)
+    if (auto it = impl_->active.find(d); it != impl_->active.end() && it->second.refs > 0) --it->second.refs;
+}
+
+void Journal::RetireRecovered(const std::vector<std::string>& dirs) {
+  Impl& m = *impl_;
+  std::lock_guard lk(m.mu);
+  std::string p;
+  std::vector<std::string> gone;
+  for (const auto& d : dirs)
+    if (m.recovered.erase(d) && !m.active.count(d)) gone.push_back(d);
+  if (gone.empty()) return;
+  Put8(&p, kRetire);
+  Put32(&p, static_cast<uint32_t>(gone.size()));
+  for (const auto& d : gone) PutStr(&p, d);
+  m.AppendLocked(p);
+}
+
+int Journal::AddMissed(Target target, const std::vector<Change>& changes) {
+  Impl& m = *impl_;
+  std::unique_lock lk(m.mu);
+  uint64_t seq = 0;
+  for (const auto& c : changes) seq = m.AppendMissedLocked(target, c);
+  if (m.failed) return m.failed;
+  return seq ? m.WaitDurableLocked(lk, seq) : 0;
+}
+
+int Journal::RecordIfTouching(Target target, const std::vector<Change>& changes, bool* recorded) {
+  Impl& m = *impl_;
+  std::unique_lock lk(m.mu);
+  *recorded = false;
+  int t = TargetIndex(target);
+  bool touch = false;
+  for (const auto& c : changes) touch = touch || m.TouchesLocked(t, c.path);
+  if (!touch) return 0;
+  *recorded = true;
+  uint64_t seq = 0;
+  for (const auto& c : changes) seq = m.AppendMissedLocked(target, c);
+  if (m.failed) return m.failed;
+  return m.WaitDurableLocked(lk, seq);
+}
+
+std::vector<Pending> Journal::PendingFor(Target target) const {
+  std::lock_guard lk(impl_->mu);
+  std::vector<Pending> out;
+  for (const auto& [p, e] : impl_->pending[TargetIndex(target)]) out.push_back(e);
+  return out;
+}
+
+bool Journal::HasPending(Target target) const {
+  std::lock_guard lk(impl_->mu);
+  return !impl_->pending[TargetIndex(target)].empty();
+}
+
+void Journal::Done(Target target, const std::string& path, uint64_t seq) {
+  Impl& m = *impl_;
+  std::lock_guard lk(m.mu);
+  int t = TargetIndex(target);
+  auto it = m.pending[t].find(path);
+  if (it == m.pending[t].end() || it->second.seq > seq) return;
+  std::string p;
+  Put8(&p, kDone);
+  Put8(&p, target);
+  Put64(&p, seq);
+  PutStr(&p, path);
+  m.AppendLocked(p);
+  m.ApplyDone(t, path, seq);
+}
+
+bool Journal::FinishIfEmpty(Target target, const std::function<void()>& on_empty) {
+  std::lock_guard lk(impl_->mu);
+  if (!impl_->pending[TargetIndex(target)].empty()) return false;
+  on_empty();
+  return true;
+}
+
+int Journal::SetFullSync(Target target, bool on) {
+  Impl& m = *impl_;
+  std::unique_lock lk(m.mu);
+  m.full_sync[TargetIndex(target)] = on;
+  std::string p;
+  Put8(&p, kFullSync);
+  Put8(&p, target);
+  Put8(&p, on ? 1 : 0);
+  uint64_t seq = m.AppendLocked(p);
+  if (m.failed) return m.failed;
+  return m.WaitDurableLocked(lk, seq);
+}
+
+bool Journal::full_sync(Target target) const {
+  std::lock_guard lk(impl_->mu);
+  return impl_->full_sync[TargetIndex(target)];
+}
+
+int Journal::SetPairId(const std::string& id) {
+  Impl& m = *impl_;
+  std::unique_lock lk(m.mu);
+  if (m.pair_id == id) return m.failed;
+  m.pair_id = id;
+  std::string p;
+  Put8(&p, kPair);
+  PutStr(&p, id);
+  uint64_t seq = m.AppendLocked(p);
+  if (m.failed) return m.failed;
+  return m.WaitDurableLocked(lk, seq);
+}
+
+std::string Journal::pair_id() const {
+  std::lock_guard lk(impl_->mu);
+  return impl_->pair_id;
+}
+
+int Journal::Flush() {
+  Impl& m = *impl_;
+  std::unique_lock lk(m.mu);
+  if (m.failed) return m.failed;
+  if (m.buf.empty() && !m.writer_busy) return 0;
+  return m.WaitDurableLocked(lk, m.next_seq - 1);
+}
+
+int Journal::Checkpoint() {
+  std::unique_lock lk(impl_->mu);
+  return impl_->CheckpointLocked(lk);
+}
+
+void Journal::Tick() {
+  Impl& m = *impl_;
+  std::unique_lock lk(m.mu);
+  if (m.failed) {
+    // A failed write is never retried as success: the whole state goes
+    // into a fresh segment, and only its sync clears the failure.
+    (void)m.CheckpointLocked(lk);
+    return;
+  }
+  // Retire marks no write is using any more.
+  std::vector<std::string> idle;
+  for (const auto& [d, mark] : m.active)
+    if (mark.refs == 0 && mark.seq <= m.durable_seq) idle.push_back(d);
+  for (const auto& d : idle) m.active.erase(d);
+  // A mark found at Open stays until RetireRecovered, whatever new writes
+  // under it did meanwhile.
+  std::erase_if(idle, [&m](const std::string& d) { return m.recovered.count(d) > 0; });
+  if (!idle.empty()) {
+    std::string p;
+    Put8(&p, kRetire);
+    Put32(&p, static_cast<uint32_t>(idle.size()));
+    for (const auto& d : idle) PutStr(&p, d);
+    m.AppendLocked(p);
+  }
+  bool empty = m.pending[0].empty() && m.pending[1].empty() && m.active.empty() && m.recovered.empty();
+  uint64_t log = m.log_bytes + m.buf.size();
+  // Compact when the log is mostly dead records, or when a replay drained
+  // everything and more than a checkpoint's worth is on disk.
+  if ((empty && (m.segments.size() > 1 || log > 64 * 1024)) || log > 2 * m.live_bytes + (4ull << 20)) {
+    (void)m.CheckpointLocked(lk);
+    return;
+  }
+  if (!m.buf.empty()) (void)m.WaitDurableLocked(lk, m.next_seq - 1);
+}
+
+Stats Journal::stats() const {
+  const Impl& m = *impl_;
+  std::lock_guard lk(m.mu);
+  Stats s;
+  s.ok = m.failed == 0;
+  s.error = m.failed;
+  s.error_text = m.failed_text;
+  for (int t = 0; t < 2; ++t) {
+    s.pending[t] = m.pending[t].size();
+    s.full_sync[t] = m.full_sync[t];
+    for (const auto& [p, e] : m.pending[t]) {
+      s.data_bytes[t] += e.data_bytes;
+      if (s.oldest_ns[t] == 0 || e.first_ns < s.oldest_ns[t]) s.oldest_ns[t] = e.first_ns;
+    }
+  }
+  s.log_bytes = m.log_bytes;
+  s.segments = m.segments.size();
+  s.active_dirs = m.active.size() + m.recovered.size();
+  s.syncs = m.syncs;
+  s.records = m.records;
+  s.checkpoints = m.checkpoints;
+  s.next_seq = m.next_seq;
+  return s;
+}
+
+}  // namespace nasfs::journal
