@@ -154,23 +154,6 @@ void Backend::SetLastError(const std::string& e) {
   last_error_ = fmt::format("{} at {}", e, NowIso8601());
 }
 
-void Backend::AddMissed(std::initializer_list<std::string> paths) {
-  std::lock_guard lk(status_mu_);
-  for (const auto& p : paths) missed_.insert(p);
-}
-
-std::vector<std::string> Backend::TakeMissed() {
-  std::lock_guard lk(status_mu_);
-  std::vector<std::string> v(missed_.begin(), missed_.end());
-  missed_.clear();
-  return v;
-}
-
-void Backend::RestoreMissed(const std::vector<std::string>& paths) {
-  std::lock_guard lk(status_mu_);
-  missed_.insert(paths.begin(), paths.end());
-}
-
 void Backend::RecordProbe(bool ok, double latency_ms) {
   if (ok) {
     probe_streak_.fetch_add(1, std::memory_order_relaxed);
@@ -212,7 +195,7 @@ nlohmann::json Backend::Status() const {
     j["state_since"] = state_since_;
     j["last_error"] = last_error_.empty() ? nlohmann::json(nullptr) : nlohmann::json(last_error_);
     j["probe_latency_ms"] = probe_latency_ms_ < 0 ? nlohmann::json(nullptr) : nlohmann::json(probe_latency_ms_);
-    j["missed"] = {{"count", missed_.size()}, {"full_copy_needed", needs_full_sync_.load()}};
+    j["missed"] = {{"count", 0}, {"full_copy_needed", needs_full_sync_.load()}};  // count: the journal's
   }
   j["state_changes"] = state_changes_.load();
   j["probes_failed"] = probes_failed_.load();

@@ -41,7 +41,8 @@ enum class BackendState {
   kHealthy,     // serves reads and takes writes
   kSyncing,     // target of a background copy: takes covered writes, serves no reads
   kDown,        // failed in band or by probe: no reads, no writes; what it misses is recorded
-  kRecovering,  // probes good again; its missed paths are being replayed onto it
+  kRecovering,  // probes good again; its journaled changes are being replayed onto it;
+                // takes the writes that touch nothing still pending, serves no reads
 };
 const char* StateName(BackendState s);
 
@@ -100,12 +101,10 @@ class Backend {
   // Records the error that made a state change (shown as last_error).
   void SetLastError(const std::string& e);
 
-  // Paths this NAS missed while out, to replay onto it when it returns.
-  // `full`: it missed an unknown set (down at start-up, or a copy cut off):
-  // only a whole-tree copy brings it back.
-  void AddMissed(std::initializer_list<std::string> paths);
-  std::vector<std::string> TakeMissed();  // sorted, cleared
-  void RestoreMissed(const std::vector<std::string>& paths);
+  // What this NAS missed while out is in the journal (journal/journal.h).
+  // This flag says it missed an unknown set (down at start-up with no
+  // journal to tell, or a copy cut off): only a whole-tree copy brings it
+  // back. The journal keeps it across restarts.
   void SetNeedsFullSync(bool v) { needs_full_sync_ = v; }
   bool needs_full_sync() const { return needs_full_sync_; }
 
@@ -197,7 +196,6 @@ class Backend {
   mutable std::mutex status_mu_;
   std::string state_since_;  // guarded by status_mu_
   std::string last_error_;   // guarded by status_mu_
-  std::set<std::string> missed_;  // guarded by status_mu_
   double probe_latency_ms_ = -1;  // guarded by status_mu_; -1: no probe yet
   std::atomic<bool> needs_full_sync_{false};
   std::atomic<int> probe_streak_{0};

@@ -18,13 +18,15 @@ timespec Mirror::Now() {
 }
 
 bool Mirror::Writable(const Backend& b) {
+  // A NAS being replayed onto takes the writes its caller let through
+  // (those touching nothing still pending: see Nasfs::Mutate).
   auto s = b.state();
-  return s == BackendState::kHealthy || s == BackendState::kSyncing;
+  return s == BackendState::kHealthy || s == BackendState::kSyncing || s == BackendState::kRecovering;
 }
 
 bool Mirror::IsWriteFault(int e) { return IsFaultErrno(e) || e == ENOSPC || e == EDQUOT || e == EROFS; }
 
-int Mirror::Apply(const char* what, std::initializer_list<std::string> paths, Targets targets, const Op& op) {
+int Mirror::Apply(const char* what, const std::vector<journal::Change>& changes, Targets targets, const Op& op) {
   Backend* side[2] = {master_, backup_};
   bool want[2] = {targets.master, targets.backup};
   bool run[2] = {false, false};
@@ -33,10 +35,11 @@ int Mirror::Apply(const char* what, std::initializer_list<std::string> paths, Ta
   // would leave two returning NAS each waiting to be replayed from the
   // other.)
   if (!run[0] && !run[1]) return EIO;
-  // A path is recorded on a side only when the other side may have changed
-  // it: here the running side may apply it.
+  // A change is journaled for a side only when the other side may apply
+  // it, and before the first byte reaches that other side.
   for (int i = 0; i < 2; ++i)
-    if (want[i] && !run[i]) side[i]->AddMissed(paths);
+    if (want[i] && !run[i] && !changes.empty())
+      if (int e = on_missed_(*side[i], changes)) return e;
 
   // Both sides are submitted before either is waited on: they run in parallel.
   auto deadline = master_->Deadline();
@@ -66,9 +69,9 @@ int Mirror::Apply(const char* what, std::initializer_list<std::string> paths, Ta
   // 2. Faults.
   bool fault[2] = {IsWriteFault(r[0]), IsWriteFault(r[1])};
   if (fault[0] && fault[1]) {
-    // Neither took it. A side that faulted may hold part of it; nothing is
-    // recorded (no side is a sound source for the other), which the
-    // write-ahead journal (issue 4) will close.
+    // Neither took it, and the application is told so. A side that
+    // faulted may hold part of it; no side is a sound source for the
+    // other, so nothing is journaled (see docs/ARCHITECTURE.md).
     for (int i = 0; i < 2; ++i)
       if (IsFaultErrno(r[i])) on_fault_(*side[i], r[i], what);
     // Both full is an answer the application can act on; both broken is EIO.
@@ -77,17 +80,19 @@ int Mirror::Apply(const char* what, std::initializer_list<std::string> paths, Ta
   divergences_.fetch_add(1, std::memory_order_relaxed);
   for (int i = 0; i < 2; ++i)
     if (fault[i]) {
-      side[i]->AddMissed(paths);
+      int e = changes.empty() ? 0 : on_missed_(*side[i], changes);
       on_fault_(*side[i], r[i], what);
-      return r[1 - i];
+      // Not journaled: the other NAS holds a change nothing will carry
+      // over, so the application must not be told it succeeded.
+      return e ? e : r[1 - i];
     }
   // 3. Ordinary disagreement: the master is right, the backup missed it.
-  std::string p = paths.size() ? *paths.begin() : "";
+  std::string p = changes.empty() ? "" : changes.front().path;
   spdlog::get("fuse")->warn("{} '{}': master {}, backup {}; the backup will be brought in line", what, p,
                             r[0] ? std::strerror(r[0]) : "ok", r[1] ? std::strerror(r[1]) : "ok");
-  backup_->AddMissed(paths);
+  int e = changes.empty() ? 0 : on_missed_(*backup_, changes);
   on_fault_(*backup_, r[1] ? r[1] : EIO, fmt::format("{} disagreed with the master", what));
-  return r[0];
+  return e ? e : r[0];
 }
 
 }  // namespace nasfs

@@ -10,16 +10,18 @@
 //     EEXIST or ENOSPC on both): that is the answer.
 //  2. A side that faulted (EIO, ENOTCONN, a missed deadline, ...) or cannot
 //     take writes (ENOSPC, EDQUOT, EROFS) while the other did not is
-//     reported to the hooks (it goes down) and records the paths it missed;
+//     reported to the hooks (it goes down) and what it missed is journaled;
 //     the other side's result is the answer, so the application sees
-//     success when one NAS took the change.
+//     success when one NAS took the change and the journal holds it.
 //  3. Otherwise the master's result is the answer, and a backup whose
 //     result differs is treated as having missed the change (it goes down
 //     and is brought back in line from the master).
-// A side that is not taking writes (down) is skipped and records the paths
-// as missed. A side the caller leaves out (a copy has not reached the path)
-// is skipped without a record: the copy will carry the result.
-// Both sides out: EIO at once.
+// A side that is not taking writes (down) is skipped, and what it misses is
+// journaled before the other side runs. A side the caller leaves out (a
+// copy has not reached the path, or the caller journaled it already) is
+// skipped without a record.
+// Both sides out: EIO at once. A change the journal cannot record is never
+// acknowledged: the journal's errno (ENOSPC, EIO) is the answer.
 //
 // Thread-safe.
 #pragma once
@@ -30,6 +32,7 @@
 #include <string>
 
 #include "fs/backend.h"
+#include "journal/journal.h"
 
 namespace nasfs {
 
@@ -39,10 +42,12 @@ class Mirror {
   using Op = std::function<int(const Backend&)>;
   // Told that a NAS failed: it should go down. Called on the FUSE thread.
   using FaultFn = std::function<void(Backend& nas, int err, const std::string& what)>;
+  // Journals that nas lacks `changes`, durably: 0 or an errno.
+  using MissedFn = std::function<int(Backend& nas, const std::vector<journal::Change>& changes)>;
 
   // *master and *backup must outlive the mirror.
-  Mirror(Backend* master, Backend* backup, FaultFn on_fault)
-      : master_(master), backup_(backup), on_fault_(std::move(on_fault)) {}
+  Mirror(Backend* master, Backend* backup, FaultFn on_fault, MissedFn on_missed)
+      : master_(master), backup_(backup), on_fault_(std::move(on_fault)), on_missed_(std::move(on_missed)) {}
 
   struct Targets {
     bool master = true;
@@ -50,8 +55,8 @@ class Mirror {
   };
   // Runs op on the targeted NAS in parallel; `op` must capture by value what
   // it uses (it may outlive the call when a NAS misses its deadline).
-  // `paths` names what the op changes (recorded for a side that misses it).
-  int Apply(const char* what, std::initializer_list<std::string> paths, Targets targets, const Op& op);
+  // `changes` says what the op changes (journaled for a side that misses it).
+  int Apply(const char* what, const std::vector<journal::Change>& changes, Targets targets, const Op& op);
 
   // The timestamp a mutation stamps on both NAS.
   static timespec Now();
@@ -67,6 +72,7 @@ class Mirror {
   Backend* master_;
   Backend* backup_;
   FaultFn on_fault_;
+  MissedFn on_missed_;
   std::atomic<uint64_t> mirrored_{0}, divergences_{0};
 };
 

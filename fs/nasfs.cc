@@ -54,15 +54,24 @@ Nasfs::Nasfs(Options opts)
       backup_(std::make_unique<Backend>(Role::kBackup, opts_.backup, opts_.backend_threads,
                                         std::chrono::milliseconds(opts_.io_timeout_ms))),
       router_(master_.get(), backup_.get()),
-      mirror_(master_.get(), backup_.get(),
-              [this](Backend& b, int err, const std::string& what) {
-                OnFault(b, fmt::format("{}: {}", what, std::strerror(err)));
-              }),
+      mirror_(
+          master_.get(), backup_.get(),
+          [this](Backend& b, int err, const std::string& what) {
+            OnFault(b, fmt::format("{}: {}", what, std::strerror(err)));
+          },
+          [this](Backend& b, const std::vector<journal::Change>& changes) {
+            return JournalResult(journal_->AddMissed(Tgt(b), changes));
+          }),
       started_(std::chrono::steady_clock::now()) {}
 
 Nasfs::~Nasfs() {
+  stopping_ = true;
   for (auto& m : monitors_)
     if (m) m->Stop();
+  {
+    std::lock_guard lk(recover_mu_);
+    if (replay_thread_.joinable()) replay_thread_.join();
+  }
   std::vector<std::shared_ptr<TreeSync>> syncs;
   {
     std::lock_guard p(sync_ptr_mu_);
@@ -73,6 +82,22 @@ Nasfs::~Nasfs() {
 }
 
 tl::expected<void, std::string> Nasfs::Prepare() {
+  journal::Options jo;
+  jo.dir = opts_.journal_dir;
+  jo.background = false;  // its thread starts after daemonizing
+  auto j = journal::Journal::Open(jo, &recovered_);
+  if (!j) return tl::unexpected(j.error());
+  journal_ = std::move(*j);
+  auto log = spdlog::get("journal");
+  if (recovered_.torn_bytes)
+    log->info("journal {}: dropped a torn tail of {} bytes (a write cut off when nasfs stopped)", jo.dir,
+              recovered_.torn_bytes);
+  if (!recovered_.damage.empty()) log->error("journal {}: {}", jo.dir, recovered_.damage);
+  if (auto r = PrepareSides(); !r) return r;
+  return AdoptJournal();
+}
+
+tl::expected<void, std::string> Nasfs::PrepareSides() {
   auto timeout = std::chrono::milliseconds(opts_.io_timeout_ms);
   Side side[2] = {ReadSide(*master_, timeout), ReadSide(*backup_, timeout)};
   Backend* nas[2] = {master_.get(), backup_.get()};
@@ -143,7 +168,81 @@ tl::expected<void, std::string> Nasfs::Prepare() {
   return {};
 }
 
+void Nasfs::SetFullSync(Backend& b, bool on) {
+  b.SetNeedsFullSync(on);
+  if (int e = journal_->SetFullSync(Tgt(b), on))
+    spdlog::get("journal")->error("cannot record that {} {} a whole-tree copy: {}", b.name(),
+                                  on ? "needs" : "no longer needs", std::strerror(e));
+}
+
+tl::expected<void, std::string> Nasfs::AdoptJournal() {
+  auto log = spdlog::get("journal");
+  auto st = journal_->stats();
+  std::string owner = journal_->pair_id();
+  if (!owner.empty() && owner != pair_id_) {
+    if (st.pending[0] + st.pending[1] > 0 || st.full_sync[0] || st.full_sync[1])
+      return tl::unexpected(fmt::format(
+          "journal {} holds {} changes for NAS pair {}, not for this pair {}: it belongs to other NAS; move it "
+          "away (or give -o journal=) to start",
+          journal_->dir(), st.pending[0] + st.pending[1], owner, pair_id_));
+    log->warn("journal {} belonged to NAS pair {} and holds nothing: it now serves pair {}", journal_->dir(), owner,
+              pair_id_);
+  }
+  // A journal that saw every change since this pair was last in step: a NAS
+  // that is out now lacks exactly what it lists.
+  bool continuous = !recovered_.fresh && recovered_.damage.empty() && owner == pair_id_;
+  if (int e = journal_->SetPairId(pair_id_))
+    return tl::unexpected(fmt::format("journal {}: cannot write: {}", journal_->dir(), std::strerror(e)));
+  for (Backend* b : {master_.get(), backup_.get()}) {
+    journal::Target t = Tgt(*b);
+    if (b->state() == BackendState::kDown) {
+      bool full = !continuous || journal_->full_sync(t);
+      SetFullSync(*b, full);
+      if (!full)
+        log->info("{} is out; the journal lists the {} changes it lacks", b->name(), journal_->PendingFor(t).size());
+    } else if (b->state() == BackendState::kSyncing) {
+      SetFullSync(*b, true);
+    } else if ((continuous && journal_->full_sync(t)) || (!recovered_.damage.empty() && journal_->HasPending(t))) {
+      // An unfinished copy, or a damaged journal that may have lost more of
+      // what this NAS lacks than it still lists.
+      SetFullSync(*b, true);
+      b->SetState(BackendState::kDown, journal_->full_sync(t) && recovered_.damage.empty()
+                                           ? "a whole-tree copy onto it never finished"
+                                           : "the journal of what it lacks is damaged: it is copied afresh");
+    } else if (continuous && journal_->HasPending(t)) {
+      b->SetState(BackendState::kDown,
+                  fmt::format("{} journaled changes to replay first", journal_->PendingFor(t).size()));
+    }
+  }
+  // Directories being written when nasfs stopped may differ between the NAS.
+  // The side that carried writes alone (if any) is the source; otherwise the
+  // master is.
+  if (!recovered_.unfinished_dirs.empty()) {
+    bool master_behind = master_->state() != BackendState::kHealthy || master_->needs_full_sync() ||
+                         journal_->HasPending(journal::kMaster);
+    Backend& target = master_behind ? *master_ : *backup_;
+    if (!target.needs_full_sync()) {
+      std::vector<journal::Change> changes;
+      for (const auto& d : recovered_.unfinished_dirs)
+        changes.push_back({d, journal::Scope::kShallow, journal::Op::kCrash});
+      if (int e = journal_->AddMissed(Tgt(target), changes))
+        return tl::unexpected(fmt::format("journal {}: cannot write: {}", journal_->dir(), std::strerror(e)));
+      if (target.state() == BackendState::kHealthy)
+        target.SetState(BackendState::kDown,
+                        fmt::format("{} directories written when nasfs stopped are reconciled first", changes.size()));
+      log->warn("nasfs stopped while {} directories were being written: {} is reconciled to {} there",
+                changes.size(), target.name(), Other(target).name());
+    }
+    journal_->RetireRecovered(recovered_.unfinished_dirs);
+  }
+  if (master_->state() != BackendState::kHealthy && backup_->state() != BackendState::kHealthy)
+    return tl::unexpected(fmt::format("neither NAS can serve: master {}, backup {}", StateName(master_->state()),
+                                      StateName(backup_->state())));
+  return {};
+}
+
 void Nasfs::StartBackground() {
+  journal_->StartBackground();
   master_->Start();
   backup_->Start();
   for (Backend* b : {master_.get(), backup_.get()}) {
@@ -163,9 +262,9 @@ void Nasfs::StartBackground() {
 }
 
 void Nasfs::StartSyncLocked(Backend& source, Backend& target, bool verify_content) {
-  // The whole-tree copy carries whatever was recorded as missed; if it is
-  // cut off, needs_full_sync stays set and another copy follows.
-  (void)target.TakeMissed();
+  // The whole-tree copy carries whatever the journal lists; if it is cut
+  // off, needs_full_sync stays set and another copy follows.
+  for (const auto& e : journal_->PendingFor(Tgt(target))) journal_->Done(Tgt(target), e.path, e.seq);
   target.SetState(BackendState::kSyncing, fmt::format("copying from {}", source.name()));
   Backend* t = &target;
   auto next = std::make_shared<TreeSync>(&source, &target, &sync_mu_, verify_content, /*displace=*/true,
@@ -188,8 +287,10 @@ void Nasfs::OnSyncDone(Backend& target, bool ok) {
       return c ? 0 : EIO;
     });
     if (r == 0) {
-      target.SetNeedsFullSync(false);
+      // Healthy first: a crash before the flag is cleared only costs
+      // another copy.
       target.SetState(BackendState::kHealthy, "copy finished");
+      SetFullSync(target, false);
       return;
     }
     OnFault(target, r == ETIMEDOUT ? "clearing sync.json timed out" : *err);
@@ -203,7 +304,7 @@ void Nasfs::OnFault(Backend& b, const std::string& why) {
   b.SetLastError(why);
   auto s = b.state();
   if (s == BackendState::kDown) return;
-  if (s == BackendState::kSyncing) b.SetNeedsFullSync(true);
+  if (s == BackendState::kSyncing) SetFullSync(b, true);
   if (&b == master_.get() && s == BackendState::kHealthy && backup_->state() == BackendState::kHealthy) {
     failovers_.fetch_add(1, std::memory_order_relaxed);
     spdlog::get("health")->warn("reads move to the backup {}: master {} failed ({})", backup_->path(),
@@ -221,9 +322,9 @@ void Nasfs::OnProbe(Backend& b, bool ok, const std::string& error, double latenc
   if (b.state() == BackendState::kDown) MaybeRecover(b);
 }
 
-void Nasfs::MaybeRecover(Backend& b) {
+void Nasfs::MaybeRecover(Backend& b, bool forced) {
   std::lock_guard rlk(recover_mu_);
-  if (b.state() != BackendState::kDown || b.probe_streak() < opts_.probe_successes) return;
+  if (b.state() != BackendState::kDown || (!forced && b.probe_streak() < opts_.probe_successes)) return;
   // A call of the outage still in flight could land after the replay and
   // undo it: wait until the NAS has answered or dropped all of them.
   if (b.InFlight() > 0) return;
@@ -241,42 +342,146 @@ void Nasfs::MaybeRecover(Backend& b) {
     StartSyncLocked(o, b, /*verify_content=*/true);
     return;
   }
-
-  // Quiesce writes: no mutation runs while the missed paths are replayed,
-  // so none can race the replay or slip past it.
-  std::unique_lock lk(sync_mu_);
-  auto paths = b.TakeMissed();
-  if (paths.empty()) {
-    b.SetState(BackendState::kHealthy, fmt::format("{} good probes, nothing missed", b.probe_streak()));
-    return;
-  }
-  if (o.state() != BackendState::kHealthy) {
-    b.RestoreMissed(paths);
-    return;
-  }
-  std::sort(paths.begin(), paths.end(), [](const std::string& x, const std::string& y) { return ComparePaths(x, y) < 0; });
-  b.SetState(BackendState::kRecovering, fmt::format("replaying {} missed paths from {}", paths.size(), o.name()));
-  auto t0 = Clock::now();
-  TreeSync replay(&o, &b, &sync_mu_, /*verify_content=*/false, /*displace=*/false, nullptr);
-  std::set<std::string> parents;
-  for (size_t i = 0; i < paths.size(); ++i) {
-    int r = replay.ReconcileTree(paths[i]);
-    if (r == 0 && !paths[i].empty()) {
-      auto slash = paths[i].rfind('/');
-      parents.insert(slash == std::string::npos ? "" : paths[i].substr(0, slash));
-    }
-    if (r) {
-      b.RestoreMissed(std::vector<std::string>(paths.begin() + static_cast<long>(i), paths.end()));
-      OnFault(b, fmt::format("replay of '{}': {}", paths[i], std::strerror(r)));
+  if (replay_running_) return;
+  {
+    // No mutation holds sync_mu_ now, so none is between seeing this NAS
+    // down and journaling what it skips: from here every write either
+    // reaches it or is journaled for it.
+    std::unique_lock lk(sync_mu_);
+    if (!journal_->HasPending(Tgt(b))) {
+      b.SetState(BackendState::kHealthy, fmt::format("{} good probes, nothing missed", b.probe_streak()));
+      if (&b == master_.get()) log->info("reads return to the master {}", b.path());
       return;
     }
+    if (o.state() != BackendState::kHealthy) return;  // nothing to replay from yet
+    b.SetState(BackendState::kRecovering,
+               fmt::format("replaying {} journaled changes from {}", journal_->PendingFor(Tgt(b)).size(), o.name()));
   }
-  // Entries created or removed by the replay moved their directories' mtimes.
-  for (const auto& p : parents) (void)replay.ReconcileDirTimes(p);
-  replayed_paths_.fetch_add(paths.size(), std::memory_order_relaxed);
-  double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-  b.SetState(BackendState::kHealthy, fmt::format("replayed {} missed paths from {} in {:.2f} s", paths.size(), o.name(), secs));
-  if (&b == master_.get()) log->info("reads return to the master {}", b.path());
+  if (replay_thread_.joinable()) replay_thread_.join();  // the last replay, finished
+  replay_running_ = true;
+  replay_thread_ = std::thread([this, &b] {
+    ReplayLoop(b);
+    replay_running_ = false;
+  });
+}
+
+int Nasfs::ReplayEntry(TreeSync& rs, const journal::Pending& e) {
+  using journal::Op;
+  auto has = [&e](Op op) { return (e.ops & (1u << static_cast<unsigned>(op))) != 0; };
+  if (e.data_only && !e.ranges.empty()) {
+    // Only byte ranges of a file both sides hold: copy just those.
+    int r = rs.CopyRanges(e.path, e.ranges);
+    if (r != ENOENT && r != EINVAL) return r;
+  }
+  if (has(Op::kCreate) && !e.link_from.empty()) {
+    // A hard link: link the target's copy of the existing name (brought up
+    // to date first) rather than copy the data under a second inode.
+    int r = rs.ReplayLink(e.path, e.link_from);
+    if (r != ENOENT && r != EINVAL) return r;
+  }
+  bool force = has(Op::kWrite) || has(Op::kTruncate) || has(Op::kCreate) || has(Op::kRename);
+  return rs.Reconcile(e.path, e.scope, force);
+}
+
+void Nasfs::ReplayLoop(Backend& b) {
+  Backend& o = Other(b);
+  auto log = spdlog::get("replay");
+  journal::Target t = Tgt(b);
+  TreeSync rs(&o, &b, &sync_mu_, /*verify_content=*/false, /*displace=*/false, nullptr);
+  auto t0 = Clock::now();
+  {
+    std::lock_guard lk(replay_mu_);
+    replay_ = ReplayProgress{};
+    replay_.target = b.name();
+    replay_.started = NowIso8601();
+    replay_.t0 = t0;
+  }
+  auto finish = [&](const std::string& result) {
+    std::lock_guard lk(replay_mu_);
+    replay_.result = result;
+    replay_.finished = NowIso8601();
+    replay_.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  };
+  const double share = opts_.replay_share / 100.0;
+  while (!stopping_) {
+    if (b.state() != BackendState::kRecovering) {
+      finish(fmt::format("stopped: {} is {}", b.name(), StateName(b.state())));
+      return;
+    }
+    if (o.state() != BackendState::kHealthy) {
+      b.SetState(BackendState::kDown, fmt::format("replay stopped: {} is {}", o.name(), StateName(o.state())));
+      finish("stopped: the source went out");
+      return;
+    }
+    auto entries = journal_->PendingFor(t);
+    if (entries.empty()) {
+      double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+      uint64_t done;
+      {
+        std::lock_guard lk(replay_mu_);
+        done = replay_.done;
+      }
+      // Atomic with every write's routing: nothing the NAS lacks is pending
+      // or in flight when it serves again.
+      if (journal_->FinishIfEmpty(t, [&] {
+            b.SetState(BackendState::kHealthy, fmt::format("replayed {} changes from {} in {:.2f} s", done, o.name(), secs));
+          })) {
+        finish("done");
+        if (&b == master_.get()) log->info("reads return to the master {}", b.path());
+        return;
+      }
+      continue;
+    }
+    std::sort(entries.begin(), entries.end(),
+              [](const journal::Pending& x, const journal::Pending& y) { return ComparePaths(x.path, y.path) < 0; });
+    {
+      std::lock_guard lk(replay_mu_);
+      replay_.total += entries.size();
+      ++replay_.rounds;
+    }
+    std::set<std::string> parents;
+    int err = 0;
+    std::string failed;
+    for (const auto& e : entries) {
+      if (stopping_ || b.state() != BackendState::kRecovering || o.state() != BackendState::kHealthy) {
+        err = ECANCELED;
+        break;
+      }
+      auto w0 = Clock::now();
+      if (int r = ReplayEntry(rs, e)) {
+        err = r;
+        failed = e.path;
+        break;
+      }
+      auto slash = e.path.rfind('/');
+      if (!e.path.empty()) parents.insert(slash == std::string::npos ? "" : e.path.substr(0, slash));
+      {
+        std::lock_guard lk(replay_mu_);
+        ++replay_.done;
+      }
+      // Throttle: work at most `share` of the time, so the website keeps
+      // the NAS it reads from.
+      if (share < 1.0) std::this_thread::sleep_for((Clock::now() - w0) * ((1.0 - share) / share));
+    }
+    // Entries created or removed by the replay moved their directories' times.
+    if (!err)
+      for (const auto& p : parents)
+        if (int r = rs.ReconcileDirTimes(p)) {
+          err = r;
+          failed = p;
+          break;
+        }
+    if (err == ECANCELED) continue;
+    if (err == EAGAIN) continue;  // the source changed under the copy: the next round takes it again
+    if (err) {
+      OnFault(b, fmt::format("replay of '{}': {}", failed, std::strerror(err)));
+      finish(fmt::format("stopped: replay of '{}': {}", failed, std::strerror(err)));
+      return;
+    }
+    for (const auto& e : entries) journal_->Done(t, e.path, e.seq);
+    replayed_paths_.fetch_add(entries.size(), std::memory_order_relaxed);
+  }
+  finish("stopped: nasfs is stopping");
 }
 
 int Nasfs::ReadWithFailover(const std::function<int(Backend&)>& attempt) {
@@ -294,10 +499,83 @@ int Nasfs::ReadWithFailover(const std::function<int(Backend&)>& attempt) {
   return EIO;
 }
 
-int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, const Mirror::Op& op) {
+namespace {
+
+// What an operation changes, for the journal; nullopt: nothing (fsync).
+std::optional<journal::Op> OpOf(std::string_view what) {
+  using journal::Op;
+  static const std::pair<std::string_view, Op> kOps[] = {
+      {"write", Op::kWrite},       {"truncate", Op::kTruncate}, {"fallocate", Op::kTruncate},
+      {"setattr", Op::kMeta},      {"setxattr", Op::kMeta},     {"removexattr", Op::kMeta},
+      {"create", Op::kCreate},     {"mknod", Op::kCreate},      {"mkdir", Op::kCreate},
+      {"symlink", Op::kCreate},    {"link", Op::kCreate},       {"unlink", Op::kRemove},
+      {"rmdir", Op::kRemove},      {"rename", Op::kRename},
+  };
+  for (const auto& [name, op] : kOps)
+    if (what == name) return op;
+  return std::nullopt;
+}
+
+std::string ParentOf(const std::string& path) {
+  auto slash = path.rfind('/');
+  return slash == std::string::npos ? "" : path.substr(0, slash);
+}
+
+}  // namespace
+
+int Nasfs::JournalResult(int e) {
+  if (e == 0) return 0;
+  if (!journal_failing_.exchange(true))
+    spdlog::get("journal")->error("journal {} cannot be written ({}): changes are refused until it can",
+                                  journal_->dir(), journal_->stats().error_text);
+  return e == ENOSPC || e == EDQUOT ? ENOSPC : EIO;
+}
+
+int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, const Mirror::Op& op,
+                  journal::Range range, const std::string& link_from) {
+  // What the journal must know: each path, and for a change of names the
+  // directory holding it (its times move). A rename moves a whole subtree.
+  std::vector<journal::Change> changes;
+  std::vector<std::string> dirs;
+  if (auto kind = OpOf(what)) {
+    bool names = *kind == journal::Op::kCreate || *kind == journal::Op::kRemove || *kind == journal::Op::kRename;
+    auto scope = *kind == journal::Op::kRename ? journal::Scope::kTree : journal::Scope::kEntry;
+    for (const auto& p : paths) {
+      changes.push_back({p, scope, *kind, range.offset, range.length, link_from});
+      std::string parent = ParentOf(p);
+      if (p.empty() || std::find(dirs.begin(), dirs.end(), parent) != dirs.end()) continue;
+      dirs.push_back(parent);
+      if (names) changes.push_back({parent, journal::Scope::kEntry, journal::Op::kDirTimes});
+    }
+  }
+
   std::shared_lock lk(sync_mu_);
+  // Activity log: durable before the first byte reaches a NAS, so a crash
+  // of nasfs leaves no directory silently different on the two NAS.
+  if (!dirs.empty())
+    if (int e = journal_->Intend(dirs)) return JournalResult(e);
+  struct Release {
+    journal::Journal* j;
+    const std::vector<std::string>& d;
+    ~Release() {
+      if (!d.empty()) j->Release(d);
+    }
+  } release{journal_.get(), dirs};
+  journal_failing_ = false;
+
+  Mirror::Targets targets;
+  // A NAS being replayed onto takes the write only if it touches nothing
+  // still pending there; otherwise the write is journaled for it and
+  // replayed after what came before (never an older copy over a newer).
+  for (Backend* b : {master_.get(), backup_.get()}) {
+    if (b->state() != BackendState::kRecovering || changes.empty()) continue;
+    bool recorded = false;
+    if (int e = journal_->RecordIfTouching(Tgt(*b), changes, &recorded)) return JournalResult(e);
+    if (recorded) (b == master_.get() ? targets.master : targets.backup) = false;
+  }
+
   std::shared_ptr<TreeSync> s = sync_ && sync_->target()->state() == BackendState::kSyncing ? sync_ : nullptr;
-  if (!s) return mirror_.Apply(what, paths, {}, op);
+  if (!s) return mirror_.Apply(what, changes, targets, op);
 
   bool all = true, any = false;
   for (const auto& p : paths) {
@@ -305,9 +583,8 @@ int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, co
     all = all && c;
     any = any || c;
   }
-  Mirror::Targets t;
-  (s->target() == backup_.get() ? t.backup : t.master) = all;
-  int r = mirror_.Apply(what, paths, t, op);
+  (s->target() == backup_.get() ? targets.backup : targets.master) = all;
+  int r = mirror_.Apply(what, changes, targets, op);
   if (r != 0 || all || !any) return r;
   // A rename across the copy's position: the target got nothing, so bring
   // the covered side in line with the source now.
@@ -341,6 +618,110 @@ int Nasfs::MutateOrphan(const char* what, const Mirror::Op& op) {
   return mirror_.Apply(what, {}, {}, op);
 }
 
+namespace {
+
+nlohmann::json IsoFromNs(int64_t ns) {
+  if (ns == 0) return nullptr;
+  time_t secs = static_cast<time_t>(ns / 1000000000);
+  struct tm tm;
+  gmtime_r(&secs, &tm);
+  char buf[40];
+  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+}  // namespace
+
+nlohmann::json Nasfs::JournalStatus() const {
+  auto st = journal_->stats();
+  nlohmann::json j;
+  j["dir"] = journal_->dir();
+  j["state"] = st.ok ? "ok" : "failed";
+  j["error"] = st.error_text;
+  j["pending"] = st.pending[0] + st.pending[1];
+  j["pending_master"] = st.pending[0];
+  j["pending_backup"] = st.pending[1];
+  j["bytes"] = st.data_bytes[0] + st.data_bytes[1];
+  int64_t oldest = st.oldest_ns[0] && st.oldest_ns[1] ? std::min(st.oldest_ns[0], st.oldest_ns[1])
+                                                      : std::max(st.oldest_ns[0], st.oldest_ns[1]);
+  j["oldest"] = IsoFromNs(oldest);
+  j["log_bytes"] = st.log_bytes;
+  j["segments"] = st.segments;
+  j["active_dirs"] = st.active_dirs;
+  j["syncs"] = st.syncs;
+  j["records"] = st.records;
+  j["at_start"] = {{"torn_bytes", recovered_.torn_bytes},
+                   {"damaged_records", recovered_.damaged_records},
+                   {"damage", recovered_.damage},
+                   {"unfinished_dirs", recovered_.unfinished_dirs.size()}};
+  std::lock_guard lk(replay_mu_);
+  nlohmann::json r;
+  r["state"] = replay_running_ ? "running" : "idle";
+  r["target"] = replay_.target;
+  r["done"] = replay_.done;
+  r["total"] = replay_.total;
+  r["rounds"] = replay_.rounds;
+  r["started"] = replay_.started;
+  r["finished"] = replay_.finished;
+  r["result"] = replay_.result;
+  double secs = replay_running_ ? std::chrono::duration<double>(Clock::now() - replay_.t0).count() : replay_.seconds;
+  r["seconds"] = secs;
+  r["rate_per_s"] = secs > 0 ? static_cast<double>(replay_.done) / secs : 0.0;
+  j["replay"] = r;
+  return j;
+}
+
+nlohmann::json Nasfs::JournalList(size_t limit) const {
+  std::vector<journal::Pending> all = journal_->PendingFor(journal::kMaster);
+  for (auto& e : journal_->PendingFor(journal::kBackup)) all.push_back(std::move(e));
+  std::sort(all.begin(), all.end(), [](const journal::Pending& a, const journal::Pending& b) {
+    return a.first_ns != b.first_ns ? a.first_ns < b.first_ns : a.seq < b.seq;
+  });
+  nlohmann::json out;
+  out["total"] = all.size();
+  out["entries"] = nlohmann::json::array();
+  for (size_t i = 0; i < all.size() && i < limit; ++i) {
+    const auto& e = all[i];
+    nlohmann::json ops = nlohmann::json::array();
+    for (unsigned op = 1; op <= 8; ++op)
+      if (e.ops & (1u << op)) ops.push_back(journal::OpName(static_cast<journal::Op>(op)));
+    nlohmann::json ranges = nlohmann::json::array();
+    for (const auto& r : e.ranges) ranges.push_back({r.offset, r.length});
+    static const char* kScopes[] = {"entry", "shallow", "tree"};
+    out["entries"].push_back({{"path", e.path},
+                              {"target", journal::TargetName(e.target)},
+                              {"ops", ops},
+                              {"scope", kScopes[static_cast<int>(e.scope)]},
+                              {"whole_file", !e.data_only},
+                              {"ranges", ranges},
+                              {"data_bytes", e.data_bytes},
+                              {"seq", e.seq},
+                              {"since", IsoFromNs(e.first_ns)}});
+  }
+  return out;
+}
+
+nlohmann::json Nasfs::ReplayNow() {
+  for (Backend* b : {master_.get(), backup_.get()})
+    if (b->state() == BackendState::kRecovering || (b->state() == BackendState::kSyncing))
+      return {{"started", false}, {"message", fmt::format("already running onto the {}", b->name())}};
+  std::string why = "nothing to replay: both NAS are in step";
+  for (Backend* b : {master_.get(), backup_.get()}) {
+    if (b->state() != BackendState::kDown) continue;
+    Backend& o = Other(*b);
+    if (o.state() != BackendState::kHealthy)
+      return {{"ok", false}, {"error", fmt::format("cannot replay onto the {}: the {} is {}", b->name(), o.name(), StateName(o.state()))}};
+    if (b->probe_streak() == 0)
+      return {{"ok", false}, {"error", fmt::format("the {} {} does not answer probes yet", b->name(), b->path())}};
+    MaybeRecover(*b, /*forced=*/true);
+    auto st = b->state();
+    if (st == BackendState::kDown)
+      return {{"ok", false}, {"error", fmt::format("the {} still has calls in flight from its outage; try again", b->name())}};
+    return {{"started", true}, {"target", b->name()}, {"state", StateName(st)}};
+  }
+  return {{"ok", false}, {"error", why}};
+}
+
 nlohmann::json Nasfs::Status() const {
   nlohmann::json j;
   j["version"] = NASFS_VERSION;
@@ -360,7 +741,8 @@ nlohmann::json Nasfs::Status() const {
     s = sync_;
   }
   j["sync"] = s ? s->Status() : nlohmann::json{{"state", "none"}};
-  j["journal"] = {{"pending", 0}, {"dir", opts_.journal_dir}};
+  j["journal"] = JournalStatus();
+  for (int i = 0; i < 2; ++i) j["backends"][i]["missed"]["count"] = j["journal"][i == 0 ? "pending_master" : "pending_backup"];
   size_t orphans;
   {
     std::lock_guard lk(orphans_mu_);
@@ -374,3 +756,4 @@ nlohmann::json Nasfs::Status() const {
 }
 
 }  // namespace nasfs
+

@@ -11,6 +11,7 @@
 #include <vector>
 #include <shared_mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 
 #include <nlohmann/json.hpp>
@@ -23,6 +24,7 @@
 #include "fs/options.h"
 #include "fs/router.h"
 #include "fs/tree_sync.h"
+#include "journal/journal.h"
 
 namespace nasfs {
 
@@ -86,8 +88,13 @@ class Nasfs {
     });
   }
   // Applies a mutation touching `paths` (1 or 2) to both NAS (see Mirror),
-  // honouring a running copy (see TreeSync).
-  int Mutate(const char* what, std::initializer_list<std::string> paths, const Mirror::Op& op);
+  // honouring a running copy (see TreeSync) and a running replay (the
+  // journal routes it), after marking its directories in the journal's
+  // activity log. `what` names the operation ("write", "rename", ...);
+  // `range` is a write's [offset, offset+length).
+  // `link_from`: link(2)'s existing name, so a replay links rather than copies.
+  int Mutate(const char* what, std::initializer_list<std::string> paths, const Mirror::Op& op,
+             journal::Range range = {}, const std::string& link_from = {});
 
   // Orphans, by nasfs inode number.
   std::shared_ptr<Orphan> FindOrphan(fuse_ino_t ino) const;
@@ -101,6 +108,16 @@ class Nasfs {
   double cache_timeout() const { return opts_.cache_timeout_s; }
   nlohmann::json Status() const;
 
+  // nasfsctl journal: up to `limit` pending entries, oldest first:
+  // {"total":N,"entries":[{"path","target","ops":[...],"scope","ranges":[[off,len]...],
+  //   "data_bytes","seq","since"}...]}
+  nlohmann::json JournalList(size_t limit) const;
+  // nasfsctl replay: replays now what a NAS that answers probes lacks,
+  // without waiting for probe_successes. {"ok":false,"error":...} when no
+  // NAS can be replayed onto (nothing pending, or the other NAS is out).
+  nlohmann::json ReplayNow();
+  nlohmann::json JournalStatus() const;
+
  private:
   Backend& Other(const Backend& b) { return &b == master_.get() ? *backup_ : *master_; }
   int ReadWithFailover(const std::function<int(Backend&)>& attempt);
@@ -108,9 +125,26 @@ class Nasfs {
   void OnFault(Backend& b, const std::string& why);
   void OnProbe(Backend& b, bool ok, const std::string& error, double latency_ms);
   // Called after each good probe of a down NAS: once it has had enough good
-  // probes in a row and no call of the outage is still in flight, replays
-  // what it missed (or starts a whole-tree copy) and brings it back.
-  void MaybeRecover(Backend& b);
+  // probes in a row (or `forced`, by nasfsctl replay) and no call of the
+  // outage is still in flight, starts the replay of what it missed (or a
+  // whole-tree copy).
+  void MaybeRecover(Backend& b, bool forced = false);
+  // The replay thread: rounds over the journal's pending entries for b
+  // until none is left, then b serves again (see docs/ARCHITECTURE.md).
+  void ReplayLoop(Backend& b);
+  int ReplayEntry(TreeSync& rs, const journal::Pending& e);
+  // Start-up: checks the journal belongs to this pair and sets each NAS's
+  // state from it (pending changes, an unfinished whole copy, directories
+  // written when nasfs stopped).
+  tl::expected<void, std::string> AdoptJournal();
+  tl::expected<void, std::string> PrepareSides();
+  void SetFullSync(Backend& b, bool on);
+  // A journal errno as the application sees it (ENOSPC, else EIO), logged
+  // once per failure.
+  int JournalResult(int e);
+  static journal::Target Tgt(const Backend& b) {
+    return b.role() == Role::kMaster ? journal::kMaster : journal::kBackup;
+  }
   // Starts a background copy of source onto target. Caller holds sync_mu_
   // exclusively.
   void StartSyncLocked(Backend& source, Backend& target, bool verify_content);
@@ -136,6 +170,23 @@ class Nasfs {
   std::mutex recover_mu_;  // one recovery at a time
 
   std::atomic<uint64_t> failovers_{0}, retried_ops_{0}, replayed_paths_{0};
+
+  std::unique_ptr<journal::Journal> journal_;
+  journal::Recovered recovered_;  // what the journal's Open found
+  std::atomic<bool> journal_failing_{false};  // logged once per failure
+
+  // The replay. At most one runs; recover_mu_ starts it.
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> replay_running_{false};
+  std::thread replay_thread_;  // guarded by recover_mu_
+  struct ReplayProgress {
+    std::string target, started, finished, result;
+    uint64_t done = 0, total = 0, rounds = 0;
+    double seconds = 0;
+    Clock::time_point t0;
+  };
+  mutable std::mutex replay_mu_;
+  ReplayProgress replay_;  // guarded by replay_mu_
 
   mutable std::mutex orphans_mu_;
   std::unordered_map<fuse_ino_t, std::shared_ptr<Orphan>> orphans_;  // guarded by orphans_mu_

@@ -134,9 +134,10 @@ int ReadRef(Nasfs& fs, const FileRef& ref, P by_path, F by_fd, T* result) {
 
 // The same for a change, applied to both NAS.
 template <typename P, typename F>
-int MutateRef(Nasfs& fs, const char* what, const FileRef& ref, P by_path, F by_fd) {
+int MutateRef(Nasfs& fs, const char* what, const FileRef& ref, P by_path, F by_fd, journal::Range range = {}) {
   if (!ref.orphan)
-    return fs.Mutate(what, {ref.path}, [path = ref.path, by_path](const Backend& b) { return by_path(b, path); });
+    return fs.Mutate(
+        what, {ref.path}, [path = ref.path, by_path](const Backend& b) { return by_path(b, path); }, range);
   return fs.MutateOrphan(what, [o = ref.orphan, by_fd](const Backend& b) {
     int fd = o->Fd(b.role());
     return fd < 0 ? ENOENT : by_fd(b, fd);

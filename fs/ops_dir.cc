@@ -29,12 +29,12 @@ namespace {
 // link(2), is the inode the new name joins.
 template <typename MakeFn>
 void MakeEntry(fuse_req_t req, const char* what, fuse_ino_t parent, const char* name, MakeFn make,
-               fuse_ino_t same_as = 0) {
+               fuse_ino_t same_as = 0, const std::string& link_from = {}) {
   Nasfs& fs = Fs(req);
   std::string path;
   if (!NewNameOrReply(req, fs, parent, name, &path)) return;
   auto out = std::make_shared<StatPair>();
-  int r = fs.Mutate(what, {path}, make(path, out));
+  int r = fs.Mutate(what, {path}, make(path, out), {}, link_from);
   if (r) {
     fuse_reply_err(req, r);
     return;
@@ -87,7 +87,7 @@ void Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char* name) {
       [=](const std::string& path, std::shared_ptr<StatPair> out) {
         return [=](const Backend& b) { return b.Link(old_path, path, t, &out->st[RoleIndex(b)]); };
       },
-      ino);
+      ino, old_path);
 }
 
 namespace {

@@ -70,7 +70,8 @@ void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t o
   timespec t = Mirror::Now();
   int r = MutateRef(
       fs, "write", ref, [=](const Backend& b, const std::string& p) { return b.Write(p, off, *data, t); },
-      [=](const Backend&, int fd) { return Backend::WriteFd(fd, off, *data, t); });
+      [=](const Backend&, int fd) { return Backend::WriteFd(fd, off, *data, t); },
+      journal::Range{static_cast<uint64_t>(off), size});
   if (r) {
     fuse_reply_err(req, r);
     return;

@@ -93,6 +93,7 @@ tl::expected<void, std::string> ApplyOption(Options& o, std::string_view opt) {
       {"probe_successes", &Options::probe_successes, 1, 100},
       {"threads", &Options::fuse_threads, 2, 1024},
       {"backend_threads", &Options::backend_threads, 1, 256},
+      {"replay_share", &Options::replay_share, 1, 100},
   };
   for (const auto& io : kIntOptions) {
     if (key != io.name) continue;
@@ -232,10 +233,11 @@ nasfs returns once the mount is usable (or exits non-zero saying why).
 fstab:  /nas_master:/nas_backup /var/www/shared fuse.nasfs allow_other,_netdev 0 0
 
 nasfs options (-o):
-  journal=DIR            local write-ahead journal directory
-                         (default /var/lib/nasfs/<mount id>). Reserved:
-                         this version keeps what a NAS missed in memory
-                         only
+  journal=DIR            local write-ahead journal: what a NAS missed while
+                         out, and which directories are being written
+                         (default /var/lib/nasfs/<mount id>). If it cannot
+                         be written, changes fail with ENOSPC or EIO rather
+                         than be acknowledged unrecorded
   control=SOCKET         control socket for nasfsctl
                          (default /run/nasfs/<mount id>.sock)
   control_group=GROUP    members of GROUP may use the control socket too
@@ -255,6 +257,8 @@ nasfs options (-o):
                          or deleted is kept under .nasfs/displaced/
   threads=N              most FUSE worker threads (default 64)
   backend_threads=N      worker threads per NAS (default 16)
+  replay_share=PERCENT   most of its time a replay onto a returning NAS may
+                         spend working; it sleeps the rest (default 50)
   debug                  same as -d
 
 Always on: allow_other, default_permissions. Passed to the kernel: ro,

@@ -310,8 +310,9 @@ int TreeSync::Displace(const std::string& path) {
   return r;
 }
 
-int TreeSync::SyncEntry(const std::string& path, bool* is_dir) {
+int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, bool* created) {
   *is_dir = false;
+  if (created) *created = false;
   Backend* src = source_;
   Backend* t = target_;
   auto s = std::make_shared<struct stat>();
@@ -326,6 +327,7 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir) {
     if (int r = Displace(path)) return r;
     have = false;
   }
+  if (created) *created = !have;
   Caller owner{s->st_uid, s->st_gid};
   timespec now = s->st_mtim;
   auto scratch = std::make_shared<struct stat>();
@@ -349,7 +351,7 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir) {
         return t->SetAttr(path, a, &out);
       });
     case S_IFREG:
-      if (have && d->st_size == s->st_size && SameTime(d->st_mtim, s->st_mtim) &&
+      if (have && !force_data && d->st_size == s->st_size && SameTime(d->st_mtim, s->st_mtim) &&
           (!verify_content_ || SameContent(path)))
         break;
       if (have)
@@ -505,7 +507,7 @@ int TreeSync::CopyFileData(const std::string& path, const struct stat& st) {
   });
 }
 
-int TreeSync::ReconcileTree(const std::string& path) {
+int TreeSync::EnsureAncestors(const std::string& path) {
   // Ancestors the target lacks (created while it was out) come first.
   for (size_t pos = path.find('/'); pos != std::string::npos; pos = path.find('/', pos + 1)) {
     std::string anc = path.substr(0, pos);
@@ -517,7 +519,100 @@ int TreeSync::ReconcileTree(const std::string& path) {
     bool is_dir = false;
     if (int e = SyncEntry(anc, &is_dir)) return e;
   }
-  return ReconcileSubtree(path);
+  return 0;
+}
+
+int TreeSync::Reconcile(const std::string& path, journal::Scope scope, bool force_data) {
+  if (int r = EnsureAncestors(path)) return r;
+  bool is_dir = false, created = false;
+  if (int r = SyncEntry(path, &is_dir, force_data, &created)) return r;
+  if (!is_dir) return 0;
+  // A directory the target lacked is copied whole, whatever the scope.
+  if (scope == journal::Scope::kTree || created) {
+    std::vector<std::string> names;
+    if (int r = ListUnion(path, &names)) return r;
+    for (const auto& n : names)
+      if (int r = ReconcileSubtree(JoinPath(path, n))) return r;
+  } else if (scope == journal::Scope::kShallow) {
+    std::vector<std::string> names;
+    if (int r = ListUnion(path, &names)) return r;
+    for (const auto& n : names) {
+      std::string child = JoinPath(path, n);
+      bool child_dir = false, child_created = false;
+      if (int r = SyncEntry(child, &child_dir, false, &child_created)) return r;
+      if (child_dir && child_created) {
+        std::vector<std::string> sub;
+        if (int r = ListUnion(child, &sub)) return r;
+        for (const auto& m : sub)
+          if (int r = ReconcileSubtree(JoinPath(child, m))) return r;
+      }
+      if (child_dir)
+        if (int r = SyncDirTimes(child)) return r;
+    }
+  }
+  return SyncDirTimes(path);
+}
+
+int TreeSync::ReplayLink(const std::string& path, const std::string& from) {
+  Backend* src = source_;
+  Backend* t = target_;
+  auto a = std::make_shared<struct stat>();
+  auto b = std::make_shared<struct stat>();
+  if (int r = src->Run([src, path, a] { return src->Stat(path, a.get()); })) return r;
+  if (int r = src->Run([src, from, b] { return src->Stat(from, b.get()); })) return r;
+  if (!S_ISREG(a->st_mode) || a->st_ino != b->st_ino || a->st_dev != b->st_dev) return EINVAL;
+  if (int r = Reconcile(from, journal::Scope::kEntry, /*force_data=*/true)) return r;
+  auto ta = std::make_shared<struct stat>();
+  auto tb = std::make_shared<struct stat>();
+  int ra = t->Run([t, path, ta] { return t->Stat(path, ta.get()); });
+  if (int r = t->Run([t, from, tb] { return t->Stat(from, tb.get()); })) return r;
+  if (ra == 0 && ta->st_ino == tb->st_ino) return 0;  // linked already
+  if (ra == 0)
+    if (int r = t->Run([t, path] { return t->RemoveTree(path); })) return r;
+  if (ra != 0 && ra != ENOENT) return ra;
+  if (int r = EnsureAncestors(path)) return r;
+  timespec mt = a->st_mtim;
+  auto scratch = std::make_shared<struct stat>();
+  if (int r = t->Run([t, from, path, mt, scratch] { return t->Link(from, path, mt, scratch.get()); })) return r;
+  return t->Run([t, path, a] { return CopyMeta(*t, path, *a); });
+}
+
+int TreeSync::CopyRanges(const std::string& path, const std::vector<journal::Range>& ranges) {
+  Backend* src = source_;
+  Backend* t = target_;
+  auto s = std::make_shared<struct stat>();
+  auto d = std::make_shared<struct stat>();
+  if (int r = src->Run([src, path, s] { return src->Stat(path, s.get()); })) return r;
+  if (int r = t->Run([t, path, d] { return t->Stat(path, d.get()); })) return r;
+  if (!S_ISREG(s->st_mode) || !S_ISREG(d->st_mode)) return EINVAL;
+  constexpr uint64_t kStep = 1 << 20;
+  uint64_t size = static_cast<uint64_t>(s->st_size);
+  for (const auto& rg : ranges) {
+    for (uint64_t off = rg.offset; off < rg.offset + rg.length && off < size; off += kStep) {
+      size_t len = static_cast<size_t>(std::min({kStep, rg.offset + rg.length - off, size - off}));
+      auto data = std::make_shared<std::string>();
+      if (int r = src->Run([src, path, off, len, data] {
+            return src->Read(path, static_cast<off_t>(off), len, data.get());
+          }))
+        return r;
+      if (data->size() != len) return EAGAIN;  // the source shrank meanwhile: the entry is replayed again
+      timespec mt = s->st_mtim;
+      if (int r = t->Run([t, path, off, data, mt] { return t->Write(path, static_cast<off_t>(off), *data, mt); }))
+        return r;
+      bytes_.fetch_add(len, std::memory_order_relaxed);
+    }
+  }
+  if (static_cast<uint64_t>(d->st_size) != size)
+    if (int r = t->Run([t, path, s] {
+          SetAttrArgs a;
+          a.set_size = true;
+          a.size = s->st_size;
+          struct stat out;
+          return t->SetAttr(path, a, &out);
+        }))
+      return r;
+  if (int r = t->Run([src, t, path] { return CopyXattrs(*src, *t, path); })) return r;
+  return t->Run([t, path, s] { return CopyMeta(*t, path, *s); });
 }
 
 int TreeSync::ReconcileSubtree(const std::string& path) {

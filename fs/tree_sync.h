@@ -37,6 +37,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fs/backend.h"
+#include "journal/journal.h"
 
 namespace nasfs {
 
@@ -61,7 +62,22 @@ class TreeSync {
   // Makes the target's `path` (and everything under it) equal to the
   // source's, creating missing ancestors first. Caller holds *sync_mu
   // exclusively. Returns 0 or an errno.
-  int ReconcileTree(const std::string& path);
+  int ReconcileTree(const std::string& path) { return Reconcile(path, journal::Scope::kTree, false); }
+  // The same for a journaled change, over `scope` of path (kEntry: the
+  // entry alone; kShallow: a directory and its direct children, copying
+  // whole only the children the target lacked; kTree: everything under
+  // it). `force_data` copies a regular file's data even when size and mtime
+  // match: the journal says the target missed a write (an application may
+  // have set the old mtime back). The caller keeps writes off the paths
+  // (the journal routes them), or holds *sync_mu exclusively.
+  int Reconcile(const std::string& path, journal::Scope scope, bool force_data);
+  // Copies only the given byte ranges of a regular file present on both
+  // sides, then its size, xattrs and attributes. ENOENT/EINVAL when either
+  // side's file is missing or not regular (reconcile it whole instead).
+  int CopyRanges(const std::string& path, const std::vector<journal::Range>& ranges);
+  // Makes the target's `path` a hard link to its `from` when the source's
+  // two names are one inode; EINVAL when they are not (copy it instead).
+  int ReplayLink(const std::string& path, const std::string& from);
 
   // Sets path's directory times to the source's (after a replay changed
   // what it holds). Caller holds *sync_mu exclusively.
@@ -76,12 +92,16 @@ class TreeSync {
   int WalkDir(const std::string& dir);
   // Makes the target's entry (not its children) match; *is_dir tells the
   // walk whether to descend.
-  int SyncEntry(const std::string& path, bool* is_dir);
+  // force_data: see Reconcile. *created: the target lacked it (or had
+  // another type), so a directory must be copied whole.
+  int SyncEntry(const std::string& path, bool* is_dir, bool force_data = false, bool* created = nullptr);
   int ListUnion(const std::string& dir, std::vector<std::string>* names);
   int SyncDirTimes(const std::string& path);
   // Moves aside (displace_) or removes the target's entry at path.
   int Displace(const std::string& path);
   int ReconcileSubtree(const std::string& path);
+  // Creates (from the source) the ancestors of path the target lacks.
+  int EnsureAncestors(const std::string& path);
   bool SameContent(const std::string& path);
   int CopyFileData(const std::string& path, const struct stat& st);
   void SetCursor(const std::string& path, bool subtree_done);
