@@ -13,6 +13,7 @@
 #include <cassert>
 #include <cerrno>
 #include <cstring>
+#include <system_error>
 #include <vector>
 
 #include <fmt/format.h>
@@ -34,6 +35,10 @@ std::shared_ptr<spdlog::logger> Log() {
       spdlog::default_logger()->clone("control");
   return fallback;
 }
+
+// The server whose long request this thread runs, if any: Stop() called
+// there must not wait for the server thread, which waits for this one.
+thread_local const ControlServer* tls_long_request_of = nullptr;
 
 nlohmann::json Failure(std::string error) {
   return {{"ok", false}, {"error", std::move(error)}};
@@ -167,11 +172,52 @@ tl::expected<void, std::string> ControlServer::Listen() {
     return Unexpected(fmt::format("cannot listen on control socket {}: {}", path_, std::strerror(errno)));
   }
   UniqueFd ev(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!ev) return Unexpected(fmt::format("cannot create an eventfd: {}", std::strerror(errno)));
+  UniqueFd reap(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!ev || !reap) return Unexpected(fmt::format("cannot create an eventfd: {}", std::strerror(errno)));
   listen_fd_ = std::move(fd);
   stop_event_ = std::move(ev);
+  reap_event_ = std::move(reap);
   Log()->info("control socket listening on {} (mode {})", path_, group ? "0660" : "0600");
   return {};
+}
+
+tl::expected<size_t, std::string> ControlServer::CountArgument(const nlohmann::json& request,
+                                                                const char* key, size_t fallback,
+                                                                size_t max) {
+  auto it = request.find(key);
+  if (it == request.end() || it->is_null()) return fallback;
+  if (it->is_number_unsigned() && it->get<uint64_t>() <= max) return it->get<uint64_t>();
+  if (it->is_number_integer() && it->get<int64_t>() >= 0 &&
+      static_cast<uint64_t>(it->get<int64_t>()) <= max) {
+    return static_cast<size_t>(it->get<int64_t>());
+  }
+  return tl::unexpected(
+      fmt::format("bad request: \"{}\" must be an integer from 0 to {}", key, max));
+}
+
+void ControlServer::TrimToFit(nlohmann::json& answer, const char* list_key) {
+  // Leave room for what Complete() and the framing may add.
+  constexpr size_t kRoom = 256;
+  auto it = answer.find(list_key);
+  if (it == answer.end() || !it->is_array() || it->empty()) return;
+  const size_t limit = kMaxMessageBytes - kRoom;
+  if (wire::Encode(answer).size() <= limit) return;
+  nlohmann::json list = std::move(*it);
+  *it = nlohmann::json::array();
+  answer["truncated"] = true;
+  size_t total = wire::Encode(answer).size();
+  size_t keep = 0;
+  for (; keep < list.size(); ++keep) {
+    total += wire::Encode(list[keep]).size();  // its text, and the newline stands for a comma
+    if (total > limit) break;
+  }
+  list.erase(list.begin() + static_cast<std::ptrdiff_t>(keep), list.end());
+  answer[list_key] = std::move(list);
+}
+
+void ControlServer::AddLongCommand(std::string cmd, LongHandler handler) {
+  assert(!thread_.joinable() && "ControlServer::AddLongCommand() after Start()");
+  long_handlers_[std::move(cmd)] = std::move(handler);
 }
 
 void ControlServer::Start() {
@@ -188,16 +234,35 @@ void ControlServer::Stop() {
   // would only mean it is already signalled.
   (void)::write(stop_event_.get(), &one, sizeof one);
   if (std::this_thread::get_id() == thread_.get_id()) return;  // Serve() sees it on return
+  // From a long request: Serve() stops and joins this thread once it returns.
+  if (tls_long_request_of == this) return;
   thread_.join();
   running_ = false;
   uint64_t drained;
   (void)::read(stop_event_.get(), &drained, sizeof drained);  // ready for another Start()
+  (void)::read(reap_event_.get(), &drained, sizeof drained);
 }
 
 void ControlServer::Serve() {
+  ServeLoop();
+  StopLongRequests();
+}
+
+void ControlServer::ServeLoop() {
   for (;;) {
-    pollfd pfds[2] = {{listen_fd_.get(), POLLIN, 0}, {stop_event_.get(), POLLIN, 0}};
-    int n = ::poll(pfds, 2, -1);
+    std::vector<pollfd> pfds = {{listen_fd_.get(), POLLIN, 0},
+                                {stop_event_.get(), POLLIN, 0},
+                                {reap_event_.get(), POLLIN, 0}};
+    // Each long request's connection, for its client hanging up (POLLHUP is
+    // reported whatever the events asked; a client only done sending has
+    // shut down its side for writing, which is not a hang-up).
+    std::vector<LongRequest*> watched;
+    for (auto& lr : long_requests_) {
+      if (lr->stop.stop_requested() || lr->answering) continue;
+      pfds.push_back({lr->conn.get(), 0, 0});
+      watched.push_back(lr.get());
+    }
+    int n = ::poll(pfds.data(), pfds.size(), -1);
     if (n < 0) {
       if (errno == EINTR) continue;
       Log()->error("control socket {}: poll failed: {}; control server stops", path_,
@@ -205,6 +270,14 @@ void ControlServer::Serve() {
       return;
     }
     if (pfds[1].revents & POLLIN) return;
+    // Before reaping: `watched` points into long_requests_.
+    for (size_t k = 0; k < watched.size(); ++k) {
+      if ((pfds[3 + k].revents & (POLLHUP | POLLERR)) && !watched[k]->answering) {
+        Log()->info("control socket {}: a client hung up on its long request; stopping it", path_);
+        watched[k]->stop.request_stop();
+      }
+    }
+    if (pfds[2].revents & POLLIN) ReapLongRequests();
     if (!(pfds[0].revents & POLLIN)) continue;
     UniqueFd conn(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (!conn) {
@@ -216,8 +289,27 @@ void ControlServer::Serve() {
       if (::poll(&stop, 1, 100) > 0) return;
       continue;
     }
-    HandleConnection(conn.get());
+    HandleConnection(conn);
   }
+}
+
+void ControlServer::ReapLongRequests() {
+  uint64_t drained;
+  (void)::read(reap_event_.get(), &drained, sizeof drained);  // EAGAIN: nothing signalled
+  for (auto it = long_requests_.begin(); it != long_requests_.end();) {
+    if (!(*it)->done) {
+      ++it;
+      continue;
+    }
+    (*it)->thread.join();
+    it = long_requests_.erase(it);
+  }
+}
+
+void ControlServer::StopLongRequests() {
+  for (auto& lr : long_requests_) lr->stop.request_stop();
+  for (auto& lr : long_requests_) lr->thread.join();
+  long_requests_.clear();
 }
 
 std::string ControlServer::PeerRefusal(int fd) const {
@@ -237,17 +329,11 @@ std::string ControlServer::PeerRefusal(int fd) const {
                      cred.uid, allowed_gid_);
 }
 
-nlohmann::json ControlServer::Answer(const std::string& line) {
-  nlohmann::json request;
-  try {
-    request = nlohmann::json::parse(line);
-  } catch (const nlohmann::json::exception& ex) {
-    return Failure(fmt::format("bad request: {}", ex.what()));
-  }
-  if (!request.is_object()) return Failure("bad request: not a JSON object");
+nlohmann::json ControlServer::Complete(const nlohmann::json& request,
+                                       const std::function<nlohmann::json()>& handler) const {
   nlohmann::json answer;
   try {
-    answer = handler_(request);
+    answer = handler();
   } catch (const std::exception& ex) {
     Log()->error("control request {} failed: {}", wire::Encode(request).substr(0, 200), ex.what());
     return Failure(fmt::format("internal error: {}", ex.what()));
@@ -261,28 +347,28 @@ nlohmann::json ControlServer::Answer(const std::string& line) {
   return answer;
 }
 
-void ControlServer::HandleConnection(int fd) {
-  auto reply = [this, fd](const nlohmann::json& answer) {
-    std::string out;
-    try {
-      out = wire::Encode(answer);
-    } catch (const std::exception& ex) {
-      out = wire::Encode(Failure(fmt::format("internal error: {}", ex.what())));
-    }
-    if (out.size() > kMaxMessageBytes) {
-      out = wire::Encode(Failure(
-          fmt::format("internal error: the answer is larger than {} bytes", kMaxMessageBytes)));
-    }
-    // A client that stopped reading only loses its own answer.
-    if (auto sent = wire::WriteAll(fd, out, Clock::now() + kIoTimeout); !sent) {
-      Log()->debug("control socket {}: answer not delivered: {}", path_,
-                   std::strerror(sent.error()));
-    }
-  };
+void ControlServer::Reply(int fd, const nlohmann::json& answer) const {
+  std::string out;
+  try {
+    out = wire::Encode(answer);
+  } catch (const std::exception& ex) {
+    out = wire::Encode(Failure(fmt::format("internal error: {}", ex.what())));
+  }
+  if (out.size() > kMaxMessageBytes) {
+    out = wire::Encode(Failure(
+        fmt::format("internal error: the answer is larger than {} bytes", kMaxMessageBytes)));
+  }
+  // A client that stopped reading only loses its own answer.
+  if (auto sent = wire::WriteAll(fd, out, Clock::now() + kIoTimeout); !sent) {
+    Log()->debug("control socket {}: answer not delivered: {}", path_, std::strerror(sent.error()));
+  }
+}
 
+void ControlServer::HandleConnection(UniqueFd& conn) {
+  const int fd = conn.get();
   if (std::string refusal = PeerRefusal(fd); !refusal.empty()) {
     Log()->warn("control socket {}: refused a caller: {}", path_, refusal);
-    reply(Failure("permission denied: " + refusal));
+    Reply(fd, Failure("permission denied: " + refusal));
     return;
   }
   auto line = wire::ReadLine(fd, Clock::now() + kIoTimeout, kMaxMessageBytes, stop_event_.get());
@@ -291,21 +377,68 @@ void ControlServer::HandleConnection(int fd) {
       case ECANCELED:
         return;  // stopping
       case ETIMEDOUT:
-        reply(Failure(fmt::format("bad request: no complete request line within {} ms",
-                                  kIoTimeout.count())));
+        Reply(fd, Failure(fmt::format("bad request: no complete request line within {} ms",
+                                      kIoTimeout.count())));
         return;
       case EMSGSIZE:
-        reply(Failure(fmt::format("bad request: larger than {} bytes", kMaxMessageBytes)));
+        Reply(fd, Failure(fmt::format("bad request: larger than {} bytes", kMaxMessageBytes)));
         return;
       default:
         return;  // the caller vanished; nobody to answer
     }
   }
   if (line->empty()) {
-    reply(Failure("bad request: empty request"));
+    Reply(fd, Failure("bad request: empty request"));
     return;
   }
-  reply(Answer(*line));
+  nlohmann::json request;
+  try {
+    request = nlohmann::json::parse(*line);
+  } catch (const nlohmann::json::exception& ex) {
+    Reply(fd, Failure(fmt::format("bad request: {}", ex.what())));
+    return;
+  }
+  if (!request.is_object()) {
+    Reply(fd, Failure("bad request: not a JSON object"));
+    return;
+  }
+
+  auto cmd = request.find("cmd");
+  auto long_handler =
+      cmd != request.end() && cmd->is_string() ? long_handlers_.find(cmd->get<std::string>())
+                                               : long_handlers_.end();
+  if (long_handler == long_handlers_.end()) {
+    Reply(fd, Complete(request, [&] { return handler_(request); }));
+    return;
+  }
+  ReapLongRequests();  // the finished ones, whose reap signal may still be unread
+  if (long_requests_.size() >= kMaxLongRequests) {
+    Reply(fd, Failure(fmt::format("busy: {} long requests (verify, replay, ...) are running; "
+                                  "try again once one has finished",
+                                  long_requests_.size())));
+    return;
+  }
+  auto lr = std::make_unique<LongRequest>();
+  lr->conn = std::move(conn);
+  LongRequest* raw = lr.get();
+  try {
+    raw->thread = std::thread([this, raw, request, handler = long_handler->second] {
+      tls_long_request_of = this;
+      const std::stop_token stop = raw->stop.get_token();
+      // Answered even when stopped: a client still waiting learns why; one
+      // that hung up costs a failed send.
+      const nlohmann::json answer = Complete(request, [&] { return handler(request, stop); });
+      raw->answering = true;  // a client hanging up from now on has its answer
+      Reply(raw->conn.get(), answer);
+      raw->done = true;
+      uint64_t one = 1;
+      (void)::write(reap_event_.get(), &one, sizeof one);  // fails only when already signalled
+    });
+  } catch (const std::system_error& ex) {
+    Reply(raw->conn.get(), Failure(fmt::format("internal error: cannot start a thread: {}", ex.what())));
+    return;
+  }
+  long_requests_.push_back(std::move(lr));
 }
 
 }  // namespace nasfs::control

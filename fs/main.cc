@@ -8,8 +8,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 
@@ -20,6 +22,7 @@
 #include "fs/control_protocol.h"
 #include "fs/control_server.h"
 #include "fs/nasfs.h"
+#include "fs/verify.h"
 
 namespace {
 
@@ -105,10 +108,38 @@ int main(int argc, char** argv) {
   nasfs::Nasfs fs(opts);
   if (auto r = fs.Prepare(); !r) return Fail(r.error());
 
-  nasfs::control::ControlServer control(opts.control_socket, opts.control_gid, [&fs](const nlohmann::json& req) {
-    std::string cmd = req.value("cmd", "");
-    if (cmd == "status") return fs.Status();
-    return nlohmann::json{{"ok", false}, {"error", "unknown command '" + cmd + "'"}};
+  // status is answered on the control thread from snapshots; journal, replay
+  // and verify may wait on locks or on the NAS (verify for minutes), so each
+  // runs on a thread of its own and never holds up a status.
+  using ControlServer = nasfs::control::ControlServer;
+  auto control_failure = [](std::string error) {
+    return nlohmann::json{{"ok", false}, {"error", std::move(error)}};
+  };
+  ControlServer control(opts.control_socket, opts.control_gid, [&fs, control_failure](const nlohmann::json& req) {
+    const auto cmd = req.find("cmd");
+    if (cmd == req.end() || !cmd->is_string()) return control_failure("bad request: no \"cmd\" string");
+    if (*cmd == "status") return fs.Status();
+    return control_failure("unknown command '" + cmd->get<std::string>() + "'");
+  });
+  control.AddLongCommand("journal", [&fs, control_failure](const nlohmann::json& req, std::stop_token) {
+    auto limit = ControlServer::CountArgument(req, "limit", 100, 1000000);
+    if (!limit) return control_failure(limit.error());
+    nlohmann::json answer = fs.JournalList(*limit);
+    ControlServer::TrimToFit(answer, "entries");
+    return answer;
+  });
+  control.AddLongCommand("replay", [&fs](const nlohmann::json&, std::stop_token) { return fs.ReplayNow(); });
+  control.AddLongCommand("verify", [&fs, control_failure, running = std::make_shared<std::atomic<bool>>(false)](
+                                       const nlohmann::json& req, std::stop_token stop) {
+    auto max = ControlServer::CountArgument(req, "max", 1000, 100000);
+    if (!max) return control_failure(max.error());
+    // Two walks at once would only double the load on both NAS.
+    if (running->exchange(true)) return control_failure("a verify is already running on this mount; try again once it has finished");
+    struct Release {
+      std::atomic<bool>& flag;
+      ~Release() { flag = false; }
+    } release{*running};
+    return nasfs::VerifyTrees(fs.master(), fs.backup(), *max, std::move(stop));
   });
   if (auto r = control.Listen(); !r) return Fail(r.error());
 

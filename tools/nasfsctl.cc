@@ -1,10 +1,11 @@
 // nasfsctl: the operator's view of the nasfs mounts on this machine.
 //
 // Each subcommand is a small class that registers itself on the CLI11 app and
-// runs when chosen; later subcommands (journal, replay, verify, conflicts) add
-// a class and one line in Main(). Exit codes are shared by all of them:
-// kExitOk, kExitFailed (a daemon unreachable or answering ok:false),
-// kExitUsage (bad command line, or a path that is not a nasfs mount).
+// runs when chosen; a later subcommand (conflicts) adds a class and one line
+// in Main(). Exit codes are shared by all of them: kExitOk, kExitFailed (a
+// daemon unreachable or answering ok:false), kExitUsage (bad command line,
+// or a path that is not a nasfs mount). verify alone reads them as diff(1)
+// does: 0 match, 1 differ, 2 could not verify.
 #include <limits.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -20,6 +21,7 @@
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "fs/control_protocol.h"
@@ -176,6 +178,12 @@ std::string Text(const json& obj, const char* key, const char* fallback = "-") {
   return v ? Text(*v) : fallback;
 }
 
+// True only for a boolean true.
+bool Flag(const json& obj, const char* key) {
+  const json* v = Field(obj, key);
+  return v != nullptr && v->is_boolean() && v->get<bool>();
+}
+
 std::optional<double> Number(const json& obj, const char* key) {
   const json* v = Field(obj, key);
   if (v == nullptr || !v->is_number()) return std::nullopt;
@@ -307,6 +315,66 @@ std::string RenderSync(const json& sync) {
   return s;
 }
 
+// A field worth showing: present, not null, not an empty string.
+const json* Shown(const json& obj, const char* key) {
+  const json* v = Field(obj, key);
+  if (v == nullptr || (v->is_string() && v->get_ref<const std::string&>().empty())) return nullptr;
+  return v;
+}
+
+// The scalar fields of obj not in `known` and worth showing, as ", key value"
+// each (nested objects are left to --json).
+std::string OtherFields(const json& obj, const std::vector<std::string>& known) {
+  std::string out;
+  if (!obj.is_object()) return out;
+  for (const auto& [k, v] : obj.items()) {
+    if (v.is_structured() || !Shown(obj, k.c_str())) continue;
+    if (std::find(known.begin(), known.end(), k) != known.end()) continue;
+    out += fmt::format(", {} {}", Words(k), Text(v));
+  }
+  return out;
+}
+
+// The journal block of a status: a "journal" line (state, what is pending
+// for which NAS, its size and age), its error, and a "replay" line.
+void RenderJournal(Block& out, const json& j) {
+  if (!j.is_object()) {
+    out.Labelled("journal", Text(j));
+    return;
+  }
+  std::string line;
+  if (Shown(j, "state")) line = Text(j, "state") + ", ";
+  line += Text(j, "pending", "?") + " pending";
+  std::vector<std::string> per_nas;
+  for (const char* role : {"master", "backup"}) {
+    const std::string key = std::string("pending_") + role;
+    if (Shown(j, key.c_str())) per_nas.push_back(fmt::format("{} {}", role, Text(j, key.c_str())));
+  }
+  if (!per_nas.empty()) line += fmt::format(" ({})", fmt::join(per_nas, ", "));
+  if (auto bytes = Number(j, "bytes")) line += ", " + Bytes(*bytes);
+  if (Shown(j, "oldest")) line += ", oldest " + Text(j, "oldest");
+  line += OtherFields(j, {"state", "pending", "pending_master", "pending_backup", "bytes", "oldest",
+                          "dir", "error", "replay"});
+  if (Shown(j, "dir")) line += "  (" + Text(j, "dir") + ")";
+  out.Labelled("journal", line);
+  if (Shown(j, "error")) out.Labelled("journal error", Text(j, "error"));
+
+  const json* r = Field(j, "replay");
+  if (r == nullptr) return;
+  if (!r->is_object()) {
+    out.Labelled("replay", Text(*r));
+    return;
+  }
+  std::string rl = Text(*r, "state", "?");
+  if (Shown(*r, "target")) rl += " onto " + Text(*r, "target");
+  if (Number(*r, "total").value_or(0) > 0 || Number(*r, "done").value_or(0) > 0) {
+    rl += fmt::format(": {}/{}", Text(*r, "done", "?"), Text(*r, "total", "?"));
+  }
+  if (auto rate = Number(*r, "rate_per_s"); rate && *rate > 0) rl += fmt::format(", {:.1f}/s", *rate);
+  rl += OtherFields(*r, {"state", "target", "done", "total", "rate_per_s"});
+  out.Labelled("replay", rl);
+}
+
 // Why a mount has no status, for stderr.
 std::string Problem(const MountAnswer& m) {
   if (!m.reached) return fmt::format("{}: {}", m.mountpoint, Text(m.answer, "error", "?"));
@@ -331,17 +399,7 @@ std::string RenderStatus(const MountAnswer& m) {
   out.Labelled("reads from", reads);
   if (const json* b = Field(a, "backends"); b && b->is_array()) RenderBackends(out, *b);
   if (a.contains("sync")) out.Labelled("sync", Field(a, "sync") ? RenderSync(a["sync"]) : "none");
-  if (const json* j = Field(a, "journal")) {
-    std::string jl = j->is_object() ? Text(*j, "pending", "?") + " pending" : Text(*j);
-    if (j->is_object() && Field(*j, "dir")) jl += "  (" + Text(*j, "dir") + ")";
-    if (j->is_object()) {
-      for (const auto& [k, v] : j->items()) {
-        if (k == "pending" || k == "dir" || v.is_null()) continue;
-        jl += fmt::format(", {} {}", Words(k), v.is_structured() ? Dump(v) : Text(v));
-      }
-    }
-    out.Labelled("journal", jl);
-  }
+  if (const json* j = Field(a, "journal")) RenderJournal(out, *j);
   if (const json* c = Field(a, "counters")) out.Labelled("counters", Generic(*c));
 
   static const std::vector<std::string> kKnown = {
@@ -356,59 +414,82 @@ std::string RenderStatus(const MountAnswer& m) {
 
 // --- subcommands -------------------------------------------------------------
 
-class StatusCommand {
+// What the subcommands share: the MOUNTPOINT argument, --json, --timeout, and
+// printing the answers as JSON.
+class MountCommand {
  public:
-  explicit StatusCommand(CLI::App& app) {
-    cmd_ = app.add_subcommand(
-        "status",
-        "Show, for one nasfs mount or for every one on this machine, which NAS serves reads, "
-        "the state of each NAS, background sync progress and the journal. A mount whose daemon "
-        "cannot be reached, or answers with an error, is reported on stderr.");
-    cmd_->add_option("MOUNTPOINT", mountpoint_,
-                     "A nasfs mount point; without it, every nasfs mount in /proc/self/mounts");
-    cmd_->add_flag("--json", json_,
-                   "Print the daemon's answer as JSON: one object with MOUNTPOINT, otherwise an "
-                   "array with one object per mount (an unreachable mount appears as "
-                   "{\"mountpoint\",\"ok\":false,\"error\"})");
+  bool chosen() const { return cmd_->parsed(); }
+
+ protected:
+  MountCommand(CLI::App& app, const char* name, const std::string& description,
+               const std::string& mountpoint_help, const std::string& footer) {
+    cmd_ = app.add_subcommand(name, description);
+    cmd_->add_option("MOUNTPOINT", mountpoint_, mountpoint_help);
+    cmd_->footer(footer);
+  }
+
+  void AddJsonFlag(const std::string& help) { cmd_->add_flag("--json", json_, help); }
+  void AddTimeout(int default_ms) {
+    timeout_ms_ = default_ms;
     cmd_->add_option("--timeout", timeout_ms_,
                      "Give up on a daemon that has not answered after this many milliseconds")
         ->check(CLI::Range(1, 3600 * 1000))
         ->type_name("MS")
         ->capture_default_str();
-    cmd_->footer(kExitCodesHelp);
   }
 
-  bool chosen() const { return cmd_->parsed(); }
-
-  int Run() {
+  // MOUNTPOINT's mount, or every nasfs mount without it.
+  std::vector<std::string> AllTargets() const {
     const std::vector<std::string> mounts = NasfsMounts();
-    std::vector<std::string> targets;
-    if (!mountpoint_.empty()) {
-      auto found = FindMount(mountpoint_, mounts);
-      if (!found) throw UsageError{fmt::format("{} is not a nasfs mount", mountpoint_)};
-      targets.push_back(*found);
-    } else {
-      targets = mounts;
+    if (mountpoint_.empty()) return mounts;
+    auto found = FindMount(mountpoint_, mounts);
+    if (!found) throw UsageError{fmt::format("{} is not a nasfs mount", mountpoint_)};
+    return {*found};
+  }
+  // MOUNTPOINT's mount, or the only nasfs mount without it: for commands
+  // that act, which must not act on several mounts by accident.
+  std::string OneTarget() const {
+    std::vector<std::string> targets = AllTargets();
+    if (targets.empty()) throw UsageError{"there is no nasfs mount on this machine"};
+    if (targets.size() > 1) {
+      throw UsageError{fmt::format("there are {} nasfs mounts ({}); name one", targets.size(),
+                                   fmt::join(targets, ", "))};
     }
+    return targets.front();
+  }
 
-    const auto answers = AskAll(targets, {{"cmd", "status"}}, timeout_ms_);
+  // One object with MOUNTPOINT, else an array with one object per mount.
+  void PrintJson(const std::vector<MountAnswer>& answers) const {
+    if (!mountpoint_.empty() && answers.size() == 1) {
+      std::cout << Dump(answers.front().answer, 2) << "\n";
+    } else {
+      json list = json::array();
+      for (const auto& a : answers) list.push_back(a.answer);
+      std::cout << Dump(list, 2) << "\n";
+    }
+    std::cout.flush();
+  }
+  // Why each mount that failed failed, on stderr (in JSON it is also in the
+  // mount's object), so scripts see failures either way.
+  static void ReportFailures(const std::vector<MountAnswer>& answers) {
+    for (const auto& a : answers) {
+      if (!a.ok()) std::cerr << "nasfsctl: " << Problem(a) << "\n";
+    }
+  }
+
+  // Asks every target; prints the answers as JSON, or each as render() has
+  // it (`separator` between two), a mount without an answer on stderr.
+  // kExitOk when every mount answered ok, else kExitFailed.
+  int AskAndPrint(const json& request, std::string (*render)(const MountAnswer&),
+                  const char* separator = "") const {
+    const auto answers = AskAll(AllTargets(), request, timeout_ms_);
     bool all_ok = true;
     for (const auto& a : answers) all_ok = all_ok && a.ok();
-
-    // Status goes to stdout; why a mount has none goes to stderr as well (in
+    // Answers go to stdout; why a mount has none goes to stderr as well (in
     // JSON it is also in the mount's object), so scripts see failures either way.
     if (json_) {
-      if (!mountpoint_.empty()) {
-        std::cout << Dump(answers.front().answer, 2) << "\n";
-      } else {
-        json list = json::array();
-        for (const auto& a : answers) list.push_back(a.answer);
-        std::cout << Dump(list, 2) << "\n";
-      }
-      std::cout.flush();
-      for (const auto& a : answers) {
-        if (!a.ok()) std::cerr << "nasfsctl: " << Problem(a) << "\n";
-      }
+      PrintJson(answers);
+      ReportFailures(answers);
     } else if (answers.empty()) {
       std::cout << "no nasfs mounts\n";
     } else {
@@ -419,7 +500,7 @@ class StatusCommand {
           std::cerr << "nasfsctl: " << Problem(a) << "\n";
           continue;
         }
-        std::cout << (first ? "" : "\n") << RenderStatus(a);
+        std::cout << (first ? "" : separator) << render(a);
         first = false;
       }
     }
@@ -427,22 +508,306 @@ class StatusCommand {
     return all_ok ? kExitOk : kExitFailed;
   }
 
- private:
   CLI::App* cmd_ = nullptr;
   std::string mountpoint_;
   bool json_ = false;
   int timeout_ms_ = 3000;
 };
 
+class StatusCommand : public MountCommand {
+ public:
+  explicit StatusCommand(CLI::App& app)
+      : MountCommand(app, "status",
+                     "Show, for one nasfs mount or for every one on this machine, which NAS "
+                     "serves reads, the state of each NAS, background sync progress, the journal "
+                     "and its replay. A mount whose daemon cannot be reached, or answers with an "
+                     "error, is reported on stderr.",
+                     "A nasfs mount point; without it, every nasfs mount in /proc/self/mounts",
+                     kExitCodesHelp) {
+    AddJsonFlag(
+        "Print the daemon's answer as JSON: one object with MOUNTPOINT, otherwise an array with "
+        "one object per mount (an unreachable mount appears as "
+        "{\"mountpoint\",\"ok\":false,\"error\"})");
+    AddTimeout(3000);
+  }
+
+  int Run() {
+    return AskAndPrint({{"cmd", "status"}}, RenderStatus, /*separator=*/"\n");
+  }
+};
+
+// --- journal -----------------------------------------------------------------
+
+// [[off,len],...] as "[0+4096, 8192+100]", or a count and the span when long.
+std::string RangesSummary(const json& ranges) {
+  if (!ranges.is_array() || ranges.empty()) return "";
+  auto one = [](const json& r) {
+    if (r.is_array() && r.size() == 2) return fmt::format("{}+{}", Text(r[0]), Text(r[1]));
+    return Text(r);
+  };
+  constexpr size_t kListed = 3;
+  if (ranges.size() <= kListed) {
+    std::vector<std::string> parts;
+    for (const auto& r : ranges) parts.push_back(one(r));
+    return fmt::format("ranges [{}]", fmt::join(parts, ", "));
+  }
+  return fmt::format("{} ranges [{}, ... {}]", ranges.size(), one(ranges.front()), one(ranges.back()));
+}
+
+// One pending entry on one line: target, since, ops, path, then the rest.
+std::string RenderJournalEntry(const json& e) {
+  std::string ops = "?";
+  if (const json* o = Field(e, "ops"); o && o->is_array()) {
+    std::vector<std::string> names;
+    for (const auto& op : *o) names.push_back(Text(op));
+    ops = names.empty() ? "-" : fmt::format("{}", fmt::join(names, ","));
+  } else if (o) {
+    ops = Text(*o);
+  }
+  std::string line = fmt::format("  {:<6}  {}  {}  {}", Text(e, "target", "?"), Text(e, "since", "?"),
+                                 ops, Text(e, "path", "?"));
+  std::vector<std::string> facts;
+  if (Field(e, "scope")) facts.push_back("scope " + Text(e, "scope"));
+  if (const json* r = Field(e, "ranges")) {
+    if (std::string rs = RangesSummary(*r); !rs.empty()) facts.push_back(rs);
+  }
+  if (auto n = Number(e, "data_bytes"); n && *n > 0) facts.push_back(Bytes(*n) + " of data");
+  if (Field(e, "seq")) facts.push_back("seq " + Text(e, "seq"));
+  if (!facts.empty()) line += fmt::format("  ({})", fmt::join(facts, ", "));
+  line += OtherFields(e, {"path", "target", "ops", "scope", "ranges", "data_bytes", "seq", "since"});
+  return line;
+}
+
+class JournalCommand : public MountCommand {
+ public:
+  explicit JournalCommand(CLI::App& app)
+      : MountCommand(app, "journal",
+                     "List what the journal holds for a NAS that missed it (changes made while "
+                     "that NAS was out, waiting to be replayed onto it), oldest first: for each "
+                     "entry its target NAS, since when, the operations, the path and the byte "
+                     "ranges written.",
+                     "A nasfs mount point; without it, every nasfs mount in /proc/self/mounts",
+                     kExitCodesHelp) {
+    AddJsonFlag(
+        "Print the daemon's answer as JSON ({\"total\",\"entries\":[{\"path\",\"target\",\"ops\","
+        "\"scope\",\"ranges\",\"data_bytes\",\"seq\",\"since\"}...]}): one object with "
+        "MOUNTPOINT, otherwise an array with one object per mount");
+    cmd_->add_option("--limit", limit_,
+                     "List at most this many entries (the oldest); the total is always shown")
+        ->check(CLI::Range(0, 1000000))
+        ->type_name("N")
+        ->capture_default_str();
+    AddTimeout(10000);
+  }
+
+  int Run() { return AskAndPrint({{"cmd", "journal"}, {"limit", limit_}}, Render, "\n"); }
+
+ private:
+  static std::string Render(const MountAnswer& m) {
+    const json& a = m.answer;
+    const json* entries = Field(a, "entries");
+    const size_t shown = entries && entries->is_array() ? entries->size() : 0;
+    const std::string total = Text(a, "total", "?");
+    std::string out = fmt::format("{}: {} {} pending in the journal", m.mountpoint, total,
+                                  total == "1" ? "entry" : "entries");
+    if (Number(a, "total").value_or(0) > static_cast<double>(shown) ||
+        Flag(a, "truncated")) {
+      out += fmt::format(" (the oldest {} listed; see --limit)", shown);
+    }
+    out += "\n";
+    if (shown > 0) {
+      for (const auto& e : *entries) out += RenderJournalEntry(e) + "\n";
+    }
+    return out;
+  }
+
+  int limit_ = 100;
+};
+
+// --- replay ------------------------------------------------------------------
+
+class ReplayCommand : public MountCommand {
+ public:
+  explicit ReplayCommand(CLI::App& app)
+      : MountCommand(app, "replay",
+                     "Replay the journal now onto a NAS that is back (answering probes), without "
+                     "waiting for its run of good probes. Prints what the daemon started, or why "
+                     "there is nothing to replay (nothing pending, or the other NAS is out).",
+                     "A nasfs mount point; without it, the only nasfs mount on this machine (a "
+                     "usage error when there are several)",
+                     "Exit status: 0 when the daemon started a replay; 1 when it did not (nothing "
+                     "to replay, the NAS not back yet) or could not be reached; 2 on a usage error "
+                     "(including a MOUNTPOINT that is not a nasfs mount).") {
+    AddJsonFlag("Print the daemon's answer as a JSON object");
+    AddTimeout(30000);
+  }
+
+  int Run() {
+    const MountAnswer a = Ask(OneTarget(), {{"cmd", "replay"}}, timeout_ms_);
+    if (json_) {
+      PrintJson({a});
+      ReportFailures({a});
+      return a.ok() ? kExitOk : kExitFailed;
+    }
+    if (!a.ok()) {
+      if (a.reached) {
+        std::cerr << "nasfsctl: " << a.mountpoint << ": no replay: " << Text(a.answer, "error", "?")
+                  << "\n";
+      } else {
+        std::cerr << "nasfsctl: " << Problem(a) << "\n";
+      }
+      return kExitFailed;
+    }
+    json rest = a.answer;
+    rest.erase("ok");
+    rest.erase("mountpoint");
+    std::cout << a.mountpoint << ": replay started" << (rest.empty() ? "" : ": " + Generic(rest))
+              << "\n";
+    return kExitOk;
+  }
+};
+
+// --- verify ------------------------------------------------------------------
+
+// One difference on one line: "/a/b: mode differs (master 0644, backup 0600)".
+std::string RenderDifference(const json& d) {
+  const std::string path = Text(d, "path", "?");
+  const std::string what = Text(d, "what", "?");
+  const json* side[2] = {Field(d, "master"), Field(d, "backup")};
+  if (what.rfind("only on ", 0) == 0) {
+    const json* present = side[0] ? side[0] : side[1];
+    return fmt::format("{}: {}{}", path, what, present ? " (" + Text(*present) + ")" : "");
+  }
+  if (what == "unreadable") {
+    return fmt::format("{}: unreadable (master: {}; backup: {})", path,
+                       side[0] ? Text(*side[0]) : "ok", side[1] ? Text(*side[1]) : "ok");
+  }
+  return fmt::format("{}: {} differs (master {}, backup {})", path, what,
+                     side[0] ? Text(*side[0]) : "absent", side[1] ? Text(*side[1]) : "absent");
+}
+
+class VerifyCommand : public MountCommand {
+ public:
+  explicit VerifyCommand(CLI::App& app)
+      : MountCommand(
+            app, "verify",
+            "Compare the master NAS with the backup, content and metadata, and list every "
+            "difference.",
+            "A nasfs mount point; without it, every nasfs mount in /proc/self/mounts",
+            "What is compared: every path on either NAS (a path only on one NAS is listed as "
+            "such; a directory there is listed once, not what it holds), and for a path on both "
+            "its type, permission bits, uid, gid, size, mtime (to the nanosecond), symlink "
+            "target, device numbers, extended attributes (names and values) and content (xxh3, "
+            "compared when the sizes match). The daemon walks both NAS, leaving out the "
+            "top-level .nasfs and lost+found, and the root's own mtime. Writes made meanwhile "
+            "may make an entry differ for an instant, so an entry found different is compared "
+            "again after the walk before it is listed. Both NAS must be healthy (see nasfsctl "
+            "status). On a large tree this takes minutes; the mount keeps serving meanwhile.\n\n"
+            "Exit status: 0 when master and backup match (on every mount asked about); 1 when "
+            "they differ; 2 when the verify could not be done: a usage error (including a "
+            "MOUNTPOINT that is not a nasfs mount), a daemon that cannot be reached or does not "
+            "answer within --timeout, or one that answers with an error (a NAS not healthy, a NAS "
+            "call that timed out or failed).") {
+    AddJsonFlag(
+        "Print the daemon's answer as JSON ({\"match\",\"entries_compared\",\"elapsed_s\","
+        "\"truncated\",\"unreported\",\"differences\":[{\"path\",\"what\",\"master\","
+        "\"backup\"}...]}): one object with MOUNTPOINT, otherwise an array with one object per "
+        "mount");
+    cmd_->add_option("--max", max_,
+                     "List at most this many differences (sorted by path); the verdict counts them "
+                     "all")
+        ->check(CLI::Range(1, 100000))
+        ->type_name("N")
+        ->capture_default_str();
+    cmd_->add_option("--timeout", timeout_s_,
+                     "Give up on a daemon that has not answered after this many seconds (the "
+                     "daemon then stops its walk)")
+        ->check(CLI::Range(1, 86400))
+        ->type_name("SECONDS")
+        ->capture_default_str();
+  }
+
+  int Run() {
+    const auto answers =
+        AskAll(AllTargets(), {{"cmd", "verify"}, {"max", max_}}, timeout_s_ * 1000);
+    int rc = kExitOk;
+    for (const auto& a : answers) rc = std::max(rc, Verdict(a));
+    if (json_) {
+      PrintJson(answers);
+    } else if (answers.empty()) {
+      std::cout << "no nasfs mounts\n";
+    } else {
+      for (const auto& a : answers) {
+        if (Verdict(a) != kExitUsage) std::cout << Render(a);
+      }
+    }
+    std::cout.flush();
+    for (const auto& a : answers) {
+      if (Verdict(a) == kExitUsage) std::cerr << "nasfsctl: " << NoVerdict(a) << "\n";
+    }
+    return rc;
+  }
+
+ private:
+  // Why a mount has no verdict.
+  static std::string NoVerdict(const MountAnswer& a) {
+    if (!a.reached) return Problem(a);
+    if (!a.ok()) {
+      return fmt::format("{}: verify failed: {}", a.mountpoint, Text(a.answer, "error", "(no message)"));
+    }
+    return fmt::format("{}: the daemon's answer has no \"match\" verdict", a.mountpoint);
+  }
+
+  // kExitOk, kExitFailed (they differ) or kExitUsage (no verdict).
+  static int Verdict(const MountAnswer& a) {
+    if (!a.ok()) return kExitUsage;
+    const json* match = Field(a.answer, "match");
+    if (match == nullptr || !match->is_boolean()) return kExitUsage;
+    return match->get<bool>() ? kExitOk : kExitFailed;
+  }
+
+  static std::string Render(const MountAnswer& m) {
+    const json& a = m.answer;
+    std::string stats = fmt::format("{} entries compared", Text(a, "entries_compared", "?"));
+    if (auto s = Number(a, "elapsed_s")) stats += fmt::format(" in {:.1f} s", *s);
+    if (Flag(a, "match")) {
+      return fmt::format("{}: master and backup match ({})\n", m.mountpoint, stats);
+    }
+    const json* list = Field(a, "differences");
+    const size_t listed = list && list->is_array() ? list->size() : 0;
+    std::string out = fmt::format("{}: master and backup differ: {} {} listed ({})\n",
+                                  m.mountpoint, listed, listed == 1 ? "difference" : "differences",
+                                  stats);
+    for (size_t i = 0; i < listed; ++i) out += "  " + RenderDifference((*list)[i]) + "\n";
+    if (Flag(a, "truncated")) {
+      const double more = Number(a, "unreported").value_or(0);
+      out += more > 0 ? fmt::format("  ... and at least {} more not listed (see --max)\n",
+                                    static_cast<long long>(more))
+                      : "  ... and more not listed (see --max)\n";
+    }
+    return out;
+  }
+
+  int max_ = 1000;
+  int timeout_s_ = 600;
+};
+
 int Main(int argc, char** argv) {
   CLI::App app{
-      "nasfsctl: inspect the nasfs mounts of this machine through each daemon's control "
-      "socket (found via /run/nasfs/mounts/, else /run/nasfs/<mount id>.sock). Talking to a "
-      "daemon needs root, or membership in the group given by the mount's -o control_group.",
+      "nasfsctl: inspect and steer the nasfs mounts of this machine through each daemon's "
+      "control socket (found via /run/nasfs/mounts/, else /run/nasfs/<mount id>.sock). Talking "
+      "to a daemon needs root, or membership in the group given by the mount's -o control_group.",
       "nasfsctl"};
   app.require_subcommand(1);
-  app.footer(kExitCodesHelp);
+  app.footer(
+      "Exit status: 0 on success; 1 when a mount's daemon could not be reached or answered with "
+      "an error, or (verify) when the NAS differ; 2 on a usage error (including a MOUNTPOINT that "
+      "is not a nasfs mount), and (verify) when the verify could not be done. Each subcommand's "
+      "--help says which applies.");
   StatusCommand status(app);
+  JournalCommand journal(app);
+  ReplayCommand replay(app);
+  VerifyCommand verify(app);
 
   // CLI11 would call an unknown word "a missing subcommand"; name it instead.
   if (argc > 1 && argv[1][0] != '-') {
@@ -463,6 +828,9 @@ int Main(int argc, char** argv) {
   }
   try {
     if (status.chosen()) return status.Run();
+    if (journal.chosen()) return journal.Run();
+    if (replay.chosen()) return replay.Run();
+    if (verify.chosen()) return verify.Run();
   } catch (const UsageError& e) {
     std::cerr << "nasfsctl: " << e.message << "\n";
     return kExitUsage;
