@@ -95,6 +95,10 @@ run "$NASFSCTL" status "$MNT"
 step "nasfsctl status --json (for scripts and monitoring)"
 run "$NASFSCTL" status "$MNT" --json
 
+step "nasfsctl journal and verify: nothing pending, both NAS identical"
+run "$NASFSCTL" journal "$MNT"
+run "$NASFSCTL" verify "$MNT" || die "nasfsctl verify found differences"
+
 step "Unmounting"
 run umount "$MNT"
 is_mounted "$MNT" && die "$MNT is still mounted"
