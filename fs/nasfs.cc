@@ -403,6 +403,15 @@ void Nasfs::ReplayLoop(Backend& b) {
     replay_.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   };
   const double share = opts_.replay_share / 100.0;
+  auto done_message = [&] {
+    uint64_t done;
+    {
+      std::lock_guard lk(replay_mu_);
+      done = replay_.done;
+    }
+    return fmt::format("replayed {} changes from {} in {:.2f} s", done, o.name(),
+                       std::chrono::duration<double>(Clock::now() - t0).count());
+  };
   while (!stopping_) {
     if (b.state() != BackendState::kRecovering) {
       finish(fmt::format("stopped: {} is {}", b.name(), StateName(b.state())));
@@ -415,17 +424,9 @@ void Nasfs::ReplayLoop(Backend& b) {
     }
     auto entries = journal_->PendingFor(t);
     if (entries.empty()) {
-      double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-      uint64_t done;
-      {
-        std::lock_guard lk(replay_mu_);
-        done = replay_.done;
-      }
       // Atomic with every write's routing: nothing the NAS lacks is pending
       // or in flight when it serves again.
-      if (journal_->FinishIfEmpty(t, [&] {
-            b.SetState(BackendState::kHealthy, fmt::format("replayed {} changes from {} in {:.2f} s", done, o.name(), secs));
-          })) {
+      if (journal_->FinishIfEmpty(t, [&] { b.SetState(BackendState::kHealthy, done_message()); })) {
         finish("done");
         if (&b == master_.get()) log->info("reads return to the master {}", b.path());
         return;
@@ -434,12 +435,25 @@ void Nasfs::ReplayLoop(Backend& b) {
     }
     std::sort(entries.begin(), entries.end(),
               [](const journal::Pending& x, const journal::Pending& y) { return ComparePaths(x.path, y.path) < 0; });
+    uint64_t round;
     {
       std::lock_guard lk(replay_mu_);
       replay_.total += entries.size();
-      ++replay_.rounds;
+      round = ++replay_.rounds;
+    }
+    // A steady stream of writes keeps re-pending what it touches (a
+    // directory taking new files): once little is left, or after many
+    // rounds, the last round runs with writes paused briefly, so the
+    // switch-back always comes.
+    std::unique_lock<std::shared_mutex> quiesce;
+    if (entries.size() <= kQuiesceEntries || round >= kMaxRounds) {
+      quiesce = std::unique_lock(sync_mu_);
+      entries = journal_->PendingFor(t);  // no write is in flight now
+      std::sort(entries.begin(), entries.end(),
+                [](const journal::Pending& x, const journal::Pending& y) { return ComparePaths(x.path, y.path) < 0; });
     }
     std::set<std::string> parents;
+    std::vector<const journal::Pending*> replayed;
     int err = 0;
     std::string failed;
     for (const auto& e : entries) {
@@ -447,6 +461,9 @@ void Nasfs::ReplayLoop(Backend& b) {
         err = ECANCELED;
         break;
       }
+      // A write journaled for b has not landed on o yet: take it next round.
+      if (e.writers > 0) continue;
+      replayed.push_back(&e);
       auto w0 = Clock::now();
       if (int r = ReplayEntry(rs, e)) {
         err = r;
@@ -460,8 +477,8 @@ void Nasfs::ReplayLoop(Backend& b) {
         ++replay_.done;
       }
       // Throttle: work at most `share` of the time, so the website keeps
-      // the NAS it reads from.
-      if (share < 1.0) std::this_thread::sleep_for((Clock::now() - w0) * ((1.0 - share) / share));
+      // the NAS it reads from (not while writes are paused).
+      if (share < 1.0 && !quiesce) std::this_thread::sleep_for((Clock::now() - w0) * ((1.0 - share) / share));
     }
     // Entries created or removed by the replay moved their directories' times.
     if (!err)
@@ -478,8 +495,13 @@ void Nasfs::ReplayLoop(Backend& b) {
       finish(fmt::format("stopped: replay of '{}': {}", failed, std::strerror(err)));
       return;
     }
-    for (const auto& e : entries) journal_->Done(t, e.path, e.seq);
-    replayed_paths_.fetch_add(entries.size(), std::memory_order_relaxed);
+    for (const auto* e : replayed) journal_->Done(t, e->path, e->seq);
+    replayed_paths_.fetch_add(replayed.size(), std::memory_order_relaxed);
+    if (quiesce && journal_->FinishIfEmpty(t, [&] { b.SetState(BackendState::kHealthy, done_message()); })) {
+      finish("done");
+      if (&b == master_.get()) log->info("reads return to the master {}", b.path());
+      return;
+    }
   }
   finish("stopped: nasfs is stopping");
 }
@@ -567,11 +589,25 @@ int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, co
   // A NAS being replayed onto takes the write only if it touches nothing
   // still pending there; otherwise the write is journaled for it and
   // replayed after what came before (never an older copy over a newer).
+  // Until the write has landed on the other NAS, the replay leaves those
+  // entries alone (EndWrites).
+  struct EndWrites {
+    journal::Journal* j;
+    const std::vector<journal::Change>& c;
+    std::optional<journal::Target> t;
+    ~EndWrites() {
+      if (t) j->EndWrites(*t, c);
+    }
+  } end_writes{journal_.get(), changes, std::nullopt};
   for (Backend* b : {master_.get(), backup_.get()}) {
     if (b->state() != BackendState::kRecovering || changes.empty()) continue;
     bool recorded = false;
-    if (int e = journal_->RecordIfTouching(Tgt(*b), changes, &recorded)) return JournalResult(e);
-    if (recorded) (b == master_.get() ? targets.master : targets.backup) = false;
+    int e = journal_->RecordIfTouching(Tgt(*b), changes, &recorded);
+    if (recorded) {
+      end_writes.t = Tgt(*b);
+      (b == master_.get() ? targets.master : targets.backup) = false;
+    }
+    if (e) return JournalResult(e);
   }
 
   std::shared_ptr<TreeSync> s = sync_ && sync_->target()->state() == BackendState::kSyncing ? sync_ : nullptr;

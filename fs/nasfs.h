@@ -132,6 +132,10 @@ class Nasfs {
   // The replay thread: rounds over the journal's pending entries for b
   // until none is left, then b serves again (see docs/ARCHITECTURE.md).
   void ReplayLoop(Backend& b);
+  // The replay's last round pauses writes (sync_mu_ exclusive) once at most
+  // this many entries are left, or from this round on.
+  static constexpr size_t kQuiesceEntries = 64;
+  static constexpr uint64_t kMaxRounds = 8;
   int ReplayEntry(TreeSync& rs, const journal::Pending& e);
   // Start-up: checks the journal belongs to this pair and sets each NAS's
   // state from it (pending changes, an unfinished whole copy, directories

@@ -258,7 +258,7 @@ nasfs options (-o):
   threads=N              most FUSE worker threads (default 64)
   backend_threads=N      worker threads per NAS (default 16)
   replay_share=PERCENT   most of its time a replay onto a returning NAS may
-                         spend working; it sleeps the rest (default 50)
+                         spend working; it sleeps the rest (default 75)
   debug                  same as -d
 
 Always on: allow_other, default_permissions. Passed to the kernel: ro,

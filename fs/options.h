@@ -30,7 +30,7 @@ struct Options {
   std::string source;  // "", "master" or "backup": first pairing of two non-empty NAS
   int fuse_threads = 64;
   int backend_threads = 16;
-  int replay_share = 50;  // percent of its time a replay may work (the rest it sleeps)
+  int replay_share = 75;  // percent of its time a replay may work (the rest it sleeps)
 
   bool foreground = false;
   bool debug = false;

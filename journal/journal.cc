@@ -919,9 +919,19 @@ int Journal::RecordIfTouching(Target target, const std::vector<Change>& changes,
   if (!touch) return 0;
   *recorded = true;
   uint64_t seq = 0;
-  for (const auto& c : changes) seq = m.AppendMissedLocked(target, c);
+  for (const auto& c : changes) {
+    seq = m.AppendMissedLocked(target, c);
+    ++m.pending[t][c.path].writers;
+  }
   if (m.failed) return m.failed;
   return m.WaitDurableLocked(lk, seq);
+}
+
+void Journal::EndWrites(Target target, const std::vector<Change>& changes) {
+  std::lock_guard lk(impl_->mu);
+  auto& pending = impl_->pending[TargetIndex(target)];
+  for (const auto& c : changes)
+    if (auto it = pending.find(c.path); it != pending.end() && it->second.writers > 0) --it->second.writers;
 }
 
 std::vector<Pending> Journal::PendingFor(Target target) const {

@@ -109,6 +109,10 @@ struct Pending {
   int64_t first_ns = 0;       // wall clock of the oldest change
   uint64_t data_bytes = 0;    // sum of ranges
   std::string link_from;      // the newest link(2) that made this name
+  // Writes journaled by RecordIfTouching and not yet applied to the other
+  // NAS (EndWrites): a replay must not copy the path meanwhile, or it could
+  // copy it before the write lands and then retire it. In memory only.
+  uint32_t writers = 0;
 };
 
 // File access, replaceable so tests can inject faults (see
@@ -204,7 +208,11 @@ class Journal {
   // all of them for target, durably, and sets *recorded. Atomic with
   // FinishIfEmpty: a write either sees target's pending set as it is, or
   // the NAS already switched back.
+  // When it records, every entry it touched counts one more writer until
+  // EndWrites(target, changes), which the caller must call once the write
+  // has been applied to the other NAS (or failed).
   int RecordIfTouching(Target target, const std::vector<Change>& changes, bool* recorded);
+  void EndWrites(Target target, const std::vector<Change>& changes);
   // A snapshot of target's pending entries (any order).
   std::vector<Pending> PendingFor(Target target) const;
   bool HasPending(Target target) const;

@@ -2065,5 +2065,41 @@ TEST_F(JournalTest, ASecondOpenOfTheSameDirFails) {
   EXPECT_EQ(PendingMap(*j_, kMaster).count("x"), 1u);
 }
 
+// A write journaled for a NAS being replayed onto counts as a writer on its
+// entries until it has landed on the other NAS: the replay skips such
+// entries, so it cannot copy the path before the write lands and retire it.
+TEST_F(JournalTest, RecordedWritesCountAsWritersUntilEndWrites) {
+  REOPEN();
+  ASSERT_EQ(j_->AddMissed(kMaster, {W("d/f", 0, 1)}), 0);
+  EXPECT_EQ(PendingMap(*j_, kMaster).at("d/f").writers, 0u);
+  std::vector<Change> w1 = {W("d/f", 10, 5)};
+  std::vector<Change> w2 = {W("d/f", 20, 5), C("d/g", Op::kCreate)};
+  bool recorded = false;
+  ASSERT_EQ(j_->RecordIfTouching(kMaster, w1, &recorded), 0);
+  ASSERT_TRUE(recorded);
+  ASSERT_EQ(j_->RecordIfTouching(kMaster, w2, &recorded), 0);
+  ASSERT_TRUE(recorded);
+  auto m = PendingMap(*j_, kMaster);
+  EXPECT_EQ(m.at("d/f").writers, 2u);
+  EXPECT_EQ(m.at("d/g").writers, 1u);
+  j_->EndWrites(kMaster, w1);
+  EXPECT_EQ(PendingMap(*j_, kMaster).at("d/f").writers, 1u);
+  j_->EndWrites(kMaster, w2);
+  m = PendingMap(*j_, kMaster);
+  EXPECT_EQ(m.at("d/f").writers, 0u);
+  EXPECT_EQ(m.at("d/g").writers, 0u);
+  // Never below zero, and an entry already gone is ignored.
+  j_->EndWrites(kMaster, w2);
+  EXPECT_EQ(PendingMap(*j_, kMaster).at("d/f").writers, 0u);
+  j_->Done(kMaster, "d/g", m.at("d/g").seq);
+  j_->EndWrites(kMaster, w2);
+  EXPECT_EQ(PendingMap(*j_, kMaster).count("d/g"), 0u);
+  // A snapshot taken before a write was journaled does not retire it.
+  uint64_t old_seq = PendingMap(*j_, kMaster).at("d/f").seq;
+  ASSERT_EQ(j_->RecordIfTouching(kMaster, w1, &recorded), 0);
+  j_->Done(kMaster, "d/f", old_seq);
+  EXPECT_EQ(PendingMap(*j_, kMaster).count("d/f"), 1u);
+}
+
 }  // namespace
 }  // namespace nasfs::journal
