@@ -70,66 +70,13 @@ double MsBetween(Clock::time_point a, Clock::time_point b) {
 }
 double MsSince(Clock::time_point t) { return MsBetween(t, Clock::now()); }
 
-// ---- status JSON ------------------------------------------------------------
+// ---- status JSON (Get, BackendOf, StateOf, ReadFrom: mount_fixture.h) -----
 
-json Get(const json& j, const std::string& pointer) {
-  try {
-    return j.at(json::json_pointer(pointer));
-  } catch (const std::exception&) {
-    return nullptr;
-  }
-}
-
-json BackendOf(const json& status, const std::string& role) {
-  for (const auto& b : Get(status, "/backends")) {
-    if (Get(b, "/role") == role) return b;
-  }
-  return nullptr;
-}
-
-std::string Str(const json& j) { return j.is_string() ? j.get<std::string>() : j.dump(); }
-std::string StateOf(const json& status, const std::string& role) {
-  return Str(Get(BackendOf(status, role), "/state"));
-}
-std::string ReadFrom(const json& status) { return Str(Get(status, "/read_from")); }
 bool BothHealthy(const json& s) {
   return StateOf(s, "master") == "healthy" && StateOf(s, "backup") == "healthy" && ReadFrom(s) == "master";
 }
 
-// ---- reading through the mount ----------------------------------------------
-
-// Reads the whole file with O_DIRECT, so every read reaches nasfs instead of
-// the page cache. errno is kept on failure.
-std::optional<std::string> ReadDirect(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
-  if (fd < 0) return std::nullopt;
-  constexpr size_t kChunk = 64 * 1024;
-  void* buf = nullptr;
-  if (posix_memalign(&buf, 4096, kChunk) != 0) {
-    close(fd);
-    errno = ENOMEM;
-    return std::nullopt;
-  }
-  std::string out;
-  int err = 0;
-  for (;;) {
-    ssize_t n = read(fd, buf, kChunk);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      err = errno;
-      break;
-    }
-    if (n == 0) break;
-    out.append(static_cast<char*>(buf), static_cast<size_t>(n));
-  }
-  free(buf);
-  close(fd);
-  if (err != 0) {
-    errno = err;
-    return std::nullopt;
-  }
-  return out;
-}
+// ---- reading through the mount (ReadDirect: mount_fixture.h) ---------------
 
 struct LoadStats {
   int ops = 0;

@@ -479,7 +479,70 @@ StatusResult Status(const std::string& mountpoint, const RunOptions& opts) {
   return s;
 }
 
+nlohmann::json Get(const nlohmann::json& j, const std::string& pointer) {
+  try {
+    return j.at(nlohmann::json::json_pointer(pointer));
+  } catch (const std::exception&) {
+    return nullptr;
+  }
+}
+
+nlohmann::json BackendOf(const nlohmann::json& status, const std::string& role) {
+  for (const auto& b : Get(status, "/backends")) {
+    if (Get(b, "/role") == role) return b;
+  }
+  return nullptr;
+}
+
+std::string Str(const nlohmann::json& j) { return j.is_string() ? j.get<std::string>() : j.dump(); }
+
+std::string StateOf(const nlohmann::json& status, const std::string& role) {
+  return Str(Get(BackendOf(status, role), "/state"));
+}
+
+std::string ReadFrom(const nlohmann::json& status) { return Str(Get(status, "/read_from")); }
+
 // ---- the mount --------------------------------------------------------------
+
+namespace {
+
+// Starts argv as a child whose stdout and stderr are appended to log_file;
+// -1 (errno kept) if it could not.
+pid_t SpawnLogged(const std::vector<std::string>& argv, const std::string& log_file) {
+  std::vector<char*> cargv;
+  for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+  cargv.push_back(nullptr);
+  const int log_fd = open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  const int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (log_fd < 0 || null_fd < 0) {
+    const int e = errno;
+    if (log_fd >= 0) close(log_fd);
+    if (null_fd >= 0) close(null_fd);
+    errno = e;
+    return -1;
+  }
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    // Only async-signal-safe calls until exec: the test has other threads.
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    setpgid(0, 0);  // a ^C to the test is the test's to handle, not nasfs's
+    dup2(null_fd, 0);
+    dup2(log_fd, 1);
+    dup2(log_fd, 2);
+    execvp(cargv[0], cargv.data());
+    _exit(127);
+  }
+  const int e = errno;
+  close(log_fd);
+  close(null_fd);
+  errno = e;
+  return pid;
+}
+
+}  // namespace
 
 int CountMountsAt(const std::string& target) {
   int n = 0;
@@ -507,6 +570,10 @@ MountedNasfs::MountedNasfs(const Workspace& ws, MountSpec spec) {
   mounts_before_ = CountMountsAt(mountpoint_);
   const auto pids_before = FindDaemonPids(mountpoint_);
   TrackMountpoint(mountpoint_);
+  if (!spec.log_file.empty()) {
+    StartInForeground(std::move(argv), spec);
+    return;
+  }
   command_ = RunCommand(argv, Within(spec.timeout));
 
   std::optional<MountEntry> m = FindMount(mountpoint_);
@@ -532,6 +599,66 @@ MountedNasfs::MountedNasfs(const Workspace& ws, MountSpec spec) {
   } else {
     mounted_ = true;
   }
+}
+
+void MountedNasfs::StartInForeground(std::vector<std::string> argv, const MountSpec& spec) {
+  log_file_ = spec.log_file;
+  argv.push_back("-f");
+  command_.argv = argv;
+  const pid_t pid = SpawnLogged(argv, log_file_);
+  if (pid < 0) {
+    command_.err = fmt::format("cannot start nasfs with its output in {}: {}", log_file_, std::strerror(errno));
+    error_ = "nasfs did not mount: " + command_.Describe();
+    return;
+  }
+  own_child_ = true;
+  daemon_pid_ = pid;
+  int status = 0;
+  bool exited = false;
+  const bool listed = WaitFor(
+      [&] {
+        if (CountMountsAt(mountpoint_) > mounts_before_) return true;
+        if (waitpid(pid, &status, WNOHANG) == pid) exited = true;
+        return exited;
+      },
+      spec.timeout, 10ms);
+  if (exited) {
+    command_.exit_code = WaitStatusToCode(status);
+    ended_ = fmt::format("exit code {} (128+N: signal N)", command_.exit_code);
+    daemon_pid_ = -1;
+    own_child_ = false;
+  } else if (!listed) {
+    command_.timed_out = true;
+  } else {
+    command_.exit_code = 0;
+  }
+  listed_at_return_ = !exited && CountMountsAt(mountpoint_) > mounts_before_;
+  const std::optional<MountEntry> m = FindMount(mountpoint_);
+  if (!listed_at_return_) {
+    command_.err = Log();
+    error_ = "nasfs did not mount: " + command_.Describe();
+  } else if (!m || m->type != "fuse.nasfs") {
+    error_ = fmt::format("{} is mounted with type {}, not fuse.nasfs", mountpoint_, m ? m->type : "(none)");
+  } else {
+    mounted_ = true;
+  }
+}
+
+std::string MountedNasfs::DaemonEnded() {
+  if (!own_child_) return ended_;
+  int status = 0;
+  if (waitpid(daemon_pid_, &status, WNOHANG) == daemon_pid_) {
+    own_child_ = false;
+    ended_ = WIFSIGNALED(status)
+                 ? fmt::format("killed by signal {} ({})", WTERMSIG(status), strsignal(WTERMSIG(status)))
+                 : fmt::format("exited with status {}", WEXITSTATUS(status));
+  }
+  return ended_;
+}
+
+std::string MountedNasfs::Log() const {
+  if (log_file_.empty()) return "";
+  return ReadFile(log_file_).value_or("(cannot read " + log_file_ + ")");
 }
 
 MountedNasfs::~MountedNasfs() {
@@ -568,6 +695,11 @@ std::string MountedNasfs::Unmount(std::chrono::milliseconds wait) {
     WaitFor([&] { return ProcessGone(daemon_pid_); }, 5s);
     if (CountMountsAt(mountpoint_) > mounts_before_) umount2(mountpoint_.c_str(), MNT_DETACH);
   }
+  if (own_child_) {
+    // Gone (a zombie at most) by now, or SIGKILLed above: reap it.
+    WaitFor([&] { return !DaemonEnded().empty(); }, 5s);
+    own_child_ = false;
+  }
   UntrackMountpoint(mountpoint_);
   return problems;
 }
@@ -592,6 +724,37 @@ std::optional<std::string> ReadFile(const std::string& path) {
     out.append(buf, static_cast<size_t>(n));
   }
   close(fd);
+  return out;
+}
+
+std::optional<std::string> ReadDirect(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  constexpr size_t kChunk = 64 * 1024;
+  void* buf = nullptr;
+  if (posix_memalign(&buf, 4096, kChunk) != 0) {
+    close(fd);
+    errno = ENOMEM;
+    return std::nullopt;
+  }
+  std::string out;
+  int err = 0;
+  for (;;) {
+    ssize_t n = read(fd, buf, kChunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      err = errno;
+      break;
+    }
+    if (n == 0) break;
+    out.append(static_cast<char*>(buf), static_cast<size_t>(n));
+  }
+  free(buf);
+  close(fd);
+  if (err != 0) {
+    errno = err;
+    return std::nullopt;
+  }
   return out;
 }
 

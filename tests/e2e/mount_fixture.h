@@ -166,6 +166,17 @@ struct StatusResult {
 // `$NASFSCTL_BIN status <mountpoint> --json`, parsed.
 StatusResult Status(const std::string& mountpoint, const RunOptions& opts = {});
 
+// Reading the status JSON (or any JSON) without exceptions.
+// The value at a JSON pointer ("/journal/pending"), or null when absent.
+nlohmann::json Get(const nlohmann::json& j, const std::string& pointer);
+// The entry of "backends" with this role ("master"/"backup"), or null.
+nlohmann::json BackendOf(const nlohmann::json& status, const std::string& role);
+// A string as itself, anything else (null included) as its JSON text.
+std::string Str(const nlohmann::json& j);
+// backends[role].state and read_from, as Str() gives them.
+std::string StateOf(const nlohmann::json& status, const std::string& role);
+std::string ReadFrom(const nlohmann::json& status);
+
 // ---- the mount --------------------------------------------------------------
 
 struct MountSpec {
@@ -180,6 +191,14 @@ struct MountSpec {
   // Extra raw arguments after everything else.
   std::vector<std::string> extra_args;
   std::chrono::milliseconds timeout = 30s;
+  // Non-empty: run nasfs in the foreground (-f, added last) as a child of the
+  // test, its stdout and stderr appended to this file, so the daemon's log
+  // (otherwise only in syslog) can be shown when a test fails. The
+  // constructor waits up to `timeout` for the mount to be listed; command()
+  // then holds the argv, exit_code 0 (or the child's exit code if it ended
+  // first) and, on failure, the log as `err`. Empty: daemon mode, as users
+  // run it.
+  std::string log_file;
 };
 inline MountSpec MountAt(std::string mountpoint) {
   MountSpec s;
@@ -214,8 +233,15 @@ class MountedNasfs {
   const std::string& error() const { return error_; }
   const CommandResult& command() const { return command_; }
   const std::string& mountpoint() const { return mountpoint_; }
-  // The daemon's pid (found in /proc by exe and argv), or -1.
+  // The daemon's pid (found in /proc by exe and argv; the child itself with
+  // MountSpec::log_file), or -1.
   pid_t daemon_pid() const { return daemon_pid_; }
+  // What the daemon logged so far (MountSpec::log_file), or "".
+  std::string Log() const;
+  // With MountSpec::log_file (the daemon is our child): "" while it runs,
+  // else how it ended ("killed by signal 11 (Segmentation fault)", "exited
+  // with status 1"); it is reaped here. Always "" in daemon mode.
+  std::string DaemonEnded();
 
   StatusResult Status() const { return e2e::Status(mountpoint_); }
 
@@ -227,6 +253,9 @@ class MountedNasfs {
   bool WaitForDaemonExit(std::chrono::milliseconds timeout = 10s) const;
 
  private:
+  // MountSpec::log_file set: starts `argv -f` as our child and waits for its mount.
+  void StartInForeground(std::vector<std::string> argv, const MountSpec& spec);
+
   std::string mountpoint_;
   CommandResult command_;
   bool mounted_ = false;
@@ -235,12 +264,18 @@ class MountedNasfs {
   int mounts_before_ = 0;  // mounts stacked on mountpoint_ before the command
   std::string error_;
   pid_t daemon_pid_ = -1;
+  std::string log_file_;   // MountSpec::log_file
+  bool own_child_ = false;  // daemon_pid_ is our child (foreground), not yet reaped
+  std::string ended_;       // how our child ended, once reaped
 };
 
 // ---- small file helpers (on the local disk or a NAS directory) --------------
 
 // Whole content, or nullopt (errno kept) if it cannot be read.
 std::optional<std::string> ReadFile(const std::string& path);
+// Whole content read with O_DIRECT, so every read through a FUSE mount
+// reaches the daemon instead of the page cache; nullopt (errno kept) on error.
+std::optional<std::string> ReadDirect(const std::string& path);
 // Creates/truncates path (mode 0644) with data. false on error (errno kept).
 bool WriteFile(const std::string& path, std::string_view data, mode_t mode = 0644);
 // Deterministic pseudo-random bytes.

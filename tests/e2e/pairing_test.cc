@@ -36,14 +36,6 @@ json ReadIdentity(const std::string& nas) {
   return j.is_discarded() ? json(nullptr) : j;
 }
 
-json Get(const json& j, const std::string& pointer) {
-  try {
-    return j.at(json::json_pointer(pointer));
-  } catch (const std::exception&) {
-    return nullptr;
-  }
-}
-
 // Entries of a directory, "." and ".." left out.
 std::vector<std::string> ListDir(const std::string& dir) {
   std::vector<std::string> names;

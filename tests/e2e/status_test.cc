@@ -17,24 +17,8 @@ namespace {
 
 using nlohmann::json;
 
-json Get(const json& j, const std::string& pointer) {
-  try {
-    return j.at(json::json_pointer(pointer));
-  } catch (const std::exception&) {
-    return nullptr;
-  }
-}
-
 bool Contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
-}
-
-// The backend entry with this role, or null.
-json Backend(const json& status, const std::string& role) {
-  for (const auto& b : Get(status, "/backends")) {
-    if (Get(b, "/role") == role) return b;
-  }
-  return nullptr;
 }
 
 class StatusTest : public ::testing::Test {
@@ -63,7 +47,7 @@ TEST_F(StatusTest, JsonReportsReadFromMasterBothBackendsAndNoPendingJournal) {
         auto r = mount_->Status();
         err = r.error;
         s = r.json;
-        return r.ok() && Get(Backend(s, "backup"), "/state") == "healthy";
+        return r.ok() && Get(BackendOf(s, "backup"), "/state") == "healthy";
       },
       5s, 50ms);
   ASSERT_TRUE(s.is_object()) << err;
@@ -76,8 +60,8 @@ TEST_F(StatusTest, JsonReportsReadFromMasterBothBackendsAndNoPendingJournal) {
   EXPECT_EQ(Get(s, "/pid"), mount_->daemon_pid()) << s.dump(2);
   ASSERT_TRUE(Get(s, "/backends").is_array()) << s.dump(2);
   EXPECT_EQ(Get(s, "/backends").size(), 2u) << s.dump(2);
-  const json master = Backend(s, "master");
-  const json backup = Backend(s, "backup");
+  const json master = BackendOf(s, "master");
+  const json backup = BackendOf(s, "backup");
   EXPECT_EQ(Get(master, "/path"), ws_.master()) << s.dump(2);
   EXPECT_EQ(Get(master, "/state"), "healthy") << s.dump(2);
   EXPECT_EQ(Get(backup, "/path"), ws_.backup()) << s.dump(2);
