@@ -1,7 +1,10 @@
 #!/bin/bash
 # The demo: sets up (scripts/setup.sh), mounts nasfs over two scratch "NAS"
 # directories, writes a file through the mount, shows it landed on both NAS
-# with the same size, mtime and mode, prints `nasfsctl status`, and unmounts.
+# with the same size, mtime and mode, prints `nasfsctl status`; then kills the
+# master "NAS" (a bindfs mount of a scratch directory), writes during the
+# outage, brings the master back and shows the journal replayed onto it
+# before reads return to it; and unmounts.
 #
 #   sudo bash scripts/demo.sh            # fresh machine: install, build, demo
 #   SKIP_SETUP=1 sudo bash scripts/demo.sh   # already set up
@@ -48,6 +51,7 @@ cleanup() {
     echo "demo.sh: cleaning up: unmounting $MNT" >&2
     umount "$MNT" 2>/dev/null || umount -l "$MNT"
   fi
+  if is_mounted "$MASTER"; then umount "$MASTER" 2>/dev/null || umount -l "$MASTER"; fi
   [ "$rc" = 0 ] || echo "demo.sh: FAILED (exit $rc)" >&2
 }
 trap cleanup EXIT
@@ -55,8 +59,16 @@ trap 'exit 130' INT TERM HUP
 
 step "Creating two empty directories standing in for the NAS, and a mount point"
 if is_mounted "$MNT"; then umount "$MNT" 2>/dev/null || umount -l "$MNT"; fi  # left by a killed run
+if is_mounted "$MASTER"; then umount "$MASTER" 2>/dev/null || umount -l "$MASTER"; fi
 rm -rf --one-file-system "$DEMO"
 run mkdir -p "$MASTER" "$BACKUP" "$MNT"
+# The master "NAS" is a FUSE mount (bindfs) of a scratch directory, so the
+# demo can kill it the way a NAS dies, and mount it again.
+BINDFS=$(command -v bindfs || true)
+if [ -n "$BINDFS" ]; then
+  run mkdir -p "$DEMO/master-store"
+  run "$BINDFS" "$DEMO/master-store" "$MASTER"
+fi
 
 step "Mounting nasfs: reads from the master, every write to both"
 # journal= keeps everything of the demo under $DEMO (the default is
@@ -98,6 +110,46 @@ run "$NASFSCTL" status "$MNT" --json
 step "nasfsctl journal and verify: nothing pending, both NAS identical"
 run "$NASFSCTL" journal "$MNT"
 run "$NASFSCTL" verify "$MNT" || die "nasfsctl verify found differences"
+
+# Polls nasfsctl status --json until the Python expression on j holds.
+wait_status() {
+  local expr=$1 secs=$2 i
+  for ((i = 0; i < secs * 10; i++)); do
+    if "$NASFSCTL" status "$MNT" --json 2>/dev/null |
+      python3 -c "import json,sys; j=json.load(sys.stdin); j=j[0] if isinstance(j, list) else j; sys.exit(0 if ($expr) else 1)"; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  return 1
+}
+
+if [ -n "$BINDFS" ]; then
+  step "A master outage: its server killed (a dead mount, like a NAS gone)"
+  run pkill -KILL -f "bindfs $DEMO/master-store"
+  wait_status 'j["read_from"] == "backup"' 10 || die "reads did not move to the backup"
+  echo "Reads moved to the backup; the site keeps serving:"
+  run cat "$MNT/hello.txt"
+  echo "written during the master outage" > "$MNT/outage.txt"
+  show echo "written during the master outage" '>' "$MNT/outage.txt"
+  run mv "$MNT/images" "$MNT/media"
+  echo "What the master lacks is in the journal (durable before each write was acknowledged):"
+  run "$NASFSCTL" journal "$MNT"
+
+  step "The master comes back: its journal is replayed onto it before reads return"
+  run umount -l "$MASTER"
+  run "$BINDFS" "$DEMO/master-store" "$MASTER"
+  wait_status 'j["read_from"] == "master" and j["journal"]["pending"] == 0' 30 ||
+    die "the master did not come back within 30 s"
+  "$NASFSCTL" status "$MNT" --json | python3 -c '
+import json, sys
+j = json.load(sys.stdin)
+r = j["journal"]["replay"]
+print("read_from %s, journal pending %d; replay onto the %s: %d changes in %.2f s" % (
+    j["read_from"], j["journal"]["pending"], r["target"], r["done"], r["seconds"]))'
+  run ls "$MASTER"
+  run "$NASFSCTL" verify "$MNT" || die "nasfsctl verify found differences after the replay"
+fi
 
 step "Unmounting"
 run umount "$MNT"
