@@ -397,7 +397,9 @@ void Nasfs::ReplayLoop(Backend& b) {
     replay_.t0 = t0;
   }
   auto finish = [&](const std::string& result) {
+    uint64_t bytes = rs.Status().value("bytes_copied", uint64_t{0});
     std::lock_guard lk(replay_mu_);
+    replay_.bytes = bytes;
     replay_.result = result;
     replay_.finished = NowIso8601();
     replay_.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -697,6 +699,7 @@ nlohmann::json Nasfs::JournalStatus() const {
   r["done"] = replay_.done;
   r["total"] = replay_.total;
   r["rounds"] = replay_.rounds;
+  r["bytes_copied"] = replay_.bytes;  // file data copied, set when the replay ends
   r["started"] = replay_.started;
   r["finished"] = replay_.finished;
   r["result"] = replay_.result;

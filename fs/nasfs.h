@@ -185,7 +185,7 @@ class Nasfs {
   std::thread replay_thread_;  // guarded by recover_mu_
   struct ReplayProgress {
     std::string target, started, finished, result;
-    uint64_t done = 0, total = 0, rounds = 0;
+    uint64_t done = 0, total = 0, rounds = 0, bytes = 0;
     double seconds = 0;
     Clock::time_point t0;
   };
