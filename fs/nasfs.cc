@@ -224,7 +224,7 @@ tl::expected<void, std::string> Nasfs::AdoptJournal() {
     if (!target.needs_full_sync()) {
       std::vector<journal::Change> changes;
       for (const auto& d : recovered_.unfinished_dirs)
-        changes.push_back({d, journal::Scope::kShallow, journal::Op::kCrash});
+        changes.push_back({d, journal::Scope::kShallow, journal::Op::kCrash, 0, 0, {}});
       if (int e = journal_->AddMissed(Tgt(target), changes))
         return tl::unexpected(fmt::format("journal {}: cannot write: {}", journal_->dir(), std::strerror(e)));
       if (target.state() == BackendState::kHealthy)
@@ -569,7 +569,7 @@ int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, co
       std::string parent = ParentOf(p);
       if (p.empty() || std::find(dirs.begin(), dirs.end(), parent) != dirs.end()) continue;
       dirs.push_back(parent);
-      if (names) changes.push_back({parent, journal::Scope::kEntry, journal::Op::kDirTimes});
+      if (names) changes.push_back({parent, journal::Scope::kEntry, journal::Op::kDirTimes, 0, 0, {}});
     }
   }
 
