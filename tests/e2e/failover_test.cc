@@ -38,6 +38,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "tests/e2e/load.h"
 #include "tests/e2e/mount_fixture.h"
 #include "tests/e2e/nas_fault.h"
 #include "tests/e2e/tree_compare.h"
@@ -76,187 +77,7 @@ bool BothHealthy(const json& s) {
   return StateOf(s, "master") == "healthy" && StateOf(s, "backup") == "healthy" && ReadFrom(s) == "master";
 }
 
-// ---- reading through the mount (ReadDirect: mount_fixture.h) ---------------
-
-struct LoadStats {
-  int ops = 0;
-  int failures = 0;
-  double max_ms = 0;
-  std::string max_what;
-  double p50_ms = 0, p99_ms = 0;
-  std::vector<std::string> failure_lines;  // the first few
-
-  std::string Failures() const {
-    std::string s;
-    for (const auto& l : failure_lines) s += "\n  " + l;
-    return s.empty() ? "(none)" : s;
-  }
-};
-
-// A 50 Hz reader: each tick one request through the mount, as a web server
-// makes them: mostly whole-file reads (O_DIRECT, so they reach nasfs), some
-// stats, directory listings and readlinks. Every answer is checked against
-// what the test wrote. Latency and failures are recorded per request.
-class ReaderLoad {
- public:
-  // files: path relative to mnt -> content; links: path -> target; dirs:
-  // directory -> the names it must list.
-  ReaderLoad(std::string mnt, std::map<std::string, std::string> files,
-             std::map<std::string, std::string> links, std::map<std::string, std::set<std::string>> dirs,
-             uint64_t seed)
-      : mnt_(std::move(mnt)),
-        files_(std::move(files)),
-        links_(std::move(links)),
-        dirs_(std::move(dirs)),
-        rng_(seed) {
-    for (const auto& [rel, data] : files_) file_names_.push_back(rel);
-    for (const auto& [rel, target] : links_) link_names_.push_back(rel);
-    for (const auto& [rel, names] : dirs_) dir_names_.push_back(rel);
-  }
-  ~ReaderLoad() { (void)Stop(-1); }
-
-  void Start() {
-    started_ = Clock::now();
-    thread_ = std::thread([this] { Loop(); });
-  }
-
-  // Stops the reader and returns its figures. A correct nasfs bounds every
-  // request; if the reader is stuck in one for 20 s anyway, that is a
-  // failure, and killing `daemon` (nasfs) releases it (its requests then fail
-  // with ENOTCONN) so the test can end.
-  LoadStats Stop(pid_t daemon) {
-    if (!thread_.joinable()) return Stats();
-    stop_ = true;
-    if (!WaitFor([this] { return done_.load(); }, 20s)) {
-      std::string what;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        what = current_;
-      }
-      ADD_FAILURE() << "the reader is stuck for over 20 s in: " << what
-                    << (daemon > 0 ? "; killing nasfs to release it" : "");
-      if (daemon > 0) kill(daemon, SIGKILL);
-      if (!WaitFor([this] { return done_.load(); }, 10s)) {
-        ADD_FAILURE() << "the reader is still stuck; abandoning its thread";
-        thread_.detach();
-        return Stats();
-      }
-    }
-    thread_.join();
-    return Stats();
-  }
-
- private:
-  LoadStats Stats() {
-    std::lock_guard<std::mutex> lock(mu_);
-    LoadStats s = stats_;
-    std::vector<double> sorted = latencies_;
-    std::sort(sorted.begin(), sorted.end());
-    if (!sorted.empty()) {
-      s.p50_ms = sorted[sorted.size() / 2];
-      s.p99_ms = sorted[std::min(sorted.size() - 1, sorted.size() * 99 / 100)];
-    }
-    return s;
-  }
-
-  void Loop() {
-    auto next = Clock::now();
-    for (int tick = 0; !stop_; ++tick) {
-      std::string what;
-      const auto t0 = Clock::now();
-      std::string failure = OneRequest(tick, &what);
-      const double ms = MsSince(t0);
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        latencies_.push_back(ms);
-        ++stats_.ops;
-        if (ms > stats_.max_ms) {
-          stats_.max_ms = ms;
-          stats_.max_what = fmt::format("{} at t={:.0f} ms", what, MsBetween(started_, t0));
-        }
-        if (!failure.empty()) {
-          ++stats_.failures;
-          if (stats_.failure_lines.size() < 10) {
-            stats_.failure_lines.push_back(
-                fmt::format("t={:.0f} ms {} ({:.0f} ms): {}", MsBetween(started_, t0), what, ms, failure));
-          }
-        }
-        current_ = "(between requests)";
-      }
-      next += 20ms;
-      const auto now = Clock::now();
-      if (next > now) {
-        std::this_thread::sleep_until(next);
-      } else {
-        next = now;  // after a stall, go on at 50 Hz rather than in a burst
-      }
-    }
-    done_ = true;
-  }
-
-  // One request; "" when it succeeded with the right answer.
-  std::string OneRequest(int tick, std::string* what) {
-    const int kind = tick % 10;
-    auto begin = [&](std::string w) {
-      *what = std::move(w);
-      std::lock_guard<std::mutex> lock(mu_);
-      current_ = fmt::format("{} (since t={:.0f} ms)", *what, MsSince(started_));
-    };
-    if (kind == 7 && !dir_names_.empty()) {
-      const std::string& rel = dir_names_[rng_() % dir_names_.size()];
-      begin("readdir " + rel);
-      DIR* d = opendir((mnt_ + "/" + rel).c_str());
-      if (d == nullptr) return fmt::format("opendir: {}", std::strerror(errno));
-      std::set<std::string> seen;
-      errno = 0;
-      while (dirent* e = readdir(d)) seen.insert(e->d_name);
-      const int err = errno;
-      closedir(d);
-      if (err != 0) return fmt::format("readdir: {}", std::strerror(err));
-      for (const auto& name : dirs_.at(rel)) {
-        if (!seen.count(name)) return fmt::format("{} missing from the listing ({} entries)", name, seen.size());
-      }
-      return "";
-    }
-    if (kind == 8 && !link_names_.empty()) {
-      const std::string& rel = link_names_[rng_() % link_names_.size()];
-      begin("readlink " + rel);
-      char buf[PATH_MAX];
-      ssize_t n = readlink((mnt_ + "/" + rel).c_str(), buf, sizeof buf);
-      if (n < 0) return fmt::format("readlink: {}", std::strerror(errno));
-      if (std::string(buf, static_cast<size_t>(n)) != links_.at(rel)) return "wrong link target";
-      return "";
-    }
-    const std::string& rel = file_names_[rng_() % file_names_.size()];
-    if (kind == 9) {
-      begin("stat " + rel);
-      struct stat st {};
-      if (lstat((mnt_ + "/" + rel).c_str(), &st) != 0) return fmt::format("lstat: {}", std::strerror(errno));
-      if (st.st_size != static_cast<off_t>(files_.at(rel).size())) {
-        return fmt::format("size {} instead of {}", st.st_size, files_.at(rel).size());
-      }
-      return "";
-    }
-    begin("read " + rel);
-    auto data = ReadDirect(mnt_ + "/" + rel);
-    if (!data) return fmt::format("read: {}", std::strerror(errno));
-    if (*data != files_.at(rel)) return fmt::format("wrong content ({} bytes instead of {})", data->size(), files_.at(rel).size());
-    return "";
-  }
-
-  const std::string mnt_;
-  const std::map<std::string, std::string> files_, links_;
-  const std::map<std::string, std::set<std::string>> dirs_;
-  std::vector<std::string> file_names_, link_names_, dir_names_;
-  std::mt19937_64 rng_;  // the reader thread's only
-  Clock::time_point started_;
-  std::atomic<bool> stop_{false}, done_{false};
-  std::thread thread_;
-  std::mutex mu_;
-  LoadStats stats_;              // guarded by mu_
-  std::vector<double> latencies_;  // guarded by mu_
-  std::string current_;          // guarded by mu_
-};
+// The reader (ReaderLoad, LoadStats): load.h.
 
 // ---- watching status --------------------------------------------------------
 
@@ -356,19 +177,10 @@ std::vector<std::string> ListDir(const std::string& dir) {
 
 // ---- the fixture ------------------------------------------------------------
 
-class FailoverTest : public ::testing::Test {
+class FailoverTest : public WorkspaceTest {
  protected:
   // Which NAS is a faultfs the test injects errors into, whatever DefaultNasServer() says.
   enum class Faulty { kNone, kMaster, kBackup };
-
-  void SetUp() override {
-    NASFS_E2E_REQUIRE_MOUNTS();
-    ASSERT_TRUE(ws_.ok()) << ws_.error();
-    seed_ = TestSeed();
-    std::printf("seed=%llu (NASFS_E2E_SEED to repeat)\n", static_cast<unsigned long long>(seed_));
-    RecordProperty("seed", std::to_string(seed_));
-    rng_.seed(seed_);
-  }
 
   // Undo every fault before anything touches a NAS: SIGCONT first (a stopped
   // server hangs nasfs's unmount and whatever lists the workspace), then the
@@ -507,7 +319,8 @@ class FailoverTest : public ::testing::Test {
   }
 
   void StartLoads() {
-    reader_ = std::make_unique<ReaderLoad>(ws_.mnt(), site_files_, site_links_, site_dirs_, seed_ ^ 0x5eed);
+    reader_ = std::make_unique<ReaderLoad>(ws_.mnt(), site_files_, site_links_, site_dirs_, seed_ ^ 0x5eed,
+                                           ReaderPace::Every(20ms));  // 50 Hz
     monitor_ = std::make_unique<StatusMonitor>(ws_.mnt());
     monitor_->Start();
     reader_->Start();
@@ -629,9 +442,6 @@ class FailoverTest : public ::testing::Test {
 
   void ScenarioNasFailsWrites(Faulty which, const std::string& fault, double stall_bound_ms = kDeadMountStallMs);
 
-  Workspace ws_;
-  uint64_t seed_ = 0;
-  std::mt19937_64 rng_;
   // Declared before the mount: destroyed after it (TearDown orders it anyway).
   std::unique_ptr<FuseNas> master_, backup_;
   FaultfsNas* faultfs_ = nullptr;  // master_ or backup_, when StartNas made one a faultfs

@@ -63,6 +63,7 @@
 #include <nlohmann/json.hpp>
 #include <xxhash.h>
 
+#include "tests/e2e/load.h"
 #include "tests/e2e/mount_fixture.h"
 #include "tests/e2e/nas_fault.h"
 #include "tests/e2e/tree_compare.h"
@@ -286,153 +287,6 @@ class Model {
   std::set<std::string> unknown_;
 };
 
-// ---- the reader -------------------------------------------------------------
-
-struct ReadStats {
-  int ops = 0;
-  int failures = 0;
-  double max_ms = 0;
-  std::vector<std::string> failure_lines;  // the first few
-};
-
-// Reads files nobody changes through the mount, every 5 ms: whole files with
-// O_DIRECT (so each read reaches nasfs), and now and then a stat, a listing
-// of their directory or a readlink. Every answer is checked.
-class Reader {
- public:
-  Reader(std::string mnt, std::map<std::string, std::string> files, std::map<std::string, std::string> links,
-         std::map<std::string, std::set<std::string>> dirs, uint64_t seed)
-      : mnt_(std::move(mnt)), files_(std::move(files)), links_(std::move(links)), dirs_(std::move(dirs)), rng_(seed) {
-    for (const auto& [rel, data] : files_) file_names_.push_back(rel);
-    for (const auto& [rel, target] : links_) link_names_.push_back(rel);
-    for (const auto& [rel, names] : dirs_) dir_names_.push_back(rel);
-  }
-  ~Reader() { (void)Stop(-1); }
-
-  void Start() {
-    started_ = Clock::now();
-    thread_ = std::thread([this] { Loop(); });
-  }
-
-  // Stops the reader. A correct nasfs bounds every request; if the reader is
-  // stuck in one for 20 s anyway, that is a failure, and killing `daemon`
-  // releases it (its requests then fail with ENOTCONN).
-  ReadStats Stop(pid_t daemon) {
-    if (!thread_.joinable()) return Stats();
-    stop_ = true;
-    if (!WaitFor([this] { return done_.load(); }, 20s)) {
-      ADD_FAILURE() << "the reader is stuck for over 20 s in: " << Current()
-                    << (daemon > 0 ? "; killing nasfs to release it" : "");
-      if (daemon > 0) kill(daemon, SIGKILL);
-      if (!WaitFor([this] { return done_.load(); }, 10s)) {
-        ADD_FAILURE() << "the reader is still stuck; abandoning its thread";
-        thread_.detach();
-        return Stats();
-      }
-    }
-    thread_.join();
-    return Stats();
-  }
-
- private:
-  ReadStats Stats() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return stats_;
-  }
-  std::string Current() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return current_;
-  }
-
-  void Loop() {
-    for (int tick = 0; !stop_; ++tick) {
-      std::string what;
-      const auto t0 = Clock::now();
-      const std::string failure = OneRequest(tick, &what);
-      const double ms = MsSince(t0);
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        ++stats_.ops;
-        stats_.max_ms = std::max(stats_.max_ms, ms);
-        if (!failure.empty()) {
-          ++stats_.failures;
-          if (stats_.failure_lines.size() < 10) {
-            stats_.failure_lines.push_back(fmt::format("t={:.0f} ms {} ({:.0f} ms): {}",
-                                                       std::chrono::duration<double, std::milli>(t0 - started_).count(),
-                                                       what, ms, failure));
-          }
-        }
-        current_ = "(between requests)";
-      }
-      std::this_thread::sleep_for(5ms);
-    }
-    done_ = true;
-  }
-
-  std::string OneRequest(int tick, std::string* what) {
-    auto begin = [&](std::string w) {
-      *what = std::move(w);
-      std::lock_guard<std::mutex> lock(mu_);
-      current_ = *what;
-    };
-    const int kind = tick % 10;
-    if (kind == 7) {
-      const std::string& rel = dir_names_[rng_() % dir_names_.size()];
-      begin("readdir " + rel);
-      DIR* d = opendir((mnt_ + "/" + rel).c_str());
-      if (d == nullptr) return fmt::format("opendir: {}", std::strerror(errno));
-      std::set<std::string> seen;
-      errno = 0;
-      while (dirent* e = readdir(d)) seen.insert(e->d_name);
-      const int err = errno;
-      closedir(d);
-      if (err != 0) return fmt::format("readdir: {}", std::strerror(err));
-      for (const auto& name : dirs_.at(rel)) {
-        if (!seen.count(name)) return fmt::format("{} missing from the listing ({} entries)", name, seen.size());
-      }
-      return "";
-    }
-    if (kind == 8 && !link_names_.empty()) {
-      const std::string& rel = link_names_[rng_() % link_names_.size()];
-      begin("readlink " + rel);
-      char buf[PATH_MAX];
-      const ssize_t n = readlink((mnt_ + "/" + rel).c_str(), buf, sizeof buf);
-      if (n < 0) return fmt::format("readlink: {}", std::strerror(errno));
-      if (std::string(buf, static_cast<size_t>(n)) != links_.at(rel)) return "wrong link target";
-      return "";
-    }
-    const std::string& rel = file_names_[rng_() % file_names_.size()];
-    if (kind == 9) {
-      begin("stat " + rel);
-      struct stat st {};
-      if (lstat((mnt_ + "/" + rel).c_str(), &st) != 0) return fmt::format("lstat: {}", std::strerror(errno));
-      if (st.st_size != static_cast<off_t>(files_.at(rel).size())) {
-        return fmt::format("size {} instead of {}", st.st_size, files_.at(rel).size());
-      }
-      return "";
-    }
-    begin("read " + rel);
-    const auto data = ReadDirect(mnt_ + "/" + rel);
-    if (!data) return fmt::format("read: {}", std::strerror(errno));
-    if (*data != files_.at(rel)) {
-      return fmt::format("wrong content ({} bytes instead of {})", data->size(), files_.at(rel).size());
-    }
-    return "";
-  }
-
-  const std::string mnt_;
-  const std::map<std::string, std::string> files_, links_;
-  const std::map<std::string, std::set<std::string>> dirs_;
-  std::vector<std::string> file_names_, link_names_, dir_names_;
-  std::mt19937_64 rng_;  // the reader thread's only
-  Clock::time_point started_;
-  std::atomic<bool> stop_{false}, done_{false};
-  std::thread thread_;
-  std::mutex mu_;
-  ReadStats stats_;      // guarded by mu_
-  std::string current_;  // guarded by mu_
-};
-
 // ---- watching status --------------------------------------------------------
 
 // Polls `nasfsctl status --json` every 100 ms (the control server never
@@ -481,111 +335,127 @@ class StatusWatch {
   std::vector<Sample> samples_;  // guarded by mu_
 };
 
+// ---- writers that own their state ------------------------------------------
+
+// A worker thread whose state (a stop flag, whether it finished, its Result)
+// it shares rather than borrows from this handle, so a thread stuck in a call
+// on a dead mount can be abandoned safely: the destructor detaches it.
+template <class R>
+class OwnedWorker {
+ public:
+  using Result = R;
+
+  ~OwnedWorker() {
+    if (thread_.joinable()) thread_.detach();  // only after Join() timed out: state_ is shared
+  }
+  // Asks the thread to stop after its current call.
+  void RequestStop() { state_->stop = true; }
+  // Waits for the thread to end; false on timeout.
+  bool Join(std::chrono::milliseconds timeout) {
+    if (!thread_.joinable()) return true;
+    if (!WaitFor([&] { return state_->finished.load(); }, timeout)) return false;
+    thread_.join();
+    return true;
+  }
+  Result result() const {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    return state_->result;
+  }
+
+ protected:
+  struct State {
+    std::atomic<bool> stop{false}, finished{false};
+    mutable std::mutex mu;
+    Result result;  // guarded by mu
+  };
+  // Runs body(State&) on the thread (body must own what it uses); the state
+  // is marked finished when it returns.
+  template <class Body>
+  void Launch(Body body) {
+    thread_ = std::thread([st = state_, body = std::move(body)]() mutable {
+      body(*st);
+      st->finished = true;
+    });
+  }
+
+  const std::shared_ptr<State> state_ = std::make_shared<State>();
+
+ private:
+  std::thread thread_;
+};
+
 // ---- a writer nasfs is killed under -----------------------------------------
+
+struct InflightWrites {
+  std::vector<std::pair<std::string, std::string>> done;  // rel -> data, every call succeeded
+  std::string failed;                                     // the file being written when a call failed
+  int err = 0;
+};
 
 // Creates one new 64 KiB file after another in `dir` through the mount until
 // a call fails (the mount died under it): whatever nasfs was doing when it
-// was killed, this writer was in the middle of it. Owns its data, so a
-// thread that never ends can be abandoned safely (Abandon).
-class InflightWriter {
+// was killed, this writer was in the middle of it.
+class InflightWriter : public OwnedWorker<InflightWrites> {
  public:
-  struct Result {
-    std::vector<std::pair<std::string, std::string>> done;  // rel -> data, every call succeeded
-    std::string failed;                                     // the file being written when a call failed
-    int err = 0;
-  };
-
   InflightWriter(std::string mnt, std::string dir, uint64_t seed)
-      : state_(std::make_shared<State>()), mnt_(std::move(mnt)), dir_(std::move(dir)), seed_(seed) {}
-  ~InflightWriter() {
-    if (thread_.joinable()) thread_.detach();  // only after Join() timed out: state_ is shared
-  }
+      : mnt_(std::move(mnt)), dir_(std::move(dir)), seed_(seed) {}
 
   void Start() {
-    thread_ = std::thread([st = state_, mnt = mnt_, dir = dir_, seed = seed_] {
+    Launch([mnt = mnt_, dir = dir_, seed = seed_](State& st) {
       std::mt19937_64 rng(seed);
-      for (int i = 0; !st->stop; ++i) {
+      for (int i = 0; !st.stop; ++i) {
         const std::string rel = fmt::format("{}/w{:04d}", dir, i);
         const std::string data = RandomBytes(rng, 64 << 10);
         const int err = PutFile(mnt + "/" + rel, data, O_CREAT | O_EXCL);
-        std::lock_guard<std::mutex> lock(st->mu);
+        std::lock_guard<std::mutex> lock(st.mu);
         if (err != 0) {
-          st->result.failed = rel;
-          st->result.err = err;
+          st.result.failed = rel;
+          st.result.err = err;
           break;
         }
-        st->result.done.emplace_back(rel, data);
+        st.result.done.emplace_back(rel, data);
       }
-      st->finished = true;
     });
   }
   size_t Done() const {
     std::lock_guard<std::mutex> lock(state_->mu);
     return state_->result.done.size();
   }
-  // Waits for the writer to end (a call failed, or Stop()); false on timeout.
-  bool Join(std::chrono::milliseconds timeout) {
-    if (!WaitFor([&] { return state_->finished.load(); }, timeout)) return false;
-    thread_.join();
-    return true;
-  }
-  void Stop() { state_->stop = true; }
-  Result result() const {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    return state_->result;
-  }
 
  private:
-  struct State {
-    std::atomic<bool> stop{false}, finished{false};
-    mutable std::mutex mu;
-    Result result;  // guarded by mu
-  };
-  std::shared_ptr<State> state_;
   const std::string mnt_, dir_;
   const uint64_t seed_;
-  std::thread thread_;
 };
 
 // ---- writes racing the replay -------------------------------------------------
 
+struct RacerWrites {
+  std::map<std::string, std::string> files;  // rel -> content: every file it wrote or made
+  std::string dir;                           // the directory it made, "" if that failed
+  std::set<std::string> unknown;             // paths whose write failed
+  std::vector<std::string> failures;
+  int writes = 0;
+};
+
 // While a returning NAS is being replayed, overwrites and appends to files
 // the outage left pending, and creates new ones in a new directory, one
 // write every 10 ms: writes that race the replay for the same paths, which
-// must reach both NAS and never be undone by an older copy. Owns what it
-// writes (a thread that never ends can be abandoned safely); the fixture
+// must reach both NAS and never be undone by an older copy. The fixture
 // applies the result to the model once it stopped.
-class ReplayRacer {
+class ReplayRacer : public OwnedWorker<RacerWrites> {
  public:
-  struct Result {
-    std::map<std::string, std::string> files;  // rel -> content: every file it wrote or made
-    std::string dir;                           // the directory it made, "" if that failed
-    std::set<std::string> unknown;             // paths whose write failed
-    std::vector<std::string> failures;
-    int writes = 0;
-  };
-
   // `pause` between writes (0: as fast as nasfs answers); it stops by itself
   // after `run_for` (0: only when told); `create_pct` of its writes create
   // a new file, the rest overwrite (2/3) or append to (1/3) one.
   ReplayRacer(std::string mnt, std::map<std::string, std::string> files, std::string dir, uint64_t seed,
               std::chrono::milliseconds pause, std::chrono::milliseconds run_for, int create_pct = 10)
-      : state_(std::make_shared<State>()),
-        mnt_(std::move(mnt)),
-        dir_(std::move(dir)),
-        seed_(seed),
-        pause_(pause),
-        run_for_(run_for),
-        create_pct_(create_pct) {
+      : mnt_(std::move(mnt)), dir_(std::move(dir)), seed_(seed), pause_(pause), run_for_(run_for), create_pct_(create_pct) {
     state_->result.files = std::move(files);
-  }
-  ~ReplayRacer() {
-    if (thread_.joinable()) thread_.detach();  // only after Stop() timed out: state_ is shared
   }
 
   void Start() {
-    thread_ = std::thread([st = state_, mnt = mnt_, dir = dir_, seed = seed_, pause = pause_, run_for = run_for_,
-                           create_pct = create_pct_, r = state_->result]() mutable {
+    Launch([mnt = mnt_, dir = dir_, seed = seed_, pause = pause_, run_for = run_for_, create_pct = create_pct_,
+            r = state_->result](State& st) mutable {
       const auto until = Clock::now() + run_for;
       // Works on its own copy `r`; published when it stops.
       std::mt19937_64 rng(seed);
@@ -597,7 +467,7 @@ class ReplayRacer {
         r.failures.push_back(fmt::format("mkdir {}: {}", dir, std::strerror(errno)));
         r.unknown.insert(dir);
       }
-      for (int i = 0; !st->stop && (run_for.count() == 0 || Clock::now() < until); ++i) {
+      for (int i = 0; !st.stop && (run_for.count() == 0 || Clock::now() < until); ++i) {
         const int kind = static_cast<int>(rng() % 100);
         std::string rel, what, data;
         int err = 0;
@@ -627,38 +497,21 @@ class ReplayRacer {
         }
         if (pause.count() > 0) std::this_thread::sleep_for(pause);
       }
-      {
-        std::lock_guard<std::mutex> lock(st->mu);
-        st->result = std::move(r);
-      }
-      st->finished = true;
+      std::lock_guard<std::mutex> lock(st.mu);
+      st.result = std::move(r);
     });
   }
   // Stops the writer; false if it is stuck for 20 s in one write.
   bool Stop() {
-    state_->stop = true;
-    if (!thread_.joinable()) return true;
-    if (!WaitFor([&] { return state_->finished.load(); }, 20s)) return false;
-    thread_.join();
-    return true;
-  }
-  Result result() const {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    return state_->result;
+    RequestStop();
+    return Join(20s);
   }
 
  private:
-  struct State {
-    std::atomic<bool> stop{false}, finished{false};
-    mutable std::mutex mu;
-    Result result;  // guarded by mu
-  };
-  std::shared_ptr<State> state_;
   const std::string mnt_, dir_;
   const uint64_t seed_;
   const std::chrono::milliseconds pause_, run_for_;
   const int create_pct_;
-  std::thread thread_;
 };
 
 // ---- the operations ---------------------------------------------------------
@@ -709,15 +562,11 @@ std::vector<Op> MakePlan(std::mt19937_64& rng, double scale) {
 constexpr size_t kBigSize = 4u << 20;
 const char* const kBig = "big.bin";
 
-class JournalTest : public ::testing::Test {
+class JournalTest : public WorkspaceTest {
  protected:
   void SetUp() override {
-    NASFS_E2E_REQUIRE_MOUNTS();
-    ASSERT_TRUE(ws_.ok()) << ws_.error();
-    seed_ = TestSeed();
-    std::printf("seed=%llu (NASFS_E2E_SEED to repeat)\n", static_cast<unsigned long long>(seed_));
-    RecordProperty("seed", std::to_string(seed_));
-    rng_.seed(seed_);
+    WorkspaceTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     spec_.log_file = ws_.Path("nasfs.log");
   }
 
@@ -884,15 +733,37 @@ class JournalTest : public ::testing::Test {
     EXPECT_NO_TREE_DIFFS(model_.Compare(SnapshotTree(master_->store()), "master (baseline)"));
   }
 
+  // ---- nasfs killed under a writer ----
+
+  // Starts an InflightWriter in "inflight" (which must exist), waits for it
+  // to make `min_files` files, SIGKILLs nasfs (`pid`), and sets *w to what
+  // the writer did, applied to the model (the file it was writing unknown).
+  void KillUnderWriter(pid_t pid, size_t min_files, InflightWrites* w) {
+    InflightWriter writer(ws_.mnt(), "inflight", rng_());
+    writer.Start();
+    EXPECT_TRUE(WaitFor([&] { return writer.Done() >= min_files; }, 10s))
+        << "the writer made " << writer.Done() << " files in 10 s";
+    died_reported_ = true;  // this death is ours
+    ASSERT_EQ(kill(pid, SIGKILL), 0) << std::strerror(errno);
+    ASSERT_TRUE(WaitFor([&] { return ProcessGone(pid); }, 5s)) << "nasfs pid " << pid << " still there after SIGKILL";
+    writer.RequestStop();
+    ASSERT_TRUE(writer.Join(10s)) << "the writer is stuck 10 s after nasfs was killed";
+    *w = writer.result();
+    for (const auto& [rel, data] : w->done) model_.File(rel, data, 0644);
+    if (!w->failed.empty()) model_.Unknown(w->failed);
+  }
+
   // ---- the reader ----
 
   void StartReader() {
-    reader_ = std::make_unique<Reader>(ws_.mnt(), stable_files_, stable_links_, stable_dirs_, seed_ ^ rng_());
+    // Reads files nobody changes, a request every 5 ms or so.
+    reader_ = std::make_unique<ReaderLoad>(ws_.mnt(), stable_files_, stable_links_, stable_dirs_, seed_ ^ rng_(),
+                                           ReaderPace::PauseAfterEach(5ms));
     reader_->Start();
   }
-  ReadStats StopReader() {
+  LoadStats StopReader() {
     if (!reader_) return reads_;
-    const ReadStats r = reader_->Stop(mount_ ? mount_->daemon_pid() : -1);
+    const LoadStats r = reader_->Stop(mount_ ? mount_->daemon_pid() : -1);
     reader_.reset();
     reads_.ops += r.ops;
     reads_.failures += r.failures;
@@ -1273,13 +1144,13 @@ class JournalTest : public ::testing::Test {
   }
 
   void ExpectNoFailedRead() {
-    const ReadStats r = StopReader();
+    const LoadStats r = StopReader();
     EXPECT_GT(r.ops, 0);
     EXPECT_EQ(r.failures, 0) << "reads of unchanged files failed:" << FirstLines(r.failure_lines);
   }
 
   void Report(const std::string& scenario, const std::string& extra = "") {
-    const ReadStats r = reads_;
+    const LoadStats r = reads_;
     const std::string line = fmt::format(
         "[journal figures] {}: baseline_s={:.1f} ops={} ops_s={:.1f} max_op_ms={:.0f} failed_ops={} reads={} "
         "failed_reads={} max_read_ms={:.0f} pending_peak={} switch_back_s={:.2f} replay_s={:.2f} replay_total={} "
@@ -1356,16 +1227,13 @@ class JournalTest : public ::testing::Test {
     CheckFinal("after the " + role + " returned");
   }
 
-  Workspace ws_;
-  uint64_t seed_ = 0;
-  std::mt19937_64 rng_;
   MountSpec spec_;
   // Declared before the mount: destroyed after it (TearDown orders it anyway).
   std::unique_ptr<FuseNas> master_, backup_;
   std::string tmpfs_;  // a tmpfs mounted by the test, "" if none
   std::unique_ptr<MountedNasfs> mount_;
   std::unique_ptr<StatusWatch> watch_;
-  std::unique_ptr<Reader> reader_;
+  std::unique_ptr<ReaderLoad> reader_;
 
   Model model_;
   std::map<std::string, std::string> stable_files_, stable_links_;  // the reader's
@@ -1378,7 +1246,7 @@ class JournalTest : public ::testing::Test {
 
   Clock::time_point outage_at_;
   json sync_at_outage_;
-  ReadStats reads_;
+  LoadStats reads_;
   int ops_done_ = 0, op_failures_ = 0;
   std::vector<std::string> failed_ops_;  // every Do() that failed, with its errno
   int racer_writes_ = 0;
@@ -1427,18 +1295,9 @@ TEST_F(JournalTest, NasfsKilledDuringAMasterOutageFindsItsJournalAndReplaysIt) {
   const int64_t pending_before = Num(Get(before, "/journal/pending"));
   Do("mkdir inflight", {"inflight"}, [&] { return Errno(mkdir(M("inflight").c_str(), 0755)); },
      [&] { model_.Dir("inflight"); });
-  InflightWriter writer(ws_.mnt(), "inflight", rng_());
-  writer.Start();
-  EXPECT_TRUE(WaitFor([&] { return writer.Done() >= 5; }, 10s)) << "the writer made " << writer.Done() << " files in 10 s";
-  died_reported_ = true;  // this death is ours
-  ASSERT_EQ(kill(pid, SIGKILL), 0) << std::strerror(errno);
-  ASSERT_TRUE(WaitFor([&] { return ProcessGone(pid); }, 5s)) << "nasfs pid " << pid << " still there after SIGKILL";
-  writer.Stop();
-  ASSERT_TRUE(writer.Join(10s)) << "the writer is stuck 10 s after nasfs was killed";
+  InflightWrites w;
+  ASSERT_NO_FATAL_FAILURE(KillUnderWriter(pid, 5, &w));
   {
-    const InflightWriter::Result w = writer.result();
-    for (const auto& [rel, data] : w.done) model_.File(rel, data, 0644);
-    if (!w.failed.empty()) model_.Unknown(w.failed);
     std::printf("crash: the writer made %zu files; %s failed with %s\n", w.done.size(),
                 w.failed.empty() ? "(none)" : w.failed.c_str(), Errstr(w.err).c_str());
   }
@@ -1498,17 +1357,8 @@ TEST_F(JournalTest, NasfsKilledWithBothNasHealthyReconcilesWhatItWasWriting) {
   const json before = StatusNow();
   const pid_t pid = static_cast<pid_t>(Num(Get(before, "/pid")));
   ASSERT_GT(pid, 0) << "no pid in status: " << before.dump(2);
-  InflightWriter writer(ws_.mnt(), "inflight", rng_());
-  writer.Start();
-  EXPECT_TRUE(WaitFor([&] { return writer.Done() >= 8; }, 10s)) << "the writer made " << writer.Done() << " files in 10 s";
-  died_reported_ = true;  // this death is ours
-  ASSERT_EQ(kill(pid, SIGKILL), 0) << std::strerror(errno);
-  ASSERT_TRUE(WaitFor([&] { return ProcessGone(pid); }, 5s)) << "nasfs pid " << pid << " still there after SIGKILL";
-  writer.Stop();
-  ASSERT_TRUE(writer.Join(10s)) << "the writer is stuck 10 s after nasfs was killed";
-  const InflightWriter::Result w = writer.result();
-  for (const auto& [rel, data] : w.done) model_.File(rel, data, 0644);
-  if (!w.failed.empty()) model_.Unknown(w.failed);
+  InflightWrites w;
+  ASSERT_NO_FATAL_FAILURE(KillUnderWriter(pid, 8, &w));
   ASSERT_GE(w.done.size(), 3u);
   const auto lazy = RunCommand({"fusermount3", "-uz", ws_.mnt()}, Within(10s));
   if (!lazy.ok()) {

@@ -805,4 +805,13 @@ std::string FormatTimespec(const timespec& t) {
   return fmt::format("{}.{:09d}", static_cast<long long>(t.tv_sec), static_cast<long>(t.tv_nsec));
 }
 
+void WorkspaceTest::SetUp() {
+  NASFS_E2E_REQUIRE_MOUNTS();
+  ASSERT_TRUE(ws_.ok()) << ws_.error();
+  seed_ = TestSeed();
+  std::printf("seed=%llu (NASFS_E2E_SEED to repeat)\n", static_cast<unsigned long long>(seed_));
+  RecordProperty("seed", std::to_string(seed_));
+  rng_.seed(seed_);
+}
+
 }  // namespace nasfs::e2e

@@ -290,4 +290,22 @@ inline bool SameTime(const timespec& a, const timespec& b) {
 }
 std::string FormatTimespec(const timespec& t);
 
+// ---- a fixture base ---------------------------------------------------------
+
+// The base of a fixture that mounts things in its own workspace and draws
+// from a seeded rng. SetUp() skips the test when mounted tests cannot run,
+// checks the workspace, and seeds rng_ with TestSeed(), printed ("seed=N
+// (NASFS_E2E_SEED to repeat)") and recorded as the test's "seed" property.
+// A derived SetUp() calls it first, then returns if IsSkipped() or
+// HasFatalFailure().
+class WorkspaceTest : public ::testing::Test {
+ protected:
+  void SetUp() override;
+
+  // The first member: it outlives whatever a derived fixture mounts in it.
+  Workspace ws_;
+  uint64_t seed_ = 0;
+  std::mt19937_64 rng_;
+};
+
 }  // namespace nasfs::e2e

@@ -62,15 +62,8 @@ json Difference(const json& answer, const std::string& path, const std::string& 
   return nullptr;
 }
 
-class VerifyTest : public ::testing::Test {
+class VerifyTest : public WorkspaceTest {
  protected:
-  void SetUp() override {
-    NASFS_E2E_REQUIRE_MOUNTS();
-    ASSERT_TRUE(ws_.ok()) << ws_.error();
-    seed_ = TestSeed();
-    std::printf("seed=%llu (NASFS_E2E_SEED to repeat)\n", static_cast<unsigned long long>(seed_));
-    rng_.seed(seed_);
-  }
   // Faults undone first: a stopped or slow NAS would hang or slow the unmount.
   void TearDown() override {
     if (backup_nas_) backup_nas_->Cont();
@@ -135,13 +128,10 @@ class VerifyTest : public ::testing::Test {
     return {std::move(r), std::move(j)};
   }
 
-  Workspace ws_;
   std::unique_ptr<FuseNas> backup_nas_;  // destroyed after the nasfs mount stacked on it
   FaultfsNas* faultfs_ = nullptr;        // backup_nas_, when it is faultfs
   std::unique_ptr<MountedNasfs> mount_;
   json last_status_;
-  uint64_t seed_ = 0;
-  std::mt19937_64 rng_;
   bool xattrs_ = false;
 };
 

@@ -31,6 +31,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -1677,129 +1678,117 @@ constexpr EntryMode kEntryModes[] = {
     {"entries durable at once", false, true},
 };
 
-TEST_F(JournalCrashPointTest, CrashAtEveryStepOfACheckpoint) {
+// For each entry mode, runs `run(mode, n, &crashed)` for n = 0, 1, 2, ...:
+// run sets up, crashes the journal after n writing calls of what it tests
+// (env_.DeactivateAfter(n)), recovers, checks, and says whether the crash
+// came. Stops a mode at the first n that ran to the end without crashing (or
+// at a failure); each mode must have crashed at 4 points at least.
+void ForEveryCrashPoint(const std::function<void(const EntryMode&, int64_t, bool*)>& run, const char* why = "") {
   for (const EntryMode& mode : kEntryModes) {
     int crashes = 0;
     for (int64_t n = 0; n < 200; ++n) {
       SCOPED_TRACE(std::string(mode.name) + ", crash after " + std::to_string(n) + " writing calls");
-      NewDir();
-      env_.SetEagerDirEntries(mode.eager);
-      REOPEN();
-      Scenario s;
-      ASSERT_NO_FATAL_FAILURE(Populate(&s));
-      env_.DeactivateAfter(n);
-      int rc = j_->Checkpoint();
-      bool crashed = !env_.active();
-      if (!crashed) {
-        EXPECT_EQ(rc, 0);
-      }
-      Kill(mode.undo_removes);
-      Recovered rec;
-      REOPEN(&rec);
-      Verify(s, rec);
-      if (HasFailure() || !crashed) break;
+      bool crashed = false;
+      run(mode, n, &crashed);
+      if (::testing::Test::HasFailure() || !crashed) break;
       ++crashes;
     }
-    if (HasFailure()) break;
-    EXPECT_GE(crashes, 4) << mode.name << ": a checkpoint is at least create, append, sync, syncdir";
+    if (::testing::Test::HasFailure()) break;
+    EXPECT_GE(crashes, 4) << mode.name << why;
   }
+}
+
+TEST_F(JournalCrashPointTest, CrashAtEveryStepOfACheckpoint) {
+  ForEveryCrashPoint([&](const EntryMode& mode, int64_t n, bool* crashed) {
+    NewDir();
+    env_.SetEagerDirEntries(mode.eager);
+    REOPEN();
+    Scenario s;
+    ASSERT_NO_FATAL_FAILURE(Populate(&s));
+    env_.DeactivateAfter(n);
+    int rc = j_->Checkpoint();
+    *crashed = !env_.active();
+    if (!*crashed) {
+      EXPECT_EQ(rc, 0);
+    }
+    Kill(mode.undo_removes);
+    Recovered rec;
+    REOPEN(&rec);
+    Verify(s, rec);
+  }, ": a checkpoint is at least create, append, sync, syncdir");
 }
 
 TEST_F(JournalCrashPointTest, CrashAtEveryStepOfOpen) {
-  for (const EntryMode& mode : kEntryModes) {
-    int crashes = 0;
-    for (int64_t n = 0; n < 200; ++n) {
-      SCOPED_TRACE(std::string(mode.name) + ", crash after " + std::to_string(n) + " writing calls");
-      NewDir();
-      env_.SetEagerDirEntries(mode.eager);
-      REOPEN();
-      Scenario s;
-      ASSERT_NO_FATAL_FAILURE(Populate(&s));
-      Kill();
-      env_.SetEagerDirEntries(mode.eager);
-      env_.DeactivateAfter(n);
-      {
-        Recovered rec;
-        auto j = Journal::Open(Opts(), &rec);
-        if (j) j_ = std::move(*j);
-      }
-      bool crashed = !env_.active();
-      Kill(mode.undo_removes);
+  ForEveryCrashPoint([&](const EntryMode& mode, int64_t n, bool* crashed) {
+    NewDir();
+    env_.SetEagerDirEntries(mode.eager);
+    REOPEN();
+    Scenario s;
+    ASSERT_NO_FATAL_FAILURE(Populate(&s));
+    Kill();
+    env_.SetEagerDirEntries(mode.eager);
+    env_.DeactivateAfter(n);
+    {
       Recovered rec;
-      REOPEN(&rec);
-      Verify(s, rec);
-      if (HasFailure() || !crashed) break;
-      ++crashes;
+      auto j = Journal::Open(Opts(), &rec);
+      if (j) j_ = std::move(*j);
     }
-    if (HasFailure()) break;
-    EXPECT_GE(crashes, 4) << mode.name;
-  }
+    *crashed = !env_.active();
+    Kill(mode.undo_removes);
+    Recovered rec;
+    REOPEN(&rec);
+    Verify(s, rec);
+  });
 }
 
 TEST_F(JournalCrashPointTest, CrashAtEveryStepOfARepair) {
-  for (const EntryMode& mode : kEntryModes) {
-    int crashes = 0;
-    for (int64_t n = 0; n < 200; ++n) {
-      SCOPED_TRACE(std::string(mode.name) + ", crash after " + std::to_string(n) + " writing calls");
-      NewDir();
-      env_.SetEagerDirEntries(mode.eager);
-      REOPEN();
-      Scenario s;
-      ASSERT_NO_FATAL_FAILURE(Populate(&s));
-      env_.FailNextSync(EIO);
-      EXPECT_EQ(j_->AddMissed(kMaster, {C("p0", Op::kMeta)}), EIO);
-      env_.DeactivateAfter(n);
-      j_->Tick();
-      bool crashed = !env_.active();
-      if (!crashed) {
-        EXPECT_TRUE(j_->stats().ok) << j_->stats().error_text;
-      }
-      Kill(mode.undo_removes);
-      Recovered rec;
-      REOPEN(&rec);
-      Verify(s, rec);
-      EXPECT_TRUE(rec.damage.empty()) << "a crash alone reported damage: " << rec.damage;
-      if (HasFailure() || !crashed) break;
-      ++crashes;
+  ForEveryCrashPoint([&](const EntryMode& mode, int64_t n, bool* crashed) {
+    NewDir();
+    env_.SetEagerDirEntries(mode.eager);
+    REOPEN();
+    Scenario s;
+    ASSERT_NO_FATAL_FAILURE(Populate(&s));
+    env_.FailNextSync(EIO);
+    EXPECT_EQ(j_->AddMissed(kMaster, {C("p0", Op::kMeta)}), EIO);
+    env_.DeactivateAfter(n);
+    j_->Tick();
+    *crashed = !env_.active();
+    if (!*crashed) {
+      EXPECT_TRUE(j_->stats().ok) << j_->stats().error_text;
     }
-    if (HasFailure()) break;
-    EXPECT_GE(crashes, 4) << mode.name;
-  }
+    Kill(mode.undo_removes);
+    Recovered rec;
+    REOPEN(&rec);
+    Verify(s, rec);
+    EXPECT_TRUE(rec.damage.empty()) << "a crash alone reported damage: " << rec.damage;
+  });
 }
 
 // Open finds a damaged record, sets the segment aside and writes a
 // checkpoint; a crash anywhere in that must not lose the segment's readable
 // records.
 TEST_F(JournalDamageTest, CrashAtEveryStepOfAnOpenThatFindsDamage) {
-  for (const EntryMode& mode : kEntryModes) {
-    int crashes = 0;
-    for (int64_t n = 0; n < 200; ++n) {
-      SCOPED_TRACE(std::string(mode.name) + ", crash after " + std::to_string(n) + " writing calls");
-      NewDir();
-      ThreeRecords t;
-      ASSERT_NO_FATAL_FAILURE(WriteThree(&t));
-      env_.FlipByte(t.seg, t.a_end + (t.b_end - t.a_end) / 2);
-      env_.SetEagerDirEntries(mode.eager);
-      env_.DeactivateAfter(n);
-      {
-        Recovered rec;
-        auto j = Journal::Open(Opts(), &rec);
-        if (j) j_ = std::move(*j);
-      }
-      bool crashed = !env_.active();
-      Kill(mode.undo_removes);
+  ForEveryCrashPoint([&](const EntryMode& mode, int64_t n, bool* crashed) {
+    NewDir();
+    ThreeRecords t;
+    ASSERT_NO_FATAL_FAILURE(WriteThree(&t));
+    env_.FlipByte(t.seg, t.a_end + (t.b_end - t.a_end) / 2);
+    env_.SetEagerDirEntries(mode.eager);
+    env_.DeactivateAfter(n);
+    {
       Recovered rec;
-      REOPEN(&rec);
-      auto m = PendingMap(*j_, kMaster);
-      ExpectExact(m, "a");
-      ExpectExact(m, "c");
-      EXPECT_EQ(m.count(kLongB), 0u);
-      if (HasFailure() || !crashed) break;
-      ++crashes;
+      auto j = Journal::Open(Opts(), &rec);
+      if (j) j_ = std::move(*j);
     }
-    if (HasFailure()) break;
-    EXPECT_GE(crashes, 4) << mode.name;
-  }
+    *crashed = !env_.active();
+    Kill(mode.undo_removes);
+    Recovered rec;
+    REOPEN(&rec);
+    auto m = PendingMap(*j_, kMaster);
+    ExpectExact(m, "a");
+    ExpectExact(m, "c");
+    EXPECT_EQ(m.count(kLongB), 0u);
+  });
 }
 
 // ---------------------------------------------------------------------------
