@@ -735,6 +735,18 @@ class JournalTest : public WorkspaceTest {
 
   // ---- nasfs killed under a writer ----
 
+  // After nasfs was killed: detaches its dead mount (ENOTCONN) so nasfs can
+  // be mounted there again.
+  void ForgetDeadMount() {
+    const auto lazy = RunCommand({"fusermount3", "-uz", ws_.mnt()}, Within(10s));
+    if (!lazy.ok()) {
+      const auto l = RunCommand({"umount", "-l", ws_.mnt()}, Within(10s));
+      ASSERT_TRUE(l.ok()) << lazy.Describe() << "; " << l.Describe();
+    }
+    EXPECT_EQ(mount_->Unmount(), "");
+    mount_.reset();
+  }
+
   // Starts an InflightWriter in "inflight" (which must exist), waits for it
   // to make `min_files` files, SIGKILLs nasfs (`pid`), and sets *w to what
   // the writer did, applied to the model (the file it was writing unknown).
@@ -1301,13 +1313,7 @@ TEST_F(JournalTest, NasfsKilledDuringAMasterOutageFindsItsJournalAndReplaysIt) {
     std::printf("crash: the writer made %zu files; %s failed with %s\n", w.done.size(),
                 w.failed.empty() ? "(none)" : w.failed.c_str(), Errstr(w.err).c_str());
   }
-  const auto lazy = RunCommand({"fusermount3", "-uz", ws_.mnt()}, Within(10s));
-  if (!lazy.ok()) {
-    const auto l = RunCommand({"umount", "-l", ws_.mnt()}, Within(10s));
-    ASSERT_TRUE(l.ok()) << lazy.Describe() << "; " << l.Describe();
-  }
-  EXPECT_EQ(mount_->Unmount(), "");
-  mount_.reset();
+  ASSERT_NO_FATAL_FAILURE(ForgetDeadMount());
 
   // Mounted again while the master is still dead.
   const auto restart = Clock::now();
@@ -1360,13 +1366,7 @@ TEST_F(JournalTest, NasfsKilledWithBothNasHealthyReconcilesWhatItWasWriting) {
   InflightWrites w;
   ASSERT_NO_FATAL_FAILURE(KillUnderWriter(pid, 8, &w));
   ASSERT_GE(w.done.size(), 3u);
-  const auto lazy = RunCommand({"fusermount3", "-uz", ws_.mnt()}, Within(10s));
-  if (!lazy.ok()) {
-    const auto l = RunCommand({"umount", "-l", ws_.mnt()}, Within(10s));
-    ASSERT_TRUE(l.ok()) << lazy.Describe() << "; " << l.Describe();
-  }
-  EXPECT_EQ(mount_->Unmount(), "");
-  mount_.reset();
+  ASSERT_NO_FATAL_FAILURE(ForgetDeadMount());
 
   // What a crash between the two NAS leaves, on the backup's store.
   const std::string b = backup_->store() + "/";
