@@ -1396,6 +1396,33 @@ TEST_F(JournalTest, NasfsKilledWithBothNasHealthyReconcilesWhatItWasWriting) {
   CheckFinal("after the restart");
 }
 
+// A hard link made during a master outage reaches the master as a link
+// (one inode, two names), not as a second copy of the data.
+TEST_F(JournalTest, AHardLinkMadeDuringAnOutageIsReplayedAsALink) {
+  ASSERT_NO_FATAL_FAILURE(StartMounted());
+  const std::string data = RandomBytes(rng_, 5000);
+  Do("create a", {"a"}, [&] { return PutFile(M("a"), data, O_CREAT | O_TRUNC); }, [&] { model_.File("a", data, 0644); });
+  ASSERT_NO_FATAL_FAILURE(TakeDown("master"));
+  Do("mkdir d", {"d"}, [&] { return Errno(mkdir(M("d").c_str(), 0755)); }, [&] { model_.Dir("d"); });
+  Do("link a d/b", {"d/b"}, [&] { return Errno(link(M("a").c_str(), M("d/b").c_str())); },
+     [&] { model_.File("d/b", data, 0644); });
+  const std::string more = "written through the second name";
+  Do("append to d/b", {"d/b"}, [&] { return PutFile(M("d/b"), more, O_APPEND); }, [&] {
+    model_.At("a").data += more;
+    model_.At("d/b").data += more;
+  });
+  ExpectOpsSucceeded("the outage");
+  ASSERT_NO_FATAL_FAILURE(BringBack("master"));
+  CheckFinal("after the master returned");
+  for (const FuseNas* nas : {master_.get(), backup_.get()}) {
+    struct stat a, b;
+    ASSERT_EQ(stat((nas->store() + "/a").c_str(), &a), 0) << std::strerror(errno);
+    ASSERT_EQ(stat((nas->store() + "/d/b").c_str(), &b), 0) << std::strerror(errno);
+    EXPECT_EQ(a.st_ino, b.st_ino) << nas->store() << ": a and d/b are two files, not one linked twice";
+    EXPECT_EQ(a.st_nlink, 2u) << nas->store();
+  }
+}
+
 // (c) The backup dies: reads stay on the master throughout; the backup gets
 // the operations when it returns.
 TEST_F(JournalTest, ABackupOutageIsReplayedOntoTheBackupWhileReadsStayOnTheMaster) {
