@@ -45,6 +45,11 @@ Side ReadSide(Backend& nas, std::chrono::milliseconds timeout) {
   return f.get();
 }
 
+std::string ParentOf(const std::string& path) {
+  auto slash = path.rfind('/');
+  return slash == std::string::npos ? "" : path.substr(0, slash);
+}
+
 }  // namespace
 
 Nasfs::Nasfs(Options opts)
@@ -199,7 +204,7 @@ tl::expected<void, std::string> Nasfs::AdoptJournal() {
       bool full = !continuous || journal_->full_sync(t);
       SetFullSync(*b, full);
       if (!full)
-        log->info("{} is out; the journal lists the {} changes it lacks", b->name(), journal_->PendingFor(t).size());
+        log->info("{} is out; the journal lists the {} changes it lacks", b->name(), journal_->stats().pending[journal::TargetIndex(t)]);
     } else if (b->state() == BackendState::kSyncing) {
       SetFullSync(*b, true);
     } else if ((continuous && journal_->full_sync(t)) || (!recovered_.damage.empty() && journal_->HasPending(t))) {
@@ -211,7 +216,7 @@ tl::expected<void, std::string> Nasfs::AdoptJournal() {
                                            : "the journal of what it lacks is damaged: it is copied afresh");
     } else if (continuous && journal_->HasPending(t)) {
       b->SetState(BackendState::kDown,
-                  fmt::format("{} journaled changes to replay first", journal_->PendingFor(t).size()));
+                  fmt::format("{} journaled changes to replay first", journal_->stats().pending[journal::TargetIndex(t)]));
     }
   }
   // Directories being written when nasfs stopped may differ between the NAS.
@@ -355,7 +360,7 @@ void Nasfs::MaybeRecover(Backend& b, bool forced) {
     }
     if (o.state() != BackendState::kHealthy) return;  // nothing to replay from yet
     b.SetState(BackendState::kRecovering,
-               fmt::format("replaying {} journaled changes from {}", journal_->PendingFor(Tgt(b)).size(), o.name()));
+               fmt::format("replaying {} journaled changes from {}", journal_->stats().pending[journal::TargetIndex(Tgt(b))], o.name()));
   }
   if (replay_thread_.joinable()) replay_thread_.join();  // the last replay, finished
   replay_running_ = true;
@@ -414,6 +419,21 @@ void Nasfs::ReplayLoop(Backend& b) {
     return fmt::format("replayed {} changes from {} in {:.2f} s", done, o.name(),
                        std::chrono::duration<double>(Clock::now() - t0).count());
   };
+  // b serves again if nothing is pending for it, atomically with every
+  // write's routing: nothing it lacks is then pending or in flight.
+  auto switch_back = [&] {
+    if (!journal_->FinishIfEmpty(t, [&] { b.SetState(BackendState::kHealthy, done_message()); })) return false;
+    finish("done");
+    if (&b == master_.get()) log->info("reads return to the master {}", b.path());
+    return true;
+  };
+  // Parents before what they hold.
+  auto pending_sorted = [&] {
+    auto entries = journal_->PendingFor(t);
+    std::sort(entries.begin(), entries.end(),
+              [](const journal::Pending& x, const journal::Pending& y) { return ComparePaths(x.path, y.path) < 0; });
+    return entries;
+  };
   while (!stopping_) {
     if (b.state() != BackendState::kRecovering) {
       finish(fmt::format("stopped: {} is {}", b.name(), StateName(b.state())));
@@ -424,19 +444,11 @@ void Nasfs::ReplayLoop(Backend& b) {
       finish("stopped: the source went out");
       return;
     }
-    auto entries = journal_->PendingFor(t);
+    auto entries = pending_sorted();
     if (entries.empty()) {
-      // Atomic with every write's routing: nothing the NAS lacks is pending
-      // or in flight when it serves again.
-      if (journal_->FinishIfEmpty(t, [&] { b.SetState(BackendState::kHealthy, done_message()); })) {
-        finish("done");
-        if (&b == master_.get()) log->info("reads return to the master {}", b.path());
-        return;
-      }
+      if (switch_back()) return;
       continue;
     }
-    std::sort(entries.begin(), entries.end(),
-              [](const journal::Pending& x, const journal::Pending& y) { return ComparePaths(x.path, y.path) < 0; });
     uint64_t round;
     {
       std::lock_guard lk(replay_mu_);
@@ -450,9 +462,7 @@ void Nasfs::ReplayLoop(Backend& b) {
     std::unique_lock<std::shared_mutex> quiesce;
     if (entries.size() <= kQuiesceEntries || round >= kMaxRounds) {
       quiesce = std::unique_lock(sync_mu_);
-      entries = journal_->PendingFor(t);  // no write is in flight now
-      std::sort(entries.begin(), entries.end(),
-                [](const journal::Pending& x, const journal::Pending& y) { return ComparePaths(x.path, y.path) < 0; });
+      entries = pending_sorted();  // no write is in flight now
     }
     std::set<std::string> parents;
     std::vector<const journal::Pending*> replayed;
@@ -472,8 +482,7 @@ void Nasfs::ReplayLoop(Backend& b) {
         failed = e.path;
         break;
       }
-      auto slash = e.path.rfind('/');
-      if (!e.path.empty()) parents.insert(slash == std::string::npos ? "" : e.path.substr(0, slash));
+      if (!e.path.empty()) parents.insert(ParentOf(e.path));
       {
         std::lock_guard lk(replay_mu_);
         ++replay_.done;
@@ -499,11 +508,7 @@ void Nasfs::ReplayLoop(Backend& b) {
     }
     for (const auto* e : replayed) journal_->Done(t, e->path, e->seq);
     replayed_paths_.fetch_add(replayed.size(), std::memory_order_relaxed);
-    if (quiesce && journal_->FinishIfEmpty(t, [&] { b.SetState(BackendState::kHealthy, done_message()); })) {
-      finish("done");
-      if (&b == master_.get()) log->info("reads return to the master {}", b.path());
-      return;
-    }
+    if (quiesce && switch_back()) return;
   }
   finish("stopped: nasfs is stopping");
 }
@@ -538,11 +543,6 @@ std::optional<journal::Op> OpOf(std::string_view what) {
   for (const auto& [name, op] : kOps)
     if (what == name) return op;
   return std::nullopt;
-}
-
-std::string ParentOf(const std::string& path) {
-  auto slash = path.rfind('/');
-  return slash == std::string::npos ? "" : path.substr(0, slash);
 }
 
 }  // namespace

@@ -529,10 +529,7 @@ int TreeSync::Reconcile(const std::string& path, journal::Scope scope, bool forc
   if (!is_dir) return 0;
   // A directory the target lacked is copied whole, whatever the scope.
   if (scope == journal::Scope::kTree || created) {
-    std::vector<std::string> names;
-    if (int r = ListUnion(path, &names)) return r;
-    for (const auto& n : names)
-      if (int r = ReconcileSubtree(JoinPath(path, n))) return r;
+    if (int r = ReconcileChildren(path)) return r;
   } else if (scope == journal::Scope::kShallow) {
     std::vector<std::string> names;
     if (int r = ListUnion(path, &names)) return r;
@@ -540,12 +537,8 @@ int TreeSync::Reconcile(const std::string& path, journal::Scope scope, bool forc
       std::string child = JoinPath(path, n);
       bool child_dir = false, child_created = false;
       if (int r = SyncEntry(child, &child_dir, false, &child_created)) return r;
-      if (child_dir && child_created) {
-        std::vector<std::string> sub;
-        if (int r = ListUnion(child, &sub)) return r;
-        for (const auto& m : sub)
-          if (int r = ReconcileSubtree(JoinPath(child, m))) return r;
-      }
+      if (child_dir && child_created)
+        if (int r = ReconcileChildren(child)) return r;
       if (child_dir)
         if (int r = SyncDirTimes(child)) return r;
     }
@@ -619,11 +612,16 @@ int TreeSync::ReconcileSubtree(const std::string& path) {
   bool is_dir = false;
   if (int r = SyncEntry(path, &is_dir)) return r;
   if (!is_dir) return 0;
-  std::vector<std::string> names;
-  if (int r = ListUnion(path, &names)) return r;
-  for (const auto& n : names)
-    if (int r = ReconcileSubtree(JoinPath(path, n))) return r;
+  if (int r = ReconcileChildren(path)) return r;
   return SyncDirTimes(path);
+}
+
+int TreeSync::ReconcileChildren(const std::string& dir) {
+  std::vector<std::string> names;
+  if (int r = ListUnion(dir, &names)) return r;
+  for (const auto& n : names)
+    if (int r = ReconcileSubtree(JoinPath(dir, n))) return r;
+  return 0;
 }
 
 }  // namespace nasfs

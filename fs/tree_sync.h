@@ -100,6 +100,8 @@ class TreeSync {
   // Moves aside (displace_) or removes the target's entry at path.
   int Displace(const std::string& path);
   int ReconcileSubtree(const std::string& path);
+  // ReconcileSubtree of every name either side has in dir.
+  int ReconcileChildren(const std::string& dir);
   // Creates (from the source) the ancestors of path the target lacks.
   int EnsureAncestors(const std::string& path);
   bool SameContent(const std::string& path);
