@@ -13,19 +13,13 @@
 #include <map>
 #include <set>
 
-#include <xxhash.h>
+#include "journal/record.h"
 
 namespace nasfs::journal {
 namespace {
 
-// ---- record framing (journal/FORMAT.md) ----
-constexpr uint32_t kMagic = 0x314c4a4e;  // "NJL1" little endian
-constexpr size_t kHeader = 16;           // magic, length, seq
-constexpr size_t kTrailer = 8;           // xxh3-64
-constexpr uint32_t kMaxPayload = 1 << 20;
-
 enum Kind : uint8_t {
-  kMissed = 1,
+  kMissed = kKindMissed,
   kDone = 2,
   kIntent = 3,
   kRetire = 4,
@@ -35,91 +29,7 @@ enum Kind : uint8_t {
   kCheckpointEnd = 8,
 };
 
-constexpr uint8_t kFlagWhole = 1;  // kMissed: the whole file, even for a write
 constexpr size_t kMaxRanges = 64;  // past this, a file is replayed whole
-
-void Put8(std::string* s, uint8_t v) { s->push_back(static_cast<char>(v)); }
-void Put32(std::string* s, uint32_t v) {
-  for (int i = 0; i < 4; ++i) s->push_back(static_cast<char>(v >> (8 * i)));
-}
-void Put64(std::string* s, uint64_t v) {
-  for (int i = 0; i < 8; ++i) s->push_back(static_cast<char>(v >> (8 * i)));
-}
-void PutStr(std::string* s, std::string_view v) {
-  Put32(s, static_cast<uint32_t>(v.size()));
-  s->append(v);
-}
-
-uint64_t Load64(const char* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
-  return v;
-}
-uint32_t Load32(const char* p) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
-  return v;
-}
-
-// Reads a payload field by field; any overrun makes ok() false.
-class Reader {
- public:
-  explicit Reader(std::string_view s) : s_(s) {}
-  uint8_t U8() { return Need(1) ? static_cast<uint8_t>(s_[pos_++]) : 0; }
-  uint32_t U32() {
-    if (!Need(4)) return 0;
-    uint32_t v = Load32(s_.data() + pos_);
-    pos_ += 4;
-    return v;
-  }
-  uint64_t U64() {
-    if (!Need(8)) return 0;
-    uint64_t v = Load64(s_.data() + pos_);
-    pos_ += 8;
-    return v;
-  }
-  std::string Str() {
-    uint32_t n = U32();
-    if (!Need(n)) return {};
-    std::string v(s_.substr(pos_, n));
-    pos_ += n;
-    return v;
-  }
-  bool ok() const { return ok_; }
-  bool done() const { return ok_ && pos_ == s_.size(); }
-
- private:
-  bool Need(size_t n) {
-    if (!ok_ || s_.size() - pos_ < n) ok_ = false;
-    return ok_;
-  }
-  std::string_view s_;
-  size_t pos_ = 0;
-  bool ok_ = true;
-};
-
-void Frame(std::string* out, uint64_t seq, const std::string& payload) {
-  size_t start = out->size();
-  Put32(out, kMagic);
-  Put32(out, static_cast<uint32_t>(payload.size()));
-  Put64(out, seq);
-  out->append(payload);
-  Put64(out, XXH3_64bits(out->data() + start + 4, 12 + payload.size()));
-}
-
-// The record at s[off], if it is whole and its checksum holds.
-bool ParseAt(std::string_view s, size_t off, uint64_t* seq, std::string_view* payload, size_t* size) {
-  if (s.size() - off < kHeader + kTrailer) return false;
-  const char* p = s.data() + off;
-  if (Load32(p) != kMagic) return false;
-  uint32_t len = Load32(p + 4);
-  if (len > kMaxPayload || s.size() - off < kHeader + len + kTrailer) return false;
-  if (XXH3_64bits(p + 4, 12 + len) != Load64(p + kHeader + len)) return false;
-  *seq = Load64(p + 8);
-  *payload = s.substr(off + kHeader, len);
-  *size = kHeader + len + kTrailer;
-  return true;
-}
 
 int64_t NowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -161,46 +71,6 @@ void MergeRange(std::vector<Range>* ranges, Range r) {
     }
   }
   *ranges = std::move(out);
-}
-
-// One segment's records, found by framing and checksum. Bytes that do
-// not frame are skipped to the next record that does: damage when one
-// follows, a torn tail (a write cut off by a crash, or zeros a power cut
-// left) when none does in the last segment.
-struct ScannedRecord {
-  size_t offset;
-  uint64_t seq;
-  std::string payload;
-};
-struct ScanResult {
-  std::vector<ScannedRecord> records;
-  uint64_t damaged = 0;     // unreadable stretches followed by readable records
-  uint64_t torn_bytes = 0;  // unreadable tail of the last segment
-};
-
-ScanResult Scan(std::string_view data, bool last) {
-  ScanResult out;
-  size_t off = 0;
-  while (off < data.size()) {
-    uint64_t seq;
-    std::string_view payload;
-    size_t size;
-    if (ParseAt(data, off, &seq, &payload, &size)) {
-      out.records.push_back({off, seq, std::string(payload)});
-      off += size;
-      continue;
-    }
-    size_t next = off + 1;
-    while (next < data.size() && !ParseAt(data, next, &seq, &payload, &size)) ++next;
-    if (next >= data.size()) {
-      if (last) out.torn_bytes = data.size() - off;
-      else ++out.damaged;  // sealed segments were synced whole
-      break;
-    }
-    ++out.damaged;
-    off = next;
-  }
-  return out;
 }
 
 // ---- POSIX Env ----
@@ -423,15 +293,11 @@ struct Journal::Impl {
     uint8_t kind = r.U8();
     switch (kind) {
       case kMissed: {
-        uint8_t target = r.U8(), scope = r.U8(), op = r.U8(), flags = r.U8();
-        int64_t ns = static_cast<int64_t>(r.U64());
-        uint64_t entry_seq = r.U64(), off = r.U64(), len = r.U64();
-        std::string path = r.Str();
-        std::string from;
-        if (r.ok() && !r.done()) from = r.Str();  // optional: a link's existing name
-        if (!r.done() || (target != kMaster && target != kBackup) || scope > 2 || op < 1 || op > 8) return false;
-        ApplyMissed(target == kMaster ? 0 : 1, path, static_cast<Scope>(scope), static_cast<Op>(op), flags, ns,
-                    entry_seq ? entry_seq : seq, off, len, from);
+        MissedRecord m;
+        if (!DecodeMissed(payload, &m)) return false;
+        const Change& c = m.change;
+        ApplyMissed(TargetIndex(m.target), c.path, c.scope, c.op, m.flags, m.ns, m.entry_seq ? m.entry_seq : seq,
+                    c.offset, c.length, c.link_from);
         return true;
       }
       case kDone: {
@@ -576,20 +442,9 @@ struct Journal::Impl {
       }
       for (const auto& [path, e] : pending[t]) {
         auto missed = [&](Op op, uint8_t flags, uint64_t off, uint64_t len) {
-          const std::string& from = op == Op::kCreate ? e.link_from : std::string();
-          p.clear();
-          Put8(&p, kMissed);
-          Put8(&p, target);
-          Put8(&p, static_cast<uint8_t>(e.scope));
-          Put8(&p, static_cast<uint8_t>(op));
-          Put8(&p, flags);
-          Put64(&p, static_cast<uint64_t>(e.first_ns));
-          Put64(&p, e.seq);
-          Put64(&p, off);
-          Put64(&p, len);
-          PutStr(&p, path);
-          if (!from.empty()) PutStr(&p, from);
-          add(p);
+          MissedRecord m{static_cast<Target>(target), {path, e.scope, op, off, len, op == Op::kCreate ? e.link_from : std::string()},
+                         flags, e.first_ns, e.seq};
+          add(EncodeMissed(m));
         };
         for (unsigned op = 1; op <= 8; ++op)
           if ((e.ops & (1u << op)) && op != static_cast<unsigned>(Op::kWrite))
@@ -668,19 +523,7 @@ struct Journal::Impl {
 
   uint64_t AppendMissedLocked(Target target, const Change& c) {
     int64_t ns = NowNs();
-    std::string p;
-    Put8(&p, kMissed);
-    Put8(&p, target);
-    Put8(&p, static_cast<uint8_t>(c.scope));
-    Put8(&p, static_cast<uint8_t>(c.op));
-    Put8(&p, 0);
-    Put64(&p, static_cast<uint64_t>(ns));
-    Put64(&p, 0);
-    Put64(&p, c.offset);
-    Put64(&p, c.length);
-    PutStr(&p, c.path);
-    if (!c.link_from.empty()) PutStr(&p, c.link_from);
-    uint64_t seq = AppendLocked(p);
+    uint64_t seq = AppendLocked(EncodeMissed(MissedRecord{target, c, 0, ns, 0}));
     ApplyMissed(TargetIndex(target), c.path, c.scope, c.op, 0, ns, seq, c.offset, c.length, c.link_from);
     return seq;
   }
