@@ -48,6 +48,7 @@
 #include <gtest/gtest.h>
 
 #include "journal/journal.h"
+#include "journal/peer_log.h"
 
 namespace nasfs::journal {
 namespace {
@@ -2088,6 +2089,51 @@ TEST_F(JournalTest, RecordedWritesCountAsWritersUntilEndWrites) {
   ASSERT_EQ(j_->RecordIfTouching(kMaster, w1, &recorded), 0);
   j_->Done(kMaster, "d/f", old_seq);
   EXPECT_EQ(PendingMap(*j_, kMaster).count("d/f"), 1u);
+}
+
+
+// ---- the pending index on the shared NAS (peer_log.h) ----
+
+TEST(PeerLog, RoundTripMergesByPathAndKeepsTheWidestScope) {
+  uint64_t seq = 1;
+  std::string log = EncodePeerRecords(kMaster,
+                                      {{"d/f", Scope::kEntry, Op::kWrite, 0, 10, {}},
+                                       {"d", Scope::kEntry, Op::kDirTimes, 0, 0, {}},
+                                       {"d/f", Scope::kTree, Op::kRename, 0, 0, {}},
+                                       {"n\nl\tname", Scope::kEntry, Op::kCreate, 0, 0, "d/f"}},
+                                      &seq);
+  log += EncodePeerRecords(kBackup, {{"other", Scope::kEntry, Op::kCreate, 0, 0, {}}}, &seq);
+  EXPECT_EQ(seq, 6u);
+  auto c = DecodePeerLog(log, kMaster);
+  EXPECT_EQ(c.records, 5u);
+  EXPECT_EQ(c.last_seq, 5u);
+  EXPECT_EQ(c.torn_bytes, 0u);
+  ASSERT_EQ(c.entries.size(), 3u);  // "other" is for the backup
+  EXPECT_EQ(c.entries[0].path, "d/f");
+  EXPECT_EQ(c.entries[0].scope, Scope::kTree);
+  EXPECT_EQ(c.entries[0].ops, (1u << static_cast<unsigned>(Op::kWrite)) | (1u << static_cast<unsigned>(Op::kRename)));
+  EXPECT_EQ(c.entries[1].path, "d");
+  EXPECT_EQ(c.entries[2].path, "n\nl\tname");
+  EXPECT_EQ(DecodePeerLog(log, kBackup).entries.size(), 1u);
+}
+
+TEST(PeerLog, ATornAppendLosesOnlyItsOwnRecord) {
+  uint64_t seq = 1;
+  std::string whole = EncodePeerRecords(kMaster, {{"a", Scope::kEntry, Op::kCreate, 0, 0, {}}}, &seq);
+  std::string next = EncodePeerRecords(kMaster, {{"b", Scope::kEntry, Op::kCreate, 0, 0, {}}}, &seq);
+  for (size_t cut = 0; cut < next.size(); ++cut) {
+    auto c = DecodePeerLog(whole + next.substr(0, cut), kMaster);
+    ASSERT_EQ(c.entries.size(), 1u) << "cut at " << cut;
+    EXPECT_EQ(c.entries[0].path, "a");
+    EXPECT_EQ(c.torn_bytes, cut);
+  }
+  // A flipped byte in the first record: the second still reads.
+  std::string bad = whole + next;
+  bad[20] ^= 0x40;
+  auto c = DecodePeerLog(bad, kMaster);
+  ASSERT_EQ(c.entries.size(), 1u);
+  EXPECT_EQ(c.entries[0].path, "b");
+  EXPECT_EQ(c.damaged, 1u);
 }
 
 }  // namespace
