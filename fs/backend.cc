@@ -460,6 +460,19 @@ int Backend::Rmdir(const std::string& rel, const timespec& t) const {
   return StampMtimeAt(pfd->get(), ".", t, 0);
 }
 
+int RenameAt(int olddirfd, const char* oldname, int newdirfd, const char* newname, unsigned flags) {
+  if (renameat2(olddirfd, oldname, newdirfd, newname, flags) == 0) return 0;
+  int e = errno;
+  // NFS, and FUSE servers built on libfuse 2 (bindfs), refuse renameat2's
+  // flags with EINVAL. RENAME_NOREPLACE is then checked by hand: only
+  // another client creating the name in between can defeat it.
+  if ((e != EINVAL && e != ENOSYS) || flags != RENAME_NOREPLACE) return e;
+  struct stat st;
+  if (fstatat(newdirfd, newname, &st, AT_SYMLINK_NOFOLLOW) == 0) return EEXIST;
+  if (errno != ENOENT) return errno;
+  return renameat(olddirfd, oldname, newdirfd, newname) == 0 ? 0 : errno;
+}
+
 int Backend::Rename(const std::string& old_rel, const std::string& new_rel, unsigned flags,
                     const timespec& t) const {
   std::string oname, nname;
@@ -467,8 +480,7 @@ int Backend::Rename(const std::string& old_rel, const std::string& new_rel, unsi
   if (!opfd) return opfd.error();
   auto npfd = OpenParent(new_rel, &nname);
   if (!npfd) return npfd.error();
-  if (renameat2(opfd->get(), oname.c_str(), npfd->get(), nname.c_str(), flags) != 0)
-    return Errno();
+  if (int e = RenameAt(opfd->get(), oname.c_str(), npfd->get(), nname.c_str(), flags)) return e;
   if (int e = StampMtimeAt(opfd->get(), ".", t, 0)) return e;
   return StampMtimeAt(npfd->get(), ".", t, 0);
 }

@@ -202,6 +202,9 @@ class Backend {
   std::atomic<uint64_t> ops_{0}, errors_{0}, timeouts_{0}, state_changes_{0}, probes_failed_{0};
 };
 
+// renameat2 (0 or an errno), with RENAME_NOREPLACE emulated where the NAS
+// refuses the flag (NFS, libfuse 2 servers such as bindfs).
+int RenameAt(int olddirfd, const char* oldname, int newdirfd, const char* newname, unsigned flags);
 // "a/b" + "c" -> "a/b/c"; "" + "c" -> "c".
 std::string JoinPath(const std::string& dir, const std::string& name);
 // Whether an errno means the NAS itself is sick rather than the request wrong.

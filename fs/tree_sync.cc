@@ -298,8 +298,8 @@ int TreeSync::Displace(const std::string& path) {
     // reconcile): never replace the version kept first.
     std::string name = dn;
     for (int n = 1;; ++n) {
-      if (renameat2(opfd->get(), on.c_str(), dpfd->get(), name.c_str(), RENAME_NOREPLACE) == 0) return 0;
-      if (errno != EEXIST || n > 1000) return errno;
+      int e = RenameAt(opfd->get(), on.c_str(), dpfd->get(), name.c_str(), RENAME_NOREPLACE);
+      if (e != EEXIST || n > 1000) return e;
       name = fmt::format("{}.{}", dn, n);
     }
   });
