@@ -32,7 +32,7 @@ std::string CheckMarker(int dirfd, const Backend& nas, const std::string& pair_i
   return "";
 }
 
-int Probe(const Backend& nas, const std::string& node, const std::string& pair_id, uint64_t seq,
+int Probe(const Backend& nas, const std::string& node, const std::string& pair_id, const std::string& beat,
           ProbeResult* out) {
   auto root = nas.Root();
   struct stat rs{}, ps{};
@@ -62,7 +62,6 @@ int Probe(const Backend& nas, const std::string& node, const std::string& pair_i
   }
   // 3. A write, read back.
   std::string name = fmt::format("{}/heartbeat.{}", kMetaDir, node);
-  std::string beat = fmt::format("{} {}\n", seq, NowIso8601());
   {
     auto f = Backend::OpenBeneathAt(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0644);
     if (!f) {
@@ -86,12 +85,13 @@ int Probe(const Backend& nas, const std::string& node, const std::string& pair_i
 }  // namespace
 
 HealthMonitor::HealthMonitor(Backend* nas, std::string node, std::string pair_id,
-                             std::chrono::milliseconds interval, ResultFn on_result)
+                             std::chrono::milliseconds interval, ResultFn on_result, BeatFn beat)
     : nas_(nas),
       node_(std::move(node)),
       pair_id_(std::move(pair_id)),
       interval_(interval),
-      on_result_(std::move(on_result)) {}
+      on_result_(std::move(on_result)),
+      beat_(std::move(beat)) {}
 
 HealthMonitor::~HealthMonitor() { Stop(); }
 
@@ -112,9 +112,11 @@ std::string HealthMonitor::ProbeOnce() {
   auto out = std::make_shared<ProbeResult>();
   Backend* nas = nas_;
   auto deadline = nas->Deadline();
+  uint64_t seq = ++seq_;
+  std::string beat = beat_ ? beat_(seq) : fmt::format("{} {}", seq, NowIso8601());
+  beat += "\n";
   auto call = nas->Submit(
-      [nas, node = node_, pair = pair_id_, seq = ++seq_, out] { return Probe(*nas, node, pair, seq, out.get()); },
-      deadline);
+      [nas, node = node_, pair = pair_id_, beat, out] { return Probe(*nas, node, pair, beat, out.get()); }, deadline);
   int r = call->Wait(deadline);
   // The worker owns *out until the call is done: read it only then.
   if (!call->done()) return fmt::format("probe missed its {} ms deadline", nas->io_timeout().count());

@@ -11,7 +11,8 @@
 //     role. A bare mount point (an unmounted NAS) has no marker and is never
 //     taken, so nothing is ever written to the local disk beneath it;
 //  2. reads the identity marker of the root in use;
-//  3. writes .nasfs/heartbeat.<node> and reads it back.
+//  3. writes .nasfs/heartbeat.<node> and reads it back (other web servers
+//     read it too: a heartbeat that stops changing is a server that died).
 //
 // Results go to the callback, on the monitor's thread.
 #pragma once
@@ -30,10 +31,13 @@ namespace nasfs {
 class HealthMonitor {
  public:
   using ResultFn = std::function<void(Backend& nas, bool ok, const std::string& error, double latency_ms)>;
+  // The heartbeat's content for probe number `seq` (one line; other web
+  // servers read it, see fs/peers.h). Runs on the monitor's thread.
+  using BeatFn = std::function<std::string(uint64_t seq)>;
 
   // *nas must outlive the monitor.
   HealthMonitor(Backend* nas, std::string node, std::string pair_id, std::chrono::milliseconds interval,
-                ResultFn on_result);
+                ResultFn on_result, BeatFn beat = nullptr);
   ~HealthMonitor();  // stops and joins
 
   void Start();
@@ -51,6 +55,7 @@ class HealthMonitor {
   const std::string pair_id_;
   const std::chrono::milliseconds interval_;
   ResultFn on_result_;
+  BeatFn beat_;
   uint64_t seq_ = 0;  // monitor thread only
 
   std::mutex mu_;

@@ -128,7 +128,22 @@ int main(int argc, char** argv) {
     ControlServer::TrimToFit(answer, "entries");
     return answer;
   });
-  control.AddLongCommand("replay", [&fs](const nlohmann::json&, std::stop_token) { return fs.ReplayNow(); });
+  control.AddLongCommand("replay", [&fs, control_failure](const nlohmann::json& req, std::stop_token) {
+    auto node = req.find("node");
+    if (node == req.end()) return fs.ReplayNow();
+    if (!node->is_string() || node->get<std::string>().empty()) return control_failure("\"node\" must be a name");
+    return fs.ReplayNode(node->get<std::string>());
+  });
+  control.AddLongCommand("conflicts", [&fs, control_failure](const nlohmann::json& req, std::stop_token) {
+    auto id = req.find("restore");
+    if (id == req.end()) {
+      nlohmann::json answer = fs.Conflicts();
+      ControlServer::TrimToFit(answer, "conflicts");
+      return answer;
+    }
+    if (!id->is_string()) return control_failure("\"restore\" must be a conflict id");
+    return fs.RestoreConflict(id->get<std::string>());
+  });
   control.AddLongCommand("verify", [&fs, control_failure, running = std::make_shared<std::atomic<bool>>(false)](
                                        const nlohmann::json& req, std::stop_token stop) {
     auto max = ControlServer::CountArgument(req, "max", 1000, 100000);

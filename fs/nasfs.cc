@@ -65,9 +65,11 @@ Nasfs::Nasfs(Options opts)
             OnFault(b, fmt::format("{}: {}", what, std::strerror(err)));
           },
           [this](Backend& b, const std::vector<journal::Change>& changes) {
-            return JournalResult(journal_->AddMissed(Tgt(b), changes));
+            if (int e = journal_->AddMissed(Tgt(b), changes)) return JournalResult(e);
+            return NotePeers(Tgt(b), changes);
           }),
-      started_(std::chrono::steady_clock::now()) {}
+      started_(std::chrono::steady_clock::now()),
+      peers_(std::make_unique<Peers>(master_.get(), backup_.get(), opts_.node)) {}
 
 Nasfs::~Nasfs() {
   stopping_ = true;
@@ -254,9 +256,28 @@ void Nasfs::StartBackground() {
     auto& m = monitors_[b == master_.get() ? 0 : 1];
     m = std::make_unique<HealthMonitor>(
         b, opts_.node, pair_id_, std::chrono::milliseconds(opts_.probe_interval_ms),
-        [this](Backend& nas, bool ok, const std::string& err, double ms) { OnProbe(nas, ok, err, ms); });
-    m->Start();
+        [this](Backend& nas, bool ok, const std::string& err, double ms) { OnProbe(nas, ok, err, ms); },
+        [this](uint64_t seq) {
+          auto st = journal_->stats();
+          return nlohmann::json{{"seq", seq},
+                                {"time", NowIso8601()},
+                                {"node", opts_.node},
+                                {"pid", static_cast<long>(getpid())},
+                                {"mountpoint", opts_.mountpoint},
+                                {"read_from", router_.ReadFromName()},
+                                {"pending_master", st.pending[0]},
+                                {"pending_backup", st.pending[1]}}
+              .dump();
+        });
   }
+  // A restart during an outage: the logs on the shared NAS list what the
+  // journal holds (a crash between the two records is healed here).
+  for (Backend* b : {master_.get(), backup_.get()})
+    if (journal_->HasPending(Tgt(*b)) && Other(*b).state() == BackendState::kHealthy)
+      if (int e = NoteAllPending(Tgt(*b)))
+        spdlog::get("replay")->warn("cannot list what the {} lacks on the {} for the other web servers: {}",
+                                    b->name(), Other(*b).name(), std::strerror(e));
+  for (auto& m : monitors_) m->Start();
   if (!plan_.copy_from) return;
   Backend& source = *plan_.copy_from == Role::kMaster ? *master_ : *backup_;
   if (plan_.displace)
@@ -324,6 +345,8 @@ void Nasfs::OnProbe(Backend& b, bool ok, const std::string& error, double latenc
     OnFault(b, "probe: " + error);
     return;
   }
+  NasView view;
+  if (ObservePeers(b, &view) == 0) WatchPeers(b, view);
   if (b.state() == BackendState::kDown) MaybeRecover(b);
 }
 
@@ -348,20 +371,41 @@ void Nasfs::MaybeRecover(Backend& b, bool forced) {
     return;
   }
   if (replay_running_) return;
+  // What other web servers' logs on o say b lacks, and a split brain, are
+  // the replay thread's to wait for, take over or merge.
+  bool others = false, split = false;
+  if (o.state() == BackendState::kHealthy) {
+    NasView v;
+    if (ObservePeers(o, &v) != 0) return;  // the probe of o will tell
+    for (const auto& [node, seen] : v.peers)
+      others = others || (node != opts_.node && seen.lacks[journal::TargetIndex(Tgt(b))]);
+    split = SplitBrainDetected(b, o);
+  }
   {
     // No mutation holds sync_mu_ now, so none is between seeing this NAS
     // down and journaling what it skips: from here every write either
     // reaches it or is journaled for it.
     std::unique_lock lk(sync_mu_);
-    if (!journal_->HasPending(Tgt(b))) {
+    if (!journal_->HasPending(Tgt(b)) && !others && !split) {
+      if (int e = peers_->Clear(Tgt(b))) {
+        log->warn("cannot remove this server's log of what the {} lacked: {}", b.name(), std::strerror(e));
+        return;
+      }
       b.SetState(BackendState::kHealthy, fmt::format("{} good probes, nothing missed", b.probe_streak()));
       if (&b == master_.get()) log->info("reads return to the master {}", b.path());
       return;
     }
     if (o.state() != BackendState::kHealthy) return;  // nothing to replay from yet
     b.SetState(BackendState::kRecovering,
-               fmt::format("replaying {} journaled changes from {}", journal_->stats().pending[journal::TargetIndex(Tgt(b))], o.name()));
+               split ? std::string("split brain: both NAS took writes the other lacks")
+               : others ? std::string("other web servers hold writes it lacks")
+                        : fmt::format("replaying {} journaled changes from {}",
+                                      journal_->stats().pending[journal::TargetIndex(Tgt(b))], o.name()));
   }
+  StartReplayLocked(b);
+}
+
+void Nasfs::StartReplayLocked(Backend& b) {
   if (replay_thread_.joinable()) replay_thread_.join();  // the last replay, finished
   replay_running_ = true;
   replay_thread_ = std::thread([this, &b] {
@@ -419,12 +463,32 @@ void Nasfs::ReplayLoop(Backend& b) {
     return fmt::format("replayed {} changes from {} in {:.2f} s", done, o.name(),
                        std::chrono::duration<double>(Clock::now() - t0).count());
   };
-  // b serves again if nothing is pending for it, atomically with every
-  // write's routing: nothing it lacks is then pending or in flight.
-  auto switch_back = [&] {
+  // b serves again if nothing is pending for it, here or in any other web
+  // server's log, atomically with every write's routing: nothing it lacks
+  // is then pending or in flight. `quiesced`: the caller holds sync_mu_
+  // exclusively (the dead servers' logs are then left for the next call).
+  auto switch_back = [&](bool quiesced) {
+    std::vector<std::string> waiting;
+    bool done = PeersDone(b, o, rs, /*takeover=*/!quiesced, &waiting);
+    {
+      std::lock_guard lk(peers_mu_);
+      waiting_for_ = waiting;
+    }
+    if (!done) return false;
+    std::unique_lock<std::shared_mutex> lk;
+    if (!quiesced) lk = std::unique_lock(sync_mu_);
+    if (journal_->HasPending(t)) return false;
+    // Our own log goes first: no write is in flight, and a write that
+    // misses b from now on finds b down and lists it again.
+    if (int e = peers_->Clear(t)) {
+      log->warn("cannot remove this server's log of what the {} lacks: {}", b.name(), std::strerror(e));
+      return false;
+    }
     if (!journal_->FinishIfEmpty(t, [&] { b.SetState(BackendState::kHealthy, done_message()); })) return false;
     finish("done");
+    if (lk.owns_lock()) lk.unlock();
     if (&b == master_.get()) log->info("reads return to the master {}", b.path());
+    MarkInStep(o);
     return true;
   };
   // Parents before what they hold.
@@ -434,6 +498,21 @@ void Nasfs::ReplayLoop(Backend& b) {
               [](const journal::Pending& x, const journal::Pending& y) { return ComparePaths(x.path, y.path) < 0; });
     return entries;
   };
+  // A split brain is merged before anything is replayed: a plain replay
+  // would copy one side's versions over the other's.
+  if (SplitBrainDetected(b, o)) {
+    if (int e = HandleSplitBrain()) {
+      b.SetState(BackendState::kDown, fmt::format("split brain not resolved: {}", std::strerror(e)));
+      finish(fmt::format("stopped: split brain: {}", std::strerror(e)));
+      return;
+    }
+  }
+  // The log on the shared NAS lists everything the journal holds for b.
+  if (int e = NoteAllPending(t)) {
+    b.SetState(BackendState::kDown, fmt::format("cannot list what it lacks on the {}: {}", o.name(), std::strerror(e)));
+    finish(fmt::format("stopped: listing what it lacks: {}", std::strerror(e)));
+    return;
+  }
   while (!stopping_) {
     if (b.state() != BackendState::kRecovering) {
       finish(fmt::format("stopped: {} is {}", b.name(), StateName(b.state())));
@@ -446,7 +525,10 @@ void Nasfs::ReplayLoop(Backend& b) {
     }
     auto entries = pending_sorted();
     if (entries.empty()) {
-      if (switch_back()) return;
+      if (switch_back(/*quiesced=*/false)) return;
+      // Other servers still replay what they hold (or a write re-pended):
+      // look again shortly.
+      for (int i = 0; i < 4 && !stopping_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
       continue;
     }
     uint64_t round;
@@ -508,7 +590,7 @@ void Nasfs::ReplayLoop(Backend& b) {
     }
     for (const auto* e : replayed) journal_->Done(t, e->path, e->seq);
     replayed_paths_.fetch_add(replayed.size(), std::memory_order_relaxed);
-    if (quiesce && switch_back()) return;
+    if (quiesce && switch_back(/*quiesced=*/true)) return;
   }
   finish("stopped: nasfs is stopping");
 }
@@ -610,6 +692,9 @@ int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, co
       (b == master_.get() ? targets.master : targets.backup) = false;
     }
     if (e) return JournalResult(e);
+    // The other web servers must see it too before the write lands.
+    if (recorded)
+      if (int n = NotePeers(Tgt(*b), changes)) return n;
   }
 
   std::shared_ptr<TreeSync> s = sync_ && sync_->target()->state() == BackendState::kSyncing ? sync_ : nullptr;
@@ -781,6 +866,21 @@ nlohmann::json Nasfs::Status() const {
   }
   j["sync"] = s ? s->Status() : nlohmann::json{{"state", "none"}};
   j["journal"] = JournalStatus();
+  j["peers"] = PeersStatus();
+  {
+    std::lock_guard lk(peers_mu_);
+    j["split_brain"] = {{"state", split_.state},
+                        {"count", split_.count},
+                        {"last", {{"detected", split_.detected},
+                                  {"resolved", split_.resolved},
+                                  {"paths", split_.paths},
+                                  {"conflicts", split_.conflicts},
+                                  {"error", split_.error}}},
+                        {"history", split_.history}};
+    j["coordination"] = {{"waiting_for", waiting_for_},
+                         {"generation", {{"master", {{"generation", gens_[0].generation}, {"in_step", gens_[0].in_step}}},
+                                         {"backup", {{"generation", gens_[1].generation}, {"in_step", gens_[1].in_step}}}}}};
+  }
   for (int i = 0; i < 2; ++i) j["backends"][i]["missed"]["count"] = j["journal"][i == 0 ? "pending_master" : "pending_backup"];
   size_t orphans;
   {

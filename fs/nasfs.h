@@ -7,7 +7,9 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <map>
 #include <mutex>
+#include <set>
 #include <vector>
 #include <shared_mutex>
 #include <string>
@@ -22,6 +24,7 @@
 #include "fs/inode_table.h"
 #include "fs/mirror.h"
 #include "fs/options.h"
+#include "fs/peers.h"
 #include "fs/router.h"
 #include "fs/tree_sync.h"
 #include "journal/journal.h"
@@ -118,6 +121,15 @@ class Nasfs {
   nlohmann::json ReplayNow();
   nlohmann::json JournalStatus() const;
 
+  // ---- other web servers on the same pair (fs/peers.h) ----
+  // nasfsctl replay --node NAME: finishes now the replay a dead server
+  // left on the shared NAS. Refused while NAME's heartbeat still changes.
+  nlohmann::json ReplayNode(const std::string& node);
+  // nasfsctl conflicts: the versions a split brain kept aside; restoring one
+  // puts it back at its path (keeping the version it replaces).
+  nlohmann::json Conflicts();
+  nlohmann::json RestoreConflict(const std::string& id);
+
  private:
   Backend& Other(const Backend& b) { return &b == master_.get() ? *backup_ : *master_; }
   int ReadWithFailover(const std::function<int(Backend&)>& attempt);
@@ -137,6 +149,40 @@ class Nasfs {
   static constexpr size_t kQuiesceEntries = 64;
   static constexpr uint64_t kMaxRounds = 8;
   int ReplayEntry(TreeSync& rs, const journal::Pending& e);
+  // Starts ReplayLoop(b) (b is recovering). Caller holds recover_mu_.
+  void StartReplayLocked(Backend& b);
+
+  // ---- other web servers ----
+  // Lists, durably, in this server's log on the other NAS that t lacks
+  // `changes` (Mirror's and Mutate's journaling); a holder NAS that cannot
+  // take it goes down. 0 or EIO.
+  int NotePeers(journal::Target t, const std::vector<journal::Change>& changes);
+  // Lists everything the journal holds for t (a replay's start, a restart).
+  int NoteAllPending(journal::Target t);
+  // One scan of nas: heartbeats, logs, generation. Updates peer_states_.
+  int ObservePeers(Backend& nas, NasView* view);
+  // After a good probe of nas: when another server's log on it says the
+  // other NAS lacks writes, that NAS must not serve our reads until the
+  // log is gone (a partition only that server saw): it turns recovering.
+  void WatchPeers(Backend& nas, const NasView& view);
+  // Whether no other server's log on o says b lacks something, taking over
+  // (TakeOver) the logs of servers that are dead or named by nasfsctl
+  // replay --node when `takeover`. *waiting: the servers still holding some.
+  bool PeersDone(Backend& b, Backend& o, TreeSync& rs, bool takeover, std::vector<std::string>* waiting);
+  int TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& rs);
+  // A server whose heartbeat has not changed for `silence` (by this
+  // server's clock, on either NAS).
+  bool PeerSilent(const std::string& node, std::chrono::milliseconds silence) const;
+  // Both NAS ahead of the generation they last had in step: each took
+  // writes the other lacks.
+  bool SplitBrainDetected(Backend& b, Backend& o);
+  // Waits for, or (holding the claim) runs, the merge of a split brain.
+  // 0 once the pair is back in step; an errno if it failed.
+  int HandleSplitBrain();
+  int ResolveSplitBrain();
+  // No log on nas lists anything: its generation is in step again.
+  void MarkInStep(Backend& nas);
+  nlohmann::json PeersStatus() const;
   // Start-up: checks the journal belongs to this pair and sets each NAS's
   // state from it (pending changes, an unfinished whole copy, directories
   // written when nasfs stopped).
@@ -191,6 +237,28 @@ class Nasfs {
   };
   mutable std::mutex replay_mu_;
   ReplayProgress replay_;  // guarded by replay_mu_
+
+  // Other web servers, as seen through the NAS.
+  std::unique_ptr<Peers> peers_;
+  struct PeerState {
+    std::string beat[2];          // last heartbeat read on each NAS
+    Clock::time_point changed;    // when a heartbeat last changed (or first seen)
+    PeerSeen seen[2];             // on master, on backup
+    bool on[2] = {false, false};  // seen on that NAS
+  };
+  mutable std::mutex peers_mu_;
+  std::map<std::string, PeerState> peer_states_;  // guarded by peers_mu_; other servers only
+  Generation gens_[2];                            // guarded by peers_mu_; last read
+  std::set<std::string> takeover_now_;            // guarded by peers_mu_; nasfsctl replay --node
+  std::vector<std::string> waiting_for_;          // guarded by peers_mu_; the replay waits on them
+  struct SplitBrainInfo {
+    std::string state = "none";  // none, detected, resolving, resolved, failed
+    uint64_t count = 0;
+    std::string detected, resolved, error;
+    uint64_t paths = 0, conflicts = 0;
+    nlohmann::json history = nlohmann::json::array();  // the last 10
+  };
+  SplitBrainInfo split_;  // guarded by peers_mu_
 
   mutable std::mutex orphans_mu_;
   std::unordered_map<fuse_ino_t, std::shared_ptr<Orphan>> orphans_;  // guarded by orphans_mu_

@@ -94,6 +94,7 @@ tl::expected<void, std::string> ApplyOption(Options& o, std::string_view opt) {
       {"threads", &Options::fuse_threads, 2, 1024},
       {"backend_threads", &Options::backend_threads, 1, 256},
       {"replay_share", &Options::replay_share, 1, 100},
+      {"peer_timeout", &Options::peer_timeout_s, 1, 86400},
   };
   for (const auto& io : kIntOptions) {
     if (key != io.name) continue;
@@ -124,6 +125,8 @@ tl::expected<void, std::string> ApplyOption(Options& o, std::string_view opt) {
     for (char c : val)
       if (!(isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'))
         return tl::unexpected(fmt::format("node name '{}' may hold only letters, digits, '-', '_', '.'", val));
+    if (val.front() == '.')
+      return tl::unexpected(fmt::format("node name '{}' may not start with '.'", val));
     o.node = val;
   } else if (key == "cache_timeout") {
     if (auto r = need_val(); !r) return r;
@@ -259,6 +262,10 @@ nasfs options (-o):
   backend_threads=N      worker threads per NAS (default 16)
   replay_share=PERCENT   most of its time a replay onto a returning NAS may
                          spend working; it sleeps the rest (default 75)
+  peer_timeout=SECONDS   another web server whose heartbeat on the NAS has
+                         not changed for this long is taken for dead: its
+                         unfinished replay is finished by this one (default
+                         10; nasfsctl replay --node NAME does it at once)
   debug                  same as -d
 
 Always on: allow_other, default_permissions. Passed to the kernel: ro,

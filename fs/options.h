@@ -31,6 +31,7 @@ struct Options {
   int fuse_threads = 64;
   int backend_threads = 16;
   int replay_share = 75;  // percent of its time a replay may work (the rest it sleeps)
+  int peer_timeout_s = 10;  // a web server silent this long is dead: its replay is taken over
 
   bool foreground = false;
   bool debug = false;

@@ -400,11 +400,49 @@ std::string RenderStatus(const MountAnswer& m) {
   if (const json* b = Field(a, "backends"); b && b->is_array()) RenderBackends(out, *b);
   if (a.contains("sync")) out.Labelled("sync", Field(a, "sync") ? RenderSync(a["sync"]) : "none");
   if (const json* j = Field(a, "journal")) RenderJournal(out, *j);
+  if (const json* p = Field(a, "peers"); p && p->is_array()) {
+    if (p->empty()) out.Labelled("peers", "none seen on the NAS");
+    for (const auto& peer : *p) {
+      std::string line = fmt::format("{}: {}, heartbeat {} ago", Text(peer, "node", "?"),
+                                     Flag(peer, "alive") ? "alive" : "SILENT",
+                                     Duration(Number(peer, "heartbeat_age_s").value_or(0)));
+      line += fmt::format(", pending master {} backup {}", Text(peer, "pending_master", "?"),
+                          Text(peer, "pending_backup", "?"));
+      if (Field(peer, "read_from")) line += ", reads from " + Text(peer, "read_from");
+      if (Field(peer, "taken_over_by")) line += ", its replay taken over by " + Text(peer, "taken_over_by");
+      out.Labelled("peer", line);
+    }
+  }
+  if (const json* c = Field(a, "coordination")) {
+    const json* w = Field(*c, "waiting_for");
+    if (w && w->is_array() && !w->empty()) {
+      std::vector<std::string> names;
+      for (const auto& n : *w) names.push_back(n.is_string() ? n.get<std::string>() : n.dump());
+      out.Labelled("switch-back", "waits for web servers " + fmt::format("{}", fmt::join(names, ", ")));
+    }
+  }
+  if (const json* sb = Field(a, "split_brain")) {
+    std::string line = Text(*sb, "state", "?");
+    if (Number(*sb, "count").value_or(0) > 0) {
+      const json* last = Field(*sb, "last");
+      line += fmt::format(" ({} seen since start", Text(*sb, "count"));
+      if (last) {
+        line += fmt::format("; last detected {}", Text(*last, "detected", "?"));
+        if (Field(*last, "resolved")) line += fmt::format(", resolved {}", Text(*last, "resolved"));
+        line += fmt::format(", {} paths, {} versions kept (nasfsctl conflicts)", Text(*last, "paths", "?"),
+                            Text(*last, "conflicts", "?"));
+        if (Field(*last, "error")) line += ", error: " + Text(*last, "error");
+      }
+      line += ")";
+    }
+    out.Labelled("split brain", line);
+  }
   if (const json* c = Field(a, "counters")) out.Labelled("counters", Generic(*c));
 
   static const std::vector<std::string> kKnown = {
       "ok",       "version",       "mountpoint", "node", "pair_id", "pid",     "uptime_s",
-      "read_from", "io_timeout_ms", "backends",   "sync", "journal", "counters"};
+      "read_from", "io_timeout_ms", "backends",   "sync", "journal", "counters",
+      "peers",    "split_brain",   "coordination"};
   for (const auto& [k, v] : a.items()) {
     if (v.is_null() || std::find(kKnown.begin(), kKnown.end(), k) != kKnown.end()) continue;
     out.Labelled(Words(k), Generic(v));
@@ -468,6 +506,12 @@ class MountCommand {
       std::cout << Dump(list, 2) << "\n";
     }
     std::cout.flush();
+  }
+  // --json for a command that acts on one mount: its answer, and the exit status.
+  int PrintOne(const MountAnswer& a) const {
+    PrintJson({a});
+    ReportFailures({a});
+    return a.ok() ? kExitOk : kExitFailed;
   }
   // Why each mount that failed failed, on stderr (in JSON it is also in the
   // mount's object), so scripts see failures either way.
@@ -635,20 +679,26 @@ class ReplayCommand : public MountCommand {
                      "there is nothing to replay (nothing pending, or the other NAS is out).",
                      "A nasfs mount point; without it, the only nasfs mount on this machine (a "
                      "usage error when there are several)",
+                     "With --node NAME: finish the replay another web server NAME left on the "
+                     "shared NAS (it died during an outage and is not coming back). The daemon "
+                     "does this by itself once NAME's heartbeat has been silent for the mount's "
+                     "peer_timeout; --node does it now. Refused while NAME's heartbeat still "
+                     "changes: a live server replays its own changes.\n\n"
                      "Exit status: 0 when the daemon started a replay; 1 when it did not (nothing "
-                     "to replay, the NAS not back yet) or could not be reached; 2 on a usage error "
-                     "(including a MOUNTPOINT that is not a nasfs mount).") {
+                     "to replay, the NAS not back yet, NAME alive or unknown) or could not be "
+                     "reached; 2 on a usage error (including a MOUNTPOINT that is not a nasfs "
+                     "mount).") {
     AddJsonFlag("Print the daemon's answer as a JSON object");
+    cmd_->add_option("--node", node_, "Replay what web server NAME left on the shared NAS")
+        ->type_name("NAME");
     AddTimeout(30000);
   }
 
   int Run() {
-    const MountAnswer a = Ask(OneTarget(), {{"cmd", "replay"}}, timeout_ms_);
-    if (json_) {
-      PrintJson({a});
-      ReportFailures({a});
-      return a.ok() ? kExitOk : kExitFailed;
-    }
+    json request = {{"cmd", "replay"}};
+    if (!node_.empty()) request["node"] = node_;
+    const MountAnswer a = Ask(OneTarget(), request, timeout_ms_);
+    if (json_) return PrintOne(a);
     if (!a.ok()) {
       if (a.reached) {
         std::cerr << "nasfsctl: " << a.mountpoint << ": no replay: " << Text(a.answer, "error", "?")
@@ -665,6 +715,68 @@ class ReplayCommand : public MountCommand {
               << "\n";
     return kExitOk;
   }
+
+ private:
+  std::string node_;
+};
+
+// --- conflicts ---------------------------------------------------------------
+
+class ConflictsCommand : public MountCommand {
+ public:
+  explicit ConflictsCommand(CLI::App& app)
+      : MountCommand(app, "conflicts",
+                     "List the versions a split brain kept aside (web servers that disagreed "
+                     "about which NAS was alive wrote different versions of a path: the newest "
+                     "stayed at the path, the other is kept under .nasfs/conflicts/<id>/ on both "
+                     "NAS, invisible to the website). With --restore ID, put that version back "
+                     "at its path; the version it replaces is kept in its turn, so nothing is "
+                     "lost.",
+                     "A nasfs mount point; without it, the only nasfs mount on this machine (a "
+                     "usage error when there are several)",
+                     "Exit status: 0 when listed or restored; 1 when the daemon could not list or "
+                     "restore (an unknown id, a NAS not healthy) or could not be reached; 2 on a "
+                     "usage error.") {
+    AddJsonFlag(
+        "Print the daemon's answer as JSON ({\"conflicts\":[{\"id\",\"path\",\"kept_from\","
+        "\"winner\",\"kind\",\"reason\",\"kept_mtime\",\"winner_mtime\",\"size\",\"detected\","
+        "\"node\"}...]})");
+    cmd_->add_option("--restore", restore_, "Put the kept version ID back at its path")->type_name("ID");
+    AddTimeout(30000);
+  }
+
+  int Run() {
+    json request = {{"cmd", "conflicts"}};
+    if (!restore_.empty()) request["restore"] = restore_;
+    const MountAnswer a = Ask(OneTarget(), request, timeout_ms_);
+    if (json_) return PrintOne(a);
+    if (!a.ok()) {
+      std::cerr << "nasfsctl: " << Problem(a) << "\n";
+      return kExitFailed;
+    }
+    if (!restore_.empty()) {
+      const json* r = Field(a.answer, "restored");
+      const json* k = Field(a.answer, "kept");
+      std::cout << fmt::format("{}: restored {} from {}", a.mountpoint, r ? Text(*r, "path", "?") : "?", restore_);
+      if (k) std::cout << fmt::format("; the version it replaced is kept as {}", Text(*k, "id", "?"));
+      std::cout << "\n";
+      return kExitOk;
+    }
+    const json* list = Field(a.answer, "conflicts");
+    const size_t n = list && list->is_array() ? list->size() : 0;
+    std::cout << fmt::format("{}: {} kept {}\n", a.mountpoint, n, n == 1 ? "version" : "versions");
+    for (size_t i = 0; i < n; ++i) {
+      const json& c = (*list)[i];
+      std::cout << fmt::format("  {}  /{}  {} from the {} (mtime {}), {} won (mtime {}), {} by {}\n",
+                               Text(c, "id", "?"), Text(c, "path", "?"), Text(c, "kind", "?"),
+                               Text(c, "kept_from", "?"), Text(c, "kept_mtime", "?"), Text(c, "winner", "?"),
+                               Text(c, "winner_mtime", "?"), Text(c, "reason", "?"), Text(c, "node", "?"));
+    }
+    return kExitOk;
+  }
+
+ private:
+  std::string restore_;
 };
 
 // --- verify ------------------------------------------------------------------
@@ -808,6 +920,7 @@ int Main(int argc, char** argv) {
   JournalCommand journal(app);
   ReplayCommand replay(app);
   VerifyCommand verify(app);
+  ConflictsCommand conflicts(app);
 
   // CLI11 would call an unknown word "a missing subcommand"; name it instead.
   if (argc > 1 && argv[1][0] != '-') {
@@ -831,6 +944,7 @@ int Main(int argc, char** argv) {
     if (journal.chosen()) return journal.Run();
     if (replay.chosen()) return replay.Run();
     if (verify.chosen()) return verify.Run();
+    if (conflicts.chosen()) return conflicts.Run();
   } catch (const UsageError& e) {
     std::cerr << "nasfsctl: " << e.message << "\n";
     return kExitUsage;

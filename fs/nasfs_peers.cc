@@ -1,0 +1,514 @@
+// Nasfs and the other web servers sharing its pair of NAS (issue 5): the
+// pending logs each server keeps on the shared NAS, the switch-back gate
+// that waits for every server, the takeover of a dead server's replay, and
+// the merge of a split brain. fs/peers.h has the files; docs/ARCHITECTURE.md
+// the protocol.
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "fs/nasfs.h"
+#include "fs/split_brain.h"
+
+namespace nasfs {
+namespace {
+
+constexpr const char* kSplitBrainClaim = ".nasfs/split-brain.claim";
+
+std::string ParentPath(const std::string& path) {
+  auto slash = path.rfind('/');
+  return slash == std::string::npos ? "" : path.substr(0, slash);
+}
+
+bool Has(uint32_t ops, journal::Op op) { return (ops & (1u << static_cast<unsigned>(op))) != 0; }
+
+// A directory entry recorded only because names inside it changed: its
+// times, not its content.
+bool DirTimesOnly(const journal::PeerEntry& e) { return e.ops == (1u << static_cast<unsigned>(journal::Op::kDirTimes)); }
+
+// Whether the data of a listed path must be copied even when size and
+// mtime match (see TreeSync::Reconcile).
+bool ForceData(uint32_t ops) {
+  using journal::Op;
+  return Has(ops, Op::kWrite) || Has(ops, Op::kTruncate) || Has(ops, Op::kCreate) || Has(ops, Op::kRename);
+}
+
+}  // namespace
+
+int Nasfs::NotePeers(journal::Target t, const std::vector<journal::Change>& changes) {
+  if (changes.empty()) return 0;
+  int e = peers_->Note(t, changes);
+  if (e == 0) return 0;
+  // The NAS that holds the log is the one taking the write: it failed.
+  Backend& holder = t == journal::kMaster ? *backup_ : *master_;
+  OnFault(holder, fmt::format("listing what the {} lacks: {}", Other(holder).name(), std::strerror(e)));
+  return EIO;
+}
+
+int Nasfs::NoteAllPending(journal::Target t) {
+  std::vector<journal::Change> changes;
+  for (const auto& e : journal_->PendingFor(t)) {
+    journal::Change c;
+    c.path = e.path;
+    c.scope = e.scope;
+    // The strongest op recorded: it decides how the path is replayed.
+    for (unsigned op = 8; op >= 1; --op)
+      if (e.ops & (1u << op)) {
+        c.op = static_cast<journal::Op>(op);
+        if (c.op != journal::Op::kDirTimes && c.op != journal::Op::kMeta) break;
+      }
+    changes.push_back(std::move(c));
+  }
+  return changes.empty() ? 0 : peers_->Note(t, changes);
+}
+
+int Nasfs::ObservePeers(Backend& nas, NasView* view) {
+  if (int e = peers_->Scan(nas, view)) return e;
+  int i = &nas == master_.get() ? 0 : 1;
+  auto now = Clock::now();
+  std::lock_guard lk(peers_mu_);
+  gens_[i] = view->gen;
+  for (auto& [node, st] : peer_states_) {
+    st.on[i] = false;
+    st.seen[i] = {};
+  }
+  for (const auto& [node, seen] : view->peers) {
+    if (node == opts_.node) continue;
+    auto [it, fresh] = peer_states_.try_emplace(node);
+    PeerState& st = it->second;
+    if (fresh || seen.beat != st.beat[i]) st.changed = now;  // first sight counts as alive
+    st.beat[i] = seen.beat;
+    st.seen[i] = seen;
+    st.on[i] = true;
+  }
+  return 0;
+}
+
+void Nasfs::WatchPeers(Backend& nas, const NasView& view) {
+  Backend& y = Other(nas);
+  if (nas.state() != BackendState::kHealthy || y.state() != BackendState::kHealthy) return;
+  int yi = journal::TargetIndex(Tgt(y));
+  std::string who;
+  for (const auto& [node, seen] : view.peers)
+    if (node != opts_.node && seen.lacks[yi]) who += (who.empty() ? "" : ", ") + node;
+  if (who.empty()) return;
+  std::lock_guard rlk(recover_mu_);
+  if (replay_running_ || y.state() != BackendState::kHealthy) return;
+  spdlog::get("replay")->warn("web servers {} hold writes the {} lacks: reads stay off it until they are replayed", who,
+                              y.name());
+  y.SetState(BackendState::kRecovering, fmt::format("web servers {} hold writes it lacks", who));
+  StartReplayLocked(y);
+}
+
+bool Nasfs::PeerSilent(const std::string& node, std::chrono::milliseconds silence) const {
+  std::lock_guard lk(peers_mu_);
+  auto it = peer_states_.find(node);
+  return it == peer_states_.end() || Clock::now() - it->second.changed >= silence;
+}
+
+bool Nasfs::PeersDone(Backend& b, Backend& o, TreeSync& rs, bool takeover, std::vector<std::string>* waiting) {
+  waiting->clear();
+  NasView view;
+  if (int e = ObservePeers(o, &view)) {
+    waiting->push_back(fmt::format("(the {} cannot be read: {})", o.name(), std::strerror(e)));
+    return false;
+  }
+  int ti = journal::TargetIndex(Tgt(b));
+  // Left by an earlier run of this server: our journal is the truth.
+  if (auto me = view.peers.find(opts_.node); me != view.peers.end() && me->second.lacks[ti] &&
+                                             !journal_->HasPending(Tgt(b)) && takeover)
+    peers_->Clear(Tgt(b), /*present=*/true);
+  for (const auto& [node, seen] : view.peers) {
+    if (node == opts_.node || !seen.lacks[ti]) continue;
+    bool named;
+    {
+      std::lock_guard lk(peers_mu_);
+      named = takeover_now_.count(node) > 0;
+    }
+    if (takeover && (named || PeerSilent(node, std::chrono::seconds(opts_.peer_timeout_s)))) {
+      int r = TakeOver(node, b, o, rs);
+      if (r == 0) continue;
+      if (r != EBUSY)
+        spdlog::get("replay")->warn("taking over {}'s replay onto the {}: {}", node, b.name(), std::strerror(r));
+    }
+    waiting->push_back(node);
+  }
+  return waiting->empty();
+}
+
+int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& rs) {
+  auto log = spdlog::get("replay");
+  journal::Target t = Tgt(b);
+  bool got = false;
+  if (int e = peers_->Claim(o, Peers::ClaimPath(node), std::chrono::seconds(opts_.peer_timeout_s), &got)) return e;
+  if (!got) return EBUSY;  // another server is at it
+  struct Unclaim {
+    Peers* p;
+    Backend& nas;
+    std::string rel;
+    ~Unclaim() { p->Unclaim(nas, rel); }
+  } unclaim{peers_.get(), o, Peers::ClaimPath(node)};
+  journal::PeerLogContents contents;
+  uint64_t bytes = 0;
+  if (int e = peers_->ReadLog(o, node, t, &contents, &bytes)) return e;
+  log->warn("web server {} is silent with {} paths the {} lacks: this server replays them", node,
+            contents.entries.size(), b.name());
+  auto entries = contents.entries;
+  {
+    std::lock_guard lk(replay_mu_);
+    replay_.total += entries.size();
+  }
+  std::sort(entries.begin(), entries.end(),
+            [](const journal::PeerEntry& x, const journal::PeerEntry& y) { return ComparePaths(x.path, y.path) < 0; });
+  std::set<std::string> dirs;
+  for (const auto& e : entries) {
+    if (stopping_ || b.state() != BackendState::kRecovering || o.state() != BackendState::kHealthy) return ECANCELED;
+    // Per entry, like a copy: no write of ours races it.
+    std::unique_lock x(sync_mu_);
+    if (DirTimesOnly(e)) {
+      dirs.insert(e.path);
+      continue;
+    }
+    if (int r = rs.Reconcile(e.path, e.scope, ForceData(e.ops))) return r;
+    if (!e.path.empty()) dirs.insert(ParentPath(e.path));
+    {
+      std::lock_guard lk(replay_mu_);
+      ++replay_.done;
+    }
+  }
+  for (const auto& d : dirs) {
+    std::unique_lock x(sync_mu_);
+    if (int r = rs.ReconcileDirTimes(d); r && r != ENOENT) return r;
+  }
+  // Only the log we replayed: one that grew has a live owner after all.
+  if (int e = peers_->RemoveLog(o, node, t, bytes)) return e;
+  {
+    std::lock_guard lk(peers_mu_);
+    takeover_now_.erase(node);
+  }
+  replayed_paths_.fetch_add(entries.size(), std::memory_order_relaxed);
+  log->info("replayed web server {}'s {} paths onto the {}", node, entries.size(), b.name());
+  return 0;
+}
+
+bool Nasfs::SplitBrainDetected(Backend& b, Backend& o) {
+  Generation gb, go;
+  if (peers_->ReadGeneration(b, &gb) || peers_->ReadGeneration(o, &go)) return false;
+  {
+    std::lock_guard lk(peers_mu_);
+    gens_[&b == master_.get() ? 0 : 1] = gb;
+    gens_[&o == master_.get() ? 0 : 1] = go;
+  }
+  return gb.ahead() && go.ahead();
+}
+
+void Nasfs::MarkInStep(Backend& nas) {
+  NasView view;
+  if (peers_->Scan(nas, &view)) return;
+  for (const auto& [node, seen] : view.peers)
+    if (seen.lacks[0] || seen.lacks[1]) return;  // some server still holds writes the other NAS lacks
+  if (!view.gen.ahead()) return;
+  Generation g = view.gen;
+  g.in_step = g.generation;
+  if (int e = peers_->WriteGeneration(nas, g))
+    spdlog::get("replay")->warn("cannot record that the {} is in step again: {}", nas.name(), std::strerror(e));
+}
+
+int Nasfs::HandleSplitBrain() {
+  auto log = spdlog::get("replay");
+  {
+    std::lock_guard lk(peers_mu_);
+    if (split_.state != "detected" && split_.state != "resolving") {
+      split_.state = "detected";
+      ++split_.count;
+      split_.detected = NowIso8601();
+      split_.resolved.clear();
+      split_.error.clear();
+      split_.paths = split_.conflicts = 0;
+    }
+  }
+  log->error("split brain: the master and the backup both took writes the other lacks (web servers disagreed "
+             "about which NAS was alive); merging: the newest version of each path wins, the other is kept "
+             "under .nasfs/conflicts/");
+  const auto ttl = std::chrono::seconds(opts_.peer_timeout_s);
+  while (!stopping_) {
+    if (master_->state() == BackendState::kDown || backup_->state() == BackendState::kDown) return ECANCELED;
+    bool got = false;
+    if (int e = peers_->Claim(*master_, kSplitBrainClaim, ttl, &got)) return e;
+    if (got) {
+      {
+        std::lock_guard lk(peers_mu_);
+        split_.state = "resolving";
+      }
+      int r = ResolveSplitBrain();
+      peers_->Unclaim(*master_, kSplitBrainClaim);
+      std::lock_guard lk(peers_mu_);
+      split_.state = r ? "failed" : "resolved";
+      split_.error = r ? std::strerror(r) : "";
+      split_.resolved = NowIso8601();
+      split_.history.push_back({{"detected", split_.detected},
+                                {"resolved", split_.resolved},
+                                {"by", opts_.node},
+                                {"paths", split_.paths},
+                                {"conflicts", split_.conflicts},
+                                {"error", split_.error}});
+      if (split_.history.size() > 10) split_.history.erase(split_.history.begin());
+      return r;
+    }
+    // Another server merges: wait until the pair is in step.
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    if (!SplitBrainDetected(*backup_, *master_)) {
+      std::lock_guard lk(peers_mu_);
+      split_.state = "resolved";
+      split_.resolved = NowIso8601();
+      split_.history.push_back({{"detected", split_.detected}, {"resolved", split_.resolved}, {"by", "another web server"}});
+      if (split_.history.size() > 10) split_.history.erase(split_.history.begin());
+      return 0;
+    }
+  }
+  return ECANCELED;
+}
+
+int Nasfs::ResolveSplitBrain() {
+  auto log = spdlog::get("replay");
+  // What each NAS lacks, by every server's log on the other.
+  std::map<std::string, journal::PeerEntry> lacks[2];  // [0]: the master lacks (logs on the backup)
+  for (journal::Target t : {journal::kMaster, journal::kBackup}) {
+    Backend& holder = t == journal::kMaster ? *backup_ : *master_;
+    NasView view;
+    if (int e = peers_->Scan(holder, &view)) return e;
+    int ti = journal::TargetIndex(t);
+    for (const auto& [node, seen] : view.peers) {
+      if (!seen.lacks[ti]) continue;
+      journal::PeerLogContents c;
+      uint64_t bytes;
+      if (int e = peers_->ReadLog(holder, node, t, &c, &bytes)) return e;
+      for (const auto& e : c.entries) {
+        auto [it, fresh] = lacks[ti].try_emplace(e.path, e);
+        if (!fresh) {
+          it->second.ops |= e.ops;
+          it->second.scope = std::max(it->second.scope, e.scope);
+        }
+      }
+    }
+  }
+  // A path both sides changed, or one inside (or holding) a path the other
+  // side changed, has two versions: the resolver picks the newest and keeps
+  // the other. Directory times alone are settled last.
+  auto touches = [](const std::string& p, const std::map<std::string, journal::PeerEntry>& other) {
+    if (auto it = other.find(p); it != other.end() && !DirTimesOnly(it->second)) return true;
+    for (std::string a = p; !a.empty();) {
+      a = ParentPath(a);
+      if (auto it = other.find(a); it != other.end() && !DirTimesOnly(it->second)) return true;
+    }
+    std::string prefix = p.empty() ? "" : p + "/";
+    for (auto it = other.lower_bound(prefix); it != other.end() && it->first.compare(0, prefix.size(), prefix) == 0; ++it)
+      if (!DirTimesOnly(it->second)) return true;
+    return false;
+  };
+  std::vector<std::string> paths;
+  for (int i = 0; i < 2; ++i)
+    for (const auto& [p, e] : lacks[i]) paths.push_back(p);
+  std::sort(paths.begin(), paths.end(), [](const std::string& x, const std::string& y) { return ComparePaths(x, y) < 0; });
+  paths.erase(std::unique(paths.begin(), paths.end()), paths.end());
+
+  SplitBrainResolver resolver(master_.get(), backup_.get(), opts_.node);
+  TreeSync to_master(backup_.get(), master_.get(), &sync_mu_, false, false, nullptr);
+  TreeSync to_backup(master_.get(), backup_.get(), &sync_mu_, false, false, nullptr);
+  std::set<std::string> dirs;
+  uint64_t conflicted = 0;
+  auto renewed = Clock::now();
+  for (const auto& p : paths) {
+    if (stopping_) return ECANCELED;
+    if (Clock::now() - renewed > std::chrono::seconds(1)) {  // keep the claim while the merge runs
+      bool got = false;
+      peers_->Claim(*master_, kSplitBrainClaim, std::chrono::seconds(opts_.peer_timeout_s), &got);
+      if (!got) return EBUSY;
+      renewed = Clock::now();
+    }
+    auto in_m = lacks[0].find(p), in_b = lacks[1].find(p);
+    bool m = in_m != lacks[0].end(), bk = in_b != lacks[1].end();
+    if ((!m || DirTimesOnly(in_m->second)) && (!bk || DirTimesOnly(in_b->second))) {
+      dirs.insert(p);
+      continue;
+    }
+    if (!p.empty()) dirs.insert(ParentPath(p));
+    std::unique_lock x(sync_mu_);
+    int r;
+    if ((m && !DirTimesOnly(in_m->second) && touches(p, lacks[1])) || (bk && !DirTimesOnly(in_b->second) && touches(p, lacks[0]))) {
+      ++conflicted;
+      r = resolver.Resolve(p);
+    } else if (m && !DirTimesOnly(in_m->second)) {
+      r = to_master.Reconcile(p, in_m->second.scope, ForceData(in_m->second.ops));
+    } else {
+      r = to_backup.Reconcile(p, in_b->second.scope, ForceData(in_b->second.ops));
+    }
+    if (r) {
+      log->error("split brain: merging '{}': {}", p, std::strerror(r));
+      return r;
+    }
+  }
+  // Directory times: the newer side's.
+  for (const auto& d : dirs) {
+    struct stat sm{}, sb{};
+    Backend* mp = master_.get();
+    Backend* bp = backup_.get();
+    auto smp = std::make_shared<struct stat>(), sbp = std::make_shared<struct stat>();
+    int rm = mp->Run([mp, d, smp] { return mp->Stat(d, smp.get()); });
+    int rb = bp->Run([bp, d, sbp] { return bp->Stat(d, sbp.get()); });
+    if (rm || rb) continue;  // gone on a side: its parent's times were settled with it
+    sm = *smp;
+    sb = *sbp;
+    bool backup_newer = sb.st_mtim.tv_sec > sm.st_mtim.tv_sec ||
+                        (sb.st_mtim.tv_sec == sm.st_mtim.tv_sec && sb.st_mtim.tv_nsec > sm.st_mtim.tv_nsec);
+    std::unique_lock x(sync_mu_);
+    int r = backup_newer ? to_master.ReconcileDirTimes(d) : to_backup.ReconcileDirTimes(d);
+    if (r && r != ENOENT) return r;
+  }
+  // In step again: every later one-sided write moves a generation ahead anew.
+  for (Backend* nas : {master_.get(), backup_.get()}) {
+    Generation g;
+    if (int e = peers_->ReadGeneration(*nas, &g)) return e;
+    g.in_step = g.generation;
+    if (int e = peers_->WriteGeneration(*nas, g)) return e;
+  }
+  {
+    std::lock_guard lk(peers_mu_);
+    split_.paths = paths.size();
+    split_.conflicts = resolver.kept().size();
+  }
+  log->warn("split brain merged: {} paths, {} with two versions, {} versions kept under .nasfs/conflicts/ "
+            "(nasfsctl conflicts lists them)",
+            paths.size(), conflicted, resolver.kept().size());
+  return 0;
+}
+
+nlohmann::json Nasfs::PeersStatus() const {
+  nlohmann::json out = nlohmann::json::array();
+  auto now = Clock::now();
+  std::lock_guard lk(peers_mu_);
+  for (const auto& [node, st] : peer_states_) {
+    if (!st.on[0] && !st.on[1]) continue;
+    // The newer of its two heartbeats (one NAS may be out for it).
+    nlohmann::json beat;
+    for (int i = 0; i < 2; ++i)
+      if (st.on[i] && !st.beat[i].empty()) {
+        auto j = nlohmann::json::parse(st.beat[i], nullptr, /*allow_exceptions=*/false);
+        if (!j.is_discarded() && j.is_object() &&
+            (beat.is_null() || j.value("time", "") > beat.value("time", "")))
+          beat = j;
+      }
+    double age = std::chrono::duration<double>(now - st.changed).count();
+    bool alive = age < opts_.peer_timeout_s;
+    // A dead server's last heartbeat still names what it held; once its
+    // logs are gone (replayed by a taker), nothing of it is pending.
+    auto pending = [&](const char* key, uint64_t logged) -> uint64_t {
+      if (!beat.is_object() || (!alive && logged == 0)) return 0;
+      return beat.value(key, uint64_t{0});
+    };
+    nlohmann::json p = {{"node", node},
+                        {"last_heartbeat", beat.is_object() ? beat.value("time", "") : ""},
+                        {"heartbeat_age_s", age},
+                        {"alive", alive},
+                        {"pending_master", pending("pending_master", st.seen[1].lacks_bytes[0])},
+                        {"pending_backup", pending("pending_backup", st.seen[0].lacks_bytes[1])},
+                        {"read_from", beat.is_object() ? beat.value("read_from", "") : ""},
+                        // Bytes of its log on each NAS of what the other lacks.
+                        {"logged_master_lacks", st.seen[1].lacks_bytes[0]},
+                        {"logged_backup_lacks", st.seen[0].lacks_bytes[1]}};
+    std::string claim = !st.seen[0].claim.empty() ? st.seen[0].claim : st.seen[1].claim;
+    p["taken_over_by"] = claim.empty() ? nlohmann::json(nullptr) : nlohmann::json(claim.substr(0, claim.find(' ')));
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+nlohmann::json Nasfs::ReplayNode(const std::string& node) {
+  if (node == opts_.node)
+    return {{"ok", false}, {"error", fmt::format("{} is this web server: use nasfsctl replay without --node", node)}};
+  // A server still writing its heartbeat replays its own logs.
+  auto silence = std::chrono::milliseconds(std::max(2000, 3 * opts_.probe_interval_ms + opts_.io_timeout_ms));
+  std::vector<std::string> targets;
+  bool known = false;
+  for (Backend* holder : {master_.get(), backup_.get()}) {
+    if (holder->state() != BackendState::kHealthy) continue;
+    NasView view;
+    if (int e = ObservePeers(*holder, &view))
+      return {{"ok", false}, {"error", fmt::format("cannot read the {}: {}", holder->name(), std::strerror(e))}};
+    auto it = view.peers.find(node);
+    if (it == view.peers.end()) continue;
+    known = true;
+    Backend& b = Other(*holder);
+    if (it->second.lacks[journal::TargetIndex(Tgt(b))]) targets.push_back(b.name());
+  }
+  if (!known) return {{"ok", false}, {"error", fmt::format("no web server named '{}' is seen on the NAS", node)}};
+  if (targets.empty())
+    return {{"ok", false}, {"error", fmt::format("web server {} left nothing to replay on the NAS", node)}};
+  if (!PeerSilent(node, silence)) {
+    double age;
+    {
+      std::lock_guard lk(peers_mu_);
+      age = std::chrono::duration<double>(Clock::now() - peer_states_[node].changed).count();
+    }
+    return {{"ok", false},
+            {"error", fmt::format("web server {} is alive (its heartbeat changed {:.1f} s ago): it replays its own "
+                                  "changes",
+                                  node, age)}};
+  }
+  {
+    std::lock_guard lk(peers_mu_);
+    takeover_now_.insert(node);
+  }
+  for (const auto& name : targets) {
+    Backend& b = name == std::string(master_->name()) ? *master_ : *backup_;
+    if (b.state() == BackendState::kDown)
+      return {{"ok", false},
+              {"error", fmt::format("the {} is out for this server too: its replay starts when it is back", b.name())}};
+    std::lock_guard rlk(recover_mu_);
+    if (b.state() == BackendState::kHealthy && !replay_running_) {
+      b.SetState(BackendState::kRecovering, fmt::format("replaying web server {}'s changes", node));
+      StartReplayLocked(b);
+    }
+  }
+  return {{"started", true}, {"node", node}, {"targets", targets}};
+}
+
+nlohmann::json Nasfs::Conflicts() {
+  Backend* nas = router_.Pick();
+  if (!nas) return {{"ok", false}, {"error", "neither NAS can be read"}};
+  std::vector<ConflictRecord> list;
+  if (int e = ListConflicts(*nas, &list))
+    return {{"ok", false}, {"error", fmt::format("cannot list the conflicts on the {}: {}", nas->name(), std::strerror(e))}};
+  nlohmann::json out = {{"ok", true}, {"read_from", nas->name()}, {"conflicts", nlohmann::json::array()}};
+  for (const auto& c : list) out["conflicts"].push_back(ToJson(c));
+  return out;
+}
+
+nlohmann::json Nasfs::RestoreConflict(const std::string& id) {
+  if (master_->state() != BackendState::kHealthy || backup_->state() != BackendState::kHealthy)
+    return {{"ok", false},
+            {"error", fmt::format("both NAS must be healthy to restore (master {}, backup {})",
+                                  StateName(master_->state()), StateName(backup_->state()))}};
+  ConflictRecord restored, displaced;
+  int e;
+  {
+    std::unique_lock x(sync_mu_);
+    e = nasfs::RestoreConflict(master_.get(), backup_.get(), &sync_mu_, opts_.node, id, &restored, &displaced);
+  }
+  if (e == ENOENT) return {{"ok", false}, {"error", fmt::format("no kept version with id '{}'", id)}};
+  if (e == EINVAL) return {{"ok", false}, {"error", fmt::format("'{}' is not a conflict id", id)}};
+  if (e) return {{"ok", false}, {"error", fmt::format("restoring {}: {}", id, std::strerror(e))}};
+  spdlog::get("replay")->info("restored the version of '{}' kept as {}; the one it replaced is kept as {}",
+                              restored.path, id, displaced.id.empty() ? "(nothing was there)" : displaced.id);
+  return {{"ok", true},
+          {"restored", ToJson(restored)},
+          {"kept", displaced.id.empty() ? nlohmann::json(nullptr) : ToJson(displaced)}};
+}
+
+}  // namespace nasfs
