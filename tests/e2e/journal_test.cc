@@ -82,32 +82,10 @@ constexpr auto kDetectWithin = 5s;
 // The journal retries a fresh segment once a second once its disk has room.
 constexpr auto kJournalRecoversWithin = 10s;
 
-double SecondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-double MsSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
-// An integer field, or -1 when absent or not a number.
-int64_t Num(const json& j) { return j.is_number() ? j.get<int64_t>() : -1; }
 
-std::string Errstr(int err) { return err == 0 ? "success" : fmt::format("{} ({})", std::strerror(err), err); }
 
-// At most `max` lines of a long list, and how many were left out.
-std::string FirstLines(const std::vector<std::string>& lines, size_t max = 40) {
-  if (lines.empty()) return "(none)";
-  std::string s;
-  for (size_t i = 0; i < lines.size() && i < max; ++i) s += "\n  " + lines[i];
-  if (lines.size() > max) s += fmt::format("\n  ... and {} more", lines.size() - max);
-  return s;
-}
 
-// The last `n` lines of a text.
-std::string Tail(const std::string& text, size_t n) {
-  size_t pos = text.size();
-  for (size_t i = 0; i < n && pos > 0; ++i) {
-    pos = text.rfind('\n', pos - 1);
-    if (pos == std::string::npos) return text;
-  }
-  return text.substr(pos + 1);
-}
 
 // What is wrong with one status answer, reported once with the answer
 // (a failing EXPECT per field would print the whole answer each time).

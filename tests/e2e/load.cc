@@ -23,7 +23,6 @@ using Clock = std::chrono::steady_clock;
 double MsBetween(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
-double MsSince(Clock::time_point t) { return MsBetween(t, Clock::now()); }
 
 }  // namespace
 

@@ -814,4 +814,32 @@ void WorkspaceTest::SetUp() {
   rng_.seed(seed_);
 }
 
+double SecondsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+double MsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+}
+
+int64_t Num(const nlohmann::json& j) { return j.is_number() ? j.get<int64_t>() : -1; }
+
+std::string Errstr(int err) { return err == 0 ? "success" : std::string(std::strerror(err)) + " (" + std::to_string(err) + ")"; }
+
+std::string FirstLines(const std::vector<std::string>& lines, size_t max) {
+  if (lines.empty()) return "(none)";
+  std::string s;
+  for (size_t i = 0; i < lines.size() && i < max; ++i) s += "\n  " + lines[i];
+  if (lines.size() > max) s += "\n  ... and " + std::to_string(lines.size() - max) + " more";
+  return s;
+}
+
+std::string Tail(const std::string& text, size_t n) {
+  size_t pos = text.size();
+  for (size_t i = 0; i < n && pos > 0; ++i) {
+    pos = text.rfind('\n', pos - 1);
+    if (pos == std::string::npos) return text;
+  }
+  return text.substr(pos + 1);
+}
+
 }  // namespace nasfs::e2e

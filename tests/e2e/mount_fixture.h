@@ -290,6 +290,19 @@ inline bool SameTime(const timespec& a, const timespec& b) {
 }
 std::string FormatTimespec(const timespec& t);
 
+// ---- small helpers for failure messages and figures -------------------------
+
+double SecondsSince(std::chrono::steady_clock::time_point t);
+double MsSince(std::chrono::steady_clock::time_point t);
+// An integer field, or -1 when absent or not a number.
+int64_t Num(const nlohmann::json& j);
+// "success", or the errno's text and number.
+std::string Errstr(int err);
+// At most `max` lines of a long list, and how many were left out.
+std::string FirstLines(const std::vector<std::string>& lines, size_t max = 40);
+// The last `n` lines of a text.
+std::string Tail(const std::string& text, size_t n);
+
 // ---- a fixture base ---------------------------------------------------------
 
 // The base of a fixture that mounts things in its own workspace and draws

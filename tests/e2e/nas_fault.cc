@@ -145,11 +145,13 @@ std::string FaultfsBin() {
 
 // ---- FuseNas ----------------------------------------------------------------
 
-FuseNas::FuseNas(const Workspace& ws, const std::string& name)
-    : name_(name),
-      path_(ws.MakeDir(name)),
-      store_(ws.MakeDir("store_" + name)),
-      log_(ws.Path(name + ".server.log")) {
+FuseNas::FuseNas(const Workspace& ws, const std::string& name) : FuseNas(ws, name, name) {}
+
+FuseNas::FuseNas(const Workspace& ws, const std::string& store, const std::string& path)
+    : name_(path),
+      path_(ws.MakeDir(path)),
+      store_(ws.MakeDir("store_" + store)),
+      log_(ws.Path(path + ".server.log")) {
   InstallSignalHandlersOnce();
   mounts_before_ = CountMountsAt(path_);
 }
@@ -278,14 +280,21 @@ void FuseNas::KillAndReap() {
 
 BindfsNas::BindfsNas(const Workspace& ws, const std::string& name) : FuseNas(ws, name) { Start(); }
 
+BindfsNas::BindfsNas(const Workspace& ws, const std::string& store, const std::string& path)
+    : FuseNas(ws, store, path) {
+  Start();
+}
+
 std::vector<std::string> BindfsNas::ServerArgv() const {
   // Single-threaded (bindfs's default): one SIGSTOP freezes every request.
   // --no-allow-other: only root (nasfs, the test) uses the NAS.
   return {"bindfs", "-f", "--no-allow-other", store(), path()};
 }
 
-FaultfsNas::FaultfsNas(const Workspace& ws, const std::string& name)
-    : FuseNas(ws, name), ctl_(ws.Path(name + ".faults")) {
+FaultfsNas::FaultfsNas(const Workspace& ws, const std::string& name) : FaultfsNas(ws, name, name) {}
+
+FaultfsNas::FaultfsNas(const Workspace& ws, const std::string& store, const std::string& path)
+    : FuseNas(ws, store, path), ctl_(ws.Path(path + ".faults")) {
   // A failure is reported; faultfs then starts without faults, as wanted anyway.
   (void)SetFaults("");
   Start();
@@ -315,6 +324,12 @@ const char* NasServerName(NasServer s) { return s == NasServer::kBindfs ? "bindf
 std::unique_ptr<FuseNas> MakeNas(const Workspace& ws, const std::string& name, NasServer server) {
   if (server == NasServer::kBindfs) return std::make_unique<BindfsNas>(ws, name);
   return std::make_unique<FaultfsNas>(ws, name);
+}
+
+std::unique_ptr<FuseNas> MakeNas(const Workspace& ws, const std::string& store, const std::string& path,
+                                 NasServer server) {
+  if (server == NasServer::kBindfs) return std::make_unique<BindfsNas>(ws, store, path);
+  return std::make_unique<FaultfsNas>(ws, store, path);
 }
 
 }  // namespace nasfs::e2e

@@ -56,7 +56,10 @@ namespace nasfs::e2e {
 std::string FaultfsBin();
 
 // A FUSE server exposing <ws>/store_<name> at <ws>/<name>. The constructor
-// mounts it (ok() says whether that worked).
+// mounts it (ok() says whether that worked). The (store, path) constructors
+// of the servers expose <ws>/store_<store> at <ws>/<path> instead, so several
+// servers can show one store at several paths (each web server's own view of
+// one NAS, which can fail alone: a partition).
 class FuseNas {
  public:
   virtual ~FuseNas();
@@ -67,9 +70,11 @@ class FuseNas {
   // Why the last Start() failed, or "".
   const std::string& error() const { return error_; }
 
-  // What nasfs is given as the NAS: <ws>/<name>.
+  // What nasfs is given as the NAS: <ws>/<name> (<ws>/<path>).
   const std::string& path() const { return path_; }
-  // The directory the server exposes: <ws>/store_<name>. Never behind a FUSE
+  // The name it goes by in messages: <name> (<path>).
+  const std::string& name() const { return name_; }
+  // The directory the server exposes: <ws>/store_<name> (<ws>/store_<store>). Never behind a FUSE
   // server, so it can be read whatever state the server is in.
   const std::string& store() const { return store_; }
   // The server's pid, or -1 when none runs (after Kill() or Unmount()).
@@ -93,6 +98,8 @@ class FuseNas {
 
  protected:
   FuseNas(const Workspace& ws, const std::string& name);
+  // <ws>/store_<store> at <ws>/<path>; its log is <ws>/<path>.server.log.
+  FuseNas(const Workspace& ws, const std::string& store, const std::string& path);
   // The server's command line; it must stay in the foreground (-f).
   virtual std::vector<std::string> ServerArgv() const = 0;
   // Starts the server and waits (bounded) for its mount. Sets error_.
@@ -116,6 +123,8 @@ class FuseNas {
 class BindfsNas : public FuseNas {
  public:
   BindfsNas(const Workspace& ws, const std::string& name);
+  // <ws>/store_<store> at <ws>/<path>.
+  BindfsNas(const Workspace& ws, const std::string& store, const std::string& path);
 
  protected:
   std::vector<std::string> ServerArgv() const override;
@@ -125,6 +134,8 @@ class BindfsNas : public FuseNas {
 class FaultfsNas : public FuseNas {
  public:
   FaultfsNas(const Workspace& ws, const std::string& name);
+  // <ws>/store_<store> at <ws>/<path>; its control file is <ws>/<path>.faults.
+  FaultfsNas(const Workspace& ws, const std::string& store, const std::string& path);
 
   // Replaces the faults in force ("" for none): whitespace-separated words of
   // eio_writes, enospc_writes, eio_all, delay_ms=N (see faultfs.cc). Takes
@@ -154,5 +165,10 @@ NasServer DefaultNasServer();
 const char* NasServerName(NasServer s);
 // A started NAS of that kind at <ws>/<name> (check ok()).
 std::unique_ptr<FuseNas> MakeNas(const Workspace& ws, const std::string& name, NasServer server);
+// A started NAS of that kind showing <ws>/store_<store> at <ws>/<path> (check
+// ok()): MakeNas(ws, "master", "a_master", s) and MakeNas(ws, "master",
+// "b_master", s) are two servers of one store, each failing on its own.
+std::unique_ptr<FuseNas> MakeNas(const Workspace& ws, const std::string& store, const std::string& path,
+                                 NasServer server);
 
 }  // namespace nasfs::e2e
