@@ -437,6 +437,7 @@ void Nasfs::ReplayLoop(Backend& b) {
   auto log = spdlog::get("replay");
   journal::Target t = Tgt(b);
   TreeSync rs(&o, &b, &sync_mu_, /*verify_content=*/false, /*displace=*/false, nullptr);
+  settle_.clear();
   auto t0 = Clock::now();
   {
     std::lock_guard lk(replay_mu_);
@@ -525,6 +526,7 @@ void Nasfs::ReplayLoop(Backend& b) {
     }
     auto entries = pending_sorted();
     if (entries.empty()) {
+      Settle(b, o, rs);
       if (switch_back(/*quiesced=*/false)) return;
       // Other servers still replay what they hold (or a write re-pended):
       // look again shortly.
@@ -543,6 +545,7 @@ void Nasfs::ReplayLoop(Backend& b) {
     // switch-back always comes.
     std::unique_lock<std::shared_mutex> quiesce;
     if (entries.size() <= kQuiesceEntries || round >= kMaxRounds) {
+      Settle(b, o, rs);
       quiesce = std::unique_lock(sync_mu_);
       entries = pending_sorted();  // no write is in flight now
     }
@@ -588,7 +591,10 @@ void Nasfs::ReplayLoop(Backend& b) {
       finish(fmt::format("stopped: replay of '{}': {}", failed, std::strerror(err)));
       return;
     }
-    for (const auto* e : replayed) journal_->Done(t, e->path, e->seq);
+    for (const auto* e : replayed) {
+      journal_->Done(t, e->path, e->seq);
+      if (!quiesce && !e->path.empty()) settle_.insert(e->path);
+    }
     replayed_paths_.fetch_add(replayed.size(), std::memory_order_relaxed);
     if (quiesce && switch_back(/*quiesced=*/true)) return;
   }
@@ -889,7 +895,8 @@ nlohmann::json Nasfs::Status() const {
   }
   j["counters"] = {{"mirrored_ops", mirror_.mirrored_ops()}, {"divergences", mirror_.divergences()},
                    {"failovers", failovers_.load()},     {"retried_ops", retried_ops_.load()},
-                   {"replayed_paths", replayed_paths_.load()}, {"inodes", inodes_.size()},
+                   {"replayed_paths", replayed_paths_.load()}, {"settled_paths", settled_.load()},
+                   {"inodes", inodes_.size()},
                    {"open_unlinked", orphans}};
   return j;
 }

@@ -170,6 +170,13 @@ class Nasfs {
   // replay --node when `takeover`. *waiting: the servers still holding some.
   bool PeersDone(Backend& b, Backend& o, TreeSync& rs, bool takeover, std::vector<std::string>* waiting);
   int TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& rs);
+  // Another web server may write a path while this replay copies it (its
+  // writes go to both NAS; nothing orders them against our copy), and the
+  // copy can then leave b with an older version. Every path replayed since
+  // the last call is compared on both NAS (type, size, mtime); one that
+  // still differs an io_timeout later (when any write in flight has landed
+  // or failed) is copied again from o.
+  void Settle(Backend& b, Backend& o, TreeSync& rs);
   // A server whose heartbeat has not changed for `silence` (by this
   // server's clock, on either NAS).
   bool PeerSilent(const std::string& node, std::chrono::milliseconds silence) const;
@@ -237,6 +244,8 @@ class Nasfs {
   };
   mutable std::mutex replay_mu_;
   ReplayProgress replay_;  // guarded by replay_mu_
+  std::set<std::string> settle_;  // replay thread only: see Settle
+  std::atomic<uint64_t> settled_{0};  // paths Settle copied again
 
   // Other web servers, as seen through the NAS.
   std::unique_ptr<Peers> peers_;

@@ -176,7 +176,10 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
       continue;
     }
     if (int r = rs.Reconcile(e.path, e.scope, ForceData(e.ops))) return r;
-    if (!e.path.empty()) dirs.insert(ParentPath(e.path));
+    if (!e.path.empty()) {
+      dirs.insert(ParentPath(e.path));
+      settle_.insert(e.path);
+    }
     {
       std::lock_guard lk(replay_mu_);
       ++replay_.done;
@@ -195,6 +198,53 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
   replayed_paths_.fetch_add(entries.size(), std::memory_order_relaxed);
   log->info("replayed web server {}'s {} paths onto the {}", node, entries.size(), b.name());
   return 0;
+}
+
+void Nasfs::Settle(Backend& b, Backend& o, TreeSync& rs) {
+  // Whether p differs between the two NAS; an errno when one cannot say.
+  auto differs = [&](const std::string& p, bool* d) {
+    auto sb = std::make_shared<struct stat>(), so = std::make_shared<struct stat>();
+    Backend* bp = &b;
+    Backend* op = &o;
+    int rb = bp->Run([bp, p, sb] { return bp->Stat(p, sb.get()); });
+    int ro = op->Run([op, p, so] { return op->Stat(p, so.get()); });
+    if ((rb && rb != ENOENT) || (ro && ro != ENOENT)) return rb && rb != ENOENT ? rb : ro;
+    if (rb || ro) {
+      *d = rb != ro;
+      return 0;
+    }
+    bool dirs = S_ISDIR(sb->st_mode) && S_ISDIR(so->st_mode);
+    *d = !dirs && ((sb->st_mode & S_IFMT) != (so->st_mode & S_IFMT) || sb->st_size != so->st_size ||
+                   sb->st_mtim.tv_sec != so->st_mtim.tv_sec || sb->st_mtim.tv_nsec != so->st_mtim.tv_nsec);
+    return 0;
+  };
+  std::vector<std::string> suspects;
+  for (const auto& p : settle_) {
+    if (stopping_) return;
+    bool d = false;
+    if (differs(p, &d)) return;  // a NAS failed: the replay loop sees it
+    if (d) suspects.push_back(p);
+  }
+  settle_.clear();
+  if (suspects.empty()) return;
+  std::this_thread::sleep_for(b.io_timeout());
+  for (const auto& p : suspects) {
+    bool d = false;
+    if (stopping_ || differs(p, &d)) return;
+    if (!d) continue;
+    std::unique_lock x(sync_mu_);
+    // The copy goes through a new name: its directory's times follow.
+    int r = rs.Reconcile(p, journal::Scope::kEntry, /*force_data=*/true);
+    if (r == 0) r = rs.ReconcileDirTimes(ParentPath(p));
+    if (r) {
+      spdlog::get("replay")->warn("'{}' differs on the {} after its replay and cannot be copied again: {}", p,
+                                  b.name(), std::strerror(r));
+      return;
+    }
+    settled_.fetch_add(1, std::memory_order_relaxed);
+    spdlog::get("replay")->warn("'{}' was written by another web server while it was replayed: copied again onto the {}",
+                                p, b.name());
+  }
 }
 
 bool Nasfs::SplitBrainDetected(Backend& b, Backend& o) {

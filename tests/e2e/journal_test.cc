@@ -125,31 +125,7 @@ class StatusExpect {
 
 // ---- syscalls through the mount, returning 0 or an errno --------------------
 
-int Errno(int rc) { return rc == 0 ? 0 : errno; }
-
-// Which call of a multi-call operation (PutFile, PwriteAt) failed last, on
-// this thread: "open", "write", "close".
-thread_local const char* t_failed_call = "";
-
-int PutFile(const std::string& path, std::string_view data, int flags, mode_t mode = 0644) {
-  t_failed_call = "open";
-  const int fd = open(path.c_str(), flags | O_WRONLY | O_CLOEXEC, mode);
-  if (fd < 0) return errno;
-  size_t off = 0;
-  t_failed_call = "write";
-  while (off < data.size()) {
-    const ssize_t n = write(fd, data.data() + off, data.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int e = n < 0 ? errno : EIO;
-      close(fd);
-      return e;
-    }
-    off += static_cast<size_t>(n);
-  }
-  t_failed_call = "close";
-  return close(fd) == 0 ? 0 : errno;
-}
+// Errno, PutFile and t_failed_call: tests/e2e/load.h.
 
 int PwriteAt(const std::string& path, std::string_view data, off_t offset) {
   t_failed_call = "open";
@@ -217,14 +193,7 @@ class Model {
   void Unknown(const std::string& rel) { unknown_.insert(rel); }
   size_t unknown_count() const { return unknown_.size(); }
   // rel or a directory above it was made unknown.
-  bool IsUnknown(const std::string& rel) const {
-    for (std::string p = rel;;) {
-      if (unknown_.count(p)) return true;
-      const auto slash = p.rfind('/');
-      if (slash == std::string::npos) return false;
-      p.resize(slash);
-    }
-  }
+  bool IsUnknown(const std::string& rel) const { return AtOrUnderAny(unknown_, rel); }
 
   // Differences between the model and a snapshot (labelled `name`).
   std::vector<std::string> Compare(const Tree& t, const std::string& name) const {
@@ -315,52 +284,8 @@ class StatusWatch {
 
 // ---- writers that own their state ------------------------------------------
 
-// A worker thread whose state (a stop flag, whether it finished, its Result)
-// it shares rather than borrows from this handle, so a thread stuck in a call
-// on a dead mount can be abandoned safely: the destructor detaches it.
-template <class R>
-class OwnedWorker {
- public:
-  using Result = R;
-
-  ~OwnedWorker() {
-    if (thread_.joinable()) thread_.detach();  // only after Join() timed out: state_ is shared
-  }
-  // Asks the thread to stop after its current call.
-  void RequestStop() { state_->stop = true; }
-  // Waits for the thread to end; false on timeout.
-  bool Join(std::chrono::milliseconds timeout) {
-    if (!thread_.joinable()) return true;
-    if (!WaitFor([&] { return state_->finished.load(); }, timeout)) return false;
-    thread_.join();
-    return true;
-  }
-  Result result() const {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    return state_->result;
-  }
-
- protected:
-  struct State {
-    std::atomic<bool> stop{false}, finished{false};
-    mutable std::mutex mu;
-    Result result;  // guarded by mu
-  };
-  // Runs body(State&) on the thread (body must own what it uses); the state
-  // is marked finished when it returns.
-  template <class Body>
-  void Launch(Body body) {
-    thread_ = std::thread([st = state_, body = std::move(body)]() mutable {
-      body(*st);
-      st->finished = true;
-    });
-  }
-
-  const std::shared_ptr<State> state_ = std::make_shared<State>();
-
- private:
-  std::thread thread_;
-};
+// The writers below are OwnedWorkers (tests/e2e/load.h): each shares its
+// state with its thread, so one stuck on a dead mount can be abandoned.
 
 // ---- a writer nasfs is killed under -----------------------------------------
 

@@ -1,6 +1,7 @@
 #include "tests/e2e/load.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -25,6 +26,30 @@ double MsBetween(Clock::time_point a, Clock::time_point b) {
 }
 
 }  // namespace
+
+int Errno(int rc) { return rc == 0 ? 0 : errno; }
+
+thread_local const char* t_failed_call = "";
+
+int PutFile(const std::string& path, std::string_view data, int flags, mode_t mode) {
+  t_failed_call = "open";
+  const int fd = open(path.c_str(), flags | O_WRONLY | O_CLOEXEC, mode);
+  if (fd < 0) return errno;
+  size_t off = 0;
+  t_failed_call = "write";
+  while (off < data.size()) {
+    const ssize_t n = write(fd, data.data() + off, data.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int e = n < 0 ? errno : EIO;
+      close(fd);
+      return e;
+    }
+    off += static_cast<size_t>(n);
+  }
+  t_failed_call = "close";
+  return close(fd) == 0 ? 0 : errno;
+}
 
 std::string LoadStats::Failures() const {
   std::string s;

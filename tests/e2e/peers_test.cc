@@ -147,24 +147,7 @@ std::string Brief(const json& s) {
 
 // ---- operations through a mount ----------------------------------------------
 
-int Errno(int rc) { return rc == 0 ? 0 : errno; }
-
-int PutFile(const std::string& path, std::string_view data, int flags, mode_t mode = 0644) {
-  const int fd = open(path.c_str(), flags | O_WRONLY | O_CLOEXEC, mode);
-  if (fd < 0) return errno;
-  size_t off = 0;
-  while (off < data.size()) {
-    const ssize_t n = write(fd, data.data() + off, data.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int e = n < 0 ? errno : EIO;
-      close(fd);
-      return e;
-    }
-    off += static_cast<size_t>(n);
-  }
-  return close(fd) == 0 ? 0 : errno;
-}
+// Errno and PutFile: tests/e2e/load.h.
 
 struct FsOp {
   enum class Kind { kMkdir, kCreate, kOverwrite, kUnlink, kRename };
@@ -230,56 +213,6 @@ BatchResult RunBatch(const std::string& label, const std::string& mnt, const std
   return r;
 }
 
-// A thread whose state it shares rather than borrows, so one stuck in a call
-// on a dead mount can be abandoned safely (the destructor detaches it).
-template <class R>
-class Task {
- public:
-  struct State {
-    std::atomic<bool> stop{false}, finished{false};
-    mutable std::mutex mu;
-    R result;  // guarded by mu
-  };
-
-  ~Task() {
-    if (!thread_.joinable()) return;
-    if (st_->finished) {
-      thread_.join();
-    } else {
-      st_->stop = true;
-      thread_.detach();
-    }
-  }
-  // Runs fn(State&) -> R on the thread; fn must own what it uses.
-  template <class F>
-  void Start(F fn) {
-    thread_ = std::thread([st = st_, fn = std::move(fn)]() mutable {
-      R r = fn(*st);
-      {
-        std::lock_guard<std::mutex> lock(st->mu);
-        st->result = std::move(r);
-      }
-      st->finished = true;
-    });
-  }
-  void RequestStop() { st_->stop = true; }
-  // Waits for the thread to end; false on timeout (it is then left running).
-  bool Join(std::chrono::milliseconds timeout) {
-    if (!thread_.joinable()) return true;
-    if (!WaitFor([&] { return st_->finished.load(); }, timeout)) return false;
-    thread_.join();
-    return true;
-  }
-  R result() const {
-    std::lock_guard<std::mutex> lock(st_->mu);
-    return st_->result;
-  }
-
- private:
-  const std::shared_ptr<State> st_ = std::make_shared<State>();
-  std::thread thread_;
-};
-
 // ---- the expected tree --------------------------------------------------------
 
 // Files (path -> content) and directories that every operation that
@@ -310,14 +243,7 @@ class Model {
     if (!op.to.empty()) unknown_.insert(op.to);
   }
   void Unknown(const std::string& rel) { unknown_.insert(rel); }
-  bool IsUnknown(const std::string& rel) const {
-    for (std::string p = rel;;) {
-      if (unknown_.count(p)) return true;
-      const auto slash = p.rfind('/');
-      if (slash == std::string::npos) return false;
-      p.resize(slash);
-    }
-  }
+  bool IsUnknown(const std::string& rel) const { return AtOrUnderAny(unknown_, rel); }
   const std::map<std::string, std::string>& files() const { return files_; }
   size_t unknown_count() const { return unknown_.size(); }
   // The files whose content is known.
@@ -405,7 +331,7 @@ struct SwitchBackResult {
 // Polls `nasfsctl status` of mnt every 50 ms from `from` for `within`; the
 // moment it first reports read_from "master", reads every model file through
 // the mount and compares. Stops once switched back (or told to).
-SwitchBackResult WatchSwitchBack(const Task<SwitchBackResult>::State& st, const std::string& mnt,
+SwitchBackResult WatchSwitchBack(const OwnedWorker<SwitchBackResult>::State& st, const std::string& mnt,
                                  const std::map<std::string, std::string>& files, Clock::time_point from,
                                  std::chrono::milliseconds within) {
   SwitchBackResult r;
@@ -668,11 +594,11 @@ class PeersTest : public WorkspaceTest {
   // a's ops through mnt_a and b's through mnt_b, at the same time.
   std::pair<BatchResult, BatchResult> RunConcurrently(const std::string& label, std::vector<FsOp> a_ops,
                                                       std::vector<FsOp> b_ops) {
-    Task<BatchResult> ta, tb;
-    ta.Start([mnt = Mnt(A()), label = "a: " + label, ops = std::move(a_ops)](const Task<BatchResult>::State& st) {
+    OwnedWorker<BatchResult> ta, tb;
+    ta.Start([mnt = Mnt(A()), label = "a: " + label, ops = std::move(a_ops)](const OwnedWorker<BatchResult>::State& st) {
       return RunBatch(label, mnt, ops, &st.stop);
     });
-    tb.Start([mnt = Mnt(B()), label = "b: " + label, ops = std::move(b_ops)](const Task<BatchResult>::State& st) {
+    tb.Start([mnt = Mnt(B()), label = "b: " + label, ops = std::move(b_ops)](const OwnedWorker<BatchResult>::State& st) {
       return RunBatch(label, mnt, ops, &st.stop);
     });
     const bool a_done = ta.Join(kBatchWithin);
@@ -832,14 +758,14 @@ class PeersTest : public WorkspaceTest {
   // ---- a switch-back on several mounts at once ----
 
   // Starts a watch on each server (live ones), from `from`.
-  std::vector<std::unique_ptr<Task<SwitchBackResult>>> WatchSwitchBacks(const std::vector<Server*>& servers,
+  std::vector<std::unique_ptr<OwnedWorker<SwitchBackResult>>> WatchSwitchBacks(const std::vector<Server*>& servers,
                                                                         Clock::time_point from,
                                                                         std::chrono::milliseconds within) {
-    std::vector<std::unique_ptr<Task<SwitchBackResult>>> tasks;
+    std::vector<std::unique_ptr<OwnedWorker<SwitchBackResult>>> tasks;
     const auto files = model_.KnownFiles();
     for (Server* s : servers) {
-      auto t = std::make_unique<Task<SwitchBackResult>>();
-      t->Start([mnt = Mnt(*s), files, from, within](const Task<SwitchBackResult>::State& st) {
+      auto t = std::make_unique<OwnedWorker<SwitchBackResult>>();
+      t->Start([mnt = Mnt(*s), files, from, within](const OwnedWorker<SwitchBackResult>::State& st) {
         return WatchSwitchBack(st, mnt, files, from, within);
       });
       tasks.push_back(std::move(t));
@@ -850,7 +776,7 @@ class PeersTest : public WorkspaceTest {
   // Joins the watches and checks them: switched back within `within`, no
   // stale read at the first moment on the master. Returns the results.
   std::vector<SwitchBackResult> ExpectSwitchBacks(const std::vector<Server*>& servers,
-                                                  std::vector<std::unique_ptr<Task<SwitchBackResult>>>& tasks,
+                                                  std::vector<std::unique_ptr<OwnedWorker<SwitchBackResult>>>& tasks,
                                                   std::chrono::milliseconds within, const std::string& when) {
     std::vector<SwitchBackResult> out;
     for (size_t i = 0; i < tasks.size(); ++i) {
@@ -1095,6 +1021,61 @@ TEST_F(PeersTest, MasterOutageTwoWriters) {
                       results[0].check_s, results[1].check_s, reads[0].ops, reads[1].ops,
                       reads[0].failures + reads[1].failures, std::max(reads[0].max_ms, reads[1].max_ms),
                       op_failures_.size(), model_.files().size(), slow != nullptr ? kSlowReplayDelayMs : 0));
+}
+
+// ---- 2b. a replay raced by another server's write ------------------------------------
+
+// Another server's write reaches both NAS in no order against a replay's
+// copy of the same path, so the copy can leave the returning master older
+// (it read the backup before the write landed there and wrote the master
+// after it did). The test plants that outcome: in the middle of a's replay
+// (slowed by a 2 ms delay on a's path to the master), a file a has already
+// copied gets an older version on the master's store. Before it switches
+// back, a compares what it replayed on both NAS and copies again what still
+// differs an io_timeout later: the stores end identical, and a's status
+// counts the path under counters.settled_paths. Without that pass the
+// master keeps the older version.
+TEST_F(PeersTest, AReplayRacedByAnotherServerIsSettled) {
+  ASSERT_NO_FATAL_FAILURE(StartAll({.peer_timeout_s = 10}));
+  auto* slow = dynamic_cast<FaultfsNas*>(A().master.get());
+  if (slow == nullptr) GTEST_SKIP() << "needs faultfs NAS servers (a delay on a's path to the master)";
+  // The directory exists on both NAS, so the replay copies each file on its
+  // own (a directory made during the outage would be copied whole).
+  (void)RunOn(A(), "the directory", {Mkdir("race")});
+  for (auto& s : srv_) s.master->Kill();
+  for (auto& s : srv_) ASSERT_NO_FATAL_FAILURE(ExpectShownDown(s, "master"));
+  std::vector<FsOp> ops;
+  for (int k = 0; k < 300; ++k) ops.push_back(Create(fmt::format("race/f{:03d}", k), Content("a during the outage")));
+  (void)RunOn(A(), "writes during the outage", ops);
+  ExpectNoOpFailures("during the master outage");
+
+  ASSERT_TRUE(slow->SetFaults("delay_ms=2"));
+  for (auto& s : srv_) ASSERT_EQ(s.master->Remount(), "") << s.node << "_master server";
+  json st;
+  ASSERT_TRUE(WaitForStatus(
+      A(),
+      [](const json& j) {
+        return Str(Get(j, "/journal/replay/state")) == "running" && Num(Get(j, "/journal/replay/done")) >= 10;
+      },
+      30s, &st))
+      << "a's replay should be running past its 10th entry: " << Brief(st) << " done "
+      << Get(st, "/journal/replay/done");
+  // race/f000 was copied among the first (parents first, then names in order).
+  const std::string planted = store_master_ + "/race/f000";
+  ASSERT_TRUE(WriteFile(planted, "an older version")) << planted << ": " << std::strerror(errno);
+  const timespec old_times[2] = {{1000000000, 0}, {1000000000, 0}};
+  ASSERT_EQ(utimensat(AT_FDCWD, planted.c_str(), old_times, 0), 0) << std::strerror(errno);
+  ASSERT_TRUE(slow->SetFaults(""));
+
+  for (auto& s : srv_) {
+    EXPECT_TRUE(WaitForStatus(s, SwitchedBack, kSwitchBackWithin, &st))
+        << "mnt_" << s.node << " should read from the master with nothing pending: " << Brief(st);
+  }
+  ExpectStoresEqualModel("after a replay raced by a write");
+  const int64_t settled = Num(Get(StatusNow(A()), "/counters/settled_paths"));
+  EXPECT_GE(settled, 1) << "a should have copied race/f000 again";
+  for (auto& s : srv_) ExpectSettled(s, "after a replay raced by a write");
+  Figures("AReplayRacedByAnotherServerIsSettled", fmt::format("settled_paths={}", settled));
 }
 
 // ---- 3. a server killed during the outage ------------------------------------------

@@ -261,6 +261,15 @@ std::string FormatDiffs(const std::vector<std::string>& diffs) {
   return s;
 }
 
+bool AtOrUnderAny(const std::set<std::string>& paths, const std::string& rel) {
+  for (std::string p = rel;;) {
+    if (paths.count(p)) return true;
+    const auto slash = p.rfind('/');
+    if (slash == std::string::npos) return false;
+    p.resize(slash);
+  }
+}
+
 uint64_t HashFile(const std::string& path, bool* ok) {
   bool local_ok = false;
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -76,6 +77,10 @@ std::vector<std::string> CompareWithReference(const std::string& nas, const std:
 
 // The differences, one per line, "(no differences)" when empty.
 std::string FormatDiffs(const std::vector<std::string>& diffs);
+
+// Whether rel ("a/b/c") or a directory above it ("a/b", "a") is one of
+// paths: a test model's paths whose state became unknown.
+bool AtOrUnderAny(const std::set<std::string>& paths, const std::string& rel);
 
 // XXH3_64bits of the whole file, or nullopt-like 0 with *ok=false on error.
 uint64_t HashFile(const std::string& path, bool* ok = nullptr);

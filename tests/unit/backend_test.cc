@@ -18,7 +18,6 @@
 #include <fstream>
 #include <map>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -26,6 +25,7 @@
 #include <gtest/gtest.h>
 
 #include "fs/backend.h"
+#include "nas_dirs.h"
 
 namespace nasfs {
 namespace {
@@ -34,6 +34,9 @@ using ::testing::AnyOf;
 using ::testing::Eq;
 using ::testing::Ne;
 using ::testing::UnorderedElementsAre;
+using testutil::Exists;
+using testutil::MakeTemp;
+using testutil::ReadFile;
 
 timespec Ts(time_t s, long ns) { return timespec{s, ns}; }
 
@@ -62,24 +65,10 @@ class BackendTest : public ::testing::Test {
     if (!outside_.empty()) std::filesystem::remove_all(outside_, ec);
   }
 
-  static std::string MakeTemp(std::string tmpl) {
-    if (!::mkdtemp(tmpl.data())) ADD_FAILURE() << "mkdtemp: " << std::strerror(errno);
-    return tmpl;
-  }
   static void WriteFile(const std::string& path, const std::string& content) {
     std::ofstream f(path, std::ios::binary | std::ios::trunc);
     f << content;
     ASSERT_TRUE(f.good()) << path;
-  }
-  static std::string ReadFile(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-  }
-  static bool Exists(const std::string& path) {
-    struct stat st;
-    return ::lstat(path.c_str(), &st) == 0;
   }
   std::string At(const std::string& rel) const { return root_ + "/" + rel; }
   // Creates rel as an empty file through the backend.

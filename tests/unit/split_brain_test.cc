@@ -3,7 +3,6 @@
 // two diverged versions with plain syscalls and explicit mtimes, resolves,
 // then checks both directories (content, mode, mtime to the nanosecond) and
 // what was kept (ListConflicts on both, the data and meta.json of each).
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,9 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <set>
 #include <shared_mutex>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -24,11 +21,18 @@
 #include <spdlog/spdlog.h>
 
 #include "fs/split_brain.h"
+#include "tree_diff.h"
 
 namespace nasfs {
 namespace {
 
 using ::testing::UnorderedElementsAre;
+using testutil::CompareTrees;
+using testutil::Exists;
+using testutil::LinkTarget;
+using testutil::MakeTemp;
+using testutil::StartPair;
+using testutil::ReadFile;
 
 // An mtime with a nanosecond part, so a copy that rounds is caught.
 timespec T(time_t sec) { return timespec{sec, 123456789}; }
@@ -43,12 +47,7 @@ class SplitBrainTest : public ::testing::Test {
     master_dir_ = MakeTemp("/tmp/nasfs-sb-master-XXXXXX");
     backup_dir_ = MakeTemp("/tmp/nasfs-sb-backup-XXXXXX");
     for (const auto& d : {master_dir_, backup_dir_}) ASSERT_EQ(::mkdir((d + "/.nasfs").c_str(), 0700), 0);
-    master_ = std::make_unique<Backend>(Role::kMaster, master_dir_, 2, std::chrono::milliseconds(2000));
-    backup_ = std::make_unique<Backend>(Role::kBackup, backup_dir_, 2, std::chrono::milliseconds(2000));
-    ASSERT_TRUE(master_->OpenRoot());
-    ASSERT_TRUE(backup_->OpenRoot());
-    master_->Start();
-    backup_->Start();
+    ASSERT_TRUE(StartPair(master_dir_, backup_dir_, &master_, &backup_));
     resolver_ = std::make_unique<SplitBrainResolver>(master_.get(), backup_.get(), "web1");
   }
   void TearDown() override {
@@ -60,10 +59,6 @@ class SplitBrainTest : public ::testing::Test {
     std::filesystem::remove_all(backup_dir_, ec);
   }
 
-  static std::string MakeTemp(std::string tmpl) {
-    if (!::mkdtemp(tmpl.data())) ADD_FAILURE() << "mkdtemp: " << std::strerror(errno);
-    return tmpl;
-  }
   std::string M(const std::string& rel) const { return rel.empty() ? master_dir_ : master_dir_ + "/" + rel; }
   std::string B(const std::string& rel) const { return rel.empty() ? backup_dir_ : backup_dir_ + "/" + rel; }
 
@@ -92,16 +87,6 @@ class SplitBrainTest : public ::testing::Test {
   }
 
   // ---- looking at them ----
-  static std::string Get(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-  }
-  static bool Exists(const std::string& path) {
-    struct stat st;
-    return ::lstat(path.c_str(), &st) == 0;
-  }
   static int64_t Mtime(const std::string& path) {
     struct stat st;
     if (::lstat(path.c_str(), &st) != 0) return -1;
@@ -110,10 +95,6 @@ class SplitBrainTest : public ::testing::Test {
   static mode_t Mode(const std::string& path) {
     struct stat st;
     return ::lstat(path.c_str(), &st) == 0 ? st.st_mode : 0;
-  }
-  static std::string LinkTarget(const std::string& path) {
-    std::error_code ec;
-    return std::filesystem::read_symlink(path, ec).string();
   }
   std::vector<ConflictRecord> Conflicts(Backend& nas) {
     std::vector<ConflictRecord> out;
@@ -125,54 +106,11 @@ class SplitBrainTest : public ::testing::Test {
     return root + "/.nasfs/conflicts/" + id + "/data";
   }
 
-  // Every difference between master and backup under rel (the top .nasfs
-  // left out): type, mode, owner, mtime to the nanosecond, size, content,
-  // symlink target.
-  void CompareTrees(const std::string& rel, std::vector<std::string>* diffs) {
-    struct stat m, b;
-    bool hm = ::lstat(M(rel).c_str(), &m) == 0, hb = ::lstat(B(rel).c_str(), &b) == 0;
-    if (!hm || !hb) {
-      if (hm || hb) diffs->push_back("'" + rel + "' only on the " + (hm ? "master" : "backup"));
-      return;
-    }
-    auto diff = [&](const char* what, auto x, auto y) {
-      if (x != y) {
-        std::ostringstream os;
-        os << "'" << rel << "' " << what << ": master " << x << ", backup " << y;
-        diffs->push_back(os.str());
-      }
-    };
-    diff("type+mode", static_cast<unsigned>(m.st_mode), static_cast<unsigned>(b.st_mode));
-    diff("uid", m.st_uid, b.st_uid);
-    diff("gid", m.st_gid, b.st_gid);
-    diff("mtime.sec", m.st_mtim.tv_sec, b.st_mtim.tv_sec);
-    diff("mtime.nsec", m.st_mtim.tv_nsec, b.st_mtim.tv_nsec);
-    if ((m.st_mode & S_IFMT) != (b.st_mode & S_IFMT)) return;
-    if (S_ISREG(m.st_mode)) {
-      diff("size", m.st_size, b.st_size);
-      if (Get(M(rel)) != Get(B(rel))) diffs->push_back("'" + rel + "' content differs");
-    } else if (S_ISLNK(m.st_mode)) {
-      diff("link target", LinkTarget(M(rel)), LinkTarget(B(rel)));
-    } else if (S_ISDIR(m.st_mode)) {
-      std::set<std::string> names;
-      for (const std::string& dir : {M(rel), B(rel)}) {
-        DIR* dp = ::opendir(dir.c_str());
-        if (!dp) continue;
-        while (dirent* e = ::readdir(dp)) {
-          std::string n = e->d_name;
-          if (n == "." || n == ".." || (rel.empty() && n == ".nasfs")) continue;
-          names.insert(n);
-        }
-        ::closedir(dp);
-      }
-      for (const auto& n : names) CompareTrees(rel.empty() ? n : rel + "/" + n, diffs);
-    }
-  }
   // The root's own mtime is left out (as nasfsctl verify does): each NAS
   // creates its .nasfs at its own instant.
   void ExpectSameTrees(const std::string& rel) {
     std::vector<std::string> diffs;
-    CompareTrees(rel, &diffs);
+    CompareTrees({master_dir_, "master"}, {backup_dir_, "backup"}, rel, &diffs);
     if (rel.empty())
       std::erase_if(diffs, [](const std::string& d) { return d.starts_with("'' mtime"); });
     std::string text;
@@ -229,7 +167,7 @@ TEST_F(SplitBrainTest, TheNewerBackupFileWinsAndTheMastersIsKeptOnBothNas) {
   Dir(B("d"), 600);
   ASSERT_EQ(resolver_->Resolve("d/f"), 0);
   for (const auto& p : {M("d/f"), B("d/f")}) {
-    EXPECT_EQ(Get(p), "new!") << p;
+    EXPECT_EQ(ReadFile(p), "new!") << p;
     EXPECT_EQ(Mtime(p), Ns(2000)) << p;
   }
   ASSERT_EQ(resolver_->kept().size(), 1u);
@@ -248,7 +186,7 @@ TEST_F(SplitBrainTest, TheNewerBackupFileWinsAndTheMastersIsKeptOnBothNas) {
   ConflictRecord listed = OnlyConflict();
   EXPECT_EQ(ToJson(listed), ToJson(k)) << "meta.json holds the record";
   for (const auto& root : {master_dir_, backup_dir_}) {
-    EXPECT_EQ(Get(Data(root, k.id)), "old") << root;
+    EXPECT_EQ(ReadFile(Data(root, k.id)), "old") << root;
     EXPECT_EQ(Mtime(Data(root, k.id)), Ns(1000)) << root;
   }
   // The parent is left with the times it had on each NAS.
@@ -262,7 +200,7 @@ TEST_F(SplitBrainTest, TheNewerMasterFileWinsAndTheBackupsIsKept) {
   Put(B("f"), "backup", 2000);
   ASSERT_EQ(resolver_->Resolve("f"), 0);
   for (const auto& p : {M("f"), B("f")}) {
-    EXPECT_EQ(Get(p), "master wins") << p;
+    EXPECT_EQ(ReadFile(p), "master wins") << p;
     EXPECT_EQ(Mtime(p), Ns(3000)) << p;
     EXPECT_EQ(Mode(p) & 07777, 0600u) << p;
   }
@@ -270,18 +208,18 @@ TEST_F(SplitBrainTest, TheNewerMasterFileWinsAndTheBackupsIsKept) {
   EXPECT_EQ(k.kept_from, "backup");
   EXPECT_EQ(k.winner, "master");
   EXPECT_EQ(k.path, "f");
-  for (const auto& root : {master_dir_, backup_dir_}) EXPECT_EQ(Get(Data(root, k.id)), "backup") << root;
+  for (const auto& root : {master_dir_, backup_dir_}) EXPECT_EQ(ReadFile(Data(root, k.id)), "backup") << root;
 }
 
 TEST_F(SplitBrainTest, EqualMtimesGoToTheMaster) {
   Put(M("f"), "aaaa", 2000);
   Put(B("f"), "bbbb", 2000);
   ASSERT_EQ(resolver_->Resolve("f"), 0);
-  EXPECT_EQ(Get(M("f")), "aaaa");
-  EXPECT_EQ(Get(B("f")), "aaaa");
+  EXPECT_EQ(ReadFile(M("f")), "aaaa");
+  EXPECT_EQ(ReadFile(B("f")), "aaaa");
   ConflictRecord k = OnlyConflict();
   EXPECT_EQ(k.kept_from, "backup");
-  for (const auto& root : {master_dir_, backup_dir_}) EXPECT_EQ(Get(Data(root, k.id)), "bbbb") << root;
+  for (const auto& root : {master_dir_, backup_dir_}) EXPECT_EQ(ReadFile(Data(root, k.id)), "bbbb") << root;
 }
 
 TEST_F(SplitBrainTest, EqualContentKeepsNothingAndTakesTheNewerAttributes) {
@@ -293,7 +231,7 @@ TEST_F(SplitBrainTest, EqualContentKeepsNothingAndTakesTheNewerAttributes) {
   for (const auto& p : {M("f"), B("f")}) {
     EXPECT_EQ(Mtime(p), Ns(2000)) << p;
     EXPECT_EQ(Mode(p) & 07777, 0640u) << p;
-    EXPECT_EQ(Get(p), "same bytes") << p;
+    EXPECT_EQ(ReadFile(p), "same bytes") << p;
   }
   struct stat after;
   ASSERT_EQ(::lstat(M("f").c_str(), &after), 0);
@@ -311,10 +249,10 @@ TEST_F(SplitBrainTest, EqualSizeButOtherBytesIsAConflict) {
   Put(M("big"), a, 1000);
   Put(B("big"), b, 1000);
   ASSERT_EQ(resolver_->Resolve("big"), 0);
-  EXPECT_EQ(Get(B("big")), a);
+  EXPECT_EQ(ReadFile(B("big")), a);
   ConflictRecord k = OnlyConflict();
   EXPECT_EQ(k.kept_from, "backup");
-  EXPECT_EQ(Get(Data(master_dir_, k.id)), b);
+  EXPECT_EQ(ReadFile(Data(master_dir_, k.id)), b);
 }
 
 // ---- one side deleted it ----
@@ -334,7 +272,7 @@ TEST_F(SplitBrainTest, ADeletionNewerThanTheOtherSidesFileWins) {
   EXPECT_TRUE(ToJson(k)["winner_mtime"].is_null());
   EXPECT_EQ(ToJson(k)["kept_mtime"], "1970-01-01T00:33:20.123456789Z");
   for (const auto& root : {master_dir_, backup_dir_}) {
-    EXPECT_EQ(Get(Data(root, k.id)), "backup's") << root;
+    EXPECT_EQ(ReadFile(Data(root, k.id)), "backup's") << root;
     EXPECT_EQ(Mtime(Data(root, k.id)), Ns(2000)) << root;
   }
   EXPECT_EQ(Mtime(M("d")), Ns(3000));
@@ -346,9 +284,9 @@ TEST_F(SplitBrainTest, AFileNewerThanTheOtherSidesDeletionComesBack) {
   Dir(B("d"), 1500);
   Dir(M("d"), 1000);  // the master deleted d/f at 1000, before the backup wrote it
   ASSERT_EQ(resolver_->Resolve("d/f"), 0);
-  EXPECT_EQ(Get(M("d/f")), "backup's");
+  EXPECT_EQ(ReadFile(M("d/f")), "backup's");
   EXPECT_EQ(Mtime(M("d/f")), Ns(2000));
-  EXPECT_EQ(Get(B("d/f")), "backup's");
+  EXPECT_EQ(ReadFile(B("d/f")), "backup's");
   EXPECT_TRUE(resolver_->kept().empty());
   EXPECT_TRUE(Conflicts(*master_).empty());
   EXPECT_TRUE(Conflicts(*backup_).empty());
@@ -364,7 +302,7 @@ TEST_F(SplitBrainTest, AnAncestorOnOneSideOnlyIsResolvedWhole) {
   SetMtime(B(""), 1000);  // the backup never had n
   ASSERT_EQ(resolver_->Resolve("n/sub/x"), 0);
   ExpectSameTrees("n");
-  EXPECT_EQ(Get(B("n/y")), "y") << "all of n, not only n/sub/x";
+  EXPECT_EQ(ReadFile(B("n/y")), "y") << "all of n, not only n/sub/x";
   EXPECT_TRUE(resolver_->kept().empty());
   EXPECT_EQ(Mtime(B("")), Ns(1000));
   EXPECT_EQ(Mtime(M("")), Ns(3300));
@@ -381,7 +319,7 @@ TEST_F(SplitBrainTest, PathsOutsideTheWebsiteAreRefused) {
   Put(B(".nasfs/x"), "b", 2000);
   for (const std::string p : {".nasfs", ".nasfs/x", "../x", "/x", "a//b", "a/./b", "a/"})
     EXPECT_EQ(resolver_->Resolve(p), EINVAL) << p;
-  EXPECT_EQ(Get(M(".nasfs/x")), "m");
+  EXPECT_EQ(ReadFile(M(".nasfs/x")), "m");
 }
 
 // ---- directories ----
@@ -391,15 +329,15 @@ TEST_F(SplitBrainTest, TwoDirectoriesMergeIntoTheirUnion) {
   ASSERT_EQ(resolver_->Resolve("site"), 0);
   ExpectSameTrees("site");
   for (const auto& root : {master_dir_, backup_dir_}) {
-    EXPECT_EQ(Get(root + "/site/same"), "equal") << root;
+    EXPECT_EQ(ReadFile(root + "/site/same"), "equal") << root;
     EXPECT_EQ(Mtime(root + "/site/same"), Ns(1250)) << root;
-    EXPECT_EQ(Get(root + "/site/conf"), "backup's") << root;
-    EXPECT_EQ(Get(root + "/site/sub/deep"), "master deep") << root;
-    EXPECT_EQ(Get(root + "/site/only_m"), "m") << root;
-    EXPECT_EQ(Get(root + "/site/only_b"), "b") << root;
-    EXPECT_EQ(Get(root + "/site/sub/only_m2"), "m2") << root;
-    EXPECT_EQ(Get(root + "/site/msub/x"), "x") << root;
-    EXPECT_EQ(Get(root + "/site/bsub/y/z"), "z") << root;
+    EXPECT_EQ(ReadFile(root + "/site/conf"), "backup's") << root;
+    EXPECT_EQ(ReadFile(root + "/site/sub/deep"), "master deep") << root;
+    EXPECT_EQ(ReadFile(root + "/site/only_m"), "m") << root;
+    EXPECT_EQ(ReadFile(root + "/site/only_b"), "b") << root;
+    EXPECT_EQ(ReadFile(root + "/site/sub/only_m2"), "m2") << root;
+    EXPECT_EQ(ReadFile(root + "/site/msub/x"), "x") << root;
+    EXPECT_EQ(ReadFile(root + "/site/bsub/y/z"), "z") << root;
     EXPECT_EQ(Mtime(root + "/site"), Ns(1001)) << "the newer directory's time, from before the merge";
     EXPECT_EQ(Mtime(root + "/site/sub"), Ns(1500)) << root;
     EXPECT_EQ(Mtime(root + "/site/bsub/y"), Ns(2310)) << root;
@@ -415,7 +353,7 @@ TEST_F(SplitBrainTest, TwoDirectoriesMergeIntoTheirUnion) {
   for (const auto& k : resolver_->kept()) {
     const std::string lost = k.path == "site/conf" ? "master's" : "backup deep";
     EXPECT_EQ(k.kept_from, k.path == "site/conf" ? "master" : "backup");
-    for (const auto& root : {master_dir_, backup_dir_}) EXPECT_EQ(Get(Data(root, k.id)), lost) << root;
+    for (const auto& root : {master_dir_, backup_dir_}) EXPECT_EQ(ReadFile(Data(root, k.id)), lost) << root;
   }
 }
 
@@ -430,8 +368,8 @@ TEST_F(SplitBrainTest, AFileAgainstADirectoryKeepsTheLoserWhicheverItIs) {
   ASSERT_EQ(resolver_->Resolve("y"), 0);
   ExpectSameTrees("x");
   ExpectSameTrees("y");
-  EXPECT_EQ(Get(M("x/a")), "in backup dir");
-  EXPECT_EQ(Get(B("y")), "master file");
+  EXPECT_EQ(ReadFile(M("x/a")), "in backup dir");
+  EXPECT_EQ(ReadFile(B("y")), "master file");
   ASSERT_EQ(resolver_->kept().size(), 2u);
   const ConflictRecord& kx = resolver_->kept()[0];
   const ConflictRecord& ky = resolver_->kept()[1];
@@ -441,8 +379,8 @@ TEST_F(SplitBrainTest, AFileAgainstADirectoryKeepsTheLoserWhicheverItIs) {
   EXPECT_EQ(ky.kept_from, "backup");
   EXPECT_EQ(ky.size, 0u);
   for (const auto& root : {master_dir_, backup_dir_}) {
-    EXPECT_EQ(Get(Data(root, kx.id)), "master file") << root;
-    EXPECT_EQ(Get(Data(root, ky.id) + "/c"), "in backup dir") << root;
+    EXPECT_EQ(ReadFile(Data(root, kx.id)), "master file") << root;
+    EXPECT_EQ(ReadFile(Data(root, ky.id) + "/c"), "in backup dir") << root;
     EXPECT_EQ(Mtime(Data(root, ky.id)), Ns(2500)) << root;
   }
 }
@@ -519,7 +457,7 @@ TEST_F(SplitBrainTest, RestorePutsTheKeptVersionBackAndKeepsTheOneItReplaces) {
   EXPECT_EQ(restored.id, id);
   EXPECT_EQ(restored.path, "d/f");
   for (const auto& p : {M("d/f"), B("d/f")}) {
-    EXPECT_EQ(Get(p), "old") << p;
+    EXPECT_EQ(ReadFile(p), "old") << p;
     EXPECT_EQ(Mtime(p), Ns(1000)) << p;
   }
   ExpectSameTrees("");
@@ -535,7 +473,7 @@ TEST_F(SplitBrainTest, RestorePutsTheKeptVersionBackAndKeepsTheOneItReplaces) {
   EXPECT_EQ(now.id, displaced.id) << "the old id is gone, the new one is there";
   EXPECT_NE(now.id, id);
   for (const auto& root : {master_dir_, backup_dir_}) {
-    EXPECT_EQ(Get(Data(root, now.id)), "new!") << root;
+    EXPECT_EQ(ReadFile(Data(root, now.id)), "new!") << root;
     EXPECT_FALSE(Exists(root + "/.nasfs/conflicts/" + id)) << root;
   }
 }
@@ -556,7 +494,7 @@ TEST_F(SplitBrainTest, RestoreRecreatesMissingDirectoriesAndCopiesMissingData) {
   EXPECT_EQ(restored.path, "a");
   EXPECT_TRUE(displaced.id.empty()) << "nothing was at the path";
   ExpectSameTrees("");
-  EXPECT_EQ(Get(M("a/b/f")), "kept");
+  EXPECT_EQ(ReadFile(M("a/b/f")), "kept");
   EXPECT_EQ(Mtime(M("a/b")), Ns(1500));
   EXPECT_TRUE(Conflicts(*master_).empty());
   EXPECT_TRUE(Conflicts(*backup_).empty());
@@ -573,7 +511,7 @@ TEST_F(SplitBrainTest, RestoreCreatesMissingAncestorsAs0755) {
   ConflictRecord restored, displaced;
   ASSERT_EQ(RestoreConflict(master_.get(), backup_.get(), &mu, "web1", id, &restored, &displaced), 0);
   for (const auto& root : {master_dir_, backup_dir_}) {
-    EXPECT_EQ(Get(root + "/p/q/f"), "m") << root;
+    EXPECT_EQ(ReadFile(root + "/p/q/f"), "m") << root;
     EXPECT_EQ(Mode(root + "/p/q") & 07777, 0755u) << root;
   }
   ExpectSameTrees("");

@@ -5,7 +5,6 @@
 // size, mtime to the nanosecond, content and symlink targets.
 //
 // Random trees are seeded; set NASFS_TEST_SEED to repeat one.
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -24,7 +23,6 @@
 #include <random>
 #include <set>
 #include <shared_mutex>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -34,11 +32,16 @@
 #include <spdlog/spdlog.h>
 
 #include "fs/tree_sync.h"
+#include "tree_diff.h"
 
 namespace nasfs {
 namespace {
 
 using ::testing::ElementsAre;
+using testutil::Exists;
+using testutil::MakeTemp;
+using testutil::StartPair;
+using testutil::ReadFile;
 
 constexpr size_t kMiB = 1 << 20;
 constexpr auto kSyncBound = std::chrono::seconds(20);
@@ -105,12 +108,7 @@ class TreeSyncTest : public ::testing::Test {
     EnsureLogger("health");
     src_dir_ = MakeTemp("/tmp/nasfs-sync-src-XXXXXX");
     dst_dir_ = MakeTemp("/tmp/nasfs-sync-dst-XXXXXX");
-    src_ = std::make_unique<Backend>(Role::kMaster, src_dir_, 2, std::chrono::milliseconds(2000));
-    dst_ = std::make_unique<Backend>(Role::kBackup, dst_dir_, 2, std::chrono::milliseconds(2000));
-    ASSERT_TRUE(src_->OpenRoot());
-    ASSERT_TRUE(dst_->OpenRoot());
-    src_->Start();
-    dst_->Start();
+    ASSERT_TRUE(StartPair(src_dir_, dst_dir_, &src_, &dst_));
   }
   void TearDown() override {
     sync_.reset();  // joins the walk before the backends go
@@ -121,10 +119,6 @@ class TreeSyncTest : public ::testing::Test {
     std::filesystem::remove_all(dst_dir_, ec);
   }
 
-  static std::string MakeTemp(std::string tmpl) {
-    if (!::mkdtemp(tmpl.data())) ADD_FAILURE() << "mkdtemp: " << std::strerror(errno);
-    return tmpl;
-  }
   static bool IsRoot() { return ::geteuid() == 0; }
 
   // ---- building trees with plain syscalls ----
@@ -134,12 +128,6 @@ class TreeSyncTest : public ::testing::Test {
     f << content;
     f.close();
     ASSERT_FALSE(f.fail()) << path;
-  }
-  static std::string GetFile(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
   }
   static void SetMeta(const std::string& path, const Meta& m) {
     struct stat st;
@@ -160,10 +148,6 @@ class TreeSyncTest : public ::testing::Test {
   static ino_t Ino(const std::string& path) {
     struct stat st;
     return ::lstat(path.c_str(), &st) == 0 ? st.st_ino : 0;
-  }
-  static bool Exists(const std::string& path) {
-    struct stat st;
-    return ::lstat(path.c_str(), &st) == 0;
   }
   std::string S(const std::string& rel) const { return rel.empty() ? src_dir_ : src_dir_ + "/" + rel; }
   std::string D(const std::string& rel) const { return rel.empty() ? dst_dir_ : dst_dir_ + "/" + rel; }
@@ -214,56 +198,15 @@ class TreeSyncTest : public ::testing::Test {
     std::multiset<std::string> out;
     std::error_code ec;
     for (auto& e : std::filesystem::recursive_directory_iterator(D(".nasfs/displaced"), ec))
-      if (e.is_regular_file()) out.insert(GetFile(e.path()));
+      if (e.is_regular_file()) out.insert(ReadFile(e.path()));
     return out;
   }
 
   // ---- comparing trees ----
   // Lists rel in both trees (without the target's .nasfs at the top) and
   // records every difference.
-  void CompareTrees(const std::string& rel, std::vector<std::string>* diffs) {
-    struct stat s, d;
-    if (::lstat(S(rel).c_str(), &s) != 0) {
-      diffs->push_back("'" + rel + "' missing on the source");
-      return;
-    }
-    if (::lstat(D(rel).c_str(), &d) != 0) {
-      diffs->push_back("'" + rel + "' missing on the target");
-      return;
-    }
-    auto diff = [&](const char* what, auto a, auto b) {
-      if (a != b) {
-        std::ostringstream os;
-        os << "'" << rel << "' " << what << ": source " << a << ", target " << b;
-        diffs->push_back(os.str());
-      }
-    };
-    diff("type+mode", static_cast<unsigned>(s.st_mode), static_cast<unsigned>(d.st_mode));
-    diff("uid", s.st_uid, d.st_uid);
-    diff("gid", s.st_gid, d.st_gid);
-    diff("mtime.sec", s.st_mtim.tv_sec, d.st_mtim.tv_sec);
-    diff("mtime.nsec", s.st_mtim.tv_nsec, d.st_mtim.tv_nsec);
-    if ((s.st_mode & S_IFMT) != (d.st_mode & S_IFMT)) return;
-    if (S_ISREG(s.st_mode)) {
-      diff("size", s.st_size, d.st_size);
-      if (GetFile(S(rel)) != GetFile(D(rel))) diffs->push_back("'" + rel + "' content differs");
-    } else if (S_ISLNK(s.st_mode)) {
-      diff("link target", std::filesystem::read_symlink(S(rel)).string(),
-           std::filesystem::read_symlink(D(rel)).string());
-    } else if (S_ISDIR(s.st_mode)) {
-      std::set<std::string> names;
-      for (const std::string& dir : {S(rel), D(rel)}) {
-        DIR* dp = ::opendir(dir.c_str());
-        if (!dp) continue;
-        while (dirent* e = ::readdir(dp)) {
-          std::string n = e->d_name;
-          if (n == "." || n == ".." || (rel.empty() && n == ".nasfs")) continue;
-          names.insert(n);
-        }
-        ::closedir(dp);
-      }
-      for (const auto& n : names) CompareTrees(rel.empty() ? n : rel + "/" + n, diffs);
-    }
+  void CompareTrees(const std::string& rel, std::vector<std::string>* diffs) const {
+    testutil::CompareTrees({src_dir_, "source"}, {dst_dir_, "target"}, rel, diffs);
   }
   void ExpectSameTrees(const std::string& rel = "") {
     std::vector<std::string> diffs;
@@ -470,10 +413,10 @@ TEST_F(TreeSyncTest, ADifferingTargetFileIsDisplacedWithItsOldContentAndReplaced
   PutFile(S("dir/page.html"), "new content from the source");
   PutFile(D("dir/page.html"), "old");
   ASSERT_TRUE(RunSync());
-  EXPECT_EQ(GetFile(D("dir/page.html")), "new content from the source");
+  EXPECT_EQ(ReadFile(D("dir/page.html")), "new content from the source");
   const std::string displaced = DisplacedDir();
   ASSERT_FALSE(displaced.empty());
-  EXPECT_EQ(GetFile(D(displaced + "/dir/page.html")), "old");
+  EXPECT_EQ(ReadFile(D(displaced + "/dir/page.html")), "old");
   EXPECT_EQ(sync_->Status()["displaced"], 1u);
   ExpectSameTrees();
 }
@@ -490,9 +433,9 @@ TEST_F(TreeSyncTest, ATargetOnlyFileIsDisplacedNotDeleted) {
   EXPECT_FALSE(Exists(D("common/only-on-target")));
   const std::string displaced = DisplacedDir();
   ASSERT_FALSE(displaced.empty());
-  EXPECT_EQ(GetFile(D(displaced + "/stray.txt")), "stray");
-  EXPECT_EQ(GetFile(D(displaced + "/olddir/deep/file")), "deep");
-  EXPECT_EQ(GetFile(D(displaced + "/common/only-on-target")), "t");
+  EXPECT_EQ(ReadFile(D(displaced + "/stray.txt")), "stray");
+  EXPECT_EQ(ReadFile(D(displaced + "/olddir/deep/file")), "deep");
+  EXPECT_EQ(ReadFile(D(displaced + "/common/only-on-target")), "t");
   EXPECT_EQ(sync_->Status()["displaced"], 3u);
   ExpectSameTrees();
 }
@@ -507,9 +450,9 @@ TEST_F(TreeSyncTest, AnEntryOfAnotherTypeIsDisplacedAndReplaced) {
   ASSERT_TRUE(RunSync());
   ExpectSameTrees();
   const std::string displaced = DisplacedDir();
-  EXPECT_EQ(GetFile(D(displaced + "/was-dir/inner")), "inner");
-  EXPECT_EQ(GetFile(D(displaced + "/was-file")), "old file");
-  EXPECT_EQ(GetFile(D(displaced + "/link")), "not a link");
+  EXPECT_EQ(ReadFile(D(displaced + "/was-dir/inner")), "inner");
+  EXPECT_EQ(ReadFile(D(displaced + "/was-file")), "old file");
+  EXPECT_EQ(ReadFile(D(displaced + "/link")), "not a link");
 }
 
 TEST_F(TreeSyncTest, IdenticalFilesAreLeftInPlace) {
@@ -536,7 +479,7 @@ TEST_F(TreeSyncTest, WithoutVerificationEqualSizeAndMtimeCountAsIdentical) {
   const ino_t before = Ino(D("f"));
   ASSERT_TRUE(RunSync(/*verify_content=*/false));
   EXPECT_EQ(Ino(D("f")), before);
-  EXPECT_EQ(GetFile(D("f")), "BBBB");
+  EXPECT_EQ(ReadFile(D("f")), "BBBB");
 }
 
 TEST_F(TreeSyncTest, WithVerificationEqualSizeAndMtimeButOtherBytesAreReplaced) {
@@ -551,8 +494,8 @@ TEST_F(TreeSyncTest, WithVerificationEqualSizeAndMtimeButOtherBytesAreReplaced) 
   }
   const ino_t same_before = Ino(D("same"));
   ASSERT_TRUE(RunSync(/*verify_content=*/true));
-  EXPECT_EQ(GetFile(D("f")), "AAAA");
-  EXPECT_EQ(GetFile(D(DisplacedDir() + "/f")), "BBBB");
+  EXPECT_EQ(ReadFile(D("f")), "AAAA");
+  EXPECT_EQ(ReadFile(D(DisplacedDir() + "/f")), "BBBB");
   EXPECT_EQ(Ino(D("same")), same_before) << "identical content was copied again";
   ExpectSameTrees();
 }
@@ -595,7 +538,7 @@ TEST_F(TreeSyncTest, ReconcileTreeBringsOneSubtreeInLineAndLeavesTheRest) {
     ASSERT_EQ(sync_->ReconcileTree("sub"), 0);
   }
   ExpectSameTrees("sub");
-  EXPECT_EQ(GetFile(D("other")), "o1") << "ReconcileTree reached outside its subtree";
+  EXPECT_EQ(ReadFile(D("other")), "o1") << "ReconcileTree reached outside its subtree";
   EXPECT_FALSE(Exists(D("sub/gone")));
   std::multiset<std::string> kept = DisplacedContents();
   EXPECT_TRUE(kept.count("gone")) << "a file the source lost was deleted, not displaced";
@@ -622,13 +565,13 @@ TEST_F(TreeSyncTest, DisplacingTheSamePathTwiceKeepsBothOldVersions) {
   PutFile(S("page"), "source version 1");
   PutFile(D("page"), "foreign data nasfs never saw");
   ASSERT_TRUE(RunSync());
-  ASSERT_EQ(GetFile(D("page")), "source version 1");
+  ASSERT_EQ(ReadFile(D("page")), "source version 1");
   PutFile(S("page"), "source version 2, longer");
   {
     std::unique_lock lk(sync_mu_);
     ASSERT_EQ(sync_->ReconcileTree("page"), 0);
   }
-  EXPECT_EQ(GetFile(D("page")), "source version 2, longer");
+  EXPECT_EQ(ReadFile(D("page")), "source version 2, longer");
   std::multiset<std::string> kept = DisplacedContents();
   EXPECT_TRUE(kept.count("foreign data nasfs never saw"))
       << "the foreign file displaced by the walk was destroyed by the second displacement";
@@ -651,7 +594,7 @@ TEST_F(TreeSyncTest, AFailedCopyReportsFailureThroughTheCallback) {
   EXPECT_EQ(st["state"], "failed");
   EXPECT_TRUE(st["error"].is_string());
   EXPECT_FALSE(Covers("zzz")) << "a failed copy covers what it never reached";
-  EXPECT_EQ(GetFile(D("d")), "file in the way") << "the blocking file was destroyed";
+  EXPECT_EQ(ReadFile(D("d")), "file in the way") << "the blocking file was destroyed";
 }
 
 }  // namespace
