@@ -12,17 +12,11 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NASFS=$REPO/build/fs/nasfs NASFSCTL=$REPO/build/tools/nasfsctl
 SIZE_MIB=${1:-256}
 W=$(mktemp -d /var/tmp/nasfs-replay-bench.XXXXXX)
-cleanup() {
-  umount "$W/mnt" 2>/dev/null || umount -l "$W/mnt" 2>/dev/null || true
-  umount "$W/master" 2>/dev/null || umount -l "$W/master" 2>/dev/null || true
-  rm -rf --one-file-system "$W"
-}
-trap cleanup EXIT
+source "$REPO/bench/lib.sh"
+trap bench_cleanup EXIT
 mkdir -p "$W/store" "$W/master" "$W/backup" "$W/mnt"
 bindfs "$W/store" "$W/master"
 "$NASFS" "$W/master:$W/backup" "$W/mnt" -o "control=$W/ctl.sock,journal=$W/journal"
-st() { "$NASFSCTL" status "$W/mnt" --json | python3 -c 'import json,sys; j=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
-wait_for() { for _ in $(seq 300); do [ "$(st "$1")" = "$2" ] && return 0; sleep 0.1; done; echo "timed out waiting for $1 == $2" >&2; exit 1; }
 
 head -c "${SIZE_MIB}M" /dev/urandom > "$W/mnt/big.bin"
 pkill -KILL -f "bindfs $W/store"
