@@ -369,6 +369,17 @@ int Nasfs::ResolveSplitBrain() {
   paths.erase(std::unique(paths.begin(), paths.end()), paths.end());
 
   SplitBrainResolver resolver(master_.get(), backup_.get(), opts_.node);
+  // A server writing one NAS alone logged a removal there as something the
+  // other NAS lacks: whatever else one side lacks is new on the other.
+  resolver.SetRemovedFn([&lacks](const std::string& p, Role side) {
+    const auto& log = lacks[side == Role::kMaster ? 1 : 0];
+    for (std::string a = p;; a = ParentPath(a)) {
+      if (auto it = log.find(a);
+          it != log.end() && (Has(it->second.ops, journal::Op::kRemove) || Has(it->second.ops, journal::Op::kRename)))
+        return true;
+      if (a.empty()) return false;
+    }
+  });
   TreeSync to_master(backup_.get(), master_.get(), &sync_mu_, false, false, nullptr);
   TreeSync to_backup(master_.get(), backup_.get(), &sync_mu_, false, false, nullptr);
   std::set<std::string> dirs;

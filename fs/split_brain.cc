@@ -324,6 +324,9 @@ int SplitBrainResolver::ResolveEntry(const std::string& path, const timespec& ma
     }
     if (equal) return AlignAttributes(path, m, b);
   }
+  // One side lacks it without having removed it: it is new on the other.
+  if (hm != hb && removed_ && !removed_(path, hm ? Role::kBackup : Role::kMaster))
+    return From(hm ? master_ : backup_).Reconcile(path, journal::Scope::kTree, /*force_data=*/true);
   const timespec when_m = hm ? m.st_mtim : master_parent;
   const timespec when_b = hb ? b.st_mtim : backup_parent;
   const bool master_loses = Newer(when_b, when_m);

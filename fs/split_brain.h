@@ -36,6 +36,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <shared_mutex>
 #include <string>
@@ -88,6 +89,15 @@ class SplitBrainResolver {
   // again finishes the merge. Idempotent: a second call finds the two equal.
   int Resolve(const std::string& path);
 
+  // Tells whether `side` removed `path` (or renamed it away) during the
+  // split, as the servers' pending logs record. Without it, a path one side
+  // lacks counts as removed there at its parent's mtime; with it, a path the
+  // lacking side never removed was only created on the other side, and is
+  // copied over with nothing kept (two servers uploading different files
+  // into one directory both keep their upload).
+  using RemovedFn = std::function<bool(const std::string& path, Role side)>;
+  void SetRemovedFn(RemovedFn fn) { removed_ = std::move(fn); }
+
   // What this resolver kept so far.
   const std::vector<ConflictRecord>& kept() const { return kept_; }
   // File bytes it copied (kept versions to the winner's NAS, winners to the
@@ -118,6 +128,7 @@ class SplitBrainResolver {
   std::shared_mutex copy_mu_;
   std::unique_ptr<TreeSync> to_backup_, to_master_;
   std::vector<ConflictRecord> kept_;
+  RemovedFn removed_;
 };
 
 // The versions kept under .nasfs/conflicts/ of `nas`, sorted by id, read

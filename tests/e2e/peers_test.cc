@@ -1209,6 +1209,12 @@ TEST_F(PeersTest, PartitionSplitBrain) {
   for (int i = 1; i <= 20; ++i) a_ops.push_back(Create(fmt::format("split/A{}", i), fmt::format("a only: A{}\n", i)));
   for (int i = 1; i <= 10; ++i) a_ops.push_back(Overwrite(S(i), kA));
   a_ops.push_back(Unlink("split/D1"));
+  // Both make the same new directory and upload different files into it:
+  // both uploads must stay at their paths, neither kept as a conflict.
+  a_ops.push_back(Mkdir("split/up"));
+  a_ops.push_back(Create("split/up/from_a", "a's upload\n"));
+  b_ops.push_back(Mkdir("split/up"));
+  b_ops.push_back(Create("split/up/from_b", "b's upload\n"));
   for (int i = 1; i <= 20; ++i) b_ops.push_back(Create(fmt::format("split/B{}", i), fmt::format("b only: B{}\n", i)));
   for (int i = 1; i <= 10; ++i) b_ops.push_back(Overwrite(S(i), kB));
   b_ops.push_back(Overwrite("split/M1", "b modified M1\n"));
@@ -1322,6 +1328,10 @@ TEST_F(PeersTest, PartitionSplitBrain) {
     EXPECT_LT(Num(Get(c, "/kept_mtime_ns")), Num(Get(c, "/winner_mtime_ns")))
         << "the kept version must be the older: " << c.dump();
   }
+  // The uploads into the directory both sides made are no conflicts.
+  for (const auto& c : cl.list)
+    EXPECT_NE(ConflictPath(c).rfind("split/up", 0), 0u)
+        << "an upload made on one side only was kept as a conflict: " << c.dump();
   // Invisible through the mounts.
   for (auto& s : srv_) {
     struct stat sst;

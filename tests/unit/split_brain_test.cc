@@ -293,6 +293,37 @@ TEST_F(SplitBrainTest, AFileNewerThanTheOtherSidesDeletionComesBack) {
   EXPECT_EQ(Mtime(M("d")), Ns(1000)) << "the parent keeps its times";
 }
 
+// Two servers upload different files into one directory during the split:
+// the directory's later mtime on the backup would make the master's upload
+// look deleted there. Told by the logs that the backup removed nothing, the
+// merge copies it over and keeps nothing; a removal the logs do record still
+// wins by time.
+TEST_F(SplitBrainTest, WhatTheLogsSayWasNeverRemovedIsCopiedNotKept) {
+  Put(M("up/from_a"), "a's upload", 2000);
+  Put(B("up/from_b"), "b's upload", 2100);
+  Put(M("up/gone"), "removed on the backup", 1900);
+  Dir(M("up"), 2000);
+  Dir(B("up"), 3000);  // b's upload and b's removal of up/gone
+  std::vector<std::pair<std::string, Role>> asked;
+  resolver_->SetRemovedFn([&asked](const std::string& path, Role side) {
+    asked.emplace_back(path, side);
+    return path == "up/gone" && side == Role::kBackup;
+  });
+  ASSERT_EQ(resolver_->Resolve("up"), 0);
+  EXPECT_EQ(ReadFile(B("up/from_a")), "a's upload");
+  EXPECT_EQ(Mtime(B("up/from_a")), Ns(2000));
+  EXPECT_EQ(ReadFile(M("up/from_b")), "b's upload");
+  EXPECT_FALSE(Exists(M("up/gone")));
+  EXPECT_FALSE(Exists(B("up/gone")));
+  ConflictRecord k = OnlyConflict();
+  EXPECT_EQ(k.path, "up/gone");
+  EXPECT_EQ(k.kept_from, "master");
+  EXPECT_THAT(asked, ::testing::UnorderedElementsAre(std::pair<std::string, Role>{"up/from_a", Role::kBackup},
+                                                     std::pair<std::string, Role>{"up/from_b", Role::kMaster},
+                                                     std::pair<std::string, Role>{"up/gone", Role::kBackup}));
+  ExpectSameTrees("up");
+}
+
 TEST_F(SplitBrainTest, AnAncestorOnOneSideOnlyIsResolvedWhole) {
   Put(M("n/sub/x"), "x", 3000);
   Put(M("n/y"), "y", 3100);
