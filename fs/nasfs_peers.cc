@@ -94,6 +94,15 @@ void Nasfs::WatchPeers(Backend& nas, const NasView& view) {
   Backend& y = Other(nas);
   if (nas.state() != BackendState::kHealthy || y.state() != BackendState::kHealthy) return;
   int yi = journal::TargetIndex(Tgt(y));
+  // Our own log, left by a run that stopped before removing it (the journal
+  // holds nothing for y): the other servers would wait for it forever.
+  if (auto me = view.peers.find(opts_.node); me != view.peers.end() && me->second.lacks[yi]) {
+    std::unique_lock lk(sync_mu_);  // no write in flight could be listing a path meanwhile
+    if (y.state() == BackendState::kHealthy && !journal_->HasPending(Tgt(y)))
+      if (int e = peers_->Clear(Tgt(y), /*present=*/true))
+        spdlog::get("replay")->warn("cannot remove this server's old log of what the {} lacked: {}", y.name(),
+                                    std::strerror(e));
+  }
   std::string who;
   for (const auto& [node, seen] : view.peers)
     if (node != opts_.node && seen.lacks[yi]) who += (who.empty() ? "" : ", ") + node;

@@ -201,15 +201,6 @@ int Peers::Clear(journal::Target target, bool present) {
   return r;
 }
 
-void Peers::Forget(journal::Target target) {
-  Index& ix = index_[journal::TargetIndex(target)];
-  std::unique_lock lk(mu_);
-  cv_.wait(lk, [&] { return !ix.busy; });
-  ix.listed.clear();
-  ix.created = false;
-  ix.bumped = false;
-}
-
 int Peers::Scan(Backend& nas, NasView* out) {
   auto view = std::make_shared<NasView>();
   Backend* n = &nas;

@@ -77,8 +77,6 @@ class Peers {
   // lacks any more. No NAS call when nothing was listed since the last
   // Clear, unless `present` (a scan found one left by an earlier run).
   int Clear(journal::Target target, bool present = false);
-  // Forgets what was listed (the log was removed by another server).
-  void Forget(journal::Target target);
 
   // ---- reading what every server left (blocking, bounded) ----
   int Scan(Backend& nas, NasView* out);

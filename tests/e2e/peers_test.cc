@@ -1078,6 +1078,26 @@ TEST_F(PeersTest, AReplayRacedByAnotherServerIsSettled) {
   Figures("AReplayRacedByAnotherServerIsSettled", fmt::format("settled_paths={}", settled));
 }
 
+// A log a server left on the NAS and never removed (it stopped between
+// draining its journal and removing the log) names writes the master lacks
+// as far as the other servers can tell, so they keep reads off the master.
+// The server that owns it, alive with nothing pending, removes it: reads
+// are back on the master for both within a few probes.
+TEST_F(PeersTest, ALeftoverLogOfALiveServerIsRemovedByIt) {
+  ASSERT_NO_FATAL_FAILURE(StartAll({.peer_timeout_s = 600}));
+  const std::string dir = store_backup_ + "/.nasfs/peers/a";
+  ASSERT_EQ(RunCommand({"mkdir", "-p", dir}).exit_code, 0);
+  ASSERT_TRUE(WriteFile(dir + "/lacks-master.log", "left over by an earlier run"));
+  const bool gone = WaitFor([&] { return !ReadFile(dir + "/lacks-master.log").has_value(); }, 10s);
+  EXPECT_TRUE(gone) << "a should remove its own leftover log within 10 s";
+  for (auto& s : srv_) {
+    json st;
+    EXPECT_TRUE(WaitForStatus(s, SwitchedBack, 10s, &st))
+        << "mnt_" << s.node << " should read from the master again: " << Brief(st);
+  }
+  ExpectStoresEqualModel("after the leftover log");
+}
+
 // ---- 3. a server killed during the outage ------------------------------------------
 
 // a writes during a master outage and is SIGKILLed, never to return; b
