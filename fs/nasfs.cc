@@ -877,11 +877,7 @@ nlohmann::json Nasfs::Status() const {
     std::lock_guard lk(peers_mu_);
     j["split_brain"] = {{"state", split_.state},
                         {"count", split_.count},
-                        {"last", {{"detected", split_.detected},
-                                  {"resolved", split_.resolved},
-                                  {"paths", split_.paths},
-                                  {"conflicts", split_.conflicts},
-                                  {"error", split_.error}}},
+                        {"last", split_.count ? SplitBrainJson() : nlohmann::json(nullptr)},
                         {"history", split_.history}};
     j["coordination"] = {{"waiting_for", waiting_for_},
                          {"generation", {{"master", {{"generation", gens_[0].generation}, {"in_step", gens_[0].in_step}}},

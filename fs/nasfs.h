@@ -190,6 +190,8 @@ class Nasfs {
   // No log on nas lists anything: its generation is in step again.
   void MarkInStep(Backend& nas);
   nlohmann::json PeersStatus() const;
+  // The last split brain, for status. Caller holds peers_mu_.
+  nlohmann::json SplitBrainJson() const;
   // Start-up: checks the journal belongs to this pair and sets each NAS's
   // state from it (pending changes, an unfinished whole copy, directories
   // written when nasfs stopped).
@@ -264,6 +266,7 @@ class Nasfs {
     std::string state = "none";  // none, detected, resolving, resolved, failed
     uint64_t count = 0;
     std::string detected, resolved, error;
+    std::string by;  // the server that merged it ("" while none has)
     uint64_t paths = 0, conflicts = 0;
     nlohmann::json history = nlohmann::json::array();  // the last 10
   };

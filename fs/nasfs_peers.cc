@@ -289,6 +289,7 @@ int Nasfs::HandleSplitBrain() {
       split_.detected = NowIso8601();
       split_.resolved.clear();
       split_.error.clear();
+      split_.by.clear();
       split_.paths = split_.conflicts = 0;
     }
   }
@@ -311,12 +312,8 @@ int Nasfs::HandleSplitBrain() {
       split_.state = r ? "failed" : "resolved";
       split_.error = r ? std::strerror(r) : "";
       split_.resolved = NowIso8601();
-      split_.history.push_back({{"detected", split_.detected},
-                                {"resolved", split_.resolved},
-                                {"by", opts_.node},
-                                {"paths", split_.paths},
-                                {"conflicts", split_.conflicts},
-                                {"error", split_.error}});
+      split_.by = opts_.node;
+      split_.history.push_back(SplitBrainJson());
       if (split_.history.size() > 10) split_.history.erase(split_.history.begin());
       return r;
     }
@@ -326,7 +323,8 @@ int Nasfs::HandleSplitBrain() {
       std::lock_guard lk(peers_mu_);
       split_.state = "resolved";
       split_.resolved = NowIso8601();
-      split_.history.push_back({{"detected", split_.detected}, {"resolved", split_.resolved}, {"by", "another web server"}});
+      split_.by = "another web server";
+      split_.history.push_back(SplitBrainJson());
       if (split_.history.size() > 10) split_.history.erase(split_.history.begin());
       return 0;
     }
@@ -457,6 +455,17 @@ int Nasfs::ResolveSplitBrain() {
             "(nasfsctl conflicts lists them)",
             paths.size(), conflicted, resolver.kept().size());
   return 0;
+}
+
+nlohmann::json Nasfs::SplitBrainJson() const {
+  auto text = [](const std::string& v) { return v.empty() ? nlohmann::json(nullptr) : nlohmann::json(v); };
+  nlohmann::json j = {{"detected", text(split_.detected)}, {"resolved", text(split_.resolved)},
+                      {"by", text(split_.by)}, {"error", text(split_.error)}};
+  if (split_.by == opts_.node) {  // what the merge did is known only where it ran
+    j["paths"] = split_.paths;
+    j["conflicts"] = split_.conflicts;
+  }
+  return j;
 }
 
 nlohmann::json Nasfs::PeersStatus() const {

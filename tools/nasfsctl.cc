@@ -429,8 +429,10 @@ std::string RenderStatus(const MountAnswer& m) {
       if (last) {
         line += fmt::format("; last detected {}", Text(*last, "detected", "?"));
         if (Field(*last, "resolved")) line += fmt::format(", resolved {}", Text(*last, "resolved"));
-        line += fmt::format(", {} paths, {} versions kept (nasfsctl conflicts)", Text(*last, "paths", "?"),
-                            Text(*last, "conflicts", "?"));
+        if (Field(*last, "by")) line += " by " + Text(*last, "by");
+        if (Field(*last, "paths"))
+          line += fmt::format(": {} paths merged, {} versions kept (nasfsctl conflicts)", Text(*last, "paths"),
+                              Text(*last, "conflicts", "?"));
         if (Field(*last, "error")) line += ", error: " + Text(*last, "error");
       }
       line += ")";
