@@ -675,6 +675,47 @@ class PeersTest : public WorkspaceTest {
     if (out != nullptr) *out = r;
   }
 
+  // Cross-server visibility: `rounds` times, a new file (even rounds) or a
+  // new content of one file (odd rounds) written through a, polled through b
+  // (O_DIRECT, every 10 ms); each must be read within kVisibleWithin. *ms
+  // gets each round's time (-1: never seen within kVisibilityCap).
+  void ExpectVisible(const std::string& dir, int rounds, std::vector<double>* ms) {
+    ASSERT_NO_FATAL_FAILURE(RunOn(A(), "visibility", {Mkdir(dir)}));
+    std::vector<std::string> late;
+    for (int i = 0; i < rounds; ++i) {
+      const std::string rel = i % 2 == 0 ? fmt::format("{}/n{:02d}", dir, i) : dir + "/shared";
+      const std::string data = Content(fmt::format("visibility round {}", i), 3000);
+      const BatchResult w = RunOn(A(), "visibility", {i % 2 == 0 || i == 1 ? Create(rel, data) : Overwrite(rel, data)});
+      ASSERT_EQ(w.results.at(0).err, 0) << w.results.at(0).op.What() << ": " << Errstr(w.results.at(0).err);
+      const auto t0 = Clock::now();
+      std::optional<std::string> got;
+      const bool seen = WaitFor(
+          [&] {
+            got = ReadDirect(M(B(), rel));
+            return got && *got == data;
+          },
+          kVisibilityCap, 10ms);
+      const double t = MsSince(t0);
+      ms->push_back(seen ? t : -1);
+      if (!seen || t > kVisibleWithinMs) {
+        late.push_back(fmt::format("round {} ({}): {}", i, rel,
+                                   seen ? fmt::format("read through b after {:.0f} ms", t)
+                                        : fmt::format("not read through b after {:.0f} ms; b reads {}", t, Show(got))));
+      }
+    }
+    EXPECT_TRUE(late.empty()) << dir << ": writes through a not readable through b within "
+                              << std::chrono::duration_cast<std::chrono::seconds>(kVisibleWithin).count()
+                              << " s:" << FirstLines(late);
+  }
+  // The median and the largest of the times ExpectVisible saw, as text.
+  static std::string VisibleFigures(const std::vector<double>& ms) {
+    std::vector<double> seen;
+    for (double x : ms)
+      if (x >= 0) seen.push_back(x);
+    return fmt::format("median={:.0f} max={:.0f} not_seen={}", Percentile(seen, 0.5),
+                       seen.empty() ? -1.0 : *std::max_element(seen.begin(), seen.end()), ms.size() - seen.size());
+  }
+
   // ---- the end of a scenario ----
 
   // Both stores identical (content, mode, owner, mtime; .nasfs left out) and
@@ -879,47 +920,15 @@ TEST_F(PeersTest, ConcurrentWritersBothHealthy) {
   const auto [oa, ob] = RunConcurrently("overwrites of the other's", over[0], over[1]);
   ExpectNoOpFailures("both NAS healthy");
 
-  // Cross-server visibility: a new file (even rounds) or a new content of
-  // one file (odd rounds) through a, polled through b.
-  ASSERT_NO_FATAL_FAILURE(RunOn(A(), "visibility", {Mkdir("vis")}));
   std::vector<double> ms;
-  std::vector<std::string> late;
-  for (int i = 0; i < 20; ++i) {
-    const std::string rel = i % 2 == 0 ? fmt::format("vis/n{:02d}", i) : "vis/shared";
-    const std::string data = Content(fmt::format("visibility round {}", i), 3000);
-    const BatchResult w = RunOn(A(), "visibility", {i % 2 == 0 || i == 1 ? Create(rel, data) : Overwrite(rel, data)});
-    ASSERT_EQ(w.results.at(0).err, 0) << w.results.at(0).op.What() << ": " << Errstr(w.results.at(0).err);
-    const auto t0 = Clock::now();
-    std::optional<std::string> got;
-    const bool seen = WaitFor(
-        [&] {
-          got = ReadDirect(M(B(), rel));
-          return got && *got == data;
-        },
-        kVisibilityCap, 10ms);
-    const double t = MsSince(t0);
-    ms.push_back(seen ? t : -1);
-    if (!seen || t > kVisibleWithinMs) {
-      late.push_back(fmt::format("round {} ({}): {}", i, rel,
-                                 seen ? fmt::format("read through b after {:.0f} ms", t)
-                                      : fmt::format("not read through b after {:.0f} ms; b reads {}", t, Show(got))));
-    }
-  }
-  EXPECT_TRUE(late.empty()) << "writes through a not readable through b within "
-                            << std::chrono::duration_cast<std::chrono::seconds>(kVisibleWithin).count()
-                            << " s:" << FirstLines(late);
+  ASSERT_NO_FATAL_FAILURE(ExpectVisible("vis", 20, &ms));
   ExpectStoresEqualModel("after two concurrent writers");
   for (auto& s : srv_) ExpectSettled(s, "after two concurrent writers");
-  std::vector<double> seen_ms;
-  for (double x : ms) {
-    if (x >= 0) seen_ms.push_back(x);
-  }
   Figures("ConcurrentWritersBothHealthy",
           fmt::format("creates a={:.2f}s b={:.2f}s (200 each, max op {:.0f}/{:.0f} ms) overwrites a={:.2f}s "
-                      "b={:.2f}s (100 each) visibility_ms median={:.0f} max={:.0f} not_seen={} failed_ops={}",
-                      ca.seconds, cb.seconds, ca.max_ms, cb.max_ms, oa.seconds, ob.seconds, Percentile(seen_ms, 0.5),
-                      seen_ms.empty() ? -1.0 : *std::max_element(seen_ms.begin(), seen_ms.end()),
-                      ms.size() - seen_ms.size(), op_failures_.size()));
+                      "b={:.2f}s (100 each) visibility_ms {} failed_ops={}",
+                      ca.seconds, cb.seconds, ca.max_ms, cb.max_ms, oa.seconds, ob.seconds, VisibleFigures(ms),
+                      op_failures_.size()));
 }
 
 // ---- 2. a master outage under two writers ------------------------------------------
@@ -972,6 +981,8 @@ TEST_F(PeersTest, MasterOutageTwoWriters) {
   const BatchResult sa = RunOn(A(), "shared files", a_shared);
   const BatchResult sb = RunOn(B(), "a's shared files", b_shared);
   ExpectNoOpFailures("during the master outage");
+  std::vector<double> vis_outage, vis_after;
+  ASSERT_NO_FATAL_FAILURE(ExpectVisible("vis_outage", 10, &vis_outage));
 
   // During the outage: each server journaled its writes and sees the other
   // alive with writes pending for the master.
@@ -1009,8 +1020,11 @@ TEST_F(PeersTest, MasterOutageTwoWriters) {
   const auto results = ExpectSwitchBacks(both, watches, kSwitchBackWithin, "after the master outage");
   LoadStats reads[2];
   for (int i = 0; i < 2; ++i) ExpectNoFailedRead(srv_[i], "through the outage and the return", &reads[i]);
+  ASSERT_NO_FATAL_FAILURE(ExpectVisible("vis_after", 10, &vis_after));
   ExpectStoresEqualModel("after the master returned");
   for (auto& s : srv_) ExpectSettled(s, "after the master returned");
+  Figures("MasterOutageTwoWriters", fmt::format("visibility_ms during the outage {}, after the switch-back {}",
+                                                VisibleFigures(vis_outage), VisibleFigures(vis_after)));
   Figures("MasterOutageTwoWriters",
           fmt::format("detect_s={:.2f} outage_ops a={} in {:.2f}s b={} in {:.2f}s shared a={:.2f}s b={:.2f}s "
                       "first_master_s a={:.2f} b={:.2f} switch_back_s a={:.2f} b={:.2f} check_s a={:.2f} b={:.2f} "
