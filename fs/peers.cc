@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -105,20 +106,26 @@ std::string Peers::ClaimPath(const std::string& node) { return fmt::format("{}/{
 int Peers::Note(journal::Target target, const std::vector<journal::Change>& changes) {
   Index& ix = index_[journal::TargetIndex(target)];
   std::unique_lock lk(mu_);
-  bool unlisted = false;
+  // The batches carrying our unlisted paths: ours, or another caller's.
+  std::vector<uint64_t> mine;
   for (const auto& c : changes) {
     if (ix.listed.count(c.path)) continue;
-    unlisted = true;
-    if (ix.queued.count(c.path)) continue;  // another caller's batch carries it
-    ix.queued.insert(c.path);
+    if (auto q = ix.queued.find(c.path); q != ix.queued.end()) {
+      mine.push_back(q->second);  // another caller's batch carries it
+      continue;
+    }
+    ix.queued.emplace(c.path, ix.next_ticket);
     ix.batch.push_back(c);
+    mine.push_back(ix.next_ticket);
   }
-  if (!unlisted) return 0;
-  // Our paths are in the batch being gathered (ticket next_ticket), or, if
-  // that is empty, in the one being written (next_ticket - 1).
-  uint64_t ticket = ix.batch.empty() ? ix.next_ticket - 1 : ix.next_ticket;
-  while (ix.durable_ticket < ticket) {
-    if (ix.failed_ticket >= ticket) return ix.failed_errno;
+  if (mine.empty()) return 0;
+  uint64_t ticket = *std::max_element(mine.begin(), mine.end());
+  for (;;) {
+    // Batches are written one at a time, in ticket order; each succeeds or
+    // fails on its own, so a later success says nothing of ours.
+    for (uint64_t t : mine)
+      if (auto f = ix.failed.find(t); f != ix.failed.end()) return f->second;
+    if (ix.durable_ticket >= ticket) return 0;
     if (ix.busy) {
       cv_.wait(lk);
       continue;
@@ -166,12 +173,11 @@ int Peers::Note(journal::Target target, const std::vector<journal::Change>& chan
       ix.created = true;
       ix.durable_ticket = upto;
     } else {
-      ix.failed_ticket = upto;
-      ix.failed_errno = r;
+      ix.failed[upto] = r;
+      if (ix.failed.size() > 64) ix.failed.erase(ix.failed.begin());  // long answered
     }
     cv_.notify_all();
   }
-  return 0;
 }
 
 int Peers::Clear(journal::Target target, bool present) {
@@ -221,8 +227,11 @@ int Peers::Scan(Backend& nas, NasView* out) {
       if (d.name == "." || d.name == "..") continue;
       PeerSeen& p = view->peers[d.name];
       for (journal::Target t : {journal::kMaster, journal::kBackup}) {
+        // open + fstat, not stat: an NFS client revalidates a file's size
+        // on open (close-to-open), while a stat may answer from its cache.
         struct stat st{};
-        if (n->Stat(LogPath(d.name, t), &st) == 0 && st.st_size > 0) {
+        auto f = n->OpenBeneath(LogPath(d.name, t), O_RDONLY | O_NOFOLLOW);
+        if (f && fstat(f->get(), &st) == 0 && st.st_size > 0) {
           p.lacks[journal::TargetIndex(t)] = true;
           p.lacks_bytes[journal::TargetIndex(t)] = static_cast<uint64_t>(st.st_size);
         }
@@ -270,7 +279,9 @@ int Peers::RemoveLog(Backend& nas, const std::string& node, journal::Target targ
   std::string rel = LogPath(node, target);
   return nas.Run([n, rel, bytes] {
     struct stat st{};
-    if (int e = n->Stat(rel, &st)) return e == ENOENT ? 0 : e;
+    auto f = n->OpenBeneath(rel, O_RDONLY | O_NOFOLLOW);  // revalidated on open (NFS close-to-open)
+    if (!f) return f.error() == ENOENT ? 0 : f.error();
+    if (fstat(f->get(), &st) != 0) return errno;
     if (static_cast<uint64_t>(st.st_size) != bytes) return EAGAIN;
     std::string name;
     auto parent = n->OpenParent(rel, &name);

@@ -109,11 +109,12 @@ class Peers {
   // Group commit of Note (per target).
   struct Index {
     std::set<std::string> listed;   // durable in the log since the last Clear
-    std::set<std::string> queued;   // in `batch` or being written
+    std::map<std::string, uint64_t> queued;  // in `batch` or being written: the ticket of the batch carrying it
     std::vector<journal::Change> batch;
     bool busy = false;              // a leader is writing
-    uint64_t next_ticket = 1, durable_ticket = 0, failed_ticket = 0;
-    int failed_errno = 0;
+    uint64_t next_ticket = 1;
+    uint64_t durable_ticket = 0;     // the last batch written; every earlier one was written or failed
+    std::map<uint64_t, int> failed;  // batches that failed, by ticket: their errno
     uint64_t seq = 1;               // record numbers within the log
     bool created = false;           // the log exists since the last Clear
     bool bumped = false;            // the holder's generation is ahead since the last Clear
