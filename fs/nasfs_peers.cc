@@ -227,16 +227,31 @@ void Nasfs::Settle(Backend& b, Backend& o, TreeSync& rs) {
                    sb->st_mtim.tv_sec != so->st_mtim.tv_sec || sb->st_mtim.tv_nsec != so->st_mtim.tv_nsec);
     return 0;
   };
+  // A path pending again (our own write went to o alone) is the replay's.
+  std::set<std::string> pending;
+  for (auto& e : journal_->PendingFor(Tgt(b))) pending.insert(std::move(e.path));
   std::vector<std::string> suspects;
   for (const auto& p : settle_) {
     if (stopping_) return;
+    if (pending.count(p)) continue;
     bool d = false;
     if (differs(p, &d)) return;  // a NAS failed: the replay loop sees it
     if (d) suspects.push_back(p);
   }
   settle_.clear();
-  if (suspects.empty()) return;
-  std::this_thread::sleep_for(b.io_timeout());
+  // A write in flight lands on both NAS (or fails) within io_timeout: look
+  // again until then, dropping what has become equal.
+  const auto deadline = Clock::now() + b.io_timeout();
+  while (!suspects.empty() && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::vector<std::string> still;
+    for (const auto& p : suspects) {
+      bool d = false;
+      if (stopping_ || differs(p, &d)) return;
+      if (d) still.push_back(p);
+    }
+    suspects = std::move(still);
+  }
   for (const auto& p : suspects) {
     bool d = false;
     if (stopping_ || differs(p, &d)) return;
