@@ -1118,7 +1118,7 @@ TEST_F(PeersTest, ALeftoverLogOfALiveServerIsRemovedByIt) {
 // writes too. With peer_timeout=3, b counts a dead, and once the masters are
 // back b finishes a's replay from what a left on the backup: within 40 s b
 // reads from the master with nothing pending, and both stores hold every
-// write a acknowledged.
+// write a acknowledged. Then a comes back with its journal and settles too.
 TEST_F(PeersTest, ServerKilledDuringOutage) {
   ASSERT_NO_FATAL_FAILURE(StartAll({.peer_timeout_s = 3}));
   const auto killed_at = OutageWithServerKilled();
@@ -1143,6 +1143,20 @@ TEST_F(PeersTest, ServerKilledDuringOutage) {
   EXPECT_EQ(Get(peer_a, "/alive"), false) << "after the takeover, b's status of peer a: " << peer_a.dump();
   ExpectStoresEqualModel("after b finished a's replay");
   ExpectSettled(B(), "after b finished a's replay");
+
+  // a comes back after all, with its journal still listing what the master
+  // lacked: its replay finds those paths already there (b replayed them)
+  // and it switches back, changing nothing.
+  const auto again = Clock::now();
+  ASSERT_NO_FATAL_FAILURE(Mount(A()));
+  const double a_back_s = SecondsSince(again);
+  const json a_st = StatusNow(A());
+  EXPECT_GT(Num(Get(a_st, "/journal/replay/done")), 0)
+      << "a's restart should have replayed what its journal held: " << a_st.dump();
+  ExpectStoresEqualModel("after a returned with its journal");
+  for (auto& s : srv_) ExpectSettled(s, "after a returned with its journal");
+  Figures("ServerKilledDuringOutage", fmt::format("a_restarted_and_on_master_s={:.2f} a_replayed={}", a_back_s,
+                                                  Num(Get(a_st, "/journal/replay/done"))));
   Figures("ServerKilledDuringOutage",
           fmt::format("peer_dead_after_s={:.2f} first_master_s={:.2f} switch_back_s={:.2f} check_s={:.2f} "
                       "reads={} failed_reads={} failed_ops={} model_files={} peer_a_after={}",
