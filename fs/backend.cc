@@ -29,6 +29,11 @@ const char* StateName(BackendState s) {
   return "unknown";
 }
 
+std::string ParentOf(const std::string& path) {
+  auto slash = path.rfind('/');
+  return slash == std::string::npos ? "" : path.substr(0, slash);
+}
+
 std::string JoinPath(const std::string& dir, const std::string& name) {
   return dir.empty() ? name : dir + "/" + name;
 }
@@ -458,6 +463,29 @@ int Backend::Rmdir(const std::string& rel, const timespec& t) const {
   if (!pfd) return pfd.error();
   if (unlinkat(pfd->get(), name.c_str(), AT_REMOVEDIR) != 0) return Errno();
   return StampMtimeAt(pfd->get(), ".", t, 0);
+}
+
+int Backend::SyncParentDir(const std::string& rel) const {
+  auto dir = OpenBeneath(ParentOf(rel), O_RDONLY | O_DIRECTORY);
+  if (!dir) return dir.error();
+  return fsync(dir->get()) == 0 ? 0 : errno;
+}
+
+int Backend::ReplaceFile(const std::string& rel, const std::string& content) const {
+  char host[64] = {};
+  gethostname(host, sizeof host - 1);
+  std::string tmp = fmt::format("{}.{}.{}.tmp", rel, host, getpid());
+  auto f = OpenBeneath(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0600);
+  if (!f) return f.error();
+  if (int e = WriteAll(f->get(), content.data(), content.size(), 0)) return e;
+  if (fsync(f->get()) != 0) return errno;
+  std::string tname, name;
+  auto tp = OpenParent(tmp, &tname);
+  if (!tp) return tp.error();
+  auto np = OpenParent(rel, &name);
+  if (!np) return np.error();
+  if (renameat(tp->get(), tname.c_str(), np->get(), name.c_str()) != 0) return errno;
+  return SyncParentDir(rel);
 }
 
 int RenameAt(int olddirfd, const char* oldname, int newdirfd, const char* newname, unsigned flags) {

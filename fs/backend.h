@@ -178,6 +178,14 @@ class Backend {
   // Removes rel and, for a directory, everything under it.
   int RemoveTree(const std::string& rel) const;
 
+  // fsyncs the directory holding rel (after creating, renaming or removing
+  // a name in it).
+  int SyncParentDir(const std::string& rel) const;
+  // Writes rel durably: a temp file named for this host and process (several
+  // web servers may replace the same file at once), fsync, rename over rel,
+  // fsync of its directory. For nasfs's own files under .nasfs.
+  int ReplaceFile(const std::string& rel, const std::string& content) const;
+
   // Sets the mtime of rel's parent directory (namespace changes move it).
   int TouchParent(const std::string& rel, const timespec& t) const;
 
@@ -205,6 +213,8 @@ class Backend {
 // renameat2 (0 or an errno), with RENAME_NOREPLACE emulated where the NAS
 // refuses the flag (NFS, libfuse 2 servers such as bindfs).
 int RenameAt(int olddirfd, const char* oldname, int newdirfd, const char* newname, unsigned flags);
+// "a/b/c" -> "a/b"; "a" -> "" (the root).
+std::string ParentOf(const std::string& path);
 // "a/b" + "c" -> "a/b/c"; "" + "c" -> "c".
 std::string JoinPath(const std::string& dir, const std::string& name);
 // Whether an errno means the NAS itself is sick rather than the request wrong.

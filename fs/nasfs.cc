@@ -45,11 +45,6 @@ Side ReadSide(Backend& nas, std::chrono::milliseconds timeout) {
   return f.get();
 }
 
-std::string ParentOf(const std::string& path) {
-  auto slash = path.rfind('/');
-  return slash == std::string::npos ? "" : path.substr(0, slash);
-}
-
 }  // namespace
 
 Nasfs::Nasfs(Options opts)

@@ -21,11 +21,6 @@ namespace {
 
 constexpr const char* kSplitBrainClaim = ".nasfs/split-brain.claim";
 
-std::string ParentPath(const std::string& path) {
-  auto slash = path.rfind('/');
-  return slash == std::string::npos ? "" : path.substr(0, slash);
-}
-
 bool Has(uint32_t ops, journal::Op op) { return (ops & (1u << static_cast<unsigned>(op))) != 0; }
 
 // A directory entry recorded only because names inside it changed: its
@@ -186,7 +181,7 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
     }
     if (int r = rs.Reconcile(e.path, e.scope, ForceData(e.ops))) return r;
     if (!e.path.empty()) {
-      dirs.insert(ParentPath(e.path));
+      dirs.insert(ParentOf(e.path));
       settle_.insert(e.path);
     }
     {
@@ -227,6 +222,7 @@ void Nasfs::Settle(Backend& b, Backend& o, TreeSync& rs) {
                    sb->st_mtim.tv_sec != so->st_mtim.tv_sec || sb->st_mtim.tv_nsec != so->st_mtim.tv_nsec);
     return 0;
   };
+  if (settle_.empty()) return;  // called each turn of a replay waiting for other servers
   // A path pending again (our own write went to o alone) is the replay's.
   std::set<std::string> pending;
   for (auto& e : journal_->PendingFor(Tgt(b))) pending.insert(std::move(e.path));
@@ -259,7 +255,7 @@ void Nasfs::Settle(Backend& b, Backend& o, TreeSync& rs) {
     std::unique_lock x(sync_mu_);
     // The copy goes through a new name: its directory's times follow.
     int r = rs.Reconcile(p, journal::Scope::kEntry, /*force_data=*/true);
-    if (r == 0) r = rs.ReconcileDirTimes(ParentPath(p));
+    if (r == 0) r = rs.ReconcileDirTimes(ParentOf(p));
     if (r) {
       spdlog::get("replay")->warn("'{}' differs on the {} after its replay and cannot be copied again: {}", p,
                                   b.name(), std::strerror(r));
@@ -311,6 +307,16 @@ int Nasfs::HandleSplitBrain() {
   log->error("split brain: the master and the backup both took writes the other lacks (web servers disagreed "
              "about which NAS was alive); merging: the newest version of each path wins, the other is kept "
              "under .nasfs/conflicts/");
+  // The merge is over (by this server or `by`): status and its history.
+  auto ended = [this](int r, const std::string& by) {
+    std::lock_guard lk(peers_mu_);
+    split_.state = r ? "failed" : "resolved";
+    split_.error = r ? std::strerror(r) : "";
+    split_.resolved = NowIso8601();
+    split_.by = by;
+    split_.history.push_back(SplitBrainJson());
+    if (split_.history.size() > 10) split_.history.erase(split_.history.begin());
+  };
   const auto ttl = std::chrono::seconds(opts_.peer_timeout_s);
   while (!stopping_) {
     if (master_->state() == BackendState::kDown || backup_->state() == BackendState::kDown) return ECANCELED;
@@ -323,24 +329,13 @@ int Nasfs::HandleSplitBrain() {
       }
       int r = ResolveSplitBrain();
       peers_->Unclaim(*master_, kSplitBrainClaim);
-      std::lock_guard lk(peers_mu_);
-      split_.state = r ? "failed" : "resolved";
-      split_.error = r ? std::strerror(r) : "";
-      split_.resolved = NowIso8601();
-      split_.by = opts_.node;
-      split_.history.push_back(SplitBrainJson());
-      if (split_.history.size() > 10) split_.history.erase(split_.history.begin());
+      ended(r, opts_.node);
       return r;
     }
     // Another server merges: wait until the pair is in step.
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     if (!SplitBrainDetected(*backup_, *master_)) {
-      std::lock_guard lk(peers_mu_);
-      split_.state = "resolved";
-      split_.resolved = NowIso8601();
-      split_.by = "another web server";
-      split_.history.push_back(SplitBrainJson());
-      if (split_.history.size() > 10) split_.history.erase(split_.history.begin());
+      ended(0, "another web server");
       return 0;
     }
   }
@@ -376,7 +371,7 @@ int Nasfs::ResolveSplitBrain() {
   auto touches = [](const std::string& p, const std::map<std::string, journal::PeerEntry>& other) {
     if (auto it = other.find(p); it != other.end() && !DirTimesOnly(it->second)) return true;
     for (std::string a = p; !a.empty();) {
-      a = ParentPath(a);
+      a = ParentOf(a);
       if (auto it = other.find(a); it != other.end() && !DirTimesOnly(it->second)) return true;
     }
     std::string prefix = p.empty() ? "" : p + "/";
@@ -395,7 +390,7 @@ int Nasfs::ResolveSplitBrain() {
   // other NAS lacks: whatever else one side lacks is new on the other.
   resolver.SetRemovedFn([&lacks](const std::string& p, Role side) {
     const auto& log = lacks[side == Role::kMaster ? 1 : 0];
-    for (std::string a = p;; a = ParentPath(a)) {
+    for (std::string a = p;; a = ParentOf(a)) {
       if (auto it = log.find(a);
           it != log.end() && (Has(it->second.ops, journal::Op::kRemove) || Has(it->second.ops, journal::Op::kRename)))
         return true;
@@ -421,7 +416,7 @@ int Nasfs::ResolveSplitBrain() {
       dirs.insert(p);
       continue;
     }
-    if (!p.empty()) dirs.insert(ParentPath(p));
+    if (!p.empty()) dirs.insert(ParentOf(p));
     std::unique_lock x(sync_mu_);
     int r;
     if ((m && !DirTimesOnly(in_m->second) && touches(p, lacks[1])) || (bk && !DirTimesOnly(in_b->second) && touches(p, lacks[0]))) {

@@ -36,13 +36,6 @@ int EnsureDir(const Backend& nas, const std::string& rel) {
   return 0;
 }
 
-int SyncDirOf(const Backend& nas, const std::string& rel) {
-  auto slash = rel.rfind('/');
-  auto dir = nas.OpenBeneath(slash == std::string::npos ? "" : rel.substr(0, slash), O_RDONLY | O_DIRECTORY);
-  if (!dir) return dir.error();
-  return fsync(dir->get()) == 0 ? 0 : errno;
-}
-
 int WriteAll(int fd, const std::string& data) {
   size_t off = 0;
   while (off < data.size()) {
@@ -54,26 +47,6 @@ int WriteAll(int fd, const std::string& data) {
     off += static_cast<size_t>(n);
   }
   return 0;
-}
-
-// Writes rel durably by temp file and rename. The temp file's name is this
-// process's own: several web servers may replace the same file at once.
-// Worker thread.
-int ReplaceFile(const Backend& nas, const std::string& rel, const std::string& content) {
-  char host[64] = {};
-  gethostname(host, sizeof host - 1);
-  std::string tmp = fmt::format("{}.{}.{}.tmp", rel, host, getpid());
-  auto f = nas.OpenBeneath(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0600);
-  if (!f) return f.error();
-  if (int e = WriteAll(f->get(), content)) return e;
-  if (fsync(f->get()) != 0) return errno;
-  std::string tname, name;
-  auto tp = nas.OpenParent(tmp, &tname);
-  auto np = nas.OpenParent(rel, &name);
-  if (!tp) return tp.error();
-  if (!np) return np.error();
-  if (renameat(tp->get(), tname.c_str(), np->get(), name.c_str()) != 0) return errno;
-  return SyncDirOf(nas, rel);
 }
 
 int ReadGenerationAt(const Backend& nas, Generation* out) {
@@ -89,7 +62,7 @@ int ReadGenerationAt(const Backend& nas, Generation* out) {
 
 int WriteGenerationAt(const Backend& nas, const Generation& g) {
   nlohmann::json j = {{"generation", g.generation}, {"in_step", g.in_step}, {"time", NowIso8601()}};
-  return ReplaceFile(nas, std::string(kMetaDir) + "/" + kGenerationFile, j.dump() + "\n");
+  return nas.ReplaceFile(std::string(kMetaDir) + "/" + kGenerationFile, j.dump() + "\n");
 }
 
 }  // namespace
@@ -150,7 +123,7 @@ int Peers::Note(journal::Target target, const std::vector<journal::Change>& chan
       if (int e = WriteAll(f->get(), bytes)) return e;
       if (fdatasync(f->get()) != 0) return errno;
       if (create)
-        if (int e = SyncDirOf(*h, rel)) return e;
+        if (int e = h->SyncParentDir(rel)) return e;
       if (!bump) return 0;
       // The first record of an outage: this NAS now holds writes the other
       // lacks, so it moves a generation ahead of what they had in step. A
@@ -194,7 +167,7 @@ int Peers::Clear(journal::Target target, bool present) {
     auto parent = h->OpenParent(rel, &name);
     if (!parent) return parent.error() == ENOENT ? 0 : parent.error();
     if (unlinkat(parent->get(), name.c_str(), 0) != 0 && errno != ENOENT) return errno;
-    return SyncDirOf(*h, rel);
+    return h->SyncParentDir(rel);
   });
   lk.lock();
   ix.busy = false;
@@ -287,7 +260,7 @@ int Peers::RemoveLog(Backend& nas, const std::string& node, journal::Target targ
     auto parent = n->OpenParent(rel, &name);
     if (!parent) return parent.error();
     if (unlinkat(parent->get(), name.c_str(), 0) != 0 && errno != ENOENT) return errno;
-    return SyncDirOf(*n, rel);
+    return n->SyncParentDir(rel);
   });
 }
 
@@ -304,7 +277,7 @@ int Peers::Claim(Backend& nas, const std::string& rel, std::chrono::milliseconds
       if (int e = WriteAll(f->get(), mine)) return e;
       if (fsync(f->get()) != 0) return errno;
       *ours = true;
-      return SyncDirOf(*n, rel);
+      return n->SyncParentDir(rel);
     } else if (f.error() != EEXIST) {
       return f.error();
     }
@@ -319,7 +292,7 @@ int Peers::Claim(Backend& nas, const std::string& rel, std::chrono::milliseconds
     }
     // Ours already, or left by a holder that stopped renewing it: renew / take it.
     if (holder != me && UnixMs() - at < ttl.count()) return 0;
-    if (int e = ReplaceFile(*n, rel, mine)) return e;
+    if (int e = n->ReplaceFile(rel, mine)) return e;
     auto check = ReadSmallFileAt(n->Root()->get(), rel);
     *ours = check && *check == mine;
     return 0;

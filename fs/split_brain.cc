@@ -58,11 +58,6 @@ const char* KindOf(mode_t m) {
 std::string ConflictPath(const std::string& id) { return fmt::format("{}/{}", kConflictsDir, id); }
 std::string DataPath(const std::string& id) { return fmt::format("{}/{}/{}", kConflictsDir, id, kDataName); }
 
-std::string Parent(const std::string& path) {
-  auto slash = path.rfind('/');
-  return slash == std::string::npos ? "" : path.substr(0, slash);
-}
-
 // A website path: relative, no empty, "." or ".." component, not nasfs's own.
 bool ValidPath(const std::string& path) {
   if (path.empty()) return true;
@@ -160,23 +155,11 @@ int MakeConflictDir(Backend* b, const std::string& id) {
   });
 }
 
-// Durably writes .nasfs/conflicts/<id>/meta.json: temp file, fsync, rename,
-// fsync of the directory (as the identity marker is written).
+// Durably writes .nasfs/conflicts/<id>/meta.json.
 int WriteMeta(Backend* b, const ConflictRecord& rec) {
   auto content = std::make_shared<std::string>(ToJson(rec).dump(2) + "\n");
-  std::string dir = ConflictPath(rec.id);
-  return b->Run([b, dir, content] {
-    auto d = b->OpenBeneath(dir, O_RDONLY | O_DIRECTORY);
-    if (!d) return d.error();
-    std::string tmp = std::string(kMetaName) + ".tmp";
-    UniqueFd f(openat(d->get(), tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
-    if (!f) return errno;
-    if (write(f.get(), content->data(), content->size()) != static_cast<ssize_t>(content->size()))
-      return errno ? errno : EIO;
-    if (fsync(f.get()) != 0) return errno;
-    if (renameat(d->get(), tmp.c_str(), d->get(), kMetaName) != 0) return errno;
-    return fsync(d->get()) == 0 ? 0 : errno;
-  });
+  std::string rel = JoinPath(ConflictPath(rec.id), kMetaName);
+  return b->Run([b, rel, content] { return b->ReplaceFile(rel, *content); });
 }
 
 // Reads conflict id's meta.json from b: 0, its read errno, or EBADMSG when it
@@ -278,7 +261,7 @@ int SplitBrainResolver::Resolve(const std::string& path) {
       break;
     }
   }
-  std::string parent = Parent(target);
+  std::string parent = ParentOf(target);
   struct stat pm, pb;
   if (int r = StatOn(master_, parent, &pm)) return r;
   if (int r = StatOn(backup_, parent, &pb)) return r;
