@@ -245,52 +245,370 @@ void ControlServer::Stop() {
 
 void ControlServer::Serve() {
   ServeLoop();
-  StopLongRequests();
+  StopAll();
 }
 
 void ControlServer::ServeLoop() {
   for (;;) {
-    std::vector<pollfd> pfds = {{listen_fd_.get(), POLLIN, 0},
-                                {stop_event_.get(), POLLIN, 0},
-                                {reap_event_.get(), POLLIN, 0}};
-    // Each long request's connection, for its client hanging up (POLLHUP is
-    // reported whatever the events asked; a client only done sending has
-    // shut down its side for writing, which is not a hang-up).
-    std::vector<LongRequest*> watched;
-    for (auto& lr : long_requests_) {
-      if (lr->stop.stop_requested() || lr->answering) continue;
-      pfds.push_back({lr->conn.get(), 0, 0});
-      watched.push_back(lr.get());
+    // Every connection's work is guarded on its own (a failure closes that
+    // connection); what reaches here is the loop's own bookkeeping failing,
+    // which can only be memory running out. The thread must not end on it:
+    // status is how an operator sees what is wrong.
+    try {
+      if (!ServeOnce()) return;
+      continue;
+    } catch (const std::exception& ex) {
+      Log()->error("control socket {}: the server loop failed: {}; going on", path_, ex.what());
+    } catch (...) {
+      Log()->error("control socket {}: the server loop failed; going on", path_);
     }
-    int n = ::poll(pfds.data(), pfds.size(), -1);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      Log()->error("control socket {}: poll failed: {}; control server stops", path_,
-                   std::strerror(errno));
-      return;
+    pollfd stop = {stop_event_.get(), POLLIN, 0};
+    if (::poll(&stop, 1, 100) > 0) return;
+  }
+}
+
+namespace {
+
+// Milliseconds from now until `t` for poll(), rounded up so the loop never
+// spins on a sub-millisecond remainder; 0 once it has passed.
+int PollTimeoutUntil(std::chrono::steady_clock::time_point t,
+                     std::chrono::steady_clock::time_point now) {
+  if (t <= now) return 0;
+  auto ms = std::chrono::ceil<std::chrono::milliseconds>(t - now).count();
+  return static_cast<int>(std::min<long long>(ms, 24LL * 3600 * 1000));
+}
+
+// Runs `work` on one connection; whatever it throws is logged and costs that
+// connection alone.
+template <typename Work, typename Drop>
+void Guarded(const std::string& path, Work&& work, Drop&& drop) {
+  try {
+    work();
+    return;
+  } catch (const std::exception& ex) {
+    Log()->error("control socket {}: dropping a connection: {}", path, ex.what());
+  } catch (...) {
+    Log()->error("control socket {}: dropping a connection: unknown exception", path);
+  }
+  drop();  // closes an fd: cannot throw
+}
+
+}  // namespace
+
+bool ControlServer::ServeOnce() {
+  // Rebuilt each round: connections come and go.
+  std::vector<pollfd> pfds;
+  std::vector<LongRequest*> watched;
+  std::vector<Connection*> polled;
+  pfds.reserve(3 + long_requests_.size() + connections_.size());
+
+  Clock::time_point now = Clock::now();
+  const bool accepting = now >= accept_paused_until_;
+  // A negative fd is skipped by poll(): the listener rests while paused.
+  pfds.push_back({accepting ? listen_fd_.get() : -1, POLLIN, 0});
+  pfds.push_back({stop_event_.get(), POLLIN, 0});
+  pfds.push_back({reap_event_.get(), POLLIN, 0});
+  // Each long request's connection, for its client hanging up (POLLHUP is
+  // reported whatever the events asked; a client only done sending has
+  // shut down its side for writing, which is not a hang-up).
+  for (auto& lr : long_requests_) {
+    if (lr->stop.stop_requested() || lr->answering) continue;
+    pfds.push_back({lr->conn.get(), 0, 0});
+    watched.push_back(lr.get());
+  }
+  const size_t first_conn = pfds.size();
+  Clock::time_point wake = accepting ? Clock::time_point::max() : accept_paused_until_;
+  for (auto& c : connections_) {
+    if (c.phase == Connection::Phase::kDone) continue;
+    pfds.push_back(
+        {c.fd.get(), static_cast<short>(c.phase == Connection::Phase::kReading ? POLLIN : POLLOUT), 0});
+    polled.push_back(&c);
+    wake = std::min(wake, c.deadline);
+  }
+
+  int n = ::poll(pfds.data(), pfds.size(),
+                 wake == Clock::time_point::max() ? -1 : PollTimeoutUntil(wake, now));
+  if (n < 0) {
+    if (errno == EINTR) return true;
+    // EFAULT/EINVAL/ENOMEM: nothing a retry right away would change.
+    throw std::system_error(errno, std::generic_category(), "poll");
+  }
+  if (pfds[1].revents & POLLIN) return false;
+  // Before reaping: `watched` points into long_requests_.
+  for (size_t k = 0; k < watched.size(); ++k) {
+    if ((pfds[3 + k].revents & (POLLHUP | POLLERR)) && !watched[k]->answering) {
+      Log()->info("control socket {}: a client hung up on its long request; stopping it", path_);
+      watched[k]->stop.request_stop();
     }
-    if (pfds[1].revents & POLLIN) return;
-    // Before reaping: `watched` points into long_requests_.
-    for (size_t k = 0; k < watched.size(); ++k) {
-      if ((pfds[3 + k].revents & (POLLHUP | POLLERR)) && !watched[k]->answering) {
-        Log()->info("control socket {}: a client hung up on its long request; stopping it", path_);
-        watched[k]->stop.request_stop();
+  }
+  if (pfds[2].revents & POLLIN) ReapLongRequests();
+
+  // `polled` points into connections_, which only grows (at the back) until
+  // the sweep at the end of the round.
+  for (size_t k = 0; k < polled.size(); ++k) {
+    Connection& c = *polled[k];
+    const short rev = pfds[first_conn + k].revents;
+    if (rev == 0 || c.phase == Connection::Phase::kDone) continue;
+    Guarded(path_, [&] {
+      // POLLHUP/POLLERR: the read or the send says what happened.
+      if (c.phase == Connection::Phase::kReading) {
+        OnReadable(c);
+      } else {
+        OnWritable(c);
       }
-    }
-    if (pfds[2].revents & POLLIN) ReapLongRequests();
-    if (!(pfds[0].revents & POLLIN)) continue;
+    }, [&] { Close(c); });
+  }
+
+  now = Clock::now();
+  for (auto& c : connections_) {
+    if (c.phase == Connection::Phase::kDone || c.deadline > now) continue;
+    Guarded(path_, [&] {
+      if (c.phase == Connection::Phase::kReading) {
+        Answer(c, Failure(fmt::format("bad request: no complete request line within {} ms",
+                                      kIoTimeout.count())));
+      } else {
+        // A client that stopped reading only loses its own answer.
+        SPDLOG_LOGGER_DEBUG(Log(), "control socket {}: answer not delivered within {} ms", path_,
+                            kIoTimeout.count());
+        Close(c);
+      }
+    }, [&] { Close(c); });
+  }
+
+  if (pfds[0].revents & POLLIN) AcceptConnections(now);
+
+  connections_.remove_if([](const Connection& c) { return c.phase == Connection::Phase::kDone; });
+  return true;
+}
+
+void ControlServer::AcceptConnections(Clock::time_point now) {
+  // Bounded per round, so a flood cannot keep the loop from the
+  // connections it already has.
+  for (size_t i = 0; i < kMaxConnections; ++i) {
     UniqueFd conn(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (!conn) {
       int e = errno;
-      if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR || e == ECONNABORTED) continue;
+      if (e == EINTR || e == ECONNABORTED) continue;
+      if (e == EAGAIN || e == EWOULDBLOCK) return;
       Log()->warn("control socket {}: accept failed: {}", path_, std::strerror(e));
-      // Out of descriptors: back off instead of spinning on a ready listener.
-      pollfd stop = {stop_event_.get(), POLLIN, 0};
-      if (::poll(&stop, 1, 100) > 0) return;
+      // Out of descriptors: rest the listener instead of spinning on it.
+      accept_paused_until_ = now + std::chrono::milliseconds(100);
+      return;
+    }
+    size_t open = 0;
+    for (const auto& c : connections_) open += c.phase != Connection::Phase::kDone;
+    if (open >= kMaxConnections) MakeRoom();
+
+    Connection* added = nullptr;
+    Guarded(path_, [&] {
+      Connection& c = connections_.emplace_back();
+      added = &c;
+      c.fd = std::move(conn);
+      c.deadline = now + kIoTimeout;
+      if (std::string refusal = PeerRefusal(c.fd.get()); !refusal.empty()) {
+        Log()->warn("control socket {}: refused a caller: {}", path_, refusal);
+        Answer(c, Failure("permission denied: " + refusal));
+      }
+    }, [&] {
+      if (added != nullptr) Close(*added);  // else `conn` closes itself
+    });
+  }
+}
+
+void ControlServer::MakeRoom() {
+  auto evict = [this](Connection& c) {
+    if (c.phase == Connection::Phase::kReading) {
+      // One try, not waiting: the client learns why if it is listening.
+      static constexpr std::string_view kBusy =
+          "{\"ok\":false,\"error\":\"busy: too many open control connections; this one had "
+          "sent no complete request\"}\n";
+      (void)::send(c.fd.get(), kBusy.data(), kBusy.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+    Close(c);
+    ++evicted_unlogged_;
+    const auto now = Clock::now();
+    if (now - evictions_logged_ >= std::chrono::seconds(10)) {
+      Log()->warn("control socket {}: more than {} connections open; closed {} of the oldest "
+                  "(idle ones first) since the last report",
+                  path_, kMaxConnections, evicted_unlogged_);
+      evicted_unlogged_ = 0;
+      evictions_logged_ = now;
+    }
+  };
+  // The oldest connection still reading may have its request waiting unread
+  // (a flood accepted in the same round as a real client): read it first, so
+  // only a connection that truly has not sent its request is taken for idle.
+  for (auto& c : connections_) {
+    if (c.phase != Connection::Phase::kReading) continue;
+    Guarded(path_, [&] { OnReadable(c); }, [&] { Close(c); });
+    if (c.phase == Connection::Phase::kDone) return;  // it went (or went long): room made
+    if (c.phase == Connection::Phase::kReading) {
+      evict(c);
+      return;
+    }
+    // Its request was there and is being answered: look further.
+  }
+  for (auto& c : connections_) {
+    if (c.phase == Connection::Phase::kWriting) {
+      evict(c);
+      return;
+    }
+  }
+}
+
+void ControlServer::OnReadable(Connection& c) {
+  char buf[64 * 1024];
+  // A few reads per round at most: a fast sender shares the loop.
+  for (int reads = 0; reads < 16; ++reads) {
+    // Read no further than one byte past the limit: enough to know it is over.
+    const size_t want = std::min(sizeof buf, kMaxMessageBytes + 1 - c.in.size());
+    ssize_t got = ::recv(c.fd.get(), buf, want, 0);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      if (errno != ECONNRESET) {
+        Close(c);  // the caller vanished; nobody to answer
+        return;
+      }
+      // A unix peer that closes with our bytes unread resets the connection
+      // instead of ending it; either way it has said all it will.
+      got = 0;
+    }
+    if (got == 0) {  // the peer closed without a newline: what came is the request
+      Dispatch(c, std::exchange(c.in, {}));
+      return;
+    }
+    std::string_view chunk(buf, static_cast<size_t>(got));
+    const size_t nl = chunk.find('\n');
+    c.in.append(chunk.substr(0, nl));
+    if (c.in.size() > kMaxMessageBytes) {
+      Answer(c, Failure(fmt::format("bad request: larger than {} bytes", kMaxMessageBytes)));
+      return;
+    }
+    // Bytes after the newline are left unread: one message per connection.
+    if (nl != std::string_view::npos) {
+      Dispatch(c, std::exchange(c.in, {}));
+      return;
+    }
+  }
+}
+
+void ControlServer::OnWritable(Connection& c) {
+  while (c.sent < c.out.size()) {
+    ssize_t n = ::send(c.fd.get(), c.out.data() + c.sent, c.out.size() - c.sent,
+                       MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n >= 0) {
+      c.sent += static_cast<size_t>(n);
       continue;
     }
-    HandleConnection(conn);
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return;  // the loop polls for POLLOUT
+    SPDLOG_LOGGER_DEBUG(Log(), "control socket {}: answer not delivered: {}", path_,
+                        std::strerror(errno));
+    break;
   }
+  Close(c);
+}
+
+void ControlServer::Close(Connection& c) {
+  c.fd.reset();
+  c.phase = Connection::Phase::kDone;
+  // Its buffers may be a megabyte each; the sweep frees them at the end of
+  // the round anyway, but an exception thrown before it must not keep them.
+  c.in = std::string();
+  c.out = std::string();
+}
+
+std::string ControlServer::EncodeAnswer(const nlohmann::json& answer) const {
+  std::string out;
+  try {
+    out = wire::Encode(answer);
+  } catch (const nlohmann::json::exception& ex) {
+    out = wire::Encode(Failure(fmt::format("internal error: {}", ex.what())));
+  }
+  if (out.size() > kMaxMessageBytes) {
+    out = wire::Encode(Failure(
+        fmt::format("internal error: the answer is larger than {} bytes", kMaxMessageBytes)));
+  }
+  return out;
+}
+
+void ControlServer::Answer(Connection& c, const nlohmann::json& answer) {
+  c.out = EncodeAnswer(answer);
+  c.sent = 0;
+  c.in = std::string();
+  c.phase = Connection::Phase::kWriting;
+  c.deadline = Clock::now() + kIoTimeout;
+  OnWritable(c);  // most answers fit the socket buffer and leave at once
+}
+
+void ControlServer::Dispatch(Connection& c, const std::string& line) {
+  if (line.empty()) {
+    Answer(c, Failure("bad request: empty request"));
+    return;
+  }
+  nlohmann::json request;
+  try {
+    request = nlohmann::json::parse(line);
+  } catch (const nlohmann::json::exception& ex) {
+    Answer(c, Failure(fmt::format("bad request: {}", ex.what())));
+    return;
+  }
+  if (!request.is_object()) {
+    Answer(c, Failure("bad request: not a JSON object"));
+    return;
+  }
+
+  auto cmd = request.find("cmd");
+  auto long_handler =
+      cmd != request.end() && cmd->is_string() ? long_handlers_.find(cmd->get<std::string>())
+                                               : long_handlers_.end();
+  if (long_handler == long_handlers_.end()) {
+    Answer(c, Complete(request, [&] { return handler_(request); }));
+    return;
+  }
+  ReapLongRequests();  // the finished ones, whose reap signal may still be unread
+  if (long_requests_.size() >= kMaxLongRequests) {
+    Answer(c, Failure(fmt::format("busy: {} long requests (verify, replay, ...) are running; "
+                                  "try again once one has finished",
+                                  long_requests_.size())));
+    return;
+  }
+  // Listed before its thread starts: a list that failed to grow must not
+  // leave a joinable thread behind (std::terminate).
+  long_requests_.push_back(std::make_unique<LongRequest>());
+  LongRequest* raw = long_requests_.back().get();
+  try {
+    raw->thread = std::thread([this, raw, request, handler = long_handler->second] {
+      tls_long_request_of = this;
+      // Nothing may leave the thread; what can still throw here is only
+      // memory running out, and then the client gets no answer (its
+      // connection closes, which tells it as much).
+      try {
+        const std::stop_token stop = raw->stop.get_token();
+        // Answered even when stopped: a client still waiting learns why; one
+        // that hung up costs a failed send.
+        const nlohmann::json answer = Complete(request, [&] { return handler(request, stop); });
+        raw->answering = true;  // a client hanging up from now on has its answer
+        raw->answer = EncodeAnswer(answer);
+      } catch (...) {
+        try {
+          Log()->error("control socket {}: a long request's answer is lost: out of memory", path_);
+        } catch (...) {  // nothing left to report it with
+        }
+      }
+      raw->answering = true;
+      raw->done = true;
+      uint64_t one = 1;
+      (void)::write(reap_event_.get(), &one, sizeof one);  // fails only when already signalled
+    });
+  } catch (const std::exception& ex) {
+    long_requests_.pop_back();
+    Answer(c, Failure(fmt::format("internal error: cannot start a thread: {}", ex.what())));
+    return;
+  }
+  raw->conn = std::move(c.fd);
+  c.phase = Connection::Phase::kDone;
 }
 
 void ControlServer::ReapLongRequests() {
@@ -301,15 +619,46 @@ void ControlServer::ReapLongRequests() {
       ++it;
       continue;
     }
-    (*it)->thread.join();
+    LongRequest& lr = **it;
+    lr.thread.join();
+    // Its answer is written by the loop like any other; a request the
+    // thread could not answer (out of memory) is closed unanswered.
+    if (!lr.answer.empty()) {
+      Connection* added = nullptr;
+      Guarded(path_, [&] {
+        Connection& c = connections_.emplace_back();
+        added = &c;
+        c.fd = std::move(lr.conn);
+        c.out = std::move(lr.answer);
+        c.phase = Connection::Phase::kWriting;
+        c.deadline = Clock::now() + kIoTimeout;
+        OnWritable(c);
+      }, [&] {
+        if (added != nullptr) Close(*added);
+      });
+    }
     it = long_requests_.erase(it);
   }
 }
 
-void ControlServer::StopLongRequests() {
+void ControlServer::StopAll() {
+  // Prompt by contract: one attempt each that does not wait.
+  auto last_try = [](int fd, std::string_view data) {
+    if (fd >= 0 && !data.empty()) (void)::send(fd, data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  };
+  for (auto& c : connections_) {
+    if (c.phase == Connection::Phase::kWriting) {
+      last_try(c.fd.get(), std::string_view(c.out).substr(c.sent));
+    }
+  }
+  connections_.clear();
   for (auto& lr : long_requests_) lr->stop.request_stop();
-  for (auto& lr : long_requests_) lr->thread.join();
+  for (auto& lr : long_requests_) {
+    lr->thread.join();
+    last_try(lr->conn.get(), lr->answer);
+  }
   long_requests_.clear();
+  accept_paused_until_ = {};
 }
 
 std::string ControlServer::PeerRefusal(int fd) const {
@@ -345,100 +694,6 @@ nlohmann::json ControlServer::Complete(const nlohmann::json& request,
   if (!answer.is_object()) return Failure("internal error: the answer is not a JSON object");
   if (!answer.contains("ok")) answer["ok"] = true;
   return answer;
-}
-
-void ControlServer::Reply(int fd, const nlohmann::json& answer) const {
-  std::string out;
-  try {
-    out = wire::Encode(answer);
-  } catch (const std::exception& ex) {
-    out = wire::Encode(Failure(fmt::format("internal error: {}", ex.what())));
-  }
-  if (out.size() > kMaxMessageBytes) {
-    out = wire::Encode(Failure(
-        fmt::format("internal error: the answer is larger than {} bytes", kMaxMessageBytes)));
-  }
-  // A client that stopped reading only loses its own answer.
-  if (auto sent = wire::WriteAll(fd, out, Clock::now() + kIoTimeout); !sent) {
-    Log()->debug("control socket {}: answer not delivered: {}", path_, std::strerror(sent.error()));
-  }
-}
-
-void ControlServer::HandleConnection(UniqueFd& conn) {
-  const int fd = conn.get();
-  if (std::string refusal = PeerRefusal(fd); !refusal.empty()) {
-    Log()->warn("control socket {}: refused a caller: {}", path_, refusal);
-    Reply(fd, Failure("permission denied: " + refusal));
-    return;
-  }
-  auto line = wire::ReadLine(fd, Clock::now() + kIoTimeout, kMaxMessageBytes, stop_event_.get());
-  if (!line) {
-    switch (line.error()) {
-      case ECANCELED:
-        return;  // stopping
-      case ETIMEDOUT:
-        Reply(fd, Failure(fmt::format("bad request: no complete request line within {} ms",
-                                      kIoTimeout.count())));
-        return;
-      case EMSGSIZE:
-        Reply(fd, Failure(fmt::format("bad request: larger than {} bytes", kMaxMessageBytes)));
-        return;
-      default:
-        return;  // the caller vanished; nobody to answer
-    }
-  }
-  if (line->empty()) {
-    Reply(fd, Failure("bad request: empty request"));
-    return;
-  }
-  nlohmann::json request;
-  try {
-    request = nlohmann::json::parse(*line);
-  } catch (const nlohmann::json::exception& ex) {
-    Reply(fd, Failure(fmt::format("bad request: {}", ex.what())));
-    return;
-  }
-  if (!request.is_object()) {
-    Reply(fd, Failure("bad request: not a JSON object"));
-    return;
-  }
-
-  auto cmd = request.find("cmd");
-  auto long_handler =
-      cmd != request.end() && cmd->is_string() ? long_handlers_.find(cmd->get<std::string>())
-                                               : long_handlers_.end();
-  if (long_handler == long_handlers_.end()) {
-    Reply(fd, Complete(request, [&] { return handler_(request); }));
-    return;
-  }
-  ReapLongRequests();  // the finished ones, whose reap signal may still be unread
-  if (long_requests_.size() >= kMaxLongRequests) {
-    Reply(fd, Failure(fmt::format("busy: {} long requests (verify, replay, ...) are running; "
-                                  "try again once one has finished",
-                                  long_requests_.size())));
-    return;
-  }
-  auto lr = std::make_unique<LongRequest>();
-  lr->conn = std::move(conn);
-  LongRequest* raw = lr.get();
-  try {
-    raw->thread = std::thread([this, raw, request, handler = long_handler->second] {
-      tls_long_request_of = this;
-      const std::stop_token stop = raw->stop.get_token();
-      // Answered even when stopped: a client still waiting learns why; one
-      // that hung up costs a failed send.
-      const nlohmann::json answer = Complete(request, [&] { return handler(request, stop); });
-      raw->answering = true;  // a client hanging up from now on has its answer
-      Reply(raw->conn.get(), answer);
-      raw->done = true;
-      uint64_t one = 1;
-      (void)::write(reap_event_.get(), &one, sizeof one);  // fails only when already signalled
-    });
-  } catch (const std::system_error& ex) {
-    Reply(raw->conn.get(), Failure(fmt::format("internal error: cannot start a thread: {}", ex.what())));
-    return;
-  }
-  long_requests_.push_back(std::move(lr));
 }
 
 }  // namespace nasfs::control

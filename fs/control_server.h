@@ -24,9 +24,11 @@ class ControlServer {
  public:
   // Returns the answer object; the server adds "ok":true unless the handler
   // set "ok" itself. Called on the server thread, one request at a time, with
-  // a JSON object (anything else is refused as a bad request before it). An
-  // exception, or an answer that is not an object, becomes
-  // {"ok":false,"error":"internal error: ..."}; the server keeps serving.
+  // a JSON object (anything else is refused as a bad request before it): it
+  // must be quick (status answers from snapshots), since every other
+  // connection waits while it runs. An exception, or an answer that is not an
+  // object, becomes {"ok":false,"error":"internal error: ..."}; the server
+  // keeps serving.
   using Handler = std::function<nlohmann::json(const nlohmann::json& request)>;
   // A long request (a verify walking both trees for minutes) gets a thread
   // of its own, so it never holds up the requests of other clients. Its
@@ -38,6 +40,18 @@ class ControlServer {
       std::function<nlohmann::json(const nlohmann::json& request, std::stop_token stop)>;
   // Long requests running at once; one more is refused as busy.
   static constexpr size_t kMaxLongRequests = 4;
+  // Connections open at once, beside the long requests' (at most
+  // kMaxLongRequests more). When one more arrives, the oldest that has not
+  // yet sent a complete request is closed to make room (else the oldest
+  // still taking its answer): nasfsctl sends its request as soon as it is
+  // connected, so a flood of idle connections cannot lock it out. It also
+  // bounds what the server buffers: kMaxMessageBytes per connection.
+  static constexpr size_t kMaxConnections = 64;
+  // How long a connection may take to send its complete request, counted
+  // from its accept, and then to take its whole answer, counted from when
+  // the answer is ready. A request cut off gets a "bad request" answer; an
+  // answer not taken in time is dropped with its connection.
+  static constexpr std::chrono::milliseconds kIoTimeout{2000};
 
   // Only root, or members of allowed_gid (primary or supplementary) when it is
   // not (gid_t)-1, may talk to the socket: the file is 0600 root:root, or 0660
@@ -57,14 +71,19 @@ class ControlServer {
   // thread of their own, instead of to the Handler.
   void AddLongCommand(std::string cmd, LongHandler handler);
   // Serves on its own thread until Stop() or destruction. Listen() must have
-  // succeeded. Each connection's request is read inline, one at a time, and
-  // is cut off after kIoTimeout, so a client that stalls delays others by at
-  // most that much and never wedges the server. A request for a long command
-  // is then answered on its own thread; any other, inline.
+  // succeeded. One event loop serves every connection at once, each with its
+  // own buffers and deadlines (kIoTimeout), and never blocks on a client: a
+  // client that stalls, sends half a line or never reads its answer costs
+  // only itself. A complete request for a long command is then answered on
+  // its own thread; any other, inline on the server thread. Nothing thrown
+  // on the server thread ends it: a failure costs the connection it concerns
+  // (logged), and the loop goes on.
   void Start();
-  // Idempotent. Waits for the request being handled, if any, to finish
-  // (a stalled read is abandoned at once), and for the long requests, which
-  // are told to stop. Safe to call from a handler or a long handler.
+  // Idempotent. Waits for the inline request being handled, if any, to
+  // finish, and for the long requests, which are told to stop. Answers not yet
+  // delivered get one attempt that does not wait (a client reading gets them,
+  // as they fit in its socket buffer), and connections still sending are
+  // closed. Safe to call from a handler or a long handler.
   void Stop();
 
   const std::string& path() const { return path_; }
@@ -81,38 +100,77 @@ class ControlServer {
   static void TrimToFit(nlohmann::json& answer, const char* list_key);
 
  private:
-  // How long one connection may take to send its request, and to take the
-  // answer.
-  static constexpr std::chrono::milliseconds kIoTimeout{2000};
+  using Clock = std::chrono::steady_clock;
+
+  // One client connection, from accept to its answer's last byte. Server
+  // thread only.
+  struct Connection {
+    enum class Phase {
+      kReading,  // taking the request line, until `deadline`
+      kWriting,  // sending `out`, until `deadline`
+      kDone,     // closed, or handed to a long request: erased at the end of the round
+    };
+    UniqueFd fd;
+    Phase phase = Phase::kReading;
+    std::string in;    // the request line so far (kReading)
+    std::string out;   // the encoded answer (kWriting)
+    size_t sent = 0;   // bytes of `out` already sent
+    Clock::time_point deadline;
+  };
 
   // One long request in flight. The server thread owns the connection (it
   // polls it for the client hanging up) and closes it once the thread is
-  // joined, so the fd number is never reused under the poll.
+  // joined, so the fd number is never reused under the poll; once joined,
+  // the connection and the answer become a Connection the loop writes.
   struct LongRequest {
     UniqueFd conn;
     std::stop_source stop;
     std::thread thread;
+    // The encoded answer, empty when there is none to send. Written by the
+    // thread before it sets `done`; read by the server thread after seeing it.
+    std::string answer;
     std::atomic<bool> answering{false};  // the handler has returned
     std::atomic<bool> done{false};       // the thread is about to end: join it
   };
 
   void Serve();
+  // Rounds of ServeOnce() until it says stop. What a round throws is logged,
+  // and the next round comes after a short pause (it may be out of memory).
   void ServeLoop();
-  // Reads the request on `conn` and answers it, or hands it to a long
-  // request (taking conn).
-  void HandleConnection(UniqueFd& conn);
-  // Writes the one-line answer (an error object when it cannot be encoded).
-  void Reply(int fd, const nlohmann::json& answer) const;
+  // One poll and what it found ready or overdue. False once Stop() was called.
+  bool ServeOnce();
+  // Takes the connections waiting on the listener, making room for them.
+  void AcceptConnections(Clock::time_point now);
+  // Closes the oldest connection that has not sent a complete request (read
+  // first: one that has is answered instead), with a "busy" answer if it can
+  // go out at once; else the oldest still being answered.
+  void MakeRoom();
+  // Reads what `c` sent; a complete line (or end of file) is dispatched.
+  void OnReadable(Connection& c);
+  // Sends what the socket takes of c's answer; closes `c` once all is sent.
+  void OnWritable(Connection& c);
+  // Parses the request line and answers it, inline or on a long request's
+  // thread (which takes c's fd).
+  void Dispatch(Connection& c, const std::string& line);
+  // Queues the answer on `c` and starts sending it.
+  void Answer(Connection& c, const nlohmann::json& answer);
+  void Close(Connection& c);
+  // The one-line answer, or an error object's when it cannot be encoded or is
+  // larger than kMaxMessageBytes. Throws only std::bad_alloc.
+  std::string EncodeAnswer(const nlohmann::json& answer) const;
   // Empty when allowed; otherwise why not, for the refusal answer.
   std::string PeerRefusal(int fd) const;
   // Runs a handler, turning exceptions and non-objects into failures and
-  // adding "ok":true when the handler did not set "ok".
+  // adding "ok":true when the handler did not set "ok". Throws only
+  // std::bad_alloc (when even the failure cannot be built).
   nlohmann::json Complete(const nlohmann::json& request,
                           const std::function<nlohmann::json()>& handler) const;
-  // Joins the long requests that finished (server thread only).
+  // Joins the long requests that finished and queues their answers (server
+  // thread only).
   void ReapLongRequests();
-  // Tells every long request to stop and joins them (server thread only).
-  void StopLongRequests();
+  // Tells every long request to stop, joins them, and gives each answer and
+  // every queued one a last attempt that does not wait (server thread only).
+  void StopAll();
 
   std::string path_;
   gid_t allowed_gid_;
@@ -121,7 +179,16 @@ class ControlServer {
   UniqueFd stop_event_;  // eventfd that wakes Serve() for shutdown
   UniqueFd reap_event_;  // eventfd a long request's thread signals when it is done
   std::map<std::string, LongHandler> long_handlers_;  // set before Start()
-  std::list<std::unique_ptr<LongRequest>> long_requests_;  // server thread only
+  // The rest is the server thread's alone while it runs.
+  std::list<std::unique_ptr<LongRequest>> long_requests_;
+  std::list<Connection> connections_;  // in accept order: the front is the oldest
+  // accept() ran out of descriptors: the listener rests until then instead of
+  // waking the loop at once again.
+  Clock::time_point accept_paused_until_{};
+  // Connections closed to make room, not yet logged; logged at most every
+  // few seconds, since a flood would otherwise flood the log too.
+  size_t evicted_unlogged_ = 0;
+  Clock::time_point evictions_logged_{};
   std::thread thread_;
   std::atomic<bool> running_{false};
   // The socket file this server created: the destructor unlinks path_ only

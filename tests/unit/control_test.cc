@@ -1,7 +1,10 @@
 // The control plane: mount ids, the registry, the mount table, Call() and
-// ControlServer, over real unix sockets in a temporary directory.
+// ControlServer, over real unix sockets in a temporary directory; and how
+// nasfsctl quotes and renders what daemons answer (tools/quote.h,
+// tools/nasfsctl_render.h), against faked daemons.
 #include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
 #include <pwd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -9,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -28,6 +32,8 @@
 
 #include "fs/control_protocol.h"
 #include "fs/control_server.h"
+#include "tools/nasfsctl_render.h"
+#include "tools/quote.h"
 
 namespace nasfs::control {
 namespace {
@@ -250,6 +256,47 @@ UniqueFd ConnectRaw(const std::string& path) {
   return fd;
 }
 
+// Connects without blocking on a full backlog: a refused attempt (EAGAIN) is
+// retried until `give_up`. Invalid when it never got through.
+UniqueFd ConnectPatiently(const std::string& path, Clock::time_point give_up) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  for (;;) {
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) return fd;
+    if (errno != EAGAIN || Clock::now() >= give_up) return {};
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+bool SendAll(int fd, const std::string& bytes) {
+  size_t off = 0;
+  while (off < bytes.size()) {
+    ssize_t n = ::send(fd, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    off += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// What the peer sends until it closes (or resets), or until timeout_ms.
+std::string ReadAll(int fd, int timeout_ms) {
+  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  std::string in;
+  char buf[64 * 1024];
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) return in;
+    pollfd pfd = {fd, POLLIN, 0};
+    if (::poll(&pfd, 1, static_cast<int>(left.count())) <= 0) return in;
+    ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+    if (n <= 0) return in;
+    in.append(buf, static_cast<size_t>(n));
+  }
+}
+
 // Sends raw bytes (as much as the peer takes) and returns the parsed answer.
 json RawExchange(const std::string& path, const std::string& bytes) {
   UniqueFd fd = ConnectRaw(path);
@@ -275,11 +322,35 @@ json RawExchange(const std::string& path, const std::string& bytes) {
 
 class ControlServerTest : public TempDirTest {
  protected:
+  static constexpr size_t kBigPad = 900 * 1024;
+  // The bound on an answer that waits on nothing. The server takes about a
+  // millisecond; the margin is for a machine busy with other builds. Far
+  // below ControlServer::kIoTimeout, which a starved server costs per client.
+  static constexpr long long kPromptMs = 200;
+
+  // Calls status and checks it answers ok within kPromptMs.
+  void ExpectPromptStatus(const std::string& path) {
+    const auto start = Clock::now();
+    auto answer = Call(path, {{"cmd", "status"}}, 1000);
+    const auto took = MsSince(start);
+    ASSERT_TRUE(answer) << answer.error();
+    EXPECT_EQ((*answer)["ok"], true);
+    EXPECT_LT(took, kPromptMs) << "status took " << took << " ms";
+  }
+
   static json StatusHandler(const json& req) {
     if (req.value("cmd", "") == "status") return {{"read_from", "master"}, {"pid", 1}};
     if (req.value("cmd", "") == "throw") throw std::runtime_error("boom");
     if (req.value("cmd", "") == "array") return json::array({1, 2});
     if (req.value("cmd", "") == "refuse") return {{"ok", false}, {"error", "unknown command"}};
+    if (req.value("cmd", "") == "throw_int") throw 42;
+    // Holds the server thread, so connections queue up unread meanwhile.
+    if (req.value("cmd", "") == "slow") {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      return json::object();
+    }
+    // More than a unix socket's buffer takes at once, less than a message's limit.
+    if (req.value("cmd", "") == "big") return {{"pad", std::string(kBigPad, 'x')}};
     return {{"ok", false}, {"error", "unknown command"}};
   }
 
@@ -545,6 +616,286 @@ TEST_F(ControlServerTest, PeerWithTheControlGroupAsASupplementaryGroupIsAllowed)
   EXPECT_EQ(CallAsNobody(running_gid), kAllowed);
 }
 
+TEST_F(ControlServerTest, HandlerThrowingANonExceptionBecomesOkFalse) {
+  auto server = StartServer();
+  ASSERT_TRUE(server);
+  auto answer = Call(server->path(), {{"cmd", "throw_int"}}, 2000);
+  ASSERT_TRUE(answer) << answer.error();
+  EXPECT_EQ((*answer)["ok"], false);
+  EXPECT_EQ((*answer)["error"], "internal error: unknown exception");
+  ExpectPromptStatus(server->path());
+}
+
+// --- ControlServer: many clients at once -----------------------------------------
+
+TEST_F(ControlServerTest, StatusIsPromptWhileFiftyClientsSendNothing) {
+  auto server = StartServer();
+  ASSERT_TRUE(server);
+  std::vector<UniqueFd> idle;
+  for (int i = 0; i < 50; ++i) {
+    idle.push_back(ConnectRaw(server->path()));
+    ASSERT_TRUE(idle.back()) << i;
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // let the server take them
+  ExpectPromptStatus(server->path());
+}
+
+TEST_F(ControlServerTest, FloodOfIdleConnectionsCannotLockOutAClient) {
+  constexpr size_t kFlood = 3 * ControlServer::kMaxConnections;
+  auto server = StartServer();
+  ASSERT_TRUE(server);
+  std::vector<UniqueFd> idle;
+  const auto give_up = Clock::now() + std::chrono::seconds(3);
+  for (size_t i = 0; i < kFlood; ++i) {
+    UniqueFd fd = ConnectPatiently(server->path(), give_up);
+    if (!fd) break;
+    idle.push_back(std::move(fd));
+  }
+  EXPECT_EQ(idle.size(), kFlood) << "the server stopped taking connections";
+  ExpectPromptStatus(server->path());
+  // The oldest idle connection was closed to make room, and told why.
+  ASSERT_FALSE(idle.empty());
+  const std::string said = ReadAll(idle.front().get(), 2000);
+  EXPECT_NE(said.find("busy: too many open control connections"), std::string::npos) << said;
+}
+
+TEST_F(ControlServerTest, ClientWhoseRequestWaitsUnreadIsNotTakenForIdle) {
+  auto server = StartServer();
+  ASSERT_TRUE(server);
+  // Every slot but one held by a client that does not read its answer, so
+  // the next connection to arrive is the oldest one still reading.
+  std::vector<UniqueFd> mute;
+  for (size_t i = 0; i + 1 < ControlServer::kMaxConnections; ++i) {
+    mute.push_back(ConnectRaw(server->path()));
+    ASSERT_TRUE(mute.back());
+    ASSERT_TRUE(SendAll(mute.back().get(), "{\"cmd\":\"big\"}\n"));
+  }
+  UniqueFd slow = ConnectRaw(server->path());
+  ASSERT_TRUE(slow);
+  ASSERT_TRUE(SendAll(slow.get(), "{\"cmd\":\"slow\"}\n"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the server is in the handler
+  // A real client, then a few more, all queued before the server accepts
+  // again: then it must make room while the real request waits unread.
+  UniqueFd real = ConnectRaw(server->path());
+  ASSERT_TRUE(real);
+  ASSERT_TRUE(SendAll(real.get(), "{\"cmd\":\"status\"}\n"));
+  std::vector<UniqueFd> idle;
+  for (int i = 0; i < 3; ++i) idle.push_back(ConnectRaw(server->path()));
+  const std::string said = ReadAll(real.get(), 3000);
+  ASSERT_FALSE(said.empty());
+  json answer = json::parse(said);
+  EXPECT_EQ(answer["ok"], true) << said;
+  EXPECT_EQ(answer["read_from"], "master") << said;
+}
+
+TEST_F(ControlServerTest, ClientThatNeverReadsItsAnswerDoesNotDelayOthers) {
+  auto server = StartServer();
+  ASSERT_TRUE(server);
+  UniqueFd mute = ConnectRaw(server->path());
+  ASSERT_TRUE(mute);
+  ASSERT_TRUE(SendAll(mute.get(), "{\"cmd\":\"big\"}\n"));
+  // By now the server has filled mute's socket buffer with part of the answer.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ExpectPromptStatus(server->path());
+  ExpectPromptStatus(server->path());
+}
+
+TEST_F(ControlServerTest, SlowReaderStillGetsItsWholeAnswer) {
+  auto server = StartServer();
+  ASSERT_TRUE(server);
+  UniqueFd slow = ConnectRaw(server->path());
+  ASSERT_TRUE(slow);
+  ASSERT_TRUE(SendAll(slow.get(), "{\"cmd\":\"big\"}\n"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ExpectPromptStatus(server->path());  // served while slow's answer waits
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  const std::string said = ReadAll(slow.get(), 5000);
+  ASSERT_FALSE(said.empty());
+  ASSERT_EQ(said.back(), '\n');
+  json answer = json::parse(said);
+  EXPECT_EQ(answer["ok"], true);
+  EXPECT_EQ(answer["pad"].get<std::string>().size(), kBigPad);
+}
+
+TEST_F(ControlServerTest, FloodDoesNotDropAnAnswerBeingWritten) {
+  auto server = StartServer();
+  ASSERT_TRUE(server);
+  UniqueFd slow = ConnectRaw(server->path());
+  ASSERT_TRUE(slow);
+  ASSERT_TRUE(SendAll(slow.get(), "{\"cmd\":\"big\"}\n"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::vector<UniqueFd> idle;
+  const auto give_up = Clock::now() + std::chrono::seconds(1);
+  for (size_t i = 0; i < 3 * ControlServer::kMaxConnections; ++i) {
+    UniqueFd fd = ConnectPatiently(server->path(), give_up);
+    if (!fd) break;
+    idle.push_back(std::move(fd));
+  }
+  const std::string said = ReadAll(slow.get(), 5000);
+  ASSERT_FALSE(said.empty());
+  json answer = json::parse(said);
+  EXPECT_EQ(answer["pad"].get<std::string>().size(), kBigPad);
+}
+
+TEST_F(ControlServerTest, PartialLineThenSilenceIsAnsweredAtTheDeadlineWhileOthersAreServed) {
+  auto server = StartServer();
+  ASSERT_TRUE(server);
+  const auto start = Clock::now();
+  UniqueFd partial = ConnectRaw(server->path());
+  ASSERT_TRUE(partial);
+  ASSERT_TRUE(SendAll(partial.get(), "{\"cmd\":\"sta"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ExpectPromptStatus(server->path());
+  const std::string said = ReadAll(partial.get(), 5000);
+  const auto took = MsSince(start);
+  ASSERT_FALSE(said.empty()) << "no answer within 5 s";
+  json answer = json::parse(said);
+  EXPECT_EQ(answer["ok"], false);
+  EXPECT_EQ(answer["error"], "bad request: no complete request line within 2000 ms");
+  EXPECT_GE(took, 1900);
+  EXPECT_LT(took, 3500);
+}
+
+TEST_F(ControlServerTest, RequestsArrivingInPiecesOnTwoConnectionsAreEachAssembled) {
+  auto server = StartServer();
+  ASSERT_TRUE(server);
+  UniqueFd a = ConnectRaw(server->path());
+  UniqueFd b = ConnectRaw(server->path());
+  ASSERT_TRUE(a && b);
+  ASSERT_TRUE(SendAll(a.get(), "{\"cmd\":"));
+  ASSERT_TRUE(SendAll(b.get(), "{\"cmd\":\"re"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_TRUE(SendAll(b.get(), "fuse\"}\n"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_TRUE(SendAll(a.get(), "\"status\"}\n"));
+  json from_b = json::parse(ReadAll(b.get(), 3000));
+  json from_a = json::parse(ReadAll(a.get(), 3000));
+  EXPECT_EQ(from_a["read_from"], "master");
+  EXPECT_EQ(from_b["error"], "unknown command");
+}
+
+// --- ControlServer: long requests ---------------------------------------------------
+
+class LongRequestTest : public ControlServerTest {
+ protected:
+  // "wait" runs until released or stopped; "fail" throws.
+  std::unique_ptr<ControlServer> StartWithLongCommands() {
+    auto server = std::make_unique<ControlServer>(Path("ctl.sock"), CallerGroup(), StatusHandler);
+    server->AddLongCommand("wait", [this](const json&, std::stop_token stop) -> json {
+      ++started_;
+      while (!stop.stop_requested() && !release_) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+      if (stop.stop_requested()) {
+        ++stopped_;
+        return {{"ok", false}, {"error", "stopped"}};
+      }
+      return {{"waited", true}};
+    });
+    server->AddLongCommand("fail", [](const json&, std::stop_token) -> json {
+      throw std::runtime_error("long boom");
+    });
+    auto listening = server->Listen();
+    EXPECT_TRUE(listening) << listening.error();
+    if (!listening) return nullptr;
+    server->Start();
+    return server;
+  }
+
+  // A client that sends a "wait" request and says it is done sending.
+  UniqueFd StartWait(const std::string& path) {
+    UniqueFd fd = ConnectRaw(path);
+    if (!fd || !SendAll(fd.get(), "{\"cmd\":\"wait\"}\n")) return {};
+    ::shutdown(fd.get(), SHUT_WR);
+    return fd;
+  }
+
+  // Polls `done` for up to two seconds.
+  static bool Eventually(const std::function<bool()>& done) {
+    const auto give_up = Clock::now() + std::chrono::seconds(2);
+    while (!done()) {
+      if (Clock::now() >= give_up) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    return true;
+  }
+
+  std::atomic<int> started_{0};
+  std::atomic<int> stopped_{0};
+  std::atomic<bool> release_{false};
+};
+
+TEST_F(LongRequestTest, LongRequestDoesNotHoldUpStatusAndIsAnsweredWhenDone) {
+  auto server = StartWithLongCommands();
+  ASSERT_TRUE(server);
+  UniqueFd waiting = StartWait(server->path());
+  ASSERT_TRUE(waiting);
+  ASSERT_TRUE(Eventually([&] { return started_ == 1; }));
+  ExpectPromptStatus(server->path());
+  // A client done sending (SHUT_WR) has not hung up.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(stopped_, 0);
+  release_ = true;
+  json answer = json::parse(ReadAll(waiting.get(), 3000));
+  EXPECT_EQ(answer["ok"], true);
+  EXPECT_EQ(answer["waited"], true);
+}
+
+TEST_F(LongRequestTest, LongRequestIsStoppedWhenItsClientHangsUp) {
+  auto server = StartWithLongCommands();
+  ASSERT_TRUE(server);
+  UniqueFd waiting = StartWait(server->path());
+  ASSERT_TRUE(waiting);
+  ASSERT_TRUE(Eventually([&] { return started_ == 1; }));
+  waiting.reset();
+  EXPECT_TRUE(Eventually([&] { return stopped_ == 1; }));
+  ExpectPromptStatus(server->path());
+}
+
+TEST_F(LongRequestTest, LongRequestsBeyondTheLimitAreRefusedAsBusy) {
+  auto server = StartWithLongCommands();
+  ASSERT_TRUE(server);
+  std::vector<UniqueFd> waiting;
+  for (size_t i = 0; i < ControlServer::kMaxLongRequests; ++i) {
+    waiting.push_back(StartWait(server->path()));
+    ASSERT_TRUE(waiting.back());
+  }
+  ASSERT_TRUE(Eventually([&] { return started_ == static_cast<int>(ControlServer::kMaxLongRequests); }));
+  auto refused = Call(server->path(), {{"cmd", "wait"}}, 2000);
+  ASSERT_TRUE(refused) << refused.error();
+  EXPECT_EQ((*refused)["ok"], false);
+  EXPECT_EQ((*refused)["error"].get<std::string>().rfind("busy: ", 0), 0u) << refused->dump();
+  release_ = true;
+  for (auto& fd : waiting) EXPECT_EQ(json::parse(ReadAll(fd.get(), 3000))["waited"], true);
+  // Once they are done, there is room again.
+  auto again = Call(server->path(), {{"cmd", "wait"}}, 2000);
+  ASSERT_TRUE(again) << again.error();
+  EXPECT_EQ((*again)["waited"], true);
+}
+
+TEST_F(LongRequestTest, LongHandlerFailureBecomesOkFalse) {
+  auto server = StartWithLongCommands();
+  ASSERT_TRUE(server);
+  auto answer = Call(server->path(), {{"cmd", "fail"}}, 2000);
+  ASSERT_TRUE(answer) << answer.error();
+  EXPECT_EQ((*answer)["ok"], false);
+  EXPECT_EQ((*answer)["error"], "internal error: long boom");
+}
+
+TEST_F(LongRequestTest, StopStopsLongRequestsPromptlyAndTheirClientsLearnWhy) {
+  auto server = StartWithLongCommands();
+  ASSERT_TRUE(server);
+  UniqueFd waiting = StartWait(server->path());
+  ASSERT_TRUE(waiting);
+  ASSERT_TRUE(Eventually([&] { return started_ == 1; }));
+  const auto start = Clock::now();
+  server->Stop();
+  EXPECT_LT(MsSince(start), 500);
+  EXPECT_EQ(stopped_, 1);
+  json answer = json::parse(ReadAll(waiting.get(), 1000));
+  EXPECT_EQ(answer["error"], "stopped");
+}
+
 // --- Call -------------------------------------------------------------------------
 
 class CallTest : public TempDirTest {
@@ -654,6 +1005,311 @@ TEST_F(CallTest, RequestArrivesAsOneJsonLine) {
   ASSERT_TRUE(answer) << answer.error();
   thread_.join();
   EXPECT_EQ(seen, "{\"cmd\":\"status\"}\n");
+}
+
+// --- nasfsctl: quoting ------------------------------------------------------------
+
+using ctl::Bare;
+using ctl::Quote;
+
+// Reads back the bytes a quoted string stands for (the escapes Quote writes).
+std::string Unquote(const std::string& q) {
+  if (q.empty() || q[0] != '"') return q;
+  std::string out;
+  for (size_t i = 1; i + 1 < q.size(); ++i) {
+    if (q[i] != '\\') {
+      out.push_back(q[i]);
+      continue;
+    }
+    const char e = q[++i];
+    if (e == 'n') out.push_back('\n');
+    if (e == 't') out.push_back('\t');
+    if (e == '\\' || e == '"') out.push_back(e);
+    if (e == 'x') {
+      out.push_back(static_cast<char>(std::stoi(q.substr(i + 1, 2), nullptr, 16)));
+      i += 2;
+    }
+  }
+  return out;
+}
+
+// Empty when `text` is safe to print on a terminal: valid UTF-8, no control
+// character (C0, DEL, C1) but the newlines that end its lines, and no
+// invisible character that reorders text; otherwise what is wrong, and where.
+std::string TerminalHazard(const std::string& text) {
+  for (size_t i = 0; i < text.size();) {
+    const auto b = static_cast<unsigned char>(text[i]);
+    size_t n = b < 0x80 ? 1 : (b & 0xE0) == 0xC0 ? 2 : (b & 0xF0) == 0xE0 ? 3 : (b & 0xF8) == 0xF0 ? 4 : 0;
+    if (n == 0 || i + n > text.size()) return "invalid UTF-8 at byte " + std::to_string(i);
+    char32_t c = n == 1 ? b : b & (0xFF >> (n + 1));
+    for (size_t k = 1; k < n; ++k) {
+      const auto cb = static_cast<unsigned char>(text[i + k]);
+      if ((cb & 0xC0) != 0x80) return "invalid UTF-8 at byte " + std::to_string(i);
+      c = (c << 6) | (cb & 0x3F);
+    }
+    if ((c < 0x20 && c != '\n') || (c >= 0x7F && c <= 0x9F) || (c >= 0x202A && c <= 0x202E)) {
+      return "control character " + std::to_string(static_cast<unsigned>(c)) + " at byte " +
+             std::to_string(i);
+    }
+    i += n;
+  }
+  return "";
+}
+
+size_t Lines(const std::string& text) { return static_cast<size_t>(std::count(text.begin(), text.end(), '\n')); }
+
+class QuoteTest : public ::testing::Test {};
+
+TEST_F(QuoteTest, PlainNamesPassUnchanged) {
+  for (const char* s : {"/var/www/shared/index.html", "a-b_c.d+e=f@g:h", "0644", "xxh3:00ff",
+                        "'master'", "caf\xc3\xa9/\xe6\x96\x87\xe4\xbb\xb6", "\xf0\x9f\x98\x80.png",
+                        "2026-01-01T00:00:00.123456789Z"}) {
+    EXPECT_EQ(Quote(s), s);
+    EXPECT_EQ(Quote(s, Bare::kText), s);
+  }
+}
+
+TEST_F(QuoteTest, SpacesQuoteAWordButNotText) {
+  EXPECT_EQ(Quote("my file.txt"), "\"my file.txt\"");
+  EXPECT_EQ(Quote("backup is down", Bare::kText), "backup is down");
+  // A no-break space looks like a space: a word holding one is quoted too
+  // (and the character kept: it is printable).
+  EXPECT_EQ(Quote("a\xc2\xa0" "b"), "\"a\xc2\xa0" "b\"");
+  EXPECT_EQ(Quote("a\xc2\xa0" "b", Bare::kText), "a\xc2\xa0" "b");
+}
+
+TEST_F(QuoteTest, EmptyStringIsShownAsEmptyQuotes) {
+  EXPECT_EQ(Quote(""), "\"\"");
+  EXPECT_EQ(Quote("", Bare::kText), "\"\"");
+}
+
+TEST_F(QuoteTest, NewlineTabQuoteAndBackslashGetCEscapes) {
+  EXPECT_EQ(Quote("evil\nforged line"), "\"evil\\nforged line\"");
+  EXPECT_EQ(Quote("a\tb", Bare::kText), "\"a\\tb\"");
+  EXPECT_EQ(Quote("say \"hi\"", Bare::kText), "\"say \\\"hi\\\"\"");
+  EXPECT_EQ(Quote("C:\\dir"), "\"C:\\\\dir\"");
+  EXPECT_EQ(Quote("\"quoted\""), "\"\\\"quoted\\\"\"");  // never passes for a quoted string
+}
+
+TEST_F(QuoteTest, ControlBytesAreHexEscaped) {
+  EXPECT_EQ(Quote("\x1b[31mred"), "\"\\x1b[31mred\"");
+  EXPECT_EQ(Quote("bell\x07"), "\"bell\\x07\"");
+  EXPECT_EQ(Quote("cr\rlf"), "\"cr\\x0dlf\"");
+  EXPECT_EQ(Quote(std::string("nul\0x", 5)), "\"nul\\x00x\"");
+  EXPECT_EQ(Quote("del\x7f"), "\"del\\x7f\"");
+  // C1 controls (U+0080-U+009F) are valid UTF-8, and some terminals obey
+  // them: U+009B is a one-character CSI.
+  EXPECT_EQ(Quote("csi\xc2\x9b" "2J"), "\"csi\\xc2\\x9b2J\"");
+  EXPECT_EQ(Quote("nel\xc2\x85"), "\"nel\\xc2\\x85\"");
+}
+
+TEST_F(QuoteTest, InvisibleCharactersThatReorderOrHideTextAreHexEscaped) {
+  EXPECT_EQ(Quote("abc\xe2\x80\xaetxt.exe"), "\"abc\\xe2\\x80\\xaetxt.exe\"");  // U+202E RLO
+  EXPECT_EQ(Quote("a\xe2\x80\x8b" "b"), "\"a\\xe2\\x80\\x8bb\"");            // U+200B ZWSP
+  EXPECT_EQ(Quote("a\xe2\x80\xa8" "b"), "\"a\\xe2\\x80\\xa8" "b\"");          // U+2028 LS
+  EXPECT_EQ(Quote("a\xe2\x81\xa6" "b"), "\"a\\xe2\\x81\\xa6" "b\"");          // U+2066 LRI
+}
+
+TEST_F(QuoteTest, InvalidUtf8IsHexEscapedByteByByte) {
+  EXPECT_EQ(Quote("bad\xff"), "\"bad\\xff\"");
+  EXPECT_EQ(Quote("\x80"), "\"\\x80\"");                        // stray continuation
+  EXPECT_EQ(Quote("trunc\xc3"), "\"trunc\\xc3\"");              // cut sequence
+  EXPECT_EQ(Quote("\xc3(x"), "\"\\xc3(x\"");                    // resynchronizes
+  EXPECT_EQ(Quote("\xc0\xaf"), "\"\\xc0\\xaf\"");               // overlong '/'
+  EXPECT_EQ(Quote("\xed\xa0\x80"), "\"\\xed\\xa0\\x80\"");      // surrogate
+  EXPECT_EQ(Quote("\xf4\x90\x80\x80"), "\"\\xf4\\x90\\x80\\x80\"");  // beyond U+10FFFF
+  EXPECT_EQ(Quote("\x9b" "2J"), "\"\\x9b2J\"");                 // a raw C1 byte
+  // Printable UTF-8 beside them is kept as it is.
+  EXPECT_EQ(Quote("caf\xc3\xa9\xff"), "\"caf\xc3\xa9\\xff\"");
+}
+
+TEST_F(QuoteTest, AnyBytesComeOutAsOneSafeLineThatReadsBackExactly) {
+  const unsigned seed = std::random_device{}();
+  std::printf("QuoteTest seed: %u\n", seed);
+  std::mt19937 rng(seed);
+  // Bytes that matter most, often; any byte, sometimes.
+  const std::string favourites = std::string("a /\\\"\n\t\x1b\x7f", 10) + "\xc2\x9b\xc3\xa9\xe2\x80\xae\xff\x80";
+  std::uniform_int_distribution<int> len(0, 12), pick(0, static_cast<int>(favourites.size()) - 1),
+      any(0, 255), coin(0, 3);
+  for (int i = 0; i < 20000; ++i) {
+    std::string s;
+    for (int n = len(rng); n > 0; --n) {
+      s.push_back(coin(rng) == 0 ? static_cast<char>(any(rng)) : favourites[static_cast<size_t>(pick(rng))]);
+    }
+    for (Bare bare : {Bare::kWord, Bare::kText}) {
+      const std::string q = Quote(s, bare);
+      ASSERT_EQ(TerminalHazard(q), "") << "seed " << seed << ": " << ::testing::PrintToString(s);
+      ASSERT_EQ(Lines(q), 0u) << "seed " << seed << ": " << ::testing::PrintToString(s);
+      ASSERT_EQ(Unquote(q), s) << "seed " << seed << ": " << ::testing::PrintToString(q);
+      if (bare == Bare::kWord) {
+        ASSERT_EQ(q.find(' ') != std::string::npos, q.front() == '"' && s.find(' ') != std::string::npos)
+            << "seed " << seed << ": a bare word holds a space: " << ::testing::PrintToString(q);
+      }
+    }
+  }
+}
+
+// --- nasfsctl: rendering answers from a faked daemon -------------------------------
+
+// Paths as another machine may have planted them on a NAS.
+const std::string kForging = "site/evil\n  master  2026-01-01T00:00:00Z  write  site/forged";
+const std::string kEscapes = "site/\x1b[31mred\x1b[0m";
+const std::string kInvalid = "site/bad\xff\xfe.txt";
+
+class RenderTest : public TempDirTest {
+ protected:
+  // A daemon that answers every request with `answer` (the daemon's own
+  // encoder: invalid UTF-8 arrives replaced by U+FFFD, as from nasfs).
+  ctl::MountAnswer AskFaked(const json& request, json answer) {
+    ControlServer daemon(Path("fake.sock"), CallerGroup(), [&answer](const json&) { return answer; });
+    EXPECT_TRUE(daemon.Listen());
+    daemon.Start();
+    return ctl::AskSocket("/srv/site", Path("fake.sock"), request, 3000);
+  }
+  static gid_t CallerGroup() { return ::geteuid() == 0 ? static_cast<gid_t>(-1) : ::getegid(); }
+
+  static json JournalAnswer() {
+    json entries = json::array();
+    for (const auto& p : {kForging, kEscapes, kInvalid}) {
+      entries.push_back({{"path", "/" + p}, {"target", "master"}, {"ops", {"write"}},
+                         {"since", "2026-01-01T00:00:00Z"}, {"seq", 7}});
+    }
+    return {{"total", 3}, {"entries", entries}};
+  }
+  static json VerifyAnswer() {
+    json diffs = json::array();
+    for (const auto& p : {kForging, kEscapes, kInvalid}) {
+      diffs.push_back({{"path", "/" + p}, {"what", "symlink target"}, {"master", p}, {"backup", "ok"}});
+    }
+    diffs.push_back({{"path", "/site/x"}, {"what", "xattr user.\x1b]0;owned\x07"}, {"master", "'a'"}, {"backup", nullptr}});
+    diffs.push_back({{"path", "/site/y"}, {"what", "unreadable"}, {"master", "readdir: " + kForging}});
+    return {{"match", false}, {"entries_compared", 9}, {"differences", diffs}};
+  }
+  static json ConflictsAnswer() {
+    json list = json::array();
+    for (const auto& p : {kForging, kEscapes, kInvalid}) {
+      list.push_back({{"id", "c1"}, {"path", p}, {"kind", "file"}, {"kept_from", "backup"},
+                      {"kept_mtime", "t1"}, {"winner", "master"}, {"winner_mtime", "t2"},
+                      {"reason", "split brain"}, {"node", "web\x1b[2J1"}});
+    }
+    return {{"conflicts", list}};
+  }
+};
+
+TEST_F(RenderTest, JournalQuotesHostilePathsOnOneLineEach) {
+  const ctl::MountAnswer m = AskFaked({{"cmd", "journal"}}, JournalAnswer());
+  ASSERT_TRUE(m.ok()) << m.answer.dump();
+  const std::string text = ctl::RenderJournal(m);
+  EXPECT_EQ(TerminalHazard(text), "") << text;
+  EXPECT_EQ(Lines(text), 4u) << text;  // the count line and three entries
+  EXPECT_NE(text.find("  master  2026-01-01T00:00:00Z  write  "
+                      "\"/site/evil\\n  master  2026-01-01T00:00:00Z  write  site/forged\"  (seq 7)\n"),
+            std::string::npos) << text;
+  EXPECT_NE(text.find("  \"/site/\\x1b[31mred\\x1b[0m\"  (seq 7)\n"), std::string::npos) << text;
+  // The daemon's encoder replaced the bad bytes with U+FFFD, which prints.
+  EXPECT_NE(text.find("  /site/bad\xef\xbf\xbd\xef\xbf\xbd.txt  (seq 7)\n"), std::string::npos) << text;
+}
+
+TEST_F(RenderTest, VerifyQuotesHostilePathsValuesAndXattrNames) {
+  const ctl::MountAnswer m = AskFaked({{"cmd", "verify"}}, VerifyAnswer());
+  ASSERT_TRUE(m.ok()) << m.answer.dump();
+  const std::string text = ctl::RenderVerify(m);
+  EXPECT_EQ(TerminalHazard(text), "") << text;
+  EXPECT_EQ(Lines(text), 6u) << text;  // the verdict and five differences
+  EXPECT_NE(text.find("  \"/site/evil\\n  master  2026-01-01T00:00:00Z  write  site/forged\": "
+                      "symlink target differs (master \"site/evil\\n  master  "),
+            std::string::npos) << text;
+  EXPECT_NE(text.find("  \"/site/\\x1b[31mred\\x1b[0m\": symlink target differs (master "
+                      "\"site/\\x1b[31mred\\x1b[0m\", backup ok)\n"),
+            std::string::npos) << text;
+  EXPECT_NE(text.find("  /site/x: xattr \"user.\\x1b]0;owned\\x07\" differs (master 'a', backup absent)\n"),
+            std::string::npos) << text;
+  EXPECT_NE(text.find("  /site/y: unreadable (master: \"readdir: site/evil\\n  master  "), std::string::npos)
+      << text;
+}
+
+TEST_F(RenderTest, ConflictsQuoteHostilePathsAndNodeNames) {
+  const ctl::MountAnswer m = AskFaked({{"cmd", "conflicts"}}, ConflictsAnswer());
+  ASSERT_TRUE(m.ok()) << m.answer.dump();
+  const std::string text = ctl::RenderConflicts(m);
+  EXPECT_EQ(TerminalHazard(text), "") << text;
+  EXPECT_EQ(Lines(text), 4u) << text;
+  EXPECT_NE(text.find("  c1  \"/site/\\x1b[31mred\\x1b[0m\"  file from the backup (mtime t1), master won "
+                      "(mtime t2), split brain by \"web\\x1b[2J1\"\n"),
+            std::string::npos) << text;
+  EXPECT_NE(text.find("  c1  \"/site/evil\\n  master"), std::string::npos) << text;
+}
+
+// What a daemon could not send (JSON carries only UTF-8), rendered all the
+// same: the renderers take any bytes.
+TEST_F(RenderTest, InvalidUtf8IsHexEscapedByEveryRenderer) {
+  auto answer = [](json a) { return ctl::MountAnswer{"/srv/site", std::move(a), true}; };
+  json journal = JournalAnswer(), verify = VerifyAnswer(), conflicts = ConflictsAnswer();
+  for (const auto& [text, lines] : std::vector<std::pair<std::string, size_t>>{
+           {ctl::RenderJournal(answer(journal)), 4}, {ctl::RenderVerify(answer(verify)), 6},
+           {ctl::RenderConflicts(answer(conflicts)), 4}}) {
+    EXPECT_EQ(TerminalHazard(text), "") << text;
+    EXPECT_EQ(Lines(text), lines) << text;
+    EXPECT_NE(text.find("\"/site/bad\\xff\\xfe.txt\""), std::string::npos) << text;
+  }
+}
+
+TEST_F(RenderTest, StatusQuotesPeerNamesAndErrors) {
+  json status = {{"mountpoint", "/srv/site"},
+                 {"node", "web1"},
+                 {"pair_id", "\x1b[2J\x1b[2J\x1b[2J"},
+                 {"read_from", "master"},
+                 {"backends", {{{"role", "master"}, {"path", "/nas_master"}, {"state", "down"},
+                                {"last_error", "open /nas_master/" + kForging + ": Input/output error"}}}},
+                 {"peers", {{{"node", "web2\n  peer:  web3: alive"}, {"alive", true}, {"heartbeat_age_s", 1}}}},
+                 {"coordination", {{"waiting_for", {"web\x1b[31m4"}}}},
+                 {"journal", {{"pending", 0}, {"error", "cannot sync " + kEscapes}}},
+                 {"new_\x1b[5mfield", "x\ny"}};
+  const ctl::MountAnswer m = AskFaked({{"cmd", "status"}}, status);
+  ASSERT_TRUE(m.ok()) << m.answer.dump();
+  const std::string text = ctl::RenderStatus(m);
+  EXPECT_EQ(TerminalHazard(text), "") << text;
+  EXPECT_EQ(Lines(text), 8u) << text;
+  EXPECT_NE(text.find("pair \"\\x1b[2J\\x1b[2J\"\n"), std::string::npos) << text;  // cut, then quoted
+  EXPECT_NE(text.find("last error: \"open /nas_master/site/evil\\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("\"web2\\n  peer:  web3: alive\": alive"), std::string::npos) << text;
+  EXPECT_NE(text.find("waits for web servers \"web\\x1b[31m4\""), std::string::npos) << text;
+  EXPECT_NE(text.find("\"cannot sync site/\\x1b[31mred\\x1b[0m\""), std::string::npos) << text;
+}
+
+TEST_F(RenderTest, UsualAnswersReadAsBefore) {
+  json verify = {{"match", false}, {"entries_compared", 12},
+                 {"differences", {{{"path", "/site/deleted.txt"}, {"what", "only on master"}, {"master", "file"}},
+                                  {{"path", "/site/mode.txt"}, {"what", "mode"}, {"master", "0644"}, {"backup", "0600"}},
+                                  {{"path", "/site/x.txt"}, {"what", "xattr user.verify"}, {"master", "'master'"},
+                                   {"backup", "'backup'"}}}}};
+  EXPECT_EQ(ctl::RenderVerify({"/srv/site", verify, true}),
+            "/srv/site: master and backup differ: 3 differences listed (12 entries compared)\n"
+            "  /site/deleted.txt: only on master (file)\n"
+            "  /site/mode.txt: mode differs (master 0644, backup 0600)\n"
+            "  /site/x.txt: xattr user.verify differs (master 'master', backup 'backup')\n");
+  json failed = {{"ok", false}, {"error", "backup is down; verify needs both NAS"}};
+  EXPECT_EQ(ctl::NoVerdict({"/srv/site", failed, true}),
+            "/srv/site: verify failed: backup is down; verify needs both NAS");
+}
+
+// A daemon sending bytes JSON cannot carry: the answer is refused as
+// malformed, and the message quoting it is itself safe to print.
+TEST_F(RenderTest, MalformedAnswerWithRawBytesGivesASafeMessage) {
+  UniqueFd listener = ListenRaw(Path("raw.sock"));
+  ASSERT_TRUE(listener);
+  std::thread daemon([&] {
+    UniqueFd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!conn) return;
+    const std::string bytes = "{\"ok\":true,\"total\":1,\"entries\":[{\"path\":\"a\xff\x9b" "2J\"}]}\n";
+    (void)!::send(conn.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
+  });
+  const ctl::MountAnswer m = ctl::AskSocket("/srv/site", Path("raw.sock"), {{"cmd", "journal"}}, 3000);
+  daemon.join();
+  ASSERT_FALSE(m.ok());
+  const std::string text = ctl::Problem(m);
+  EXPECT_EQ(TerminalHazard(text), "") << text;
+  EXPECT_NE(text.find("malformed answer"), std::string::npos) << text;
 }
 
 }  // namespace
