@@ -44,9 +44,15 @@ std::string SegmentName(uint64_t n) {
 
 bool ParseSegmentName(const std::string& name, uint64_t* n) {
   if (name.size() != 20 || name.compare(16, 4, ".log") != 0) return false;
-  char* end = nullptr;
-  *n = std::strtoull(name.substr(0, 16).c_str(), &end, 16);
-  return end && *end == '\0';
+  uint64_t v = 0;
+  for (size_t i = 0; i < 16; ++i) {
+    char c = name[i];
+    int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (d < 0) return false;  // only what SegmentName writes: lower-case hex
+    v = (v << 4) | static_cast<uint64_t>(d);
+  }
+  *n = v;
+  return true;
 }
 
 // "a/b/c" -> "a/b", "a" -> "" (the root); the root has no parent.
@@ -71,6 +77,53 @@ void MergeRange(std::vector<Range>* ranges, Range r) {
     }
   }
   *ranges = std::move(out);
+}
+
+// What a segment's opening checkpoint (if any) is.
+enum class CheckpointKind {
+  kNone,     // the segment does not open with one
+  kWhole,    // every state record is there (CheckpointEnd may be lost: it holds no state)
+  kCutOff,   // a crash cut it short while older segments still hold the state: ignored
+  kDamaged,  // state records are missing and nothing else holds them: read what is left, report
+};
+
+// The record count a CheckpointBegin carries, 0 when it has none (older
+// journals).
+uint32_t CheckpointCount(std::string_view begin_payload) {
+  if (begin_payload.size() != 1 + 8 + 4) return 0;
+  return Load32(begin_payload.data() + 9);
+}
+
+// How many of the checkpoint's state records (all but its End) are missing.
+uint64_t MissingCheckpointRecords(const ScanResult& scan) {
+  if (scan.records.empty()) return 0;
+  uint32_t count = CheckpointCount(scan.records.front().payload);
+  if (count < 2) return 0;
+  uint64_t first = scan.records.front().seq;
+  std::set<uint64_t> have;
+  for (const auto& r : scan.records)
+    if (r.seq >= first && r.seq < first + count - 1) have.insert(r.seq);
+  return (count - 1) - have.size();
+}
+
+// `older_segments`: segments numbered below this one exist (a checkpoint is
+// synced before they are deleted, so they do only while it was unfinished).
+CheckpointKind CheckpointOf(const ScanResult& scan, bool older_segments) {
+  const auto& r = scan.records;
+  if (r.empty() || r.front().offset != 0 || r.front().payload.empty() ||
+      r.front().payload[0] != static_cast<char>(kCheckpointBegin))
+    return CheckpointKind::kNone;
+  bool has_end = std::any_of(r.begin(), r.end(), [](const ScannedRecord& x) {
+    return !x.payload.empty() && x.payload[0] == static_cast<char>(kCheckpointEnd);
+  });
+  uint32_t count = CheckpointCount(r.front().payload);
+  if (count >= 2 ? MissingCheckpointRecords(scan) == 0 : has_end) return CheckpointKind::kWhole;
+  // Damage in the middle is never a crash: a checkpoint is one write.
+  if (scan.damaged > 0) return CheckpointKind::kDamaged;
+  if (older_segments) return CheckpointKind::kCutOff;
+  // Cut short with nothing older to fall back on: what it still holds is
+  // the only copy of the state (unless it holds nothing but its Begin).
+  return r.size() > 1 ? CheckpointKind::kDamaged : CheckpointKind::kCutOff;
 }
 
 // ---- POSIX Env ----
@@ -165,7 +218,43 @@ class PosixEnv : public Env {
     return 0;
   }
   void UnlockFile(int handle) override { close(handle); }
+  int DirId(const std::string& dir, uint64_t id[2]) override {
+    struct stat st;
+    if (stat(dir.c_str(), &st) != 0) return errno;
+    if (!S_ISDIR(st.st_mode)) return ENOTDIR;
+    id[0] = st.st_dev;
+    id[1] = st.st_ino;
+    return 0;
+  }
 };
+
+// Records no larger than the reader accepts: a list of names (Intent,
+// Retire) is cut into as many records as it needs.
+std::vector<std::string> ListRecords(uint8_t kind, const std::vector<std::string>& names) {
+  std::vector<std::string> out;
+  std::string p;
+  uint32_t n = 0;
+  size_t count_at = 0;
+  auto flush = [&] {
+    if (n == 0) return;
+    for (int i = 0; i < 4; ++i) p[count_at + i] = static_cast<char>(n >> (8 * i));
+    out.push_back(std::move(p));
+    p.clear();
+    n = 0;
+  };
+  for (const auto& d : names) {
+    if (n > 0 && p.size() + 4 + d.size() > kMaxPayload) flush();
+    if (n == 0) {
+      Put8(&p, kind);
+      count_at = p.size();
+      Put32(&p, 0);
+    }
+    PutStr(&p, d);
+    ++n;
+  }
+  flush();
+  return out;
+}
 
 }  // namespace
 
@@ -193,7 +282,10 @@ Env* Env::Default() {
 struct Journal::Impl {
   Options opts;
   Env* env = nullptr;
-  int lock_handle = -1;
+  int lock_handle = -1;     // DIR/LOCK
+  int outer_lock = -1;      // DIR.lock, beside the directory
+  uint64_t dir_id[2] = {0, 0};  // the directory's identity at Open (or repair)
+  bool dir_lost = false;    // guarded by mu: removed or replaced under us
 
   mutable std::mutex mu;
   std::condition_variable cv;
@@ -333,7 +425,9 @@ struct Journal::Impl {
         return true;
       }
       case kCheckpointBegin:
-        if (r.U64(); !r.done()) return false;
+        r.U64();
+        if (!r.done()) r.U32();  // the record count (absent in journals written before it was added)
+        if (!r.done()) return false;
         ResetState();
         marks->clear();
         return true;
@@ -370,6 +464,9 @@ struct Journal::Impl {
         cv.wait(lk);
         continue;
       }
+      // Writing into a segment of a directory that is gone would "succeed"
+      // into a deleted file: nothing recorded would survive a restart.
+      if (int e = CheckDirLocked()) return e;
       writer_busy = true;
       std::string data;
       data.swap(buf);
@@ -394,6 +491,35 @@ struct Journal::Impl {
     return failed && durable_seq < seq ? failed : 0;
   }
 
+  // Fails the journal if its directory was removed or replaced. Caller
+  // holds mu.
+  int CheckDirLocked() {
+    uint64_t id[2];
+    int e = env->DirId(opts.dir, id);
+    if (e == 0 && id[0] == dir_id[0] && id[1] == dir_id[1]) return 0;
+    dir_lost = true;
+    FailLocked(ENOENT, "the journal directory " + opts.dir +
+                           (e ? " was removed" : " was replaced by another directory"));
+    return failed;
+  }
+
+  // A lost directory is made again, locked, and given the whole state (the
+  // checkpoint that follows). Caller holds mu and is the repair (Tick).
+  int RecreateDirLocked() {
+    if (int e = env->CreateDir(opts.dir)) return e;
+    int handle = -1;
+    if (int e = env->LockFile(opts.dir + "/LOCK", &handle)) return e;
+    if (int e = env->DirId(opts.dir, dir_id)) {
+      env->UnlockFile(handle);
+      return e;
+    }
+    if (lock_handle >= 0) env->UnlockFile(lock_handle);
+    lock_handle = handle;
+    segments.clear();  // they went with the old directory
+    dir_lost = false;
+    return 0;
+  }
+
   // Seals the current segment and starts an empty one.
   void RollLocked(std::unique_lock<std::mutex>& lk) {
     writer_busy = true;
@@ -414,37 +540,32 @@ struct Journal::Impl {
   }
 
   // The whole live state as records, for a checkpoint.
+  // The whole live state as records, for a checkpoint: CheckpointBegin
+  // (carrying how many records the checkpoint holds, so a reader can tell a
+  // whole one from a damaged one), the state, CheckpointEnd.
   std::string SnapshotLocked(uint64_t* last_seq) {
-    std::string out;
-    uint32_t count = 0;
-    auto add = [&](const std::string& payload) {
-      Frame(&out, next_seq++, payload);
-      ++count;
-    };
+    std::vector<std::string> body;
     std::string p;
-    Put8(&p, kCheckpointBegin);
-    Put64(&p, next_seq);
-    add(p);
     if (!pair_id.empty()) {
-      p.clear();
       Put8(&p, kPair);
       PutStr(&p, pair_id);
-      add(p);
+      body.push_back(std::move(p));
+      p.clear();
     }
     for (int t = 0; t < 2; ++t) {
       uint8_t target = t == 0 ? kMaster : kBackup;
       if (full_sync[t]) {
-        p.clear();
         Put8(&p, kFullSync);
         Put8(&p, target);
         Put8(&p, 1);
-        add(p);
+        body.push_back(std::move(p));
+        p.clear();
       }
       for (const auto& [path, e] : pending[t]) {
         auto missed = [&](Op op, uint8_t flags, uint64_t off, uint64_t len) {
           MissedRecord m{static_cast<Target>(target), {path, e.scope, op, off, len, op == Op::kCreate ? e.link_from : std::string()},
                          flags, e.first_ns, e.seq};
-          add(EncodeMissed(m));
+          body.push_back(EncodeMissed(m));
         };
         for (unsigned op = 1; op <= 8; ++op)
           if ((e.ops & (1u << op)) && op != static_cast<unsigned>(Op::kWrite))
@@ -457,17 +578,18 @@ struct Journal::Impl {
     }
     std::vector<std::string> marks(recovered.begin(), recovered.end());
     for (const auto& [d, m] : active) marks.push_back(d);
-    if (!marks.empty()) {
-      p.clear();
-      Put8(&p, kIntent);
-      Put32(&p, static_cast<uint32_t>(marks.size()));
-      for (const auto& d : marks) PutStr(&p, d);
-      add(p);
-    }
+    for (auto& r : ListRecords(kIntent, marks)) body.push_back(std::move(r));
+    const uint32_t count = static_cast<uint32_t>(body.size() + 2);
+    std::string out;
+    Put8(&p, kCheckpointBegin);
+    Put64(&p, next_seq);
+    Put32(&p, count);
+    Frame(&out, next_seq++, p);
+    for (const auto& r : body) Frame(&out, next_seq++, r);
     p.clear();
     Put8(&p, kCheckpointEnd);
-    Put32(&p, count + 1);
-    add(p);
+    Put32(&p, count);
+    Frame(&out, next_seq++, p);
     *last_seq = next_seq - 1;
     return out;
   }
@@ -534,7 +656,12 @@ struct Journal::Impl {
       cv.wait_for(lk, std::chrono::milliseconds(opts.background_interval_ms));
       if (stopping) break;
       lk.unlock();
-      j->Tick();
+      // Nothing a tick does may end the daemon (memory exhausted, say):
+      // the next tick tries again.
+      try {
+        j->Tick();
+      } catch (...) {
+      }
       lk.lock();
     }
   }
@@ -555,6 +682,7 @@ Journal::~Journal() {
   (void)Flush();
   impl_->file.reset();
   if (impl_->lock_handle >= 0) impl_->env->UnlockFile(impl_->lock_handle);
+  if (impl_->outer_lock >= 0) impl_->env->UnlockFile(impl_->outer_lock);
 }
 
 tl::expected<std::unique_ptr<Journal>, std::string> Journal::Open(const Options& opts, Recovered* out) {
@@ -570,9 +698,13 @@ tl::expected<std::unique_ptr<Journal>, std::string> Journal::Open(const Options&
   if (opts.dir.empty() || opts.dir.front() != '/')
     return tl::unexpected(std::string("journal directory must be an absolute path"));
   if (int e = env->CreateDir(opts.dir)) return fail("cannot create it", e);
-  if (int e = env->LockFile(opts.dir + "/LOCK", &m.lock_handle))
-    return e == EWOULDBLOCK ? tl::unexpected("journal " + opts.dir + " is in use by another nasfs")
-                            : fail("cannot lock it", e);
+  std::string outer = opts.dir;
+  while (outer.size() > 1 && outer.back() == '/') outer.pop_back();
+  for (auto [path, handle] : {std::pair{outer + ".lock", &m.outer_lock}, std::pair{opts.dir + "/LOCK", &m.lock_handle}})
+    if (int e = env->LockFile(path, handle))
+      return e == EWOULDBLOCK ? tl::unexpected("journal " + opts.dir + " is in use by another nasfs")
+                              : fail("cannot lock " + path, e);
+  if (int e = env->DirId(opts.dir, m.dir_id)) return fail("cannot stat it", e);
   auto names = env->ListDir(opts.dir);
   if (!names) return fail("cannot list it", names.error());
   std::vector<uint64_t> segs;
@@ -583,14 +715,15 @@ tl::expected<std::unique_ptr<Journal>, std::string> Journal::Open(const Options&
   std::sort(segs.begin(), segs.end());
   rec.fresh = segs.empty();
 
-  // Read every segment once. A segment that opens with a checkpoint and
-  // holds its end supersedes everything before it; one whose checkpoint
-  // was cut off by a crash is ignored (the segments it was to replace are
-  // still there, since they are deleted only after it is synced).
+  // Read every segment once. A segment that opens with a whole checkpoint
+  // supersedes everything before it. One whose checkpoint was cut off by a
+  // crash is ignored: the segments it was to replace are still there, since
+  // they are deleted only after it is synced. Anything else that breaks a
+  // checkpoint is damage (see CheckpointOf).
   struct Seg {
     uint64_t num;
     ScanResult scan;
-    bool checkpoint = false, partial_checkpoint = false;
+    CheckpointKind kind = CheckpointKind::kNone;
   };
   std::vector<Seg> read;
   std::vector<std::string> contents;
@@ -603,37 +736,16 @@ tl::expected<std::unique_ptr<Journal>, std::string> Journal::Open(const Options&
   // anything: a crash can leave an empty segment (or a checkpoint cut off)
   // after it.
   size_t tail = 0;
-  for (size_t i = 0; i < segs.size(); ++i) {
-    if (contents[i].empty()) continue;
-    uint64_t seq;
-    std::string_view payload;
-    size_t size;
-    bool starts_checkpoint = ParseAt(contents[i], 0, &seq, &payload, &size) && !payload.empty() &&
-                             payload[0] == static_cast<char>(kCheckpointBegin);
-    bool partial = false;
-    if (starts_checkpoint) {
-      auto recs = Scan(contents[i], true).records;
-      partial = std::none_of(recs.begin(), recs.end(), [](const ScannedRecord& x) {
-        return !x.payload.empty() && x.payload[0] == static_cast<char>(kCheckpointEnd);
-      });
-    }
-    if (!partial) tail = i;
-  }
+  for (size_t i = 0; i < segs.size(); ++i)
+    if (!contents[i].empty() && CheckpointOf(Scan(contents[i], true), i > 0) != CheckpointKind::kCutOff) tail = i;
   for (size_t i = 0; i < segs.size(); ++i) {
     Seg s{segs[i], Scan(contents[i], i >= tail)};
-    const auto& r = s.scan.records;
-    if (!r.empty() && r.front().offset == 0 && !r.front().payload.empty() &&
-        r.front().payload[0] == static_cast<char>(kCheckpointBegin)) {
-      s.checkpoint = std::any_of(r.begin(), r.end(), [](const ScannedRecord& x) {
-        return !x.payload.empty() && x.payload[0] == static_cast<char>(kCheckpointEnd);
-      });
-      s.partial_checkpoint = !s.checkpoint;
-    }
+    s.kind = CheckpointOf(s.scan, /*older_segments=*/i > 0);
     read.push_back(std::move(s));
   }
   size_t first = 0;
   for (size_t i = 0; i < read.size(); ++i)
-    if (read[i].checkpoint) first = i;
+    if (read[i].kind == CheckpointKind::kWhole || read[i].kind == CheckpointKind::kDamaged) first = i;
 
   std::set<std::string> marks;
   uint64_t max_seq = 0;
@@ -641,8 +753,10 @@ tl::expected<std::unique_ptr<Journal>, std::string> Journal::Open(const Options&
   for (size_t i = 0; i < read.size(); ++i) {
     const Seg& s = read[i];
     for (const auto& x : s.scan.records) max_seq = std::max(max_seq, x.seq);
-    if (i < first || s.partial_checkpoint) continue;
+    if (i < first || s.kind == CheckpointKind::kCutOff) continue;
     uint64_t bad = s.scan.damaged;
+    // A damaged checkpoint lacks state records that were there.
+    if (s.kind == CheckpointKind::kDamaged) bad += std::max<uint64_t>(1, MissingCheckpointRecords(s.scan));
     for (const auto& x : s.scan.records) {
       if (m.ApplyRecord(x.seq, x.payload, &marks)) ++rec.records;
       else ++bad;  // a well-framed record that makes no sense
@@ -701,12 +815,15 @@ int Journal::Intend(const std::vector<std::string>& dirs) {
       ++m.active[d].refs;  // listed twice in one call
     }
   }
+  for (const auto& d : fresh)
+    if (d.size() > kMaxPathBytes) {
+      lk.unlock();
+      Release(dirs);
+      return ENAMETOOLONG;
+    }
   if (!fresh.empty()) {
-    std::string p;
-    Put8(&p, kIntent);
-    Put32(&p, static_cast<uint32_t>(fresh.size()));
-    for (const auto& d : fresh) PutStr(&p, d);
-    uint64_t seq = m.AppendLocked(p);
+    uint64_t seq = 0;
+    for (const auto& p : ListRecords(kIntent, fresh)) seq = m.AppendLocked(p);
     for (const auto& d : fresh) {
       auto& mark = m.active[d];
       mark.refs += 1;
@@ -732,18 +849,25 @@ void Journal::Release(const std::vector<std::string>& dirs) {
 void Journal::RetireRecovered(const std::vector<std::string>& dirs) {
   Impl& m = *impl_;
   std::lock_guard lk(m.mu);
-  std::string p;
   std::vector<std::string> gone;
   for (const auto& d : dirs)
     if (m.recovered.erase(d) && !m.active.count(d)) gone.push_back(d);
-  if (gone.empty()) return;
-  Put8(&p, kRetire);
-  Put32(&p, static_cast<uint32_t>(gone.size()));
-  for (const auto& d : gone) PutStr(&p, d);
-  m.AppendLocked(p);
+  for (const auto& p : ListRecords(kRetire, gone)) m.AppendLocked(p);
 }
 
+namespace {
+
+// Whether every change fits a record (see kMaxPathBytes).
+bool Recordable(const std::vector<Change>& changes) {
+  for (const auto& c : changes)
+    if (c.path.size() > kMaxPathBytes || c.link_from.size() > kMaxPathBytes) return false;
+  return true;
+}
+
+}  // namespace
+
 int Journal::AddMissed(Target target, const std::vector<Change>& changes) {
+  if (!Recordable(changes)) return ENAMETOOLONG;
   Impl& m = *impl_;
   std::unique_lock lk(m.mu);
   uint64_t seq = 0;
@@ -753,9 +877,10 @@ int Journal::AddMissed(Target target, const std::vector<Change>& changes) {
 }
 
 int Journal::RecordIfTouching(Target target, const std::vector<Change>& changes, bool* recorded) {
+  *recorded = false;
+  if (!Recordable(changes)) return ENAMETOOLONG;
   Impl& m = *impl_;
   std::unique_lock lk(m.mu);
-  *recorded = false;
   int t = TargetIndex(target);
   bool touch = false;
   for (const auto& c : changes) touch = touch || m.TouchesLocked(t, c.path);
@@ -863,7 +988,16 @@ int Journal::Checkpoint() {
 void Journal::Tick() {
   Impl& m = *impl_;
   std::unique_lock lk(m.mu);
+  if (!m.failed) (void)m.CheckDirLocked();
   if (m.failed) {
+    // A directory removed or replaced under us is made again (the outer
+    // lock kept any other daemon off it meanwhile).
+    if (m.dir_lost)
+      if (int e = m.RecreateDirLocked()) {
+        m.failed_text = "the journal directory " + m.opts.dir + " is gone and cannot be made again: " +
+                        std::strerror(e);
+        return;
+      }
     // A failed write is never retried as success: the whole state goes
     // into a fresh segment, and only its sync clears the failure.
     (void)m.CheckpointLocked(lk);
@@ -877,13 +1011,7 @@ void Journal::Tick() {
   // A mark found at Open stays until RetireRecovered, whatever new writes
   // under it did meanwhile.
   std::erase_if(idle, [&m](const std::string& d) { return m.recovered.count(d) > 0; });
-  if (!idle.empty()) {
-    std::string p;
-    Put8(&p, kRetire);
-    Put32(&p, static_cast<uint32_t>(idle.size()));
-    for (const auto& d : idle) PutStr(&p, d);
-    m.AppendLocked(p);
-  }
+  for (const auto& p : ListRecords(kRetire, idle)) m.AppendLocked(p);
   bool empty = m.pending[0].empty() && m.pending[1].empty() && m.active.empty() && m.recovered.empty();
   uint64_t log = m.log_bytes + m.buf.size();
   // Compact when the log is mostly dead records, or when a replay drained

@@ -141,9 +141,23 @@ class Env {
   // the process or until UnlockFile: two daemons never share a journal.
   virtual int LockFile(const std::string& path, int* handle) = 0;
   virtual void UnlockFile(int handle) = 0;
+  // The identity of directory `dir` (device and inode): the journal notices
+  // its directory removed (ENOENT) or replaced (another identity) under it.
+  // An Env that cannot tell answers {0, 0} always.
+  virtual int DirId(const std::string& dir, uint64_t id[2]) {
+    (void)dir;
+    id[0] = id[1] = 0;
+    return 0;
+  }
 
   static Env* Default();  // POSIX
 };
+
+// The longest path the journal records (and nasfs changes: Nasfs::Mutate
+// refuses longer ones with ENAMETOOLONG). A record holds at most two paths,
+// so every record fits the reader's limit (record.h kMaxPayload): the
+// writer never produces what the reader would reject.
+inline constexpr size_t kMaxPathBytes = 256 * 1024;
 
 struct Options {
   std::string dir;
@@ -185,6 +199,10 @@ class Journal {
  public:
   // Opens (or creates) the journal in opts.dir, replays its records into
   // memory and writes a checkpoint. Errors are one operator-facing line.
+  // Two locks keep a second daemon off the journal: DIR/LOCK, and DIR.lock
+  // beside it, which outlives the directory being removed under a running
+  // daemon (it then fails its writes, recreates the directory and carries
+  // on from memory; see Tick).
   static tl::expected<std::unique_ptr<Journal>, std::string> Open(const Options& opts, Recovered* out);
   ~Journal();
   Journal(const Journal&) = delete;

@@ -326,6 +326,7 @@ class FaultEnv : public Env {
   }
   int LockFile(const std::string& path, int* handle) override { return base_->LockFile(path, handle); }
   void UnlockFile(int handle) override { base_->UnlockFile(handle); }
+  int DirId(const std::string& dir, uint64_t id[2]) override { return base_->DirId(dir, id); }
 
  private:
   struct FileState {
@@ -2134,6 +2135,146 @@ TEST(PeerLog, ATornAppendLosesOnlyItsOwnRecord) {
   ASSERT_EQ(c.entries.size(), 1u);
   EXPECT_EQ(c.entries[0].path, "b");
   EXPECT_EQ(c.damaged, 1u);
+}
+
+}  // namespace
+}  // namespace nasfs::journal
+
+namespace nasfs::journal {
+namespace {
+
+// Issue 10: one byte flipped in a checkpoint dropped its pending entries
+// silently (no damage reported, the segment deleted), when the flip hit the
+// CheckpointEnd. Now, whatever byte is hit, every pending entry survives, or
+// the damage is reported and the segment kept for the operator.
+TEST_F(JournalDamageTest, EveryFlippedByteOfACheckpointIsReportedOrLosesNothing) {
+  auto build = [&](std::string* seg, uint64_t* size) {
+    REOPEN();
+    ASSERT_EQ(j_->SetPairId("pair-1"), 0);
+    ASSERT_EQ(j_->AddMissed(kMaster, {W("a", 0, 10), W("a", 100, 5), C("d/e", Op::kCreate)}), 0);
+    Change link = C("d/f", Op::kCreate);
+    link.link_from = "d/e";
+    ASSERT_EQ(j_->AddMissed(kBackup, {link, C("g", Op::kRename, Scope::kTree)}), 0);
+    ASSERT_EQ(j_->SetFullSync(kBackup, true), 0);
+    ASSERT_EQ(j_->Checkpoint(), 0);
+    *seg = env_.LastAppended();
+    *size = env_.Synced(*seg);
+    StopWithoutDropping();
+  };
+  std::string seg;
+  uint64_t size = 0;
+  ASSERT_NO_FATAL_FAILURE(build(&seg, &size));
+  ASSERT_GT(size, 0u);
+  REOPEN();
+  const auto want_m = PendingMap(*j_, kMaster), want_b = PendingMap(*j_, kBackup);
+  ASSERT_EQ(want_m.size(), 2u);
+  ASSERT_EQ(want_b.size(), 2u);
+  j_.reset();
+  int reported = 0;
+  // Every third byte, and every byte of the tail (CheckpointEnd and the
+  // record before it): a full sweep costs minutes under the sanitizers.
+  for (uint64_t off = 0; off < size; off += (off + 64 >= size ? 1 : 3)) {
+    SCOPED_TRACE("flipped byte at " + std::to_string(off) + " of " + std::to_string(size));
+    NewDir();
+    std::string s2;
+    uint64_t size2 = 0;
+    ASSERT_NO_FATAL_FAILURE(build(&s2, &size2));
+    ASSERT_EQ(size2, size);
+    env_.FlipByte(s2, off);
+    Recovered rec;
+    REOPEN(&rec);
+    auto m = PendingMap(*j_, kMaster), b = PendingMap(*j_, kBackup);
+    for (auto& [p, e] : m) ASSERT_TRUE(want_m.count(p)) << "garbage replayed: " << Describe(e);
+    for (auto& [p, e] : b) ASSERT_TRUE(want_b.count(p)) << "garbage replayed: " << Describe(e);
+    bool all = m.size() == want_m.size() && b.size() == want_b.size() && j_->pair_id() == "pair-1" &&
+               j_->full_sync(kBackup);
+    if (!all) {
+      EXPECT_FALSE(rec.damage.empty()) << "the checkpoint lost state silently";
+      auto names = DirNames();
+      EXPECT_TRUE(std::any_of(names.begin(), names.end(), [](const std::string& n) { return n.ends_with(".damaged"); }))
+          << "the damaged checkpoint was not kept";
+      ++reported;
+    }
+    if (HasFailure()) break;
+  }
+  EXPECT_GT(reported, 0) << "no flip was ever reported: the test proves nothing";
+}
+
+// Issue 10: a record bigger than the reader accepts could be written and
+// acknowledged, then read back as damage. The writer refuses what the
+// reader would reject, and cuts long lists into records that fit.
+TEST_F(JournalTest, TheWriterNeverProducesARecordTheReaderRejects) {
+  REOPEN();
+  std::string huge(kMaxPathBytes + 1, 'p');
+  EXPECT_EQ(j_->AddMissed(kMaster, {C(huge, Op::kCreate)}), ENAMETOOLONG);
+  Change link = C("ok", Op::kCreate);
+  link.link_from = huge;
+  EXPECT_EQ(j_->AddMissed(kMaster, {link}), ENAMETOOLONG);
+  bool recorded = true;
+  EXPECT_EQ(j_->RecordIfTouching(kMaster, {C(huge, Op::kCreate)}, &recorded), ENAMETOOLONG);
+  EXPECT_FALSE(recorded);
+  EXPECT_EQ(j_->Intend({huge}), ENAMETOOLONG);
+  EXPECT_TRUE(j_->stats().ok) << "a refused record failed the journal";
+  EXPECT_FALSE(j_->HasPending(kMaster));
+
+  // The longest paths it takes, in one record: read back whole.
+  std::string longest(kMaxPathBytes, 'l');
+  Change big = C(longest, Op::kCreate);
+  big.link_from = std::string(kMaxPathBytes, 'f');
+  ASSERT_EQ(j_->AddMissed(kMaster, {big}), 0);
+  // Marks whose list is larger than one record may be.
+  std::vector<std::string> dirs;
+  for (int i = 0; i < 600; ++i) dirs.push_back(std::to_string(i) + "/" + std::string(2000, 'd'));
+  ASSERT_EQ(j_->Intend(dirs), 0);
+  StopWithoutDropping();  // a crash: the marks are still set
+  Recovered rec;
+  REOPEN(&rec);
+  EXPECT_TRUE(rec.damage.empty()) << rec.damage;
+  EXPECT_EQ(rec.unfinished_dirs.size(), 600u);
+  auto m = PendingMap(*j_, kMaster);
+  ASSERT_EQ(m.count(longest), 1u);
+  EXPECT_EQ(m[longest].link_from, big.link_from);
+  // The checkpoint Open wrote holds them too, in records that fit.
+  StopWithoutDropping();
+  REOPEN(&rec);
+  EXPECT_TRUE(rec.damage.empty()) << rec.damage;
+  EXPECT_EQ(rec.unfinished_dirs.size(), 600u);
+  EXPECT_EQ(PendingMap(*j_, kMaster).count(longest), 1u);
+}
+
+// Issue 10: the journal directory removed while nasfs ran: writes kept
+// "succeeding" into deleted files, and a second daemon could start on the
+// same path. Now the removal fails the journal like a full disk, the lock
+// beside the directory keeps every other daemon off it, and the next tick
+// makes the directory again with the whole state.
+TEST_F(JournalTest, AJournalDirectoryRemovedUnderTheDaemonFailsWritesAndComesBack) {
+  for (bool replace : {false, true}) {
+    SCOPED_TRACE(replace ? "replaced" : "removed");
+    NewDir();
+    REOPEN();
+    ASSERT_EQ(j_->AddMissed(kMaster, {C("before", Op::kCreate)}), 0);
+    fs::remove_all(dir_);
+    if (replace) fs::create_directories(dir_);
+    int e = j_->AddMissed(kMaster, {C("during", Op::kCreate)});
+    EXPECT_NE(e, 0) << "a write was acknowledged into a removed journal";
+    EXPECT_FALSE(j_->stats().ok);
+    EXPECT_NE(j_->stats().error_text.find(replace ? "replaced" : "removed"), std::string::npos)
+        << j_->stats().error_text;
+    // No second daemon on it meanwhile.
+    Recovered rec;
+    auto second = Journal::Open(Opts(), &rec);
+    EXPECT_FALSE(second.has_value()) << "a second journal opened on " << dir_;
+    // The repair makes the directory again and writes the whole state.
+    j_->Tick();
+    ASSERT_TRUE(j_->stats().ok) << j_->stats().error_text;
+    ASSERT_EQ(j_->AddMissed(kMaster, {C("after", Op::kCreate)}), 0);
+    StopWithoutDropping();
+    REOPEN(&rec);
+    auto m = PendingMap(*j_, kMaster);
+    EXPECT_EQ(m.count("before"), 1u) << "what was recorded before the removal was lost";
+    EXPECT_EQ(m.count("after"), 1u);
+    EXPECT_EQ(m.count("during"), e == 0 ? 1u : m.count("during"));
+  }
 }
 
 }  // namespace
