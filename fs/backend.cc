@@ -15,6 +15,8 @@
 #include <xxhash.h>
 #include <spdlog/spdlog.h>
 
+#include "fs/log.h"
+
 namespace nasfs {
 
 const char* RoleName(Role r) { return r == Role::kMaster ? "master" : "backup"; }
@@ -32,6 +34,22 @@ const char* StateName(BackendState s) {
 std::string ParentOf(const std::string& path) {
   auto slash = path.rfind('/');
   return slash == std::string::npos ? "" : path.substr(0, slash);
+}
+
+bool IsBeneath(int fd, const struct stat& ancestor) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return false;
+  UniqueFd cur;
+  for (int level = 0; level < 4096; ++level) {
+    if (st.st_dev == ancestor.st_dev && st.st_ino == ancestor.st_ino) return true;
+    UniqueFd up(openat(cur ? cur.get() : fd, "..", O_PATH | O_DIRECTORY | O_CLOEXEC));
+    struct stat parent;
+    if (!up || fstat(up.get(), &parent) != 0) return false;
+    if (parent.st_dev == st.st_dev && parent.st_ino == st.st_ino) return false;  // "/": its own parent
+    cur = std::move(up);
+    st = parent;
+  }
+  return false;
 }
 
 std::string JoinPath(const std::string& dir, const std::string& name) {
@@ -147,7 +165,7 @@ void Backend::SetState(BackendState s, const std::string& why) {
     std::lock_guard lk(status_mu_);
     state_since_ = NowIso8601();
   }
-  auto log = spdlog::get("health");
+  auto log = Logger("health");
   if (s == BackendState::kDown)
     log->warn("{} {}: {} -> down ({})", name(), path_, StateName(old), why);
   else
@@ -217,7 +235,11 @@ Result<UniqueFd> Backend::OpenBeneath(const std::string& rel, int flags, mode_t 
   return OpenBeneathAt(root->get(), rel, flags, mode);
 }
 
-Result<UniqueFd> Backend::OpenBeneathAt(int dirfd, const std::string& rel, int flags, mode_t mode) {
+namespace {
+
+// One confined openat2 of rel beneath dirfd, as asked: no check of what is
+// opened (see Backend::OpenBeneathAt).
+Result<UniqueFd> OpenRawBeneathAt(int dirfd, const std::string& rel, int flags, mode_t mode) {
   // A path through the mount can be any length; one openat2 takes at most
   // PATH_MAX. Longer paths are walked a chunk of whole components at a
   // time, each chunk confined beneath the directory the last one opened, so
@@ -226,9 +248,9 @@ Result<UniqueFd> Backend::OpenBeneathAt(int dirfd, const std::string& rel, int f
   if (rel.size() >= PATH_MAX - 1) {
     size_t cut = rel.rfind('/', kChunk);
     if (cut == std::string::npos || cut == 0) return Err(ENAMETOOLONG);
-    auto dir = OpenBeneathAt(dirfd, rel.substr(0, cut), O_PATH | O_DIRECTORY);
+    auto dir = OpenRawBeneathAt(dirfd, rel.substr(0, cut), O_PATH | O_DIRECTORY, 0);
     if (!dir) return dir;
-    return OpenBeneathAt(dir->get(), rel.substr(cut + 1), flags, mode);
+    return OpenRawBeneathAt(dir->get(), rel.substr(cut + 1), flags, mode);
   }
   struct open_how how {};
   how.flags = static_cast<uint64_t>(flags | O_CLOEXEC);
@@ -243,6 +265,44 @@ Result<UniqueFd> Backend::OpenBeneathAt(int dirfd, const std::string& rel, int f
     if ((errno == EAGAIN || errno == EINTR) && attempt < 8) continue;
     return ErrFromErrno();
   }
+}
+
+// Opens, with `flags` (the access mode, O_TRUNC, O_APPEND, O_NOATIME), the
+// very inode the O_PATH fd `path_fd` names, if it is a regular file.
+Result<UniqueFd> ReopenRegular(int path_fd, int flags) {
+  struct stat st;
+  if (fstat(path_fd, &st) != 0) return ErrFromErrno();
+  if (!S_ISREG(st.st_mode)) return Err(S_ISDIR(st.st_mode) ? EISDIR : S_ISLNK(st.st_mode) ? ELOOP : EINVAL);
+  // Through /proc: the magic link is the inode itself, never a name that
+  // could have been swapped meanwhile. (O_NOFOLLOW would refuse the link.)
+  int fd = open(ProcPath(path_fd).c_str(),
+                (flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_DIRECTORY | O_PATH)) | O_CLOEXEC);
+  if (fd < 0) return ErrFromErrno();
+  return UniqueFd(fd);
+}
+
+}  // namespace
+
+Result<UniqueFd> Backend::OpenBeneathAt(int dirfd, const std::string& rel, int flags, mode_t mode) {
+  // O_PATH and directories are opened as asked: neither reads nor writes
+  // data, and O_DIRECTORY fails on anything else before opening it.
+  if (flags & (O_PATH | O_DIRECTORY)) return OpenRawBeneathAt(dirfd, rel, flags, mode);
+  // Data: only regular files. Opening a FIFO blocks until a peer comes (a
+  // worker stuck forever on a FIFO planted on a NAS), and opening a device
+  // acts on this machine's device. So the name is looked up without
+  // opening it, checked, and only then opened.
+  // An exclusive create makes a new regular file or fails: nothing to check.
+  if ((flags & O_CREAT) && (flags & O_EXCL)) return OpenRawBeneathAt(dirfd, rel, flags | O_NOFOLLOW, mode);
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    auto p = OpenRawBeneathAt(dirfd, rel, O_PATH | O_NOFOLLOW, 0);
+    if (p) return ReopenRegular(p->get(), flags);
+    if (p.error() != ENOENT || !(flags & O_CREAT)) return p;
+    // Missing: created exclusively, so nothing else can be opened in its place.
+    auto c = OpenRawBeneathAt(dirfd, rel, flags | O_EXCL | O_NOFOLLOW, mode);
+    if (c || c.error() != EEXIST) return c;
+    // Created by someone else meanwhile: look at it.
+  }
+  return Err(EAGAIN);
 }
 
 Result<UniqueFd> Backend::OpenParent(const std::string& rel, std::string* name) const {
@@ -338,46 +398,66 @@ int Backend::SetAttrFd(int fd, const SetAttrArgs& a, struct stat* st) {
 }
 
 UniqueFd Backend::OpenIfRegular(const std::string& rel) const {
-  auto p = OpenBeneath(rel, O_PATH | O_NOFOLLOW);
-  struct stat st;
-  if (!p || fstat(p->get(), &st) != 0 || !S_ISREG(st.st_mode)) return UniqueFd();
-  return UniqueFd(open(ProcPath(p->get()).c_str(), O_RDWR | O_CLOEXEC | O_NOATIME));
+  auto f = OpenBeneath(rel, O_RDWR | O_NOATIME);
+  return f ? std::move(*f) : UniqueFd();
 }
 
 int Backend::Read(const std::string& rel, off_t off, size_t size, std::string* out) const {
-  auto fd = OpenBeneath(rel, O_RDONLY | O_NOFOLLOW | O_NOATIME);
+  auto fd = OpenBeneath(rel, O_RDONLY | O_NOATIME);
   if (!fd) return fd.error();
   return ReadFd(fd->get(), off, size, out);
 }
 
 int Backend::Write(const std::string& rel, off_t off, const std::string& data,
                    const timespec& t) const {
-  auto fd = OpenBeneath(rel, O_WRONLY | O_NOFOLLOW);
+  auto fd = OpenBeneath(rel, O_WRONLY);
   if (!fd) return fd.error();
   return WriteFd(fd->get(), off, data, t);
 }
 
-// Gives a new entry its owner, keeps set-id bits chown cleared, stamps t on
-// it and its parent, and stats it.
-int Backend::FinishNew(int pfd, const std::string& name, const Caller& who, mode_t mode,
+// Gives a new entry its owner, puts back the set-id bits chown cleared,
+// stamps t on it and its parent, and stats it. `fd` is the entry itself: the
+// fd the create returned, or one opened on the new name right after (O_PATH
+// with `path_only`, for what must not be opened: devices, FIFOs, symlinks).
+// Every call acts on that fd, never on the name again: a symlink renamed over
+// the new name on the NAS meanwhile must not turn a chmod of ours (as root)
+// into a chmod of whatever it points to.
+int Backend::FinishNew(int pfd, const std::string& name, int fd, bool path_only, const Caller& who, mode_t mode,
                        const timespec& t, struct stat* st) const {
+  struct stat cur;
+  if (fstat(fd, &cur) != 0) return Errno();
+  // Not what we made (another type under the name by the time we opened it).
+  if ((cur.st_mode & S_IFMT) != (mode & S_IFMT)) return EIO;
   // The daemon creates as root:root; a root caller's entry is already
   // right (and keeps a set-group-ID directory's group), so skip the calls.
   if (who.uid != 0 || who.gid != 0) {
+    // Something an unprivileged user put there in our place is not given
+    // to the caller: only what we created is ours (root's) to hand over.
+    if (cur.st_uid != geteuid()) return EIO;
     struct stat parent;
     if (fstat(pfd, &parent) != 0) return Errno();
     // In a set-group-ID directory the new entry already has the directory's group.
     gid_t gid = (parent.st_mode & S_ISGID) ? static_cast<gid_t>(-1) : who.gid;
-    if (fchownat(pfd, name.c_str(), who.uid, gid, AT_SYMLINK_NOFOLLOW) != 0) return Errno();
+    if (fchownat(fd, "", who.uid, gid, AT_EMPTY_PATH) != 0) return Errno();
     // chown cleared the set-id bits the mode asked for: put them back.
-    if (S_ISREG(mode) && (mode & (S_ISUID | S_ISGID)) &&
-        fchmodat(pfd, name.c_str(), mode & 07777, 0) != 0)
-      return Errno();
+    if (S_ISREG(mode) && (mode & (S_ISUID | S_ISGID))) {
+      int r = path_only ? chmod(ProcPath(fd).c_str(), mode & 07777) : fchmod(fd, mode & 07777);
+      if (r != 0) return Errno();
+    }
   }
   const timespec times[2] = {t, t};
-  if (utimensat(pfd, name.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0) return Errno();
+  int r;
+  if (S_ISLNK(cur.st_mode))
+    // No call sets a symlink's times through an fd; by name, never followed,
+    // the worst a swap can do is stamp the swapped-in link.
+    r = utimensat(pfd, name.c_str(), times, AT_SYMLINK_NOFOLLOW);
+  else if (path_only)
+    r = utimensat(AT_FDCWD, ProcPath(fd).c_str(), times, 0);  // the inode itself, through /proc
+  else
+    r = futimens(fd, times);
+  if (r != 0) return Errno();
   if (int e = StampMtimeAt(pfd, ".", t, 0)) return e;
-  return fstatat(pfd, name.c_str(), st, AT_SYMLINK_NOFOLLOW) == 0 ? 0 : Errno();
+  return fstat(fd, st) == 0 ? 0 : Errno();
 }
 
 int Backend::Create(const std::string& rel, int flags, mode_t mode, const Caller& who,
@@ -389,18 +469,18 @@ int Backend::Create(const std::string& rel, int flags, mode_t mode, const Caller
                   mode & 07777);
   if (fd >= 0) {
     UniqueFd f(fd);
-    return FinishNew(pfd->get(), name, who, S_IFREG | mode, t, st);
+    return FinishNew(pfd->get(), name, f.get(), /*path_only=*/false, who, S_IFREG | mode, t, st);
   }
   if (errno != EEXIST || (flags & O_EXCL)) return Errno();
   // Another web server created it between our lookup and now: open it as
-  // open(2) without O_EXCL would.
-  UniqueFd f(openat(pfd->get(), name.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC));
-  if (!f) return Errno();
+  // open(2) without O_EXCL would (a regular file only).
+  auto f = OpenBeneathAt(pfd->get(), name, O_WRONLY);
+  if (!f) return f.error();
   if (flags & O_TRUNC) {
-    if (ftruncate(f.get(), 0) != 0) return Errno();
-    if (int e = StampMtimeFd(f.get(), t)) return e;
+    if (ftruncate(f->get(), 0) != 0) return Errno();
+    if (int e = StampMtimeFd(f->get(), t)) return e;
   }
-  return fstat(f.get(), st) == 0 ? 0 : Errno();
+  return fstat(f->get(), st) == 0 ? 0 : Errno();
 }
 
 int Backend::Mknod(const std::string& rel, mode_t mode, dev_t rdev, const Caller& who,
@@ -409,7 +489,9 @@ int Backend::Mknod(const std::string& rel, mode_t mode, dev_t rdev, const Caller
   auto pfd = OpenParent(rel, &name);
   if (!pfd) return pfd.error();
   if (mknodat(pfd->get(), name.c_str(), mode, rdev) != 0) return Errno();
-  return FinishNew(pfd->get(), name, who, mode, t, st);
+  UniqueFd f(openat(pfd->get(), name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  if (!f) return Errno();
+  return FinishNew(pfd->get(), name, f.get(), /*path_only=*/true, who, mode, t, st);
 }
 
 int Backend::Mkdir(const std::string& rel, mode_t mode, const Caller& who, const timespec& t,
@@ -418,7 +500,9 @@ int Backend::Mkdir(const std::string& rel, mode_t mode, const Caller& who, const
   auto pfd = OpenParent(rel, &name);
   if (!pfd) return pfd.error();
   if (mkdirat(pfd->get(), name.c_str(), mode & 07777) != 0) return Errno();
-  return FinishNew(pfd->get(), name, who, S_IFDIR | mode, t, st);
+  UniqueFd f(openat(pfd->get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!f) return Errno();
+  return FinishNew(pfd->get(), name, f.get(), /*path_only=*/false, who, S_IFDIR | mode, t, st);
 }
 
 int Backend::Symlink(const std::string& target, const std::string& rel, const Caller& who,
@@ -427,7 +511,9 @@ int Backend::Symlink(const std::string& target, const std::string& rel, const Ca
   auto pfd = OpenParent(rel, &name);
   if (!pfd) return pfd.error();
   if (symlinkat(target.c_str(), pfd->get(), name.c_str()) != 0) return Errno();
-  return FinishNew(pfd->get(), name, who, S_IFLNK | 0777, t, st);
+  UniqueFd f(openat(pfd->get(), name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  if (!f) return Errno();
+  return FinishNew(pfd->get(), name, f.get(), /*path_only=*/true, who, S_IFLNK | 0777, t, st);
 }
 
 int Backend::Link(const std::string& old_rel, const std::string& new_rel, const timespec& t,
@@ -475,7 +561,7 @@ int Backend::ReplaceFile(const std::string& rel, const std::string& content) con
   char host[64] = {};
   gethostname(host, sizeof host - 1);
   std::string tmp = fmt::format("{}.{}.{}.tmp", rel, host, getpid());
-  auto f = OpenBeneath(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0600);
+  auto f = OpenBeneath(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
   if (!f) return f.error();
   if (int e = WriteAll(f->get(), content.data(), content.size(), 0)) return e;
   if (fsync(f->get()) != 0) return errno;
@@ -538,9 +624,11 @@ int Backend::SetAttr(const std::string& rel, const SetAttrArgs& a, struct stat* 
   if (a.set_atime || a.set_mtime) {
     timespec times[2];
     ExplicitTimes(a, cur, times);
-    if (rel.empty()) {
-      if (utimensat(Root()->get(), ".", times, 0) != 0) return Errno();
+    if (!is_link) {
+      if (utimensat(AT_FDCWD, ProcPath(fd->get()).c_str(), times, 0) != 0) return Errno();
     } else {
+      // A symlink's times can only be set by name; never followed, the worst
+      // a swap can do is stamp the swapped-in entry.
       std::string name;
       auto pfd = OpenParent(rel, &name);
       if (!pfd) return pfd.error();
@@ -585,21 +673,23 @@ int Backend::RemoveTree(const std::string& rel) const {
 
 int Backend::Fallocate(const std::string& rel, int mode, off_t off, off_t len,
                        const timespec& t) const {
-  auto fd = OpenBeneath(rel, O_WRONLY | O_NOFOLLOW);
+  auto fd = OpenBeneath(rel, O_WRONLY);
   if (!fd) return fd.error();
   if (fallocate(fd->get(), mode, off, len) != 0) return Errno();
   return StampMtimeFd(fd->get(), t);
 }
 
 int Backend::Fsync(const std::string& rel, bool datasync) const {
-  auto fd = OpenBeneath(rel, O_RDONLY | O_NOFOLLOW);
+  // A directory (fsyncdir) or a regular file; nothing else is opened.
+  auto fd = OpenBeneath(rel, O_RDONLY);
+  if (!fd && fd.error() == EISDIR) fd = OpenBeneath(rel, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
   if (!fd) return fd.error();
   int r = datasync ? fdatasync(fd->get()) : fsync(fd->get());
   return r == 0 ? 0 : Errno();
 }
 
 int Backend::Hash(const std::string& rel, uint64_t* out) const {
-  auto fd = OpenBeneath(rel, O_RDONLY | O_NOFOLLOW | O_NOATIME);
+  auto fd = OpenBeneath(rel, O_RDONLY | O_NOATIME);
   if (!fd) return fd.error();
   std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> st(XXH3_createState(), XXH3_freeState);
   XXH3_64bits_reset(st.get());

@@ -125,6 +125,11 @@ class Backend {
   nlohmann::json Status() const;
 
   // ---- confined path resolution ----
+  // Opens rel beneath the root, never through a symlink. With O_PATH or
+  // O_DIRECTORY, as asked. Otherwise (data) only a regular file: a FIFO,
+  // device, socket or symlink there is never opened (EINVAL; ELOOP for a
+  // symlink, EISDIR for a directory), so nothing planted on a NAS can block a worker or reach this
+  // machine's devices; with O_CREAT a missing file is created exclusively.
   [[nodiscard]] Result<UniqueFd> OpenBeneath(const std::string& rel, int flags, mode_t mode = 0) const;
   // The same beneath any directory fd (a root not yet swapped in).
   [[nodiscard]] static Result<UniqueFd> OpenBeneathAt(int dirfd, const std::string& rel, int flags,
@@ -190,7 +195,7 @@ class Backend {
   int TouchParent(const std::string& rel, const timespec& t) const;
 
  private:
-  int FinishNew(int parent_fd, const std::string& name, const Caller& who, mode_t mode,
+  int FinishNew(int parent_fd, const std::string& name, int fd, bool path_only, const Caller& who, mode_t mode,
                 const timespec& t, struct stat* st) const;
 
   const Role role_;
@@ -213,6 +218,11 @@ class Backend {
 // renameat2 (0 or an errno), with RENAME_NOREPLACE emulated where the NAS
 // refuses the flag (NFS, libfuse 2 servers such as bindfs).
 int RenameAt(int olddirfd, const char* oldname, int newdirfd, const char* newname, unsigned flags);
+// Whether the directory open as `fd` is the directory `ancestor` or lies
+// beneath it: walks ".." up to the filesystem's root (at most 4096 levels),
+// comparing device and inode, so a bind mount or symlink that hides the
+// nesting from the paths does not hide it from this.
+bool IsBeneath(int fd, const struct stat& ancestor);
 // "a/b/c" -> "a/b"; "a" -> "" (the root).
 std::string ParentOf(const std::string& path);
 // "a/b" + "c" -> "a/b/c"; "" + "c" -> "c".

@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "fs/identity.h"
+#include "fs/log.h"
 
 namespace nasfs {
 namespace {
@@ -123,7 +124,7 @@ std::string HealthMonitor::ProbeOnce() {
   if (r != 0) return out->error.empty() ? std::strerror(r) : out->error;
   if (out->new_root.valid()) {
     nas->SwapRoot(std::move(out->new_root));
-    spdlog::get("health")->info("{} {}: picked up the NAS mounted again at its path", nas->name(), nas->path());
+    Logger("health")->info("{} {}: picked up the NAS mounted again at its path", nas->name(), nas->path());
   }
   return "";
 }
@@ -132,10 +133,22 @@ void HealthMonitor::Loop() {
   std::unique_lock lk(mu_);
   while (!stop_) {
     lk.unlock();
-    auto t0 = Clock::now();
-    std::string err = ProbeOnce();
-    double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-    on_result_(*nas_, err.empty(), err, ms);
+    // A probe, or what the daemon does with its result (reading the other
+    // servers' files), that throws counts as a failed probe: the monitor
+    // goes on probing.
+    ExceptionText what;
+    if (!CatchAll(
+            [&] {
+              auto t0 = Clock::now();
+              std::string err = ProbeOnce();
+              double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+              on_result_(*nas_, err.empty(), err, ms);
+            },
+            &what)) {
+      ExceptionText again;
+      (void)CatchAll([&] { on_result_(*nas_, false, std::string("internal error: ") + what.c_str(), -1); },
+                     &again);
+    }
     lk.lock();
     cv_.wait_for(lk, interval_, [this] { return stop_; });
   }

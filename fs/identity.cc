@@ -25,11 +25,15 @@ tl::expected<void, std::string> WriteMetaFile(const Backend& nas, const std::str
   if (!dir)
     return tl::unexpected(fmt::format("cannot open {}/{}: {}", nas.path(), kMetaDir, std::strerror(dir.error())));
   std::string tmp = name + ".tmp";
-  UniqueFd f(openat(dir->get(), tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
   auto fail = [&](const char* what) {
     return tl::unexpected(fmt::format("cannot {} {}/{}/{}: {}", what, nas.path(), kMetaDir, name, std::strerror(errno)));
   };
-  if (!f) return fail("create");
+  auto opened = Backend::OpenBeneathAt(dir->get(), tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (!opened) {
+    errno = opened.error();
+    return fail("create");
+  }
+  UniqueFd f = std::move(*opened);
   if (write(f.get(), content.data(), content.size()) != static_cast<ssize_t>(content.size())) return fail("write");
   if (fsync(f.get()) != 0) return fail("fsync");
   if (renameat(dir->get(), tmp.c_str(), dir->get(), name.c_str()) != 0) return fail("rename");
@@ -60,16 +64,11 @@ tl::expected<std::optional<Marker>, std::string> ReadMarkerAt(int dirfd, const s
     if (id.error() == ENOENT) return std::nullopt;
     return tl::unexpected(fmt::format("cannot read the identity marker of {}: {}", where, std::strerror(id.error())));
   }
-  auto j = nlohmann::json::parse(*id, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("pair_id") || !j["pair_id"].is_string() ||
-      !j.contains("role") || !j["role"].is_string() || (j["role"] != "master" && j["role"] != "backup"))
-    return tl::unexpected(fmt::format("{}/{}/{} is damaged; refusing to guess which pair {} belongs to", where,
-                                      kMetaDir, kIdentityFile, where));
-  Marker m;
-  m.pair_id = j["pair_id"].get<std::string>();
-  m.role = j["role"] == "master" ? Role::kMaster : Role::kBackup;
-  m.created = j.value("created", "");
-  return m;
+  auto m = ParseMarker(*id);
+  if (!m)
+    return tl::unexpected(fmt::format("{}/{}/{} is damaged ({}); refusing to guess which pair {} belongs to", where,
+                                      kMetaDir, kIdentityFile, m.error(), where));
+  return *m;
 }
 
 std::string NewPairId() {
@@ -88,9 +87,14 @@ tl::expected<SideFacts, std::string> ReadSideFacts(const Backend& nas) {
   f.marker = *marker;
   if (auto sync = ReadSmallFileAt(root->get(), std::string(kMetaDir) + "/" + kSyncFile)) {
     f.sync_pending = true;
-    auto j = nlohmann::json::parse(*sync, nullptr, /*allow_exceptions=*/false);
     // Damaged: assume the worst, that the target held foreign data.
-    f.sync_verify = j.is_discarded() || !j.is_object() || j.value("verify_content", true);
+    auto s = ParseSyncPending(*sync);
+    f.sync_verify = !s || s->verify_content;
+  } else if (sync.error() != ENOENT) {
+    // Unreadable (a FIFO planted there, a dead NAS): never take it for a
+    // finished copy.
+    return tl::unexpected(fmt::format("cannot read {}/{}/{}: {}", nas.path(), kMetaDir, kSyncFile,
+                                      std::strerror(sync.error())));
   }
   std::vector<DirEntry> entries;
   if (int e = nas.ReadDir("", &entries))
@@ -191,17 +195,12 @@ tl::expected<PairingPlan, std::string> DecidePairing(const SideFacts& m, const S
 }
 
 tl::expected<void, std::string> WriteMarker(const Backend& nas, const Marker& m) {
-  nlohmann::json j = {{"format", 1}, {"pair_id", m.pair_id}, {"role", RoleName(m.role)},
-                      {"created", m.created.empty() ? NowIso8601() : m.created}};
-  return WriteMetaFile(nas, kIdentityFile, j.dump() + "\n");
+  return WriteMetaFile(nas, kIdentityFile, FormatMarker(m));
 }
 
 tl::expected<void, std::string> WriteSyncPending(const Backend& target, Role source,
                                                  bool verify_content) {
-  nlohmann::json j = {{"source", RoleName(source)},
-                      {"verify_content", verify_content},
-                      {"started", NowIso8601()}};
-  return WriteMetaFile(target, kSyncFile, j.dump() + "\n");
+  return WriteMetaFile(target, kSyncFile, FormatSyncPending(source, verify_content));
 }
 
 tl::expected<void, std::string> ClearSyncPending(const Backend& target) {

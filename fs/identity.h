@@ -13,17 +13,12 @@
 #include <tl/expected.hpp>
 
 #include "fs/backend.h"
+#include "fs/nas_files.h"
 
 namespace nasfs {
 
 inline constexpr const char* kIdentityFile = "identity.json";
 inline constexpr const char* kSyncFile = "sync.json";  // present while a copy onto this NAS runs
-
-struct Marker {
-  std::string pair_id;
-  Role role = Role::kMaster;
-  std::string created;
-};
 
 // What start-up found on one NAS.
 struct SideFacts {

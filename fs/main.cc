@@ -10,9 +10,7 @@
 
 #include <atomic>
 #include <cstdio>
-#include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -21,6 +19,7 @@
 
 #include "fs/control_protocol.h"
 #include "fs/control_server.h"
+#include "fs/log.h"
 #include "fs/nasfs.h"
 #include "fs/verify.h"
 
@@ -39,29 +38,9 @@ void SetUpLogging(bool foreground, bool debug) {
 
 // The mount at `path`, if any, as "type" from /proc/self/mountinfo.
 std::string MountedTypeAt(const std::string& path) {
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line, found;
-  while (std::getline(in, line)) {
-    std::istringstream ss(line);
-    std::string id, parent, devno, root, mp, tok;
-    ss >> id >> parent >> devno >> root >> mp;
-    // mount point uses octal escapes for space, tab, newline and backslash
-    std::string dec;
-    for (size_t i = 0; i < mp.size(); ++i) {
-      if (mp[i] == '\\' && i + 3 < mp.size()) {
-        dec += static_cast<char>(std::stoi(mp.substr(i + 1, 3), nullptr, 8));
-        i += 3;
-      } else {
-        dec += mp[i];
-      }
-    }
-    if (dec != path) continue;
-    while (ss >> tok && tok != "-") {
-    }
-    std::string type;
-    ss >> type;
-    found = type;  // the last one wins: it is the one on top
-  }
+  std::string found;
+  for (const auto& m : nasfs::ReadMountInfo())
+    if (m.mountpoint == path) found = m.type;  // the last one wins: it is the one on top
   return found;
 }
 
@@ -179,8 +158,14 @@ int main(int argc, char** argv) {
     fuse_session_destroy(se);
     return Fail("cannot mount on " + opts.mountpoint);
   }
+  // The registry entry must exist when `nasfs` returns (an operator's
+  // `nasfsctl status` right after the mount must find the socket), and
+  // fuse_daemonize lets the parent return before the child runs on: write
+  // it now, and again with the daemon's pid once it runs.
+  (void)nasfs::control::WriteRegistry({opts.mountpoint, opts.control_socket, static_cast<long>(getpid())});
   // From here the mount exists: the parent returns only after this point.
   if (fuse_daemonize(opts.foreground) != 0) {
+    nasfs::control::RemoveRegistry(opts.mountpoint);
     fuse_session_unmount(se);
     fuse_remove_signal_handlers(se);
     fuse_session_destroy(se);
@@ -188,11 +173,11 @@ int main(int argc, char** argv) {
   }
 
   if (auto r = nasfs::control::WriteRegistry({opts.mountpoint, opts.control_socket, static_cast<long>(getpid())}); !r)
-    spdlog::get("control")->warn("cannot write the registry entry for {}: nasfsctl finds the socket only at its default path",
+    nasfs::Logger("control")->warn("cannot write the registry entry for {}: nasfsctl finds the socket only at its default path",
                                  opts.mountpoint);
   control.Start();
   fs.StartBackground();
-  spdlog::get("fuse")->info("mounted {} on {} (node {}, io_timeout {} ms)", opts.source_spec,
+  nasfs::Logger("fuse")->info("mounted {} on {} (node {}, io_timeout {} ms)", opts.source_spec,
                             opts.mountpoint, opts.node, opts.io_timeout_ms);
 
   fuse_loop_config* cfg = fuse_loop_cfg_create();
@@ -201,7 +186,7 @@ int main(int argc, char** argv) {
   int ret = fuse_session_loop_mt(se, cfg);
   fuse_loop_cfg_destroy(cfg);
 
-  spdlog::get("fuse")->info("unmounting {}", opts.mountpoint);
+  nasfs::Logger("fuse")->info("unmounting {}", opts.mountpoint);
   control.Stop();
   nasfs::control::RemoveRegistry(opts.mountpoint);
   fuse_session_unmount(se);

@@ -1,15 +1,19 @@
 #include "fs/nasfs.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <future>
 #include <optional>
 #include <thread>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+
+#include "fs/log.h"
 
 namespace nasfs {
 namespace {
@@ -21,14 +25,28 @@ struct Side {
   std::string error;
 };
 
-// Opens a NAS and reads its facts on a thread of its own, waiting at most
-// `timeout`: this runs before daemonizing, when no pool exists yet, and a
-// hung NAS must not hang the mount. A thread left stuck dies with the
-// parent process at daemonizing.
-Side ReadSide(Backend& nas, std::chrono::milliseconds timeout) {
-  auto p = std::make_shared<std::promise<Side>>();
+// Runs fn on a thread of its own and waits at most `timeout`: start-up runs
+// before daemonizing, when no pool exists yet, and a hung NAS must not hang
+// the mount. nullopt when fn did not answer in time (a thread left stuck
+// dies with the parent process at daemonizing) or threw. fn must own (or
+// outlive the daemon in) whatever it touches.
+template <typename T>
+std::optional<T> RunBounded(std::chrono::milliseconds timeout, std::function<T()> fn) {
+  auto p = std::make_shared<std::promise<std::optional<T>>>();
   auto f = p->get_future();
-  std::thread([p, &nas] {
+  std::thread([p, fn = std::move(fn)] {
+    std::optional<T> out;
+    ExceptionText what;
+    (void)CatchAll([&] { out = fn(); }, &what);  // an exception: nullopt
+    p->set_value(std::move(out));
+  }).detach();
+  if (f.wait_for(timeout) != std::future_status::ready) return std::nullopt;
+  return f.get();
+}
+
+// Opens a NAS and reads its facts, bounded (see RunBounded).
+Side ReadSide(Backend& nas, std::chrono::milliseconds timeout) {
+  auto s = RunBounded<Side>(timeout, [&nas] {
     Side s;
     if (auto r = nas.OpenRoot(); !r) {
       s.error = std::strerror(r.error());
@@ -38,11 +56,10 @@ Side ReadSide(Backend& nas, std::chrono::milliseconds timeout) {
       s.ok = true;
       s.facts = *facts;
     }
-    p->set_value(std::move(s));
-  }).detach();
-  if (f.wait_for(timeout) != std::future_status::ready)
-    return Side{false, {}, fmt::format("no answer within {} ms (hung?)", timeout.count())};
-  return f.get();
+    return s;
+  });
+  if (!s) return Side{false, {}, fmt::format("no answer within {} ms (hung?)", timeout.count())};
+  return *s;
 }
 
 }  // namespace
@@ -90,7 +107,7 @@ tl::expected<void, std::string> Nasfs::Prepare() {
   auto j = journal::Journal::Open(jo, &recovered_);
   if (!j) return tl::unexpected(j.error());
   journal_ = std::move(*j);
-  auto log = spdlog::get("journal");
+  auto log = Logger("journal");
   if (recovered_.torn_bytes)
     log->info("journal {}: dropped a torn tail of {} bytes (a write cut off when nasfs stopped)", jo.dir,
               recovered_.torn_bytes);
@@ -106,11 +123,8 @@ tl::expected<void, std::string> Nasfs::PrepareSides() {
   if (!side[0].ok && !side[1].ok)
     return tl::unexpected(fmt::format("neither NAS is usable: master {}: {}; backup {}: {}", master_->path(),
                                       side[0].error, backup_->path(), side[1].error));
+  if (auto r = CheckLayout(side[0].ok, side[1].ok); !r) return r;
   if (side[0].ok && side[1].ok) {
-    struct stat ms, bs;
-    if (fstat(master_->Root()->get(), &ms) == 0 && fstat(backup_->Root()->get(), &bs) == 0 &&
-        ms.st_dev == bs.st_dev && ms.st_ino == bs.st_ino)
-      return tl::unexpected(fmt::format("{} and {} are the same directory", master_->path(), backup_->path()));
     // A NAS without a marker beside one that has this pair's marker looks
     // unmounted (a bare mount point): start without it, never write to it.
     // source= is how an operator adopts a genuinely new NAS instead.
@@ -143,7 +157,7 @@ tl::expected<void, std::string> Nasfs::PrepareSides() {
     d.SetNeedsFullSync(true);
     d.SetLastError(side[1 - up].error);
     d.SetState(BackendState::kDown, side[1 - up].error);
-    spdlog::get("health")->warn("starting without {} {}: {}", d.name(), d.path(), side[1 - up].error);
+    Logger("health")->warn("starting without {} {}: {}", d.name(), d.path(), side[1 - up].error);
     return {};
   }
 
@@ -165,20 +179,97 @@ tl::expected<void, std::string> Nasfs::PrepareSides() {
   if (plan_.write_backup_marker)
     if (auto r = WriteMarker(*backup_, Marker{pair_id_, Role::kBackup, ""}); !r) return r;
   if (plan_.write_master_marker && plan_.write_backup_marker)
-    spdlog::get("health")->info("paired {} (master) and {} (backup) as pair {}", master_->path(),
+    Logger("health")->info("paired {} (master) and {} (backup) as pair {}", master_->path(),
                                 backup_->path(), pair_id_);
+  return {};
+}
+
+tl::expected<void, std::string> Nasfs::CheckLayout(bool master_open, bool backup_open) {
+  // ParseOptions compared the paths; here the inodes, which bind mounts and
+  // symlinks cannot disguise. A NAS inside the other, or the mount point or
+  // the journal inside a NAS (or the journal inside the mount point), is an
+  // impossible layout: refused before anything is written.
+  struct Dir {
+    std::string what, path;
+    UniqueFd fd;
+  };
+  std::vector<Dir> dirs;
+  if (master_open) dirs.push_back({"master", master_->path(), UniqueFd(dup(master_->Root()->get()))});
+  if (backup_open) dirs.push_back({"backup", backup_->path(), UniqueFd(dup(backup_->Root()->get()))});
+  dirs.push_back({"mount point", opts_.mountpoint,
+                  UniqueFd(open(opts_.mountpoint.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC))});
+  dirs.push_back({"journal directory", opts_.journal_dir,
+                  UniqueFd(open(opts_.journal_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC))});
+  for (const auto& d : dirs)
+    if (!d.fd) return tl::unexpected(fmt::format("cannot open {} {}: {}", d.what, d.path, std::strerror(errno)));
+  for (const auto& inner : dirs)
+    for (const auto& outer : dirs) {
+      if (&inner == &outer) continue;
+      // The mount point may hold the journal's parents, and anything may
+      // sit above the journal; every other nesting is refused.
+      bool allowed = inner.what == "mount point" && outer.what == "journal directory";
+      struct stat ost;
+      if (allowed || fstat(outer.fd.get(), &ost) != 0) continue;
+      if (IsBeneath(inner.fd.get(), ost))
+        return tl::unexpected(fmt::format("{} {} is the same as, or inside, the {} {}: refusing an impossible layout",
+                                          inner.what, inner.path, outer.what, outer.path));
+    }
   return {};
 }
 
 void Nasfs::SetFullSync(Backend& b, bool on) {
   b.SetNeedsFullSync(on);
   if (int e = journal_->SetFullSync(Tgt(b), on))
-    spdlog::get("journal")->error("cannot record that {} {} a whole-tree copy: {}", b.name(),
+    Logger("journal")->error("cannot record that {} {} a whole-tree copy: {}", b.name(),
                                   on ? "needs" : "no longer needs", std::strerror(e));
 }
 
+tl::expected<void, std::string> Nasfs::AdoptOwnLogs() {
+  auto log = Logger("journal");
+  const char* why = recovered_.fresh ? "was empty (lost, or replaced with its disk?)" : "is damaged";
+  for (Backend* b : {master_.get(), backup_.get()}) {
+    Backend& holder = Other(*b);
+    journal::Target t = Tgt(*b);
+    if (holder.state() == BackendState::kDown) continue;  // b is then the one serving; its own losses are the holder's
+    struct Read {
+      int err = 0;
+      journal::PeerLogContents contents;
+      uint64_t bytes = 0;
+    };
+    Backend* h = &holder;
+    std::string node = opts_.node;
+    auto r = RunBounded<Read>(std::chrono::milliseconds(opts_.io_timeout_ms), [h, node, t] {
+      Read x;
+      x.err = Peers::ReadLogAt(*h, node, t, &x.contents, &x.bytes);
+      return x;
+    });
+    if (!r || r->err) {
+      // What b lacks cannot be told: only a whole-tree copy brings it back.
+      std::string err = r ? std::strerror(r->err) : "no answer in time";
+      log->error("journal {} {} and this server's pending log on the {} cannot be read ({}): the {} is copied "
+                 "afresh from it",
+                 journal_->dir(), why, holder.name(), err, b->name());
+      SetFullSync(*b, true);
+      b->SetState(BackendState::kDown, "what it lacks is unknown (journal " + std::string(why) + ")");
+      continue;
+    }
+    if (r->contents.entries.empty()) continue;
+    std::vector<journal::Change> changes;
+    for (const auto& e : r->contents.entries)
+      for (unsigned op = 1; op <= 8; ++op)
+        if (e.ops & (1u << op)) changes.push_back({e.path, e.scope, static_cast<journal::Op>(op), 0, 0, {}});
+    if (int e = journal_->AddMissed(t, changes))
+      return tl::unexpected(fmt::format("journal {}: cannot write: {}", journal_->dir(), std::strerror(e)));
+    adopted_[journal::TargetIndex(t)] = r->contents.entries.size();
+    log->warn("journal {} {}: this server's pending log on the {} lists {} paths the {} lacks; they are replayed "
+              "onto it before it serves reads",
+              journal_->dir(), why, holder.name(), r->contents.entries.size(), b->name());
+  }
+  return {};
+}
+
 tl::expected<void, std::string> Nasfs::AdoptJournal() {
-  auto log = spdlog::get("journal");
+  auto log = Logger("journal");
   auto st = journal_->stats();
   std::string owner = journal_->pair_id();
   if (!owner.empty() && owner != pair_id_) {
@@ -195,6 +286,11 @@ tl::expected<void, std::string> Nasfs::AdoptJournal() {
   bool continuous = !recovered_.fresh && recovered_.damage.empty() && owner == pair_id_;
   if (int e = journal_->SetPairId(pair_id_))
     return tl::unexpected(fmt::format("journal {}: cannot write: {}", journal_->dir(), std::strerror(e)));
+  // One that cannot vouch (none was found: lost, or replaced with its disk;
+  // or damaged) is completed from this server's own pending logs on the NAS.
+  vouched_ = !recovered_.fresh && recovered_.damage.empty();
+  if (!vouched_)
+    if (auto r = AdoptOwnLogs(); !r) return r;
   for (Backend* b : {master_.get(), backup_.get()}) {
     journal::Target t = Tgt(*b);
     if (b->state() == BackendState::kDown) {
@@ -211,7 +307,7 @@ tl::expected<void, std::string> Nasfs::AdoptJournal() {
       b->SetState(BackendState::kDown, journal_->full_sync(t) && recovered_.damage.empty()
                                            ? "a whole-tree copy onto it never finished"
                                            : "the journal of what it lacks is damaged: it is copied afresh");
-    } else if (continuous && journal_->HasPending(t)) {
+    } else if ((continuous || adopted_[journal::TargetIndex(t)] > 0) && journal_->HasPending(t)) {
       b->SetState(BackendState::kDown,
                   fmt::format("{} journaled changes to replay first", journal_->stats().pending[journal::TargetIndex(t)]));
     }
@@ -254,15 +350,9 @@ void Nasfs::StartBackground() {
         [this](Backend& nas, bool ok, const std::string& err, double ms) { OnProbe(nas, ok, err, ms); },
         [this](uint64_t seq) {
           auto st = journal_->stats();
-          return nlohmann::json{{"seq", seq},
-                                {"time", NowIso8601()},
-                                {"node", opts_.node},
-                                {"pid", static_cast<long>(getpid())},
-                                {"mountpoint", opts_.mountpoint},
-                                {"read_from", router_.ReadFromName()},
-                                {"pending_master", st.pending[0]},
-                                {"pending_backup", st.pending[1]}}
-              .dump();
+          return FormatHeartbeat(Heartbeat{seq, NowIso8601(), opts_.node, static_cast<int64_t>(getpid()),
+                                           opts_.mountpoint, router_.ReadFromName(), st.pending[0],
+                                           st.pending[1]});
         });
   }
   // A restart during an outage: the logs on the shared NAS list what the
@@ -270,13 +360,13 @@ void Nasfs::StartBackground() {
   for (Backend* b : {master_.get(), backup_.get()})
     if (journal_->HasPending(Tgt(*b)) && Other(*b).state() == BackendState::kHealthy)
       if (int e = NoteAllPending(Tgt(*b)))
-        spdlog::get("replay")->warn("cannot list what the {} lacks on the {} for the other web servers: {}",
+        Logger("replay")->warn("cannot list what the {} lacks on the {} for the other web servers: {}",
                                     b->name(), Other(*b).name(), std::strerror(e));
   for (auto& m : monitors_) m->Start();
   if (!plan_.copy_from) return;
   Backend& source = *plan_.copy_from == Role::kMaster ? *master_ : *backup_;
   if (plan_.displace)
-    spdlog::get("sync")->warn("{} {} holds data nasfs never saw: what the copy replaces is kept under {}/{}/displaced/",
+    Logger("sync")->warn("{} {} holds data nasfs never saw: what the copy replaces is kept under {}/{}/displaced/",
                               Other(source).name(), Other(source).path(), Other(source).path(), kMetaDir);
   std::unique_lock lk(sync_mu_);
   StartSyncLocked(source, Other(source), plan_.displace);
@@ -328,7 +418,7 @@ void Nasfs::OnFault(Backend& b, const std::string& why) {
   if (s == BackendState::kSyncing) SetFullSync(b, true);
   if (&b == master_.get() && s == BackendState::kHealthy && backup_->state() == BackendState::kHealthy) {
     failovers_.fetch_add(1, std::memory_order_relaxed);
-    spdlog::get("health")->warn("reads move to the backup {}: master {} failed ({})", backup_->path(),
+    Logger("health")->warn("reads move to the backup {}: master {} failed ({})", backup_->path(),
                                 master_->path(), why);
   }
   b.SetState(BackendState::kDown, why);
@@ -352,7 +442,7 @@ void Nasfs::MaybeRecover(Backend& b, bool forced) {
   // undo it: wait until the NAS has answered or dropped all of them.
   if (b.InFlight() > 0) return;
   Backend& o = Other(b);
-  auto log = spdlog::get("replay");
+  auto log = Logger("replay");
 
   if (b.needs_full_sync()) {
     if (o.state() != BackendState::kHealthy) return;  // nothing to copy from yet
@@ -404,7 +494,21 @@ void Nasfs::StartReplayLocked(Backend& b) {
   if (replay_thread_.joinable()) replay_thread_.join();  // the last replay, finished
   replay_running_ = true;
   replay_thread_ = std::thread([this, &b] {
-    ReplayLoop(b);
+    ExceptionText what;
+    if (!CatchAll([&] { ReplayLoop(b); }, &what)) {
+      // b stays out of reads; its probes start another replay.
+      (void)CatchAll(
+          [&] {
+            CountInternalError();
+            Logger("replay")->error("the replay onto the {} failed with an internal error: {}", b.name(),
+                                         what.c_str());
+            b.SetState(BackendState::kDown, std::string("replay failed: internal error: ") + what.c_str());
+            std::lock_guard lk(replay_mu_);
+            replay_.result = std::string("stopped: internal error: ") + what.c_str();
+            replay_.finished = NowIso8601();
+          },
+          &what);
+    }
     replay_running_ = false;
   });
 }
@@ -429,7 +533,7 @@ int Nasfs::ReplayEntry(TreeSync& rs, const journal::Pending& e) {
 
 void Nasfs::ReplayLoop(Backend& b) {
   Backend& o = Other(b);
-  auto log = spdlog::get("replay");
+  auto log = Logger("replay");
   journal::Target t = Tgt(b);
   TreeSync rs(&o, &b, &sync_mu_, /*verify_content=*/false, /*displace=*/false, nullptr);
   settle_.clear();
@@ -633,7 +737,7 @@ std::optional<journal::Op> OpOf(std::string_view what) {
 int Nasfs::JournalResult(int e) {
   if (e == 0) return 0;
   if (!journal_failing_.exchange(true))
-    spdlog::get("journal")->error("journal {} cannot be written ({}): changes are refused until it can",
+    Logger("journal")->error("journal {} cannot be written ({}): changes are refused until it can",
                                   journal_->dir(), journal_->stats().error_text);
   return e == ENOSPC || e == EDQUOT ? ENOSPC : EIO;
 }
@@ -717,7 +821,7 @@ int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, co
   for (const auto& p : paths)
     if (s->Covers(p))
       if (int e = s->ReconcileTree(p))
-        spdlog::get("fuse")->warn("could not reconcile '{}' onto {}: {}", p, s->target()->name(), std::strerror(e));
+        Logger("fuse")->warn("could not reconcile '{}' onto {}: {}", p, s->target()->name(), std::strerror(e));
   return 0;
 }
 
@@ -777,7 +881,10 @@ nlohmann::json Nasfs::JournalStatus() const {
   j["at_start"] = {{"torn_bytes", recovered_.torn_bytes},
                    {"damaged_records", recovered_.damaged_records},
                    {"damage", recovered_.damage},
-                   {"unfinished_dirs", recovered_.unfinished_dirs.size()}};
+                   {"unfinished_dirs", recovered_.unfinished_dirs.size()},
+                   {"fresh", recovered_.fresh},
+                   {"vouched", vouched_},
+                   {"adopted_from_own_logs", {{"master", adopted_[0]}, {"backup", adopted_[1]}}}};
   std::lock_guard lk(replay_mu_);
   nlohmann::json r;
   r["state"] = replay_running_ ? "running" : "idle";
@@ -847,6 +954,28 @@ nlohmann::json Nasfs::ReplayNow() {
   return {{"ok", false}, {"error", why}};
 }
 
+void Nasfs::ReportDamage(const Backend& nas, const std::string& what) {
+  auto now = Clock::now();
+  std::string iso = NowIso8601();
+  bool fresh;
+  {
+    std::lock_guard lk(damage_mu_);
+    std::erase_if(damage_, [&](const auto& kv) { return now - kv.second.seen > std::chrono::minutes(1); });
+    auto [it, inserted] = damage_.try_emplace({nas.name(), what});
+    fresh = inserted;
+    if (inserted) it->second.first_seen = iso;
+    it->second.last_seen = iso;
+    it->second.seen = now;
+    ++it->second.count;
+    while (damage_.size() > kMaxDamage) {
+      auto oldest = std::min_element(damage_.begin(), damage_.end(),
+                                     [](const auto& a, const auto& b) { return a.second.seen < b.second.seen; });
+      damage_.erase(oldest);
+    }
+  }
+  if (fresh) Logger("health")->warn("{} {}: {}", nas.name(), nas.path(), what);
+}
+
 nlohmann::json Nasfs::Status() const {
   nlohmann::json j;
   j["version"] = NASFS_VERSION;
@@ -879,6 +1008,13 @@ nlohmann::json Nasfs::Status() const {
                                          {"backup", {{"generation", gens_[1].generation}, {"in_step", gens_[1].in_step}}}}}};
   }
   for (int i = 0; i < 2; ++i) j["backends"][i]["missed"]["count"] = j["journal"][i == 0 ? "pending_master" : "pending_backup"];
+  {
+    std::lock_guard lk(damage_mu_);
+    j["damage"] = nlohmann::json::array();
+    for (const auto& [key, d] : damage_)
+      j["damage"].push_back({{"nas", key.first}, {"what", key.second}, {"first_seen", d.first_seen},
+                             {"last_seen", d.last_seen}, {"count", d.count}});
+  }
   size_t orphans;
   {
     std::lock_guard lk(orphans_mu_);
@@ -887,6 +1023,7 @@ nlohmann::json Nasfs::Status() const {
   j["counters"] = {{"mirrored_ops", mirror_.mirrored_ops()}, {"divergences", mirror_.divergences()},
                    {"failovers", failovers_.load()},     {"retried_ops", retried_ops_.load()},
                    {"replayed_paths", replayed_paths_.load()}, {"settled_paths", settled_.load()},
+                   {"internal_errors", internal_errors_.load()},
                    {"inodes", inodes_.size()},
                    {"open_unlinked", orphans}};
   return j;

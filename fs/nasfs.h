@@ -109,6 +109,15 @@ class Nasfs {
   int MutateOrphan(const char* what, const Mirror::Op& op);
 
   double cache_timeout() const { return opts_.cache_timeout_s; }
+  // A request or a thread of the daemon failed with an exception (it was
+  // answered EIO or stopped cleanly): counted for status.
+  void CountInternalError() { internal_errors_.fetch_add(1, std::memory_order_relaxed); }
+  // Something on a NAS (or in the journal) could not be read as it should:
+  // logged the first time it is seen, listed in status under "damage" (the
+  // last kMaxDamage distinct reports) until it has not been seen for a
+  // minute.
+  void ReportDamage(const Backend& nas, const std::string& what);
+  static constexpr size_t kMaxDamage = 32;
   nlohmann::json Status() const;
 
   // nasfsctl journal: up to `limit` pending entries, oldest first:
@@ -196,7 +205,18 @@ class Nasfs {
   // state from it (pending changes, an unfinished whole copy, directories
   // written when nasfs stopped).
   tl::expected<void, std::string> AdoptJournal();
+  // The journal cannot vouch for what each NAS lacks (it was lost, replaced
+  // or damaged): this server's own pending log on each NAS lists, durably,
+  // every path the other NAS missed while this server wrote without it
+  // (fs/peers.h). Its entries become pending again, so they are replayed
+  // before that NAS serves reads. A log that cannot be read leaves its NAS
+  // down for a whole-tree copy.
+  tl::expected<void, std::string> AdoptOwnLogs();
   tl::expected<void, std::string> PrepareSides();
+  // Refuses nested NAS, and a mount point or journal inside a NAS (or the
+  // journal inside the mount point), by inode. `*_open`: that NAS's root
+  // was opened.
+  tl::expected<void, std::string> CheckLayout(bool master_open, bool backup_open);
   void SetFullSync(Backend& b, bool on);
   // A journal errno as the application sees it (ENOSPC, else EIO), logged
   // once per failure.
@@ -228,10 +248,12 @@ class Nasfs {
   std::vector<std::shared_ptr<TreeSync>> old_syncs_;  // guarded by sync_ptr_mu_; joined at exit
   std::mutex recover_mu_;  // one recovery at a time
 
-  std::atomic<uint64_t> failovers_{0}, retried_ops_{0}, replayed_paths_{0};
+  std::atomic<uint64_t> failovers_{0}, retried_ops_{0}, replayed_paths_{0}, internal_errors_{0};
 
   std::unique_ptr<journal::Journal> journal_;
   journal::Recovered recovered_;  // what the journal's Open found
+  bool vouched_ = true;           // the journal was found whole (set by Prepare)
+  uint64_t adopted_[2] = {0, 0};  // paths taken from this server's own logs at start (master, backup)
   std::atomic<bool> journal_failing_{false};  // logged once per failure
 
   // The replay. At most one runs; recover_mu_ starts it.
@@ -271,6 +293,14 @@ class Nasfs {
     nlohmann::json history = nlohmann::json::array();  // the last 10
   };
   SplitBrainInfo split_;  // guarded by peers_mu_
+
+  struct Damage {
+    std::string first_seen, last_seen;
+    uint64_t count = 0;
+    Clock::time_point seen;
+  };
+  mutable std::mutex damage_mu_;
+  std::map<std::pair<std::string, std::string>, Damage> damage_;  // guarded by damage_mu_; by (NAS, what)
 
   mutable std::mutex orphans_mu_;
   std::unordered_map<fuse_ino_t, std::shared_ptr<Orphan>> orphans_;  // guarded by orphans_mu_

@@ -8,11 +8,13 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "fs/log.h"
 #include "fs/nasfs.h"
 #include "fs/split_brain.h"
 
@@ -65,6 +67,7 @@ int Nasfs::NoteAllPending(journal::Target t) {
 
 int Nasfs::ObservePeers(Backend& nas, NasView* view) {
   if (int e = peers_->Scan(nas, view)) return e;
+  for (const auto& d : view->damaged) ReportDamage(nas, d);
   int i = &nas == master_.get() ? 0 : 1;
   auto now = Clock::now();
   std::lock_guard lk(peers_mu_);
@@ -95,7 +98,7 @@ void Nasfs::WatchPeers(Backend& nas, const NasView& view) {
     std::unique_lock lk(sync_mu_);  // no write in flight could be listing a path meanwhile
     if (y.state() == BackendState::kHealthy && !journal_->HasPending(Tgt(y)))
       if (int e = peers_->Clear(Tgt(y), /*present=*/true))
-        spdlog::get("replay")->warn("cannot remove this server's old log of what the {} lacked: {}", y.name(),
+        Logger("replay")->warn("cannot remove this server's old log of what the {} lacked: {}", y.name(),
                                     std::strerror(e));
   }
   std::string who;
@@ -104,7 +107,7 @@ void Nasfs::WatchPeers(Backend& nas, const NasView& view) {
   if (who.empty()) return;
   std::lock_guard rlk(recover_mu_);
   if (replay_running_ || y.state() != BackendState::kHealthy) return;
-  spdlog::get("replay")->warn("web servers {} hold writes the {} lacks: reads stay off it until they are replayed", who,
+  Logger("replay")->warn("web servers {} hold writes the {} lacks: reads stay off it until they are replayed", who,
                               y.name());
   y.SetState(BackendState::kRecovering, fmt::format("web servers {} hold writes it lacks", who));
   StartReplayLocked(y);
@@ -139,7 +142,7 @@ bool Nasfs::PeersDone(Backend& b, Backend& o, TreeSync& rs, bool takeover, std::
       int r = TakeOver(node, b, o, rs);
       if (r == 0) continue;
       if (r != EBUSY)
-        spdlog::get("replay")->warn("taking over {}'s replay onto the {}: {}", node, b.name(), std::strerror(r));
+        Logger("replay")->warn("taking over {}'s replay onto the {}: {}", node, b.name(), std::strerror(r));
     }
     waiting->push_back(node);
   }
@@ -147,7 +150,7 @@ bool Nasfs::PeersDone(Backend& b, Backend& o, TreeSync& rs, bool takeover, std::
 }
 
 int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& rs) {
-  auto log = spdlog::get("replay");
+  auto log = Logger("replay");
   journal::Target t = Tgt(b);
   bool got = false;
   if (int e = peers_->Claim(o, Peers::ClaimPath(node), std::chrono::seconds(opts_.peer_timeout_s), &got)) return e;
@@ -257,12 +260,12 @@ void Nasfs::Settle(Backend& b, Backend& o, TreeSync& rs) {
     int r = rs.Reconcile(p, journal::Scope::kEntry, /*force_data=*/true);
     if (r == 0) r = rs.ReconcileDirTimes(ParentOf(p));
     if (r) {
-      spdlog::get("replay")->warn("'{}' differs on the {} after its replay and cannot be copied again: {}", p,
+      Logger("replay")->warn("'{}' differs on the {} after its replay and cannot be copied again: {}", p,
                                   b.name(), std::strerror(r));
       return;
     }
     settled_.fetch_add(1, std::memory_order_relaxed);
-    spdlog::get("replay")->warn("'{}' was written by another web server while it was replayed: copied again onto the {}",
+    Logger("replay")->warn("'{}' was written by another web server while it was replayed: copied again onto the {}",
                                 p, b.name());
   }
 }
@@ -279,19 +282,19 @@ bool Nasfs::SplitBrainDetected(Backend& b, Backend& o) {
 }
 
 void Nasfs::MarkInStep(Backend& nas) {
+  // Scan reads the generation before the logs: a server that starts a log
+  // after that read bumps the generation past what we record here.
   NasView view;
   if (peers_->Scan(nas, &view)) return;
   for (const auto& [node, seen] : view.peers)
     if (seen.lacks[0] || seen.lacks[1]) return;  // some server still holds writes the other NAS lacks
   if (!view.gen.ahead()) return;
-  Generation g = view.gen;
-  g.in_step = g.generation;
-  if (int e = peers_->WriteGeneration(nas, g))
-    spdlog::get("replay")->warn("cannot record that the {} is in step again: {}", nas.name(), std::strerror(e));
+  if (int e = peers_->MarkInStep(nas, view.gen.generation))
+    Logger("replay")->warn("cannot record that the {} is in step again: {}", nas.name(), std::strerror(e));
 }
 
 int Nasfs::HandleSplitBrain() {
-  auto log = spdlog::get("replay");
+  auto log = Logger("replay");
   {
     std::lock_guard lk(peers_mu_);
     if (split_.state != "detected" && split_.state != "resolving") {
@@ -343,7 +346,7 @@ int Nasfs::HandleSplitBrain() {
 }
 
 int Nasfs::ResolveSplitBrain() {
-  auto log = spdlog::get("replay");
+  auto log = Logger("replay");
   // What each NAS lacks, by every server's log on the other.
   std::map<std::string, journal::PeerEntry> lacks[2];  // [0]: the master lacks (logs on the backup)
   for (journal::Target t : {journal::kMaster, journal::kBackup}) {
@@ -453,8 +456,7 @@ int Nasfs::ResolveSplitBrain() {
   for (Backend* nas : {master_.get(), backup_.get()}) {
     Generation g;
     if (int e = peers_->ReadGeneration(*nas, &g)) return e;
-    g.in_step = g.generation;
-    if (int e = peers_->WriteGeneration(*nas, g)) return e;
+    if (int e = peers_->MarkInStep(*nas, g.generation)) return e;
   }
   {
     std::lock_guard lk(peers_mu_);
@@ -484,35 +486,37 @@ nlohmann::json Nasfs::PeersStatus() const {
   std::lock_guard lk(peers_mu_);
   for (const auto& [node, st] : peer_states_) {
     if (!st.on[0] && !st.on[1]) continue;
-    // The newer of its two heartbeats (one NAS may be out for it).
-    nlohmann::json beat;
+    // The newer of its two heartbeats (one NAS may be out for it). A
+    // damaged one says nothing but that the server wrote it.
+    std::optional<Heartbeat> beat;
+    std::string damaged;
     for (int i = 0; i < 2; ++i)
       if (st.on[i] && !st.beat[i].empty()) {
-        auto j = nlohmann::json::parse(st.beat[i], nullptr, /*allow_exceptions=*/false);
-        if (!j.is_discarded() && j.is_object() &&
-            (beat.is_null() || j.value("time", "") > beat.value("time", "")))
-          beat = j;
+        auto h = ParseHeartbeat(st.beat[i]);
+        if (!h) damaged = fmt::format("heartbeat on the {} is damaged: {}", i == 0 ? "master" : "backup", h.error());
+        else if (!beat || h->time > beat->time) beat = *h;
       }
     double age = std::chrono::duration<double>(now - st.changed).count();
     bool alive = age < opts_.peer_timeout_s;
     // A dead server's last heartbeat still names what it held; once its
     // logs are gone (replayed by a taker), nothing of it is pending.
-    auto pending = [&](const char* key, uint64_t logged) -> uint64_t {
-      if (!beat.is_object() || (!alive && logged == 0)) return 0;
-      return beat.value(key, uint64_t{0});
+    auto pending = [&](uint64_t Heartbeat::*field, uint64_t logged) -> uint64_t {
+      if (!beat || (!alive && logged == 0)) return 0;
+      return (*beat).*field;
     };
     nlohmann::json p = {{"node", node},
-                        {"last_heartbeat", beat.is_object() ? beat.value("time", "") : ""},
+                        {"last_heartbeat", beat ? beat->time : ""},
                         {"heartbeat_age_s", age},
                         {"alive", alive},
-                        {"pending_master", pending("pending_master", st.seen[1].lacks_bytes[0])},
-                        {"pending_backup", pending("pending_backup", st.seen[0].lacks_bytes[1])},
-                        {"read_from", beat.is_object() ? beat.value("read_from", "") : ""},
+                        {"pending_master", pending(&Heartbeat::pending_master, st.seen[1].lacks_bytes[0])},
+                        {"pending_backup", pending(&Heartbeat::pending_backup, st.seen[0].lacks_bytes[1])},
+                        {"read_from", beat ? beat->read_from : ""},
                         // Bytes of its log on each NAS of what the other lacks.
                         {"logged_master_lacks", st.seen[1].lacks_bytes[0]},
                         {"logged_backup_lacks", st.seen[0].lacks_bytes[1]}};
-    std::string claim = !st.seen[0].claim.empty() ? st.seen[0].claim : st.seen[1].claim;
-    p["taken_over_by"] = claim.empty() ? nlohmann::json(nullptr) : nlohmann::json(claim.substr(0, claim.find(' ')));
+    const std::string& claim = !st.seen[0].claimed_by.empty() ? st.seen[0].claimed_by : st.seen[1].claimed_by;
+    p["taken_over_by"] = claim.empty() ? nlohmann::json(nullptr) : nlohmann::json(claim);
+    if (!damaged.empty()) p["damaged"] = damaged;
     out.push_back(std::move(p));
   }
   return out;
@@ -593,7 +597,7 @@ nlohmann::json Nasfs::RestoreConflict(const std::string& id) {
   if (e == ENOENT) return {{"ok", false}, {"error", fmt::format("no kept version with id '{}'", id)}};
   if (e == EINVAL) return {{"ok", false}, {"error", fmt::format("'{}' is not a conflict id", id)}};
   if (e) return {{"ok", false}, {"error", fmt::format("restoring {}: {}", id, std::strerror(e))}};
-  spdlog::get("replay")->info("restored the version of '{}' kept as {}; the one it replaced is kept as {}",
+  Logger("replay")->info("restored the version of '{}' kept as {}; the one it replaced is kept as {}",
                               restored.path, id, displaced.id.empty() ? "(nothing was there)" : displaced.id);
   return {{"ok", true},
           {"restored", ToJson(restored)},

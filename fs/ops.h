@@ -2,7 +2,9 @@
 //
 // Each operation is split as libfuse's passthrough_hp does: a DoX() that
 // returns 0 or a positive errno and fills its outputs, and the handler that
-// makes the one fuse_reply_* call.
+// makes the one fuse_reply_* call. That call is the handler's last: nothing
+// after it may throw, because Operations() answers EIO for a handler that
+// threw (an exception must never cross libfuse's C frames).
 //
 // Outputs written by a NAS call live in shared_ptr state captured by the
 // call: a call abandoned at its deadline may still finish later, and must

@@ -1,6 +1,9 @@
 // Lookup, attributes, statfs, and the operations table.
+#include <type_traits>
+
 #include <spdlog/spdlog.h>
 
+#include "fs/log.h"
 #include "fs/ops.h"
 
 namespace nasfs::ops {
@@ -38,7 +41,7 @@ void Init(void* userdata, fuse_conn_info* conn) {
   conn->max_write = 1 << 20;
   conn->max_readahead = 1 << 20;
   if (!(conn->capable & FUSE_CAP_NO_OPEN_SUPPORT))
-    spdlog::get("fuse")->warn("kernel lacks no-open support: every open costs a round trip");
+    Logger("fuse")->warn("kernel lacks no-open support: every open costs a round trip");
 }
 
 int DoLookup(Nasfs& fs, fuse_ino_t parent, const char* name, struct stat* st) {
@@ -163,41 +166,89 @@ void StatFs(fuse_req_t req, fuse_ino_t ino) {
 
 namespace nasfs {
 
+namespace ops {
+namespace {
+
+// An exception out of a handler would cross libfuse's C frames and end the
+// daemon: every handler runs inside CatchAll, and one that threw is answered
+// EIO (a handler's fuse_reply_* is its last call, so none was sent yet; see
+// fs/ops.h). forget takes no answer but fuse_reply_none.
+void AnswerAfterException(fuse_req_t req, const ExceptionText& what, bool forget) {
+  ExceptionText ignored;
+  (void)CatchAll(
+      [&] {
+        Fs(req).CountInternalError();
+        Logger("fuse")->error("a request failed with an internal error: {}", what.c_str());
+      },
+      &ignored);
+  if (forget) fuse_reply_none(req);
+  else fuse_reply_err(req, EIO);
+}
+
+// forget and forget_multi are answered with fuse_reply_none.
+template <auto Handler>
+constexpr bool IsForget() {
+  if constexpr (std::is_same_v<decltype(Handler), decltype(&Forget)>) return Handler == &Forget;
+  else if constexpr (std::is_same_v<decltype(Handler), decltype(&ForgetMulti)>) return Handler == &ForgetMulti;
+  else return false;
+}
+
+template <auto Handler>
+struct Guarded;
+template <typename... Args, void (*Handler)(fuse_req_t, Args...)>
+struct Guarded<Handler> {
+  static void Call(fuse_req_t req, Args... args) {
+    ExceptionText what;
+    if (!CatchAll([&] { Handler(req, args...); }, &what))
+      AnswerAfterException(req, what, IsForget<Handler>());
+  }
+};
+
+void GuardedInit(void* userdata, fuse_conn_info* conn) {
+  ExceptionText what;
+  if (!CatchAll([&] { Init(userdata, conn); }, &what))
+    Logger("fuse")->error("init failed with an internal error: {}", what.c_str());
+}
+
+}  // namespace
+}  // namespace ops
+
 const fuse_lowlevel_ops& Operations() {
   static const fuse_lowlevel_ops ops = [] {
+    using ops::Guarded;
     fuse_lowlevel_ops o{};
-    o.init = ops::Init;
-    o.lookup = ops::Lookup;
-    o.forget = ops::Forget;
-    o.forget_multi = ops::ForgetMulti;
-    o.getattr = ops::GetAttr;
-    o.setattr = ops::SetAttr;
-    o.statfs = ops::StatFs;
-    o.readlink = ops::ReadLink;
-    o.mknod = ops::Mknod;
-    o.mkdir = ops::Mkdir;
-    o.symlink = ops::Symlink;
-    o.link = ops::Link;
-    o.unlink = ops::Unlink;
-    o.rmdir = ops::Rmdir;
-    o.rename = ops::Rename;
-    o.opendir = ops::OpenDir;
-    o.readdir = ops::ReadDir;
-    o.readdirplus = ops::ReadDirPlus;
-    o.releasedir = ops::ReleaseDir;
-    o.fsyncdir = ops::FsyncDir;
-    o.open = ops::Open;
-    o.create = ops::Create;
-    o.read = ops::Read;
-    o.write = ops::Write;
-    o.flush = ops::Flush;
-    o.release = ops::Release;
-    o.fsync = ops::Fsync;
-    o.fallocate = ops::Fallocate;
-    o.setxattr = ops::SetXattr;
-    o.getxattr = ops::GetXattr;
-    o.listxattr = ops::ListXattr;
-    o.removexattr = ops::RemoveXattr;
+    o.init = ops::GuardedInit;
+    o.lookup = Guarded<&ops::Lookup>::Call;
+    o.forget = Guarded<&ops::Forget>::Call;
+    o.forget_multi = Guarded<&ops::ForgetMulti>::Call;
+    o.getattr = Guarded<&ops::GetAttr>::Call;
+    o.setattr = Guarded<&ops::SetAttr>::Call;
+    o.statfs = Guarded<&ops::StatFs>::Call;
+    o.readlink = Guarded<&ops::ReadLink>::Call;
+    o.mknod = Guarded<&ops::Mknod>::Call;
+    o.mkdir = Guarded<&ops::Mkdir>::Call;
+    o.symlink = Guarded<&ops::Symlink>::Call;
+    o.link = Guarded<&ops::Link>::Call;
+    o.unlink = Guarded<&ops::Unlink>::Call;
+    o.rmdir = Guarded<&ops::Rmdir>::Call;
+    o.rename = Guarded<&ops::Rename>::Call;
+    o.opendir = Guarded<&ops::OpenDir>::Call;
+    o.readdir = Guarded<&ops::ReadDir>::Call;
+    o.readdirplus = Guarded<&ops::ReadDirPlus>::Call;
+    o.releasedir = Guarded<&ops::ReleaseDir>::Call;
+    o.fsyncdir = Guarded<&ops::FsyncDir>::Call;
+    o.open = Guarded<&ops::Open>::Call;
+    o.create = Guarded<&ops::Create>::Call;
+    o.read = Guarded<&ops::Read>::Call;
+    o.write = Guarded<&ops::Write>::Call;
+    o.flush = Guarded<&ops::Flush>::Call;
+    o.release = Guarded<&ops::Release>::Call;
+    o.fsync = Guarded<&ops::Fsync>::Call;
+    o.fallocate = Guarded<&ops::Fallocate>::Call;
+    o.setxattr = Guarded<&ops::SetXattr>::Call;
+    o.getxattr = Guarded<&ops::GetXattr>::Call;
+    o.listxattr = Guarded<&ops::ListXattr>::Call;
+    o.removexattr = Guarded<&ops::RemoveXattr>::Call;
     return o;
   }();
   return ops;

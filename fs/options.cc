@@ -2,11 +2,15 @@
 
 #include <grp.h>
 #include <limits.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <string_view>
 
 #include <fmt/format.h>
@@ -59,10 +63,10 @@ tl::expected<std::string, std::string> AbsoluteDir(std::string_view what, const 
   return std::string(buf);
 }
 
-std::vector<std::string_view> SplitCommas(std::string_view s) {
+std::vector<std::string_view> SplitOn(std::string_view s, char sep) {
   std::vector<std::string_view> out;
   while (!s.empty()) {
-    auto c = s.find(',');
+    auto c = s.find(sep);
     auto part = s.substr(0, c);
     if (!part.empty()) out.push_back(part);
     if (c == std::string_view::npos) break;
@@ -127,6 +131,8 @@ tl::expected<void, std::string> ApplyOption(Options& o, std::string_view opt) {
         return tl::unexpected(fmt::format("node name '{}' may hold only letters, digits, '-', '_', '.'", val));
     if (val.front() == '.')
       return tl::unexpected(fmt::format("node name '{}' may not start with '.'", val));
+    if (val.size() > kMaxNodeName)
+      return tl::unexpected(fmt::format("node name '{}' is longer than {} characters", val, kMaxNodeName));
     o.node = val;
   } else if (key == "cache_timeout") {
     if (auto r = need_val(); !r) return r;
@@ -180,7 +186,7 @@ tl::expected<Options, std::string> ParseOptions(int argc, char** argv) {
       } else {
         list = a.substr(2);
       }
-      for (auto opt : SplitCommas(list))
+      for (auto opt : SplitOn(list, ','))
         if (auto r = ApplyOption(o, opt); !r) return tl::unexpected(r.error());
     } else if (a.starts_with("-")) {
       return tl::unexpected(fmt::format("unknown argument '{}' (see nasfs --help)", a));
@@ -206,12 +212,19 @@ tl::expected<Options, std::string> ParseOptions(int argc, char** argv) {
   o.master = *m;
   o.backup = *b;
   o.mountpoint = *mp;
+  // A regular file mounts, and then answers every request with EIO.
+  struct stat st;
+  if (stat(o.mountpoint.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    return tl::unexpected(fmt::format("mount point {} is not a directory", o.mountpoint));
   if (o.master == o.backup) return tl::unexpected(std::string("master and backup are the same directory"));
-  auto inside = [](const std::string& a, const std::string& b) {
-    return a == b || (a.starts_with(b) && (b == "/" || a[b.size()] == '/'));
-  };
+  // One NAS inside the other: a copy of one onto the other would recurse
+  // into itself, and a source=master pairing would move the master's root
+  // aside. Compared as paths, and as places in their filesystems (a bind
+  // mount shows one directory at a second path).
+  if (Nested(o.backup, o.master) || Nested(o.master, o.backup))
+    return tl::unexpected(fmt::format("master {} and backup {} must not contain each other", o.master, o.backup));
   for (const auto* nas : {&o.master, &o.backup})
-    if (inside(o.mountpoint, *nas) || inside(*nas, o.mountpoint))
+    if (Nested(o.mountpoint, *nas) || Nested(*nas, o.mountpoint))
       return tl::unexpected(fmt::format("mount point {} and NAS {} must not contain each other",
                                         o.mountpoint, *nas));
 
@@ -223,7 +236,105 @@ tl::expected<Options, std::string> ParseOptions(int argc, char** argv) {
   std::string id = control::MountId(o.mountpoint);
   if (o.journal_dir.empty()) o.journal_dir = "/var/lib/nasfs/" + id;
   if (o.control_socket.empty()) o.control_socket = control::DefaultControlSocket(o.mountpoint);
+  // The journal and the socket belong on this web server's own disk: inside
+  // the mount, nasfs would wait on itself; on a NAS, the journal would be
+  // lost with the NAS it is meant to outlive (and be seen through the mount).
+  struct Local {
+    const char* what;
+    std::string* path;
+  };
+  for (const Local& l : {Local{"journal directory", &o.journal_dir}, Local{"control socket", &o.control_socket}}) {
+    *l.path = ResolvePath(*l.path);
+    for (const auto& [where, dir] : {std::pair<const char*, const std::string*>{"the mount point", &o.mountpoint},
+                                     {"the master NAS", &o.master},
+                                     {"the backup NAS", &o.backup}})
+      if (Nested(*l.path, *dir))
+        return tl::unexpected(fmt::format("{} {} is inside {} {}: it must be on this web server's own disk", l.what,
+                                          *l.path, where, *dir));
+  }
   return o;
+}
+
+std::vector<MountInfo> ReadMountInfo(const std::string& file) {
+  std::vector<MountInfo> out;
+  std::ifstream in(file);
+  std::string line;
+  // Fields are octal-escaped: \040 for a space, and so on.
+  auto unescape = [](const std::string& f) {
+    std::string s;
+    for (size_t i = 0; i < f.size(); ++i) {
+      if (f[i] == '\\' && i + 3 < f.size() && std::isdigit(static_cast<unsigned char>(f[i + 1]))) {
+        s += static_cast<char>(std::strtol(f.substr(i + 1, 3).c_str(), nullptr, 8));
+        i += 3;
+      } else {
+        s += f[i];
+      }
+    }
+    return s;
+  };
+  while (std::getline(in, line)) {
+    std::istringstream ss(line);
+    MountInfo m;
+    std::string id, parent, tok;
+    if (!(ss >> id >> parent >> m.dev >> m.root >> m.mountpoint)) continue;
+    while (ss >> tok && tok != "-") {
+    }
+    ss >> m.type;
+    m.root = unescape(m.root);
+    m.mountpoint = unescape(m.mountpoint);
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+FsLocation LocationOf(const std::string& path, const std::string& mountinfo) {
+  FsLocation best{"", path};
+  size_t best_len = 0;
+  for (const auto& m : ReadMountInfo(mountinfo)) {
+    // The last mount with the longest mount point above path is the one on top.
+    if (!PathInside(path, m.mountpoint) || m.mountpoint.size() < best_len) continue;
+    best_len = m.mountpoint.size();
+    std::string rest = path.substr(m.mountpoint == "/" ? 0 : m.mountpoint.size());
+    best = FsLocation{m.dev, m.root == "/" ? (rest.empty() ? "/" : rest) : m.root + rest};
+  }
+  return best;
+}
+
+bool Nested(const std::string& a, const std::string& b, const std::string& mountinfo) {
+  if (PathInside(a, b)) return true;
+  FsLocation la = LocationOf(a, mountinfo), lb = LocationOf(b, mountinfo);
+  return !la.dev.empty() && la.dev == lb.dev && PathInside(la.path, lb.path);
+}
+
+bool PathInside(const std::string& a, const std::string& b) {
+  return a == b || (a.starts_with(b) && (b == "/" || a[b.size()] == '/'));
+}
+
+std::string ResolvePath(const std::string& path) {
+  // Lexically first: "." and ".." and repeated slashes.
+  std::vector<std::string> parts;
+  for (auto part : SplitOn(path, '/')) {
+    if (part.empty() || part == ".") continue;
+    if (part == "..") {
+      if (!parts.empty()) parts.pop_back();
+    } else {
+      parts.emplace_back(part);
+    }
+  }
+  // Then the longest prefix that exists, with its symlinks resolved; the
+  // rest (not made yet) is appended as written.
+  for (size_t n = parts.size();; --n) {
+    std::string prefix;
+    for (size_t i = 0; i < n; ++i) prefix += "/" + parts[i];
+    char buf[PATH_MAX];
+    if (realpath(prefix.empty() ? "/" : prefix.c_str(), buf)) {
+      std::string out = buf;
+      for (size_t i = n; i < parts.size(); ++i) out += (out == "/" ? "" : "/") + parts[i];
+      return out;
+    }
+    if (n == 0) break;
+  }
+  return path;
 }
 
 std::string UsageText() {

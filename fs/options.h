@@ -13,6 +13,10 @@
 
 namespace nasfs {
 
+// The longest node= name: it names files on the NAS (heartbeat.<node>,
+// peers/<node>/...), and is the host name by default (HOST_NAME_MAX 64).
+inline constexpr size_t kMaxNodeName = 64;
+
 struct Options {
   std::string master;       // absolute path of the master NAS root
   std::string backup;       // absolute path of the backup NAS root
@@ -48,5 +52,32 @@ struct Options {
 
 // The text of `nasfs --help`.
 std::string UsageText();
+
+// Whether path a is b or lies beneath it (both absolute and normalized).
+bool PathInside(const std::string& a, const std::string& b);
+// One line of /proc/self/mountinfo, its escapes decoded.
+struct MountInfo {
+  std::string dev;         // major:minor
+  std::string root;        // what of its filesystem the mount shows
+  std::string mountpoint;
+  std::string type;        // "fuse.nasfs", "ext4", ...
+};
+std::vector<MountInfo> ReadMountInfo(const std::string& file = "/proc/self/mountinfo");
+// Where an absolute, resolved path lies: its filesystem (the mount's
+// major:minor in `mountinfo`) and its path from that filesystem's root. A
+// bind mount shows one directory at a second path; both paths have one
+// location. dev is "" when the table cannot be read.
+struct FsLocation {
+  std::string dev;
+  std::string path;
+};
+FsLocation LocationOf(const std::string& path, const std::string& mountinfo = "/proc/self/mountinfo");
+// PathInside(a, b), by path or by location.
+bool Nested(const std::string& a, const std::string& b, const std::string& mountinfo = "/proc/self/mountinfo");
+// An absolute path with "." and ".." gone and the symlinks of its longest
+// existing prefix resolved; the part that does not exist yet is kept as
+// written. So a journal directory nasfs has still to create compares
+// against the mount point and the NAS as it will be.
+std::string ResolvePath(const std::string& path);
 
 }  // namespace nasfs

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -12,12 +13,15 @@
 #include <spdlog/spdlog.h>
 
 #include "fs/identity.h"
+#include "fs/log.h"
+#include "fs/nas_files.h"
+#include "fs/options.h"
 
 namespace nasfs {
 namespace {
 
 constexpr const char* kPeersDir = ".nasfs/peers";
-constexpr const char* kGenerationFile = "generation.json";
+constexpr const char* kGenerationFile = "generation.json";  // the old format, read as a floor
 
 int64_t UnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -49,20 +53,144 @@ int WriteAll(int fd, const std::string& data) {
   return 0;
 }
 
-int ReadGenerationAt(const Backend& nas, Generation* out) {
+constexpr const char* kGenerationDir = ".nasfs/generation";
+
+std::string GenPath(const GenerationName& g) { return fmt::format("{}/{}", kGenerationDir, FormatGenerationName(g)); }
+
+// This NAS's generation: the highest g-<n> and s-<n> names, with the old
+// generation.json as a floor. Junk is reported in *damaged and ignored.
+// Worker thread.
+int ReadGenerationAt(const Backend& nas, Generation* out, std::vector<std::string>* damaged) {
   *out = Generation{};
-  auto text = ReadSmallFileAt(nas.Root()->get(), std::string(kMetaDir) + "/" + kGenerationFile);
-  if (!text) return text.error() == ENOENT ? 0 : text.error();
-  auto j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return 0;  // damaged: read as generation 0, rewritten on the next bump
-  out->generation = j.value("generation", uint64_t{0});
-  out->in_step = j.value("in_step", uint64_t{0});
+  std::vector<DirEntry> names;
+  int e = nas.ReadDir(kGenerationDir, &names);
+  if (e && e != ENOENT) return e;
+  for (const auto& d : names) {
+    if (d.name == "." || d.name == "..") continue;
+    auto g = ParseGenerationName(d.name);
+    if (!g) {
+      if (damaged) damaged->push_back(fmt::format("{}/{}: not a generation name", kGenerationDir, d.name));
+      continue;
+    }
+    uint64_t& v = g->in_step ? out->in_step : out->generation;
+    v = std::max(v, g->n);
+  }
+  auto legacy = ReadSmallFileAt(nas.Root()->get(), std::string(kMetaDir) + "/" + kGenerationFile);
+  if (!legacy) {
+    if (legacy.error() == ENOENT) return 0;
+    if (IsFaultErrno(legacy.error())) return legacy.error();  // the NAS is sick, not the file
+    if (damaged)
+      damaged->push_back(fmt::format("{}/{}: {}; ignored", kMetaDir, kGenerationFile, std::strerror(legacy.error())));
+    return 0;
+  }
+  auto j = nlohmann::json::parse(*legacy, nullptr, /*allow_exceptions=*/false);
+  Parsed<uint64_t> gen = tl::unexpected(std::string("not a JSON object")), in_step = gen;
+  if (j.is_object()) {
+    gen = json_field::Unsigned(j, "generation", 0);
+    in_step = json_field::Unsigned(j, "in_step", 0);
+  }
+  if (!gen || !in_step) {
+    if (damaged)
+      damaged->push_back(fmt::format("{}/{}: damaged ({}); ignored", kMetaDir, kGenerationFile,
+                                     !gen ? gen.error() : in_step.error()));
+    return 0;
+  }
+  out->generation = std::max(out->generation, *gen);
+  out->in_step = std::max(out->in_step, *in_step);
   return 0;
 }
 
-int WriteGenerationAt(const Backend& nas, const Generation& g) {
-  nlohmann::json j = {{"generation", g.generation}, {"in_step", g.in_step}, {"time", NowIso8601()}};
-  return nas.ReplaceFile(std::string(kMetaDir) + "/" + kGenerationFile, j.dump() + "\n");
+// Creates the name g (O_EXCL: a change nobody else made) and drops the
+// older names of its kind. EEXIST when another server made it first.
+// Worker thread.
+int CreateGenerationName(const Backend& nas, const GenerationName& g) {
+  if (int e = EnsureDir(nas, kGenerationDir)) return e;
+  auto f = nas.OpenBeneath(GenPath(g), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0600);
+  if (!f) return f.error();
+  if (fsync(f->get()) != 0) return errno;
+  if (int e = nas.SyncParentDir(GenPath(g))) return e;
+  std::vector<DirEntry> names;
+  if (nas.ReadDir(kGenerationDir, &names) == 0)
+    for (const auto& d : names)
+      if (auto old = ParseGenerationName(d.name); old && old->in_step == g.in_step && old->n < g.n) {
+        auto dir = nas.OpenBeneath(kGenerationDir, O_PATH | O_DIRECTORY);
+        if (dir) (void)unlinkat(dir->get(), d.name.c_str(), 0);  // tidying: a leftover name is harmless
+      }
+  return 0;
+}
+
+// Moves this NAS's generation ahead: a new g-<n> above every name seen.
+// Worker thread.
+int BumpGenerationAt(const Backend& nas) {
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    Generation g;
+    if (int e = ReadGenerationAt(nas, &g, nullptr)) return e;
+    uint64_t top = std::max(g.generation, g.in_step);
+    if (top == UINT64_MAX) return EOVERFLOW;  // a planted name; reported by Scan
+    int e = CreateGenerationName(nas, {false, top + 1});
+    if (e != EEXIST) return e;  // EEXIST: another server bumped at once; go above it
+  }
+  return EAGAIN;
+}
+
+// The highest step of the claim directory `dir`, and its record (nullopt if
+// none or damaged; *damaged says which). 0: no step. Worker thread.
+int ReadClaimAt(const Backend& nas, const std::string& dir, uint64_t* step, std::optional<ClaimRecord>* rec,
+                std::string* damaged) {
+  *step = 0;
+  rec->reset();
+  std::vector<DirEntry> names;
+  int e = nas.ReadDir(dir, &names);
+  if (e == ENOENT) return 0;
+  if (e) return e;
+  for (const auto& d : names)
+    if (auto n = ParseClaimStep(d.name)) *step = std::max(*step, *n);
+  if (*step == 0) return 0;
+  std::string rel = fmt::format("{}/{}", dir, *step);
+  auto text = ReadSmallFileAt(nas.Root()->get(), rel);
+  if (!text) {
+    if (text.error() == ENOENT) return EAGAIN;  // replaced meanwhile: read again
+    *damaged = fmt::format("{}: {}", rel, std::strerror(text.error()));
+    return 0;
+  }
+  auto r = ParseClaimRecord(*text);
+  if (!r) *damaged = fmt::format("{}: damaged ({})", rel, r.error());
+  else *rec = *r;
+  return 0;
+}
+
+// Makes `step` of the claim directory hold `rec`, if nobody made that step
+// first: the content goes into a temp file, which link(2) then names (link
+// never replaces, and is atomic on NFS). *made: we made it. Worker thread.
+int LinkClaimStep(const Backend& nas, const std::string& dir, uint64_t step, const ClaimRecord& rec,
+                  const std::string& me, bool* made) {
+  *made = false;
+  if (int e = EnsureDir(nas, dir)) return e;
+  char host[64] = {};
+  gethostname(host, sizeof host - 1);
+  std::string tmp = fmt::format("{}/.tmp.{}.{}.{}.{}", dir, me, host, getpid(), step);
+  std::string name = fmt::format("{}", step);
+  {
+    auto f = nas.OpenBeneath(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0600);
+    if (!f) return f.error();
+    if (int e = WriteAll(f->get(), FormatClaimRecord(rec))) return e;
+    if (fsync(f->get()) != 0) return errno;
+  }
+  auto d = nas.OpenBeneath(dir, O_RDONLY | O_DIRECTORY);
+  if (!d) return d.error();
+  std::string tname = tmp.substr(dir.size() + 1);
+  int r = linkat(d->get(), tname.c_str(), d->get(), name.c_str(), 0) == 0 ? 0 : errno;
+  (void)unlinkat(d->get(), tname.c_str(), 0);
+  if (r == EEXIST) return 0;
+  if (r) return r;
+  *made = true;
+  if (fsync(d->get()) != 0) return errno;
+  // The steps below ours are history.
+  std::vector<DirEntry> names;
+  if (nas.ReadDir(dir, &names) == 0)
+    for (const auto& e : names)
+      if (auto n = ParseClaimStep(e.name); n && *n < step) (void)unlinkat(d->get(), e.name.c_str(), 0);
+  return 0;
 }
 
 }  // namespace
@@ -126,13 +254,11 @@ int Peers::Note(journal::Target target, const std::vector<journal::Change>& chan
         if (int e = h->SyncParentDir(rel)) return e;
       if (!bump) return 0;
       // The first record of an outage: this NAS now holds writes the other
-      // lacks, so it moves a generation ahead of what they had in step. A
+      // lacks, so it moves a generation ahead of what they had in step,
+      // always with a new name, after the log is durable (see peers.h). A
       // failure here does not fail the write (the log holds it); the next
       // batch tries again.
-      Generation g;
-      if (ReadGenerationAt(*h, &g) == 0 &&
-          (g.ahead() || WriteGenerationAt(*h, {std::max(g.generation, g.in_step) + 1, g.in_step}) == 0))
-        *bumped = true;
+      if (BumpGenerationAt(*h) == 0) *bumped = true;
       return 0;
     });
     lk.lock();
@@ -185,12 +311,16 @@ int Peers::Scan(Backend& nas, NasView* out) {
   Backend* n = &nas;
   int r = nas.Run([n, view] {
     int root = n->Root()->get();
+    // The generation first: see peers.h.
+    if (int e = ReadGenerationAt(*n, &view->gen, &view->damaged)) return e;
     std::vector<DirEntry> names;
     if (int e = n->ReadDir(kMetaDir, &names)) return e;
     for (const auto& d : names) {
       if (d.name.rfind("heartbeat.", 0) != 0 || d.name.size() <= 10 || d.name.find(".tmp") != std::string::npos)
         continue;
       auto beat = ReadSmallFileAt(root, std::string(kMetaDir) + "/" + d.name);
+      if (!beat && beat.error() != ENOENT)
+        view->damaged.push_back(fmt::format("{}/{}: {}", kMetaDir, d.name, std::strerror(beat.error())));
       view->peers[d.name.substr(10)].beat = beat ? *beat : "";
     }
     std::vector<DirEntry> nodes;
@@ -198,52 +328,73 @@ int Peers::Scan(Backend& nas, NasView* out) {
     if (e && e != ENOENT) return e;
     for (const auto& d : nodes) {
       if (d.name == "." || d.name == "..") continue;
+      if (d.name.empty() || d.name[0] == '.' || d.name.size() > kMaxNodeName) {
+        view->damaged.push_back(fmt::format("{}/{}: not a web server's name", kPeersDir, d.name.substr(0, 80)));
+        continue;
+      }
       PeerSeen& p = view->peers[d.name];
       for (journal::Target t : {journal::kMaster, journal::kBackup}) {
         // open + fstat, not stat: an NFS client revalidates a file's size
         // on open (close-to-open), while a stat may answer from its cache.
         struct stat st{};
-        auto f = n->OpenBeneath(LogPath(d.name, t), O_RDONLY | O_NOFOLLOW);
+        auto f = n->OpenBeneath(LogPath(d.name, t), O_RDONLY);
         if (f && fstat(f->get(), &st) == 0 && st.st_size > 0) {
           p.lacks[journal::TargetIndex(t)] = true;
           p.lacks_bytes[journal::TargetIndex(t)] = static_cast<uint64_t>(st.st_size);
+        } else if (!f && f.error() != ENOENT) {
+          // Something that is not a log sits at its name: whatever it held
+          // is unknown, so it counts as listing something (nothing switches
+          // back past it) until an operator looks.
+          p.lacks[journal::TargetIndex(t)] = true;
+          view->damaged.push_back(fmt::format("{}: {}", LogPath(d.name, t), std::strerror(f.error())));
         }
       }
-      if (auto c = ReadSmallFileAt(root, ClaimPath(d.name))) p.claim = *c;
+      uint64_t step = 0;
+      std::optional<ClaimRecord> rec;
+      std::string damaged;
+      if (ReadClaimAt(*n, ClaimPath(d.name) + ".d", &step, &rec, &damaged) == 0 && rec) p.claimed_by = rec->holder;
+      if (!damaged.empty()) view->damaged.push_back(damaged);
     }
-    return ReadGenerationAt(*n, &view->gen);
+    return 0;
   });
   if (r == 0) *out = *view;
   return r;
 }
 
+int Peers::ReadLogAt(const Backend& nas, const std::string& node, journal::Target target,
+                     journal::PeerLogContents* out, uint64_t* bytes) {
+  *out = {};
+  *bytes = 0;
+  // Logs list paths, one record each: read whole (ReadSmallFileAt stops at
+  // 1 MiB, which a long outage passes).
+  auto f = nas.OpenBeneath(LogPath(node, target), O_RDONLY);
+  if (!f) return f.error() == ENOENT ? 0 : f.error();
+  std::string data;
+  char buf[65536];
+  for (;;) {
+    ssize_t k = read(f->get(), buf, sizeof buf);
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0) return errno;
+    if (k == 0) break;
+    data.append(buf, static_cast<size_t>(k));
+  }
+  *out = journal::DecodePeerLog(data, target);
+  *bytes = data.size();
+  return 0;
+}
+
 int Peers::ReadLog(Backend& nas, const std::string& node, journal::Target target, journal::PeerLogContents* out,
                    uint64_t* bytes) {
-  auto data = std::make_shared<std::string>();
+  struct Read {
+    journal::PeerLogContents contents;
+    uint64_t bytes = 0;
+  };
+  auto got = std::make_shared<Read>();
   Backend* n = &nas;
-  std::string rel = LogPath(node, target);
-  int r = nas.Run([n, rel, data] {
-    // Logs list paths, one record each: far below ReadSmallFileAt's 1 MiB
-    // only for small outages, so read it whole here.
-    auto f = n->OpenBeneath(rel, O_RDONLY | O_NOFOLLOW);
-    if (!f) return f.error();
-    char buf[65536];
-    for (;;) {
-      ssize_t k = read(f->get(), buf, sizeof buf);
-      if (k < 0 && errno == EINTR) continue;
-      if (k < 0) return errno;
-      if (k == 0) return 0;
-      data->append(buf, static_cast<size_t>(k));
-    }
-  });
-  if (r == ENOENT) {
-    *out = {};
-    *bytes = 0;
-    return 0;
-  }
+  int r = nas.Run([n, node, target, got] { return ReadLogAt(*n, node, target, &got->contents, &got->bytes); });
   if (r) return r;
-  *out = journal::DecodePeerLog(*data, target);
-  *bytes = data->size();
+  *out = std::move(got->contents);
+  *bytes = got->bytes;
   return 0;
 }
 
@@ -266,67 +417,82 @@ int Peers::RemoveLog(Backend& nas, const std::string& node, journal::Target targ
 
 int Peers::Claim(Backend& nas, const std::string& rel, std::chrono::milliseconds ttl, bool* got) {
   *got = false;
-  auto ours = std::make_shared<bool>(false);
   Backend* n = &nas;
-  std::string me = node_;
-  int r = nas.Run([n, rel, me, ttl, ours] {
-    if (int e = EnsureDir(*n, rel.substr(0, rel.rfind('/')))) return e;
-    std::string mine = fmt::format("{} {}\n", me, UnixMs());
-    // O_EXCL: of two servers creating it at once, one wins (NFSv3+ too).
-    if (auto f = n->OpenBeneath(rel, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0600)) {
-      if (int e = WriteAll(f->get(), mine)) return e;
-      if (fsync(f->get()) != 0) return errno;
-      *ours = true;
-      return n->SyncParentDir(rel);
-    } else if (f.error() != EEXIST) {
-      return f.error();
+  const std::string dir = rel + ".d";
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    struct State {
+      uint64_t step = 0;
+      std::optional<ClaimRecord> rec;
+      std::string damaged;
+    };
+    auto st = std::make_shared<State>();
+    int r = nas.Run([n, dir, st] { return ReadClaimAt(*n, dir, &st->step, &st->rec, &st->damaged); });
+    if (r == EAGAIN) continue;
+    if (r) return r;
+    bool take;
+    if (st->step == 0 || (st->rec && (st->rec->holder.empty() || st->rec->holder == node_))) {
+      take = true;  // free, released, or ours to renew
+    } else {
+      // Held by another (or unreadable): stale once its step has stood
+      // still for ttl by our clock.
+      std::lock_guard lk(claims_mu_);
+      auto [it, fresh] = watched_.try_emplace({nas.role(), rel}, Watched{st->step, Clock::now()});
+      if (!fresh && it->second.step != st->step) it->second = Watched{st->step, Clock::now()};
+      take = Clock::now() - it->second.since >= ttl;
+      if (take && !st->damaged.empty())
+        Logger("replay")->warn("taking over a claim whose record is damaged: {}", st->damaged);
     }
-    auto held = ReadSmallFileAt(n->Root()->get(), rel);
-    if (!held) return held.error() == ENOENT ? EAGAIN : held.error();
-    std::string holder;
-    long long at = 0;
-    {
-      auto sp = held->find(' ');
-      holder = held->substr(0, sp);
-      if (sp != std::string::npos) at = std::atoll(held->c_str() + sp + 1);
+    if (!take) return 0;
+    auto made = std::make_shared<bool>(false);
+    ClaimRecord mine{node_, UnixMs()};
+    uint64_t next = st->step + 1;
+    if (next == 0) return EOVERFLOW;  // a planted step number
+    std::string me = node_;
+    r = nas.Run([n, dir, next, mine, me, made] { return LinkClaimStep(*n, dir, next, mine, me, made.get()); });
+    if (r) return r;
+    if (*made) {
+      *got = true;
+      std::lock_guard lk(claims_mu_);
+      watched_.erase({nas.role(), rel});
+      return 0;
     }
-    // Ours already, or left by a holder that stopped renewing it: renew / take it.
-    if (holder != me && UnixMs() - at < ttl.count()) return 0;
-    if (int e = n->ReplaceFile(rel, mine)) return e;
-    auto check = ReadSmallFileAt(n->Root()->get(), rel);
-    *ours = check && *check == mine;
-    return 0;
-  });
-  if (r == 0) *got = *ours;
-  return r;
+    // Another server made that step first: look again.
+  }
+  return 0;
 }
 
 int Peers::Unclaim(Backend& nas, const std::string& rel) {
   Backend* n = &nas;
+  const std::string dir = rel + ".d";
   std::string me = node_;
-  return nas.Run([n, rel, me] {
-    auto held = ReadSmallFileAt(n->Root()->get(), rel);
-    if (!held) return held.error() == ENOENT ? 0 : held.error();
-    if (held->substr(0, held->find(' ')) != me) return 0;  // someone took it over meanwhile
-    std::string name;
-    auto parent = n->OpenParent(rel, &name);
-    if (!parent) return parent.error();
-    if (unlinkat(parent->get(), name.c_str(), 0) != 0 && errno != ENOENT) return errno;
-    return 0;
+  return nas.Run([n, dir, me] {
+    uint64_t step = 0;
+    std::optional<ClaimRecord> rec;
+    std::string damaged;
+    if (int e = ReadClaimAt(*n, dir, &step, &rec, &damaged)) return e == EAGAIN ? 0 : e;
+    if (!rec || rec->holder != me) return 0;  // not ours (any more)
+    bool made = false;
+    return LinkClaimStep(*n, dir, step + 1, ClaimRecord{"", UnixMs()}, me, &made);
   });
 }
 
 int Peers::ReadGeneration(Backend& nas, Generation* out) {
   auto g = std::make_shared<Generation>();
   Backend* n = &nas;
-  int r = nas.Run([n, g] { return ReadGenerationAt(*n, g.get()); });
+  int r = nas.Run([n, g] { return ReadGenerationAt(*n, g.get(), nullptr); });
   if (r == 0) *out = *g;
   return r;
 }
 
-int Peers::WriteGeneration(Backend& nas, const Generation& g) {
+int Peers::MarkInStep(Backend& nas, uint64_t generation) {
   Backend* n = &nas;
-  return nas.Run([n, g] { return WriteGenerationAt(*n, g); });
+  return nas.Run([n, generation] {
+    Generation g;
+    if (int e = ReadGenerationAt(*n, &g, nullptr)) return e;
+    if (g.in_step >= generation) return 0;
+    int e = CreateGenerationName(*n, {true, generation});
+    return e == EEXIST ? 0 : e;  // another server marked the same
+  });
 }
 
 }  // namespace nasfs

@@ -7,13 +7,30 @@
 //   .nasfs/peers/<node>/lacks-<t>.log  on the NAS that took writes NAS t
 //                                      missed: the paths (journal/peer_log.h),
 //                                      durable before the write's reply
-//   .nasfs/peers/<node>/claim          a takeover of that node's logs under way
-//   .nasfs/generation.json             {"generation","in_step"}: this NAS's
-//                                      generation, bumped when a server starts
-//                                      writing it alone; in_step is the
-//                                      generation it last had in step with
-//                                      the other NAS
-//   .nasfs/split-brain.claim           (on the master) who resolves a split brain
+//   .nasfs/peers/<node>/claim.d/       a takeover of that node's logs under way (a claim)
+//   .nasfs/generation/g-<n>, s-<n>     this NAS's generation (the highest g-),
+//                                      moved ahead when a server starts
+//                                      writing it alone, and the generation
+//                                      it was last in step with the other
+//                                      NAS (the highest s-)
+//   .nasfs/split-brain.claim.d/        (on the master) who resolves a split brain
+//
+// Several servers change the shared state at once, over NFS: every change is
+// the exclusive creation of a new name (O_EXCL, or link(2) of a temp file,
+// both atomic on NFSv3+), never a read-modify-write of a file, so no server
+// overwrites another's change.
+//  - Generations: a bump creates g-<max+1>; marking in step creates s-<g>
+//    with the g read *before* the logs were found empty (Nasfs::MarkInStep).
+//    A server bumps only after its log is durable, so a bump that marking in
+//    step did not see comes with a log it would have seen: the NAS stays
+//    ahead.
+//  - Claims (leases): <claim>.d/ holds files named by a step number; the
+//    highest step says who holds it ("<node> <unix ms>", or "- <unix ms>"
+//    once released). Claiming, renewing, releasing and taking over all
+//    link(2) the next step: of two servers trying, exactly one succeeds.
+//    A claim is stale when its step has not moved for the lease's time by
+//    this server's own monotonic clock (no wall clocks compared).
+// Files of the old format (generation.json) are still read, as a floor.
 //
 // Every access runs on the NAS's worker pool under the io_timeout deadline
 // (Backend::Run): a hung NAS makes a call fail with ETIMEDOUT, never hang.
@@ -50,13 +67,16 @@ struct PeerSeen {
   std::string beat;                     // its heartbeat file, "" if none
   bool lacks[2] = {false, false};       // a non-empty lacks-<master|backup>.log here
   uint64_t lacks_bytes[2] = {0, 0};
-  std::string claim;                    // its claim file ("<node> <unix ms>"), "" if none
+  std::string claimed_by;               // who holds the takeover claim on its logs, "" if nobody
 };
 
 // What one scan of one NAS found.
 struct NasView {
   std::map<std::string, PeerSeen> peers;  // by node name, this server included
   Generation gen;
+  // What could not be read as it should (junk names, damaged files), one
+  // line each: reported in status and the log, otherwise ignored.
+  std::vector<std::string> damaged;
 };
 
 class Peers {
@@ -79,22 +99,33 @@ class Peers {
   int Clear(journal::Target target, bool present = false);
 
   // ---- reading what every server left (blocking, bounded) ----
+  // Reads the generation first, then heartbeats, logs and claims: marking a
+  // NAS in step depends on that order (see above).
   int Scan(Backend& nas, NasView* out);
   int ReadLog(Backend& nas, const std::string& node, journal::Target target, journal::PeerLogContents* out,
               uint64_t* bytes);
+  // The same, blocking on the caller's thread (start-up, before the pools
+  // run): node's lacks-<target>.log on nas, empty when there is none.
+  static int ReadLogAt(const Backend& nas, const std::string& node, journal::Target target,
+                       journal::PeerLogContents* out, uint64_t* bytes);
   // Removes node's lacks-<target>.log on nas if it still holds `bytes`
   // bytes (EAGAIN if it grew: its owner is alive and wrote more).
   int RemoveLog(Backend& nas, const std::string& node, journal::Target target, uint64_t bytes);
 
   // ---- leases ----
-  // Claims the file `rel` (under .nasfs) for this server: created if absent,
-  // taken over if its holder's claim is older than `ttl`. *got: it is ours.
+  // Claims `rel` (a claim directory <rel>.d under .nasfs) for this server:
+  // takes it when free or released, renews it when ours, takes it over when
+  // its step has not moved for `ttl` as this server saw it (the first call
+  // that sees a step only starts watching it). *got: it is ours now.
   int Claim(Backend& nas, const std::string& rel, std::chrono::milliseconds ttl, bool* got);
+  // Releases it if ours.
   int Unclaim(Backend& nas, const std::string& rel);
 
   // ---- generations ----
   int ReadGeneration(Backend& nas, Generation* out);
-  int WriteGeneration(Backend& nas, const Generation& g);
+  // Records that nas is in step with the other NAS as of `generation`
+  // (read before its logs were found empty).
+  int MarkInStep(Backend& nas, uint64_t generation);
 
   static std::string LogPath(const std::string& node, journal::Target target);
   static std::string ClaimPath(const std::string& node);
@@ -122,6 +153,15 @@ class Peers {
   std::mutex mu_;
   std::condition_variable cv_;
   Index index_[2];  // guarded by mu_
+
+  // The step each claim had when this server first saw it there (Claim's
+  // staleness), by NAS role and claim.
+  struct Watched {
+    uint64_t step = 0;
+    Clock::time_point since;
+  };
+  std::mutex claims_mu_;
+  std::map<std::pair<Role, std::string>, Watched> watched_;  // guarded by claims_mu_
 };
 
 }  // namespace nasfs

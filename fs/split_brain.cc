@@ -15,6 +15,7 @@
 #include <spdlog/spdlog.h>
 
 #include "fs/identity.h"
+#include "fs/log.h"
 #include "fs/tree_sync.h"
 
 namespace nasfs {
@@ -32,21 +33,6 @@ std::atomic<unsigned> g_id_counter{0};
 int64_t Ns(const timespec& t) { return static_cast<int64_t>(t.tv_sec) * 1000000000 + t.tv_nsec; }
 
 bool Newer(const timespec& a, const timespec& b) { return Ns(a) > Ns(b); }
-
-nlohmann::json IsoTime(int64_t ns) {
-  if (ns == 0) return nullptr;
-  time_t sec = static_cast<time_t>(ns / 1000000000);
-  long nsec = static_cast<long>(ns % 1000000000);
-  if (nsec < 0) {
-    --sec;
-    nsec += 1000000000;
-  }
-  struct tm tm {};
-  gmtime_r(&sec, &tm);
-  char buf[32];
-  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
-  return fmt::format("{}.{:09d}Z", buf, nsec);
-}
 
 const char* KindOf(mode_t m) {
   if (S_ISREG(m)) return "file";
@@ -174,51 +160,20 @@ int ReadMeta(Backend* b, const std::string& id, ConflictRecord* rec) {
         return 0;
       }))
     return r;
-  auto j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
-  if (!j.is_object()) return EBADMSG;
-  ConflictRecord r;
-  try {
-    r.id = id;  // the directory's name is the id, whatever the file says
-    r.path = j.value("path", "");
-    r.kept_from = j.value("kept_from", "");
-    r.winner = j.value("winner", "");
-    r.kind = j.value("kind", "unknown");
-    r.reason = j.value("reason", "");
-    r.kept_mtime_ns = j.value("kept_mtime_ns", int64_t{0});
-    r.winner_mtime_ns = j.value("winner_mtime_ns", int64_t{0});
-    r.size = j.value("size", uint64_t{0});
-    r.detected = j.value("detected", "");
-    r.node = j.value("node", "");
-  } catch (const nlohmann::json::exception&) {  // a field of the wrong type
-    return EBADMSG;
-  }
-  *rec = std::move(r);
+  auto r = ParseConflictMeta(*text, id);
+  if (!r) return EBADMSG;
+  *rec = std::move(*r);
   return 0;
 }
 
 void LogKept(const ConflictRecord& rec) {
-  if (auto log = spdlog::get("sync"))
+  if (auto log = Logger("sync"))
     log->warn("{} at /{}: kept the {}'s {} as {}/{}", rec.reason, rec.path, rec.kept_from, rec.kind,
               kConflictsDir, rec.id);
 }
 
 }  // namespace
 
-nlohmann::json ToJson(const ConflictRecord& r) {
-  return {{"id", r.id},
-          {"path", r.path},
-          {"kept_from", r.kept_from},
-          {"winner", r.winner},
-          {"kind", r.kind},
-          {"reason", r.reason},
-          {"kept_mtime_ns", r.kept_mtime_ns},
-          {"winner_mtime_ns", r.winner_mtime_ns},
-          {"kept_mtime", IsoTime(r.kept_mtime_ns)},
-          {"winner_mtime", IsoTime(r.winner_mtime_ns)},
-          {"size", r.size},
-          {"detected", r.detected},
-          {"node", r.node}};
-}
 
 SplitBrainResolver::SplitBrainResolver(Backend* master, Backend* backup, std::string node)
     : master_(master),
@@ -523,7 +478,7 @@ int RestoreConflict(Backend* master, Backend* backup, std::shared_mutex* sync_mu
     std::string dir = ConflictPath(id);
     if (int r = b->Run([b, dir] { return b->RemoveTree(dir); })) return r;
   }
-  if (auto log = spdlog::get("sync")) log->warn("restored /{} from {}/{}", path, kConflictsDir, id);
+  if (auto log = Logger("sync")) log->warn("restored /{} from {}/{}", path, kConflictsDir, id);
   return 0;
 }
 

@@ -45,6 +45,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fs/backend.h"
+#include "fs/nas_files.h"
 
 namespace nasfs {
 
@@ -53,22 +54,7 @@ class TreeSync;
 // Where kept versions live on each NAS, relative to its root.
 inline constexpr const char* kConflictsDir = ".nasfs/conflicts";
 
-// One version kept aside by a split-brain merge (or by a restore).
-struct ConflictRecord {
-  std::string id;         // directory name under .nasfs/conflicts/: "<UTC time>-<node>-<counter>", unique
-  std::string path;       // the website path it was at (never "": the root is never kept)
-  std::string kept_from;  // the NAS whose version lost: "master", "backup"; "both" for a restore
-  std::string winner;     // "master", "backup"; "both" for a restore (the restored version)
-  std::string kind;       // what was kept: "file", "dir", "symlink", "other"; "unknown" without meta.json
-  std::string reason;     // "split brain" or "restore"
-  int64_t kept_mtime_ns = 0, winner_mtime_ns = 0;  // winner 0 when the winner is a deletion
-  uint64_t size = 0;      // of the kept entry (regular files; 0 otherwise)
-  std::string detected;   // ISO 8601 UTC when kept
-  std::string node;       // the server that kept it
-};
-// Every field; the mtimes also as ISO 8601 UTC "kept_mtime" / "winner_mtime"
-// (null for a 0 mtime).
-nlohmann::json ToJson(const ConflictRecord& r);
+// ConflictRecord and its meta.json format: fs/nas_files.h.
 
 class SplitBrainResolver {
  public:

@@ -13,6 +13,7 @@
 #include <spdlog/spdlog.h>
 
 #include "fs/identity.h"
+#include "fs/log.h"
 
 namespace nasfs {
 
@@ -128,7 +129,22 @@ bool TreeSync::SameContent(const std::string& path) {
 TreeSync::~TreeSync() { Stop(); }
 
 void TreeSync::Start() {
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    ExceptionText what;
+    if (CatchAll([this] { Run(); }, &what)) return;
+    // The copy gives up as if a NAS had failed; it runs again later.
+    (void)CatchAll(
+        [&] {
+          Logger("sync")->error("copy onto {} failed with an internal error: {}", target_->name(), what.c_str());
+          {
+            std::lock_guard lk(status_mu_);
+            state_ = "failed";
+            error_ = std::string("internal error: ") + what.c_str();
+          }
+          if (done_) done_(false);
+        },
+        &what);
+  });
 }
 
 void TreeSync::Stop() {
@@ -166,7 +182,7 @@ nlohmann::json TreeSync::Status() const {
 }
 
 void TreeSync::Run() {
-  auto log = spdlog::get("sync");
+  auto log = Logger("sync");
   std::string ts = NowIso8601();
   {
     std::lock_guard lk(status_mu_);
@@ -191,18 +207,18 @@ void TreeSync::Run() {
     std::unique_lock lk(*sync_mu_);
     if (r == 0) finished_ = true;
   }
-  {
-    std::lock_guard lk(status_mu_);
-    state_ = r == 0 ? "done" : "failed";
-    finished_at_ = NowIso8601();
-    if (r) error_ = std::strerror(r);
-  }
   if (r == 0)
     log->info("copy onto {} done: {} entries, {} bytes, {} displaced", target_->name(), entries_.load(),
               bytes_.load(), displaced_.load());
   else
     log->error("copy onto {} failed: {}", target_->name(), std::strerror(r));
+  // The owner's part first (the target turns healthy, or goes down): status
+  // says "done" only once that is settled.
   if (done_) done_(r == 0);
+  std::lock_guard lk(status_mu_);
+  state_ = r == 0 ? "done" : "failed";
+  finished_at_ = NowIso8601();
+  if (r) error_ = std::strerror(r);
 }
 
 int TreeSync::ListUnion(const std::string& dir, std::vector<std::string>* names) {
@@ -305,7 +321,7 @@ int TreeSync::Displace(const std::string& path) {
   });
   if (r == 0) {
     displaced_.fetch_add(1, std::memory_order_relaxed);
-    spdlog::get("sync")->info("kept {} {} as {}/{}", target_->name(), path, target_->path(), dest);
+    Logger("sync")->info("kept {} {} as {}/{}", target_->name(), path, target_->path(), dest);
   }
   return r;
 }

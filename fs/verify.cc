@@ -21,6 +21,8 @@
 #include <spdlog/spdlog.h>
 #include <xxhash.h>
 
+#include "fs/log.h"
+
 namespace nasfs {
 namespace {
 
@@ -523,7 +525,7 @@ json Verifier::Run() {
   const uint64_t not_listed = (diffs.size() - list.size()) + unreported_;
   const bool match = diffs.empty() && unreported_ == 0;
   const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
-  if (auto log = spdlog::get("control")) {
+  if (auto log = Logger("control")) {
     log->info("verify: {} entries compared in {:.1f} s: {}", entries_, elapsed,
               match ? "both NAS match"
                     : fmt::format("{}{} differences", truncated ? "at least " : "",

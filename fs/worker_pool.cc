@@ -3,8 +3,31 @@
 #include <pthread.h>
 
 #include <cerrno>
+#include <exception>
+
+#include <spdlog/spdlog.h>
+
+#include "fs/common.h"
+#include "fs/log.h"
 
 namespace nasfs {
+namespace {
+
+// A call that throws (a NAS file that does not parse as expected, memory
+// exhausted) fails with EIO; the worker, and with it the daemon, goes on.
+// An exception leaving a worker thread would std::terminate the daemon and
+// take the document root down on every request.
+int RunGuarded(const WorkerPool::Fn& fn) {
+  int r = EIO;
+  ExceptionText what;
+  if (CatchAll([&] { r = fn(); }, &what)) return r;
+  (void)CatchAll(
+      [&] { Logger("fuse")->error("a NAS call failed with an exception: {}", what.c_str()); },
+      &what);  // logging failed too: the EIO still reports it
+  return EIO;
+}
+
+}  // namespace
 
 int Call::Wait(Clock::time_point deadline) {
   std::unique_lock lk(mu_);
@@ -96,7 +119,7 @@ void WorkerPool::Work(std::shared_ptr<Shared> s) {
     }
     ++s->running;
     lk.unlock();
-    int r = it.fn();
+    int r = RunGuarded(it.fn);
     it.call->Finish(r);
     it = Item{};  // drop captured state outside the lock
     lk.lock();

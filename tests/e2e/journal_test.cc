@@ -1250,6 +1250,57 @@ TEST_F(JournalTest, NasfsKilledDuringAMasterOutageFindsItsJournalAndReplaysIt) {
                                                    mount_ms_));
 }
 
+// Issue 10: the master out, writes acknowledged, nasfs unmounted, the
+// journal directory lost (a replaced disk), the master back, nasfs mounted
+// again: reads went to the master, which lacked the writes, status said
+// nothing, and nasfs deleted its pending log on the backup that still
+// listed them. That log is exactly the record that saves this case: the new
+// journal adopts it, the master is kept out of reads and replayed, and
+// nothing acknowledged is lost.
+TEST_F(JournalTest, AJournalLostDuringAMasterOutageIsRebuiltFromThisServersPendingLog) {
+  ASSERT_NO_FATAL_FAILURE(StartMounted());
+  ASSERT_NO_FATAL_FAILURE(WriteBaseline());
+  ASSERT_NO_FATAL_FAILURE(TakeDown("master"));
+  plan_ = MakePlan(rng_, 0.3);
+  RunPlan(plan_.size());
+  ExpectOpsSucceeded("the master outage");
+  ExpectPending("master", "before the journal is lost");
+  // The operator unmounts; the web server's disk is replaced; the master is
+  // repaired; nasfs is mounted again.
+  ASSERT_EQ(mount_->Unmount(), "");
+  mount_.reset();
+  std::error_code ec;
+  fsys::remove_all(ws_.journal_dir(), ec);
+  ASSERT_FALSE(ec) << ec.message();
+  ASSERT_EQ(master_->Remount(), "") << "master server";
+  const auto restart = Clock::now();
+  ASSERT_NO_FATAL_FAILURE(Mount());
+  {
+    const json st = StatusNow();
+    STATUS_EXPECT(x, st, "right after mounting with a new journal");
+    x.Is("/read_from", "backup");
+    x.True(StateOf(st, "master") != "healthy", "the master serves though it lacks the outage's writes");
+    x.Is("/journal/at_start/vouched", false);
+    x.Positive("/journal/at_start/adopted_from_own_logs/master",
+               ": this server's pending log on the backup was not adopted");
+  }
+  json st;
+  EXPECT_TRUE(WaitForStatus(
+      [](const json& j) {
+        return ReadFrom(j) == "master" && Num(Get(j, "/journal/pending")) == 0 && StateOf(j, "master") == "healthy" &&
+               StateOf(j, "backup") == "healthy";
+      },
+      kSwitchBackWithin, &st))
+      << "the master did not come back within 30 s: " << st.dump(2);
+  std::printf("journal lost during a master outage: back on the master %.2f s after mounting\n", SecondsSince(restart));
+  std::vector<std::string> early;
+  for (const auto& x : watch_->Since(restart))
+    if (ReadFrom(x.s) == "master" && (Num(Get(x.s, "/journal/pending_master")) > 0 || StateOf(x.s, "master") != "healthy"))
+      early.push_back(x.s.dump());
+  EXPECT_TRUE(early.empty()) << "reads went to the master before it had every write:" << FirstLines(early);
+  CheckFinal("after the journal was lost and rebuilt");
+}
+
 // nasfs SIGKILLed with both NAS healthy, in the middle of writes: what the
 // crash can leave is a change on one NAS and not the other, recorded
 // nowhere but in the activity log, which names the directories being

@@ -110,6 +110,94 @@ TEST_F(MountTest, AnUnknownOptionIsRefusedWithAMessage) {
   ExpectRefused(m, "bogus");
 }
 
+// Issue 10: impossible layouts were accepted (a copy recursing forever, a
+// master root moved into .nasfs/displaced/, a daemon deadlocked on its own
+// journal, a file mounted and answering EIO, a node name no file can hold).
+// Each is refused at mount with one line, and nothing is left mounted or
+// written on either NAS.
+TEST_F(MountTest, ABackupInsideTheMasterIsRefused) {
+  ASSERT_TRUE(WriteFile(ws_.master() + "/index.html", "site"));
+  std::string inner = ws_.master() + "/nested-backup";
+  ASSERT_EQ(mkdir(inner.c_str(), 0755), 0);
+  MountSpec spec;
+  spec.source = ws_.master() + ":" + inner;
+  MountedNasfs m(ws_, spec);
+  ExpectRefused(m, "must not contain each other");
+  EXPECT_NE(access((ws_.master() + "/.nasfs").c_str(), F_OK), 0) << "a refused mount wrote on the master";
+}
+
+TEST_F(MountTest, AMasterInsideTheBackupIsRefusedEvenWithSourceMaster) {
+  ASSERT_TRUE(WriteFile(ws_.backup() + "/index.html", "site"));
+  std::string inner = ws_.backup() + "/nested-master";
+  ASSERT_EQ(mkdir(inner.c_str(), 0755), 0);
+  ASSERT_TRUE(WriteFile(inner + "/page.html", "master page"));
+  MountSpec spec;
+  spec.source = inner + ":" + ws_.backup();
+  spec.extra_options = "source=master";
+  MountedNasfs m(ws_, spec);
+  ExpectRefused(m, "must not contain each other");
+  EXPECT_EQ(ReadFile(inner + "/page.html").value_or(""), "master page");
+  EXPECT_NE(access((ws_.backup() + "/.nasfs").c_str(), F_OK), 0) << "a refused mount wrote on the backup";
+}
+
+// Paths alone cannot see a bind mount: the inode check can.
+TEST_F(MountTest, ABackupThatIsABindMountOfTheMastersSubdirectoryIsRefused) {
+  std::string sub = ws_.master() + "/sub";
+  std::string alias = ws_.Path("alias");
+  ASSERT_EQ(mkdir(sub.c_str(), 0755), 0);
+  ASSERT_EQ(mkdir(alias.c_str(), 0755), 0);
+  auto bind = RunCommand({"mount", "--bind", sub, alias}, Within(10s));
+  ASSERT_TRUE(bind.ok()) << bind.Describe();
+  struct Unbind {
+    std::string path;
+    ~Unbind() { RunCommand({"umount", "-l", path}, Within(10s)); }
+  } unbind{alias};
+  MountSpec spec;
+  spec.source = ws_.master() + ":" + alias;
+  MountedNasfs m(ws_, spec);
+  ExpectRefused(m, "must not contain each other");
+  EXPECT_NE(access((sub + "/.nasfs").c_str(), F_OK), 0) << "a refused mount wrote on the backup";
+}
+
+TEST_F(MountTest, AJournalInsideTheMountPointIsRefused) {
+  MountSpec spec;
+  spec.default_options = false;
+  spec.extra_options = "control=" + ws_.control_socket() + ",journal=" + ws_.mnt() + "/journal";
+  MountedNasfs m(ws_, spec);
+  ExpectRefused(m, "own disk");
+}
+
+TEST_F(MountTest, AJournalOnANasIsRefused) {
+  MountSpec spec;
+  spec.default_options = false;
+  spec.extra_options = "control=" + ws_.control_socket() + ",journal=" + ws_.backup() + "/.journal";
+  MountedNasfs m(ws_, spec);
+  ExpectRefused(m, "own disk");
+  EXPECT_NE(access((ws_.backup() + "/.journal").c_str(), F_OK), 0);
+}
+
+TEST_F(MountTest, AControlSocketInsideTheMountPointIsRefused) {
+  MountSpec spec;
+  spec.default_options = false;
+  spec.extra_options = "control=" + ws_.mnt() + "/ctl.sock,journal=" + ws_.journal_dir();
+  MountedNasfs m(ws_, spec);
+  ExpectRefused(m, "own disk");
+}
+
+TEST_F(MountTest, ARegularFileAsTheMountPointIsRefused) {
+  std::string file = ws_.Path("not-a-dir");
+  ASSERT_TRUE(WriteFile(file, "x"));
+  MountedNasfs m(ws_, MountAt(file));
+  ExpectRefused(m, "not a directory");
+}
+
+TEST_F(MountTest, ANodeNameTooLongForAFileNameIsRefused) {
+  MountedNasfs m(ws_, WithOptions("node=" + std::string(65, 'n')));
+  ExpectRefused(m, "longer than 64");
+  MountedNasfs ok(ws_, WithOptions("node=" + std::string(64, 'n')));
+  EXPECT_TRUE(ok.mounted()) << ok.error();
+}
+
 TEST_F(MountTest, MountingOverAnExistingNasfsMountIsRefused) {
   ASSERT_TRUE(WriteFile(ws_.master() + "/first.txt", "first mount"));
   MountedNasfs first(ws_);

@@ -291,5 +291,73 @@ TEST_F(OptionsTest, UsageTextMentionsEveryNasfsOption) {
   EXPECT_THAT(u, HasSubstr("/run/nasfs/"));
 }
 
+// Issue 10: impossible layouts are refused with one line.
+TEST_F(OptionsTest, NasInsideTheOtherNasIsRefused) {
+  ASSERT_EQ(::mkdir((master_ + "/inner").c_str(), 0755), 0);
+  auto o = Parse({master_ + ":" + master_ + "/inner", mnt_});
+  ASSERT_FALSE(o);
+  EXPECT_THAT(o.error(), HasSubstr("must not contain each other"));
+  o = Parse({master_ + "/inner:" + master_, mnt_});
+  ASSERT_FALSE(o);
+  EXPECT_THAT(o.error(), HasSubstr("must not contain each other"));
+}
+
+TEST_F(OptionsTest, AMountPointThatIsAFileIsRefused) {
+  std::string file = dir_ + "/file";
+  FILE* f = std::fopen(file.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fclose(f);
+  auto o = Parse({Spec(), file});
+  ASSERT_FALSE(o);
+  EXPECT_THAT(o.error(), HasSubstr("not a directory"));
+}
+
+TEST_F(OptionsTest, JournalAndSocketMustBeOnTheLocalDisk) {
+  EXPECT_THAT(ErrorFor("journal=" + mnt_ + "/j"), HasSubstr("inside the mount point"));
+  EXPECT_THAT(ErrorFor("journal=" + mnt_), HasSubstr("inside the mount point"));
+  EXPECT_THAT(ErrorFor("journal=" + master_ + "/j/deeper"), HasSubstr("inside the master NAS"));
+  EXPECT_THAT(ErrorFor("journal=" + backup_ + "/../backup/j"), HasSubstr("inside the backup NAS"));
+  EXPECT_THAT(ErrorFor("control=" + mnt_ + "/ctl.sock"), HasSubstr("inside the mount point"));
+  EXPECT_THAT(ErrorFor("control=" + master_ + "/ctl.sock"), HasSubstr("inside the master NAS"));
+  // Through a symlink that points into the mount point.
+  std::string link = dir_ + "/link";
+  ASSERT_EQ(::symlink(mnt_.c_str(), link.c_str()), 0);
+  EXPECT_THAT(ErrorFor("journal=" + link + "/j"), HasSubstr("inside the mount point"));
+  EXPECT_EQ(ErrorFor("journal=" + dir_ + "/journal"), "");
+  auto o = Parse({Spec(), mnt_, "-o", "journal=" + dir_ + "/./x/../journal"});
+  ASSERT_TRUE(o) << o.error();
+  EXPECT_EQ(o->journal_dir, dir_ + "/journal");
+}
+
+TEST_F(OptionsTest, NodeNamesLongerThanAHostNameAreRefused) {
+  EXPECT_EQ(ErrorFor("node=" + std::string(64, 'a')), "");
+  EXPECT_THAT(ErrorFor("node=" + std::string(65, 'a')), HasSubstr("longer than 64"));
+}
+
+TEST_F(OptionsTest, ABindMountIsSeenAsTheDirectoryItShows) {
+  std::string mi = dir_ + "/mountinfo";
+  FILE* f = std::fopen(mi.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fputs("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"
+             "2 1 8:1 /srv/nas/sub /mnt/alias rw - ext4 /dev/sda1 rw\n"
+             "3 1 0:50 / /mnt/nfs rw shared:1 - nfs server:/x rw\n"
+             "4 1 0:50 /deep /mnt/nfs2 rw - nfs server:/x rw\n"
+             "5 1 8:1 /with\\040space /mnt/sp rw - ext4 x rw\n"
+             "garbage line\n",
+             f);
+  std::fclose(f);
+  FsLocation l = LocationOf("/mnt/alias/f", mi);
+  EXPECT_EQ(l.dev, "8:1");
+  EXPECT_EQ(l.path, "/srv/nas/sub/f");
+  EXPECT_TRUE(Nested("/mnt/alias", "/srv/nas", mi));
+  EXPECT_FALSE(Nested("/srv/nas", "/mnt/alias", mi));
+  EXPECT_TRUE(Nested("/mnt/nfs2", "/mnt/nfs", mi)) << "two mounts of one export";
+  EXPECT_FALSE(Nested("/mnt/nfs", "/mnt/nfs2", mi));
+  EXPECT_FALSE(Nested("/mnt/nfs/a", "/srv", mi)) << "another filesystem";
+  EXPECT_EQ(LocationOf("/mnt/sp/a", mi).path, "/with space/a");
+  EXPECT_EQ(LocationOf("/etc", mi).path, "/etc");
+  EXPECT_EQ(LocationOf("/etc", dir_ + "/missing").dev, "") << "no table: paths only";
+}
+
 }  // namespace
 }  // namespace nasfs

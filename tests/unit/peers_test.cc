@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -112,13 +113,28 @@ class PeersTest : public ::testing::Test {
   static journal::PeerLogContents Decode(const std::string& file, journal::Target t) {
     return journal::DecodePeerLog(ReadFile(file), t);
   }
-  static nlohmann::json GenFile(const std::string& root) {
-    auto j = nlohmann::json::parse(ReadFile(root + "/.nasfs/generation.json"), nullptr, false);
-    return j;
-  }
+  // Plants generation names by hand, as a server would have left them.
   static void PutGen(const std::string& root, uint64_t gen, uint64_t in_step) {
-    PutFile(root + "/.nasfs/generation.json",
-            nlohmann::json{{"generation", gen}, {"in_step", in_step}}.dump() + "\n");
+    std::filesystem::create_directories(root + "/.nasfs/generation");
+    if (gen) PutFile(root + "/.nasfs/generation/g-" + std::to_string(gen), "");
+    if (in_step) PutFile(root + "/.nasfs/generation/s-" + std::to_string(in_step), "");
+  }
+  Generation Gen(Backend& nas) {
+    Generation g{99, 99};
+    EXPECT_EQ(peers_->ReadGeneration(nas, &g), 0);
+    return g;
+  }
+  // What the claim directory's highest step holds.
+  static std::string ClaimHolder(const std::string& dir) {
+    uint64_t top = 0;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+      auto name = e.path().filename().string();
+      if (!name.empty() && std::isdigit(static_cast<unsigned char>(name[0]))) top = std::max<uint64_t>(top, std::stoull(name));
+    }
+    if (top == 0) return "";
+    std::string text = ReadFile(dir + "/" + std::to_string(top));
+    return text.substr(0, text.find(' '));
   }
 
   std::string master_dir_, backup_dir_;
@@ -183,67 +199,124 @@ TEST_F(PeersTest, FirstNoteMovesHolderGenerationAhead) {
   PutGen(backup_dir_, 5, 5);
   PutGen(master_dir_, 5, 5);
   ASSERT_EQ(peers_->Note(kMaster, {Ch("a")}), 0);
-  auto g = GenFile(backup_dir_);
-  ASSERT_TRUE(g.is_object()) << ReadFile(B(".nasfs/generation.json"));
-  EXPECT_EQ(g.value("generation", 0), 6);
-  EXPECT_EQ(g.value("in_step", 0), 5);
+  Generation g = Gen(*backup_);
+  EXPECT_EQ(g.generation, 6u);
+  EXPECT_EQ(g.in_step, 5u);
+  EXPECT_TRUE(Exists(B(".nasfs/generation/g-6")));
+  EXPECT_FALSE(Exists(B(".nasfs/generation/g-5"))) << "older names are tidied away";
   // The master's (the NAS that lacks) is unchanged.
-  EXPECT_EQ(GenFile(master_dir_).value("generation", 0), 5);
+  EXPECT_EQ(Gen(*master_).generation, 5u);
 
-  // Put it back in step by hand: a later Note must not bump it again.
-  PutGen(backup_dir_, 6, 6);
+  // Marked in step meanwhile: a later Note of the same outage does not bump.
+  ASSERT_EQ(peers_->MarkInStep(*backup_, 6), 0);
   ASSERT_EQ(peers_->Note(kMaster, {Ch("b")}), 0);
-  EXPECT_EQ(GenFile(backup_dir_).value("generation", 0), 6);
-  EXPECT_EQ(GenFile(backup_dir_).value("in_step", 0), 6);
+  EXPECT_EQ(Gen(*backup_).generation, 6u);
+  EXPECT_EQ(Gen(*backup_).in_step, 6u);
 
-  // After Clear, with the generation still ahead: not bumped again.
-  PutGen(backup_dir_, 6, 5);
+  // A new outage (after Clear) bumps again, even when the NAS is still
+  // ahead: the bump is what marking in step must not miss.
   ASSERT_EQ(peers_->Clear(kMaster), 0);
+  PutGen(backup_dir_, 7, 0);  // ahead (7 > 6)
   ASSERT_EQ(peers_->Note(kMaster, {Ch("c")}), 0);
-  Generation r;
-  ASSERT_EQ(peers_->ReadGeneration(*backup_, &r), 0);
-  EXPECT_EQ(r.generation, 6u);
-  EXPECT_EQ(r.in_step, 5u);
-
-  // After Clear, back in step: bumped again.
-  ASSERT_EQ(peers_->WriteGeneration(*backup_, {6, 6}), 0);
-  ASSERT_EQ(peers_->Clear(kMaster), 0);
-  ASSERT_EQ(peers_->Note(kMaster, {Ch("d")}), 0);
-  ASSERT_EQ(peers_->ReadGeneration(*backup_, &r), 0);
-  EXPECT_EQ(r.generation, 7u);
-  EXPECT_EQ(r.in_step, 6u);
-  EXPECT_TRUE(r.ahead());
+  g = Gen(*backup_);
+  EXPECT_EQ(g.generation, 8u);
+  EXPECT_EQ(g.in_step, 6u);
+  EXPECT_TRUE(g.ahead());
 }
 
-TEST_F(PeersTest, FirstNoteWithNoGenerationFileWritesOne) {
-  ASSERT_FALSE(Exists(B(".nasfs/generation.json")));
+TEST_F(PeersTest, FirstNoteWithNoGenerationWritesOne) {
+  ASSERT_FALSE(Exists(B(".nasfs/generation")));
   ASSERT_EQ(peers_->Note(kMaster, {Ch("a")}), 0);
-  auto g = GenFile(backup_dir_);
-  EXPECT_EQ(g.value("generation", 0), 1);
-  EXPECT_EQ(g.value("in_step", 0), 0);
-  EXPECT_FALSE(Exists(M(".nasfs/generation.json")));
+  Generation g = Gen(*backup_);
+  EXPECT_EQ(g.generation, 1u);
+  EXPECT_EQ(g.in_step, 0u);
+  EXPECT_FALSE(Exists(M(".nasfs/generation")));
 }
 
-TEST_F(PeersTest, GenerationRoundTrip) {
-  Generation g{42, 17};
-  ASSERT_FALSE(Exists(M(".nasfs/generation.json")));
-  Generation r{9, 9};
-  ASSERT_EQ(peers_->ReadGeneration(*master_, &r), 0);
-  EXPECT_EQ(r.generation, 0u) << "missing reads as 0";
-  EXPECT_EQ(r.in_step, 0u);
-  ASSERT_EQ(peers_->WriteGeneration(*master_, g), 0);
-  auto j = GenFile(master_dir_);
-  EXPECT_EQ(j.value("generation", 0), 42);
-  EXPECT_EQ(j.value("in_step", 0), 17);
-  ASSERT_EQ(peers_->ReadGeneration(*master_, &r), 0);
-  EXPECT_EQ(r.generation, 42u);
-  EXPECT_EQ(r.in_step, 17u);
-  // No temp file left behind.
-  for (const auto& f : FilesUnder(M(".nasfs"))) EXPECT_EQ(f.find(".tmp"), std::string::npos) << f;
-  // Damaged: read as 0, no error.
-  PutFile(M(".nasfs/generation.json"), "{not json");
-  ASSERT_EQ(peers_->ReadGeneration(*master_, &r), 0);
-  EXPECT_EQ(r.generation, 0u);
+TEST_F(PeersTest, GenerationReadsNamesAndTheOldFileAsAFloor) {
+  Generation g = Gen(*master_);
+  EXPECT_EQ(g.generation, 0u) << "missing reads as 0";
+  EXPECT_EQ(g.in_step, 0u);
+  PutFile(M(".nasfs/generation.json"), R"({"generation":42,"in_step":17})");
+  g = Gen(*master_);
+  EXPECT_EQ(g.generation, 42u);
+  EXPECT_EQ(g.in_step, 17u);
+  ASSERT_EQ(peers_->MarkInStep(*master_, 42), 0);
+  g = Gen(*master_);
+  EXPECT_EQ(g.in_step, 42u);
+  EXPECT_FALSE(g.ahead());
+  // Marking in step never moves it back.
+  ASSERT_EQ(peers_->MarkInStep(*master_, 30), 0);
+  EXPECT_EQ(Gen(*master_).in_step, 42u);
+}
+
+// The reproduced crash of issue 10: a generation file of the wrong types
+// made the probe thread throw and ended the daemon. Every kind of junk is
+// read as "no information", reported, and never thrown.
+TEST_F(PeersTest, DamagedGenerationIsReportedNeverThrown) {
+  for (const char* junk : {R"({"generation":"oops","in_step":null})", "{not json", "[1,2,3]",
+                           R"({"generation":-5,"in_step":1e400})", R"({"generation":1.5})",
+                           "\xff\xfe\x00", ""}) {
+    SCOPED_TRACE(junk);
+    PutFile(B(".nasfs/generation.json"), junk);
+    Generation g{7, 7};
+    ASSERT_EQ(peers_->ReadGeneration(*backup_, &g), 0);
+    EXPECT_EQ(g.generation, 0u);
+    NasView v;
+    ASSERT_EQ(peers_->Scan(*backup_, &v), 0);
+    if (std::string(junk) != R"({"generation":1.5})") {
+      EXPECT_FALSE(v.damaged.empty());
+    }
+    // A Note still works and moves the generation ahead.
+    ASSERT_EQ(peers_->Clear(kMaster), 0);
+    ASSERT_EQ(peers_->Note(kMaster, {Ch("x")}), 0);
+    EXPECT_TRUE(Gen(*backup_).ahead());
+    std::filesystem::remove_all(B(".nasfs/generation"));
+  }
+  // Junk names in the directory: ignored and reported.
+  std::filesystem::create_directories(B(".nasfs/generation"));
+  for (const char* name : {"g-", "g-01", "g-abc", "x-5", "g-99999999999999999999999", "s--1"})
+    PutFile(B(".nasfs/generation/") + name, "");
+  PutFile(B(".nasfs/generation/g-3"), "");
+  std::filesystem::remove(B(".nasfs/generation.json"));
+  NasView v;
+  ASSERT_EQ(peers_->Scan(*backup_, &v), 0);
+  EXPECT_EQ(v.gen.generation, 3u);
+  EXPECT_EQ(v.damaged.size(), 6u);
+  // A FIFO where the old file was: never opened (it would block), reported.
+  ASSERT_EQ(::mkfifo(B(".nasfs/generation.json").c_str(), 0600), 0);
+  auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(peers_->Scan(*backup_, &v), 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(900));
+}
+
+// Marking a NAS in step races a server starting a new outage on it. Whatever
+// the interleaving, the bump of a server whose log was not seen survives:
+// here marking in step read the generation before the bump (the order
+// Nasfs::MarkInStep uses), so it records the older generation.
+TEST_F(PeersTest, MarkingInStepNeverLosesAConcurrentBump) {
+  PutGen(backup_dir_, 4, 3);
+  Generation seen = Gen(*backup_);  // read first...
+  Peers web2(master_.get(), backup_.get(), "web2");
+  ASSERT_EQ(web2.Note(kMaster, {Ch("new")}), 0);  // ...another server's outage starts
+  ASSERT_EQ(peers_->MarkInStep(*backup_, seen.generation), 0);  // ...then in step as of what was read
+  Generation g = Gen(*backup_);
+  EXPECT_EQ(g.generation, 5u);
+  EXPECT_EQ(g.in_step, 4u);
+  EXPECT_TRUE(g.ahead()) << "the bump of web2's outage was lost";
+
+  // Two servers bumping at once both land: each creates its own name.
+  constexpr int kServers = 6;
+  std::vector<std::unique_ptr<Peers>> servers;
+  for (int i = 0; i < kServers; ++i)
+    servers.push_back(std::make_unique<Peers>(master_.get(), backup_.get(), "s" + std::to_string(i)));
+  std::vector<std::thread> threads;
+  std::atomic<int> errors{0};
+  for (auto& p : servers)
+    threads.emplace_back([&, pp = p.get()] { errors += pp->Note(kMaster, {Ch("p")}) != 0; });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_GE(Gen(*backup_).generation, 5u + kServers);
 }
 
 // ---- 4. Concurrent Notes ----
@@ -340,7 +413,8 @@ TEST_F(PeersTest, ScanFindsWhatEveryServerLeft) {
   PutFile(nas(".nasfs/peers/web2/lacks-master.log"), rec2 + rec2);
   PutFile(nas(".nasfs/peers/web2/lacks-backup.log"), rec1);
   PutFile(nas(".nasfs/peers/web3/lacks-master.log"), "");  // empty: lacks nothing
-  PutFile(nas(".nasfs/peers/web3/claim"), "web2 1700000000000\n");
+  PutFile(nas(".nasfs/peers/web3/claim.d/4"), "web2 1700000000000\n");
+  PutFile(nas(".nasfs/peers/web1/claim.d/2"), "- 1700000000000\n");
   PutGen(backup_dir_, 8, 3);
 
   NasView v;
@@ -363,8 +437,8 @@ TEST_F(PeersTest, ScanFindsWhatEveryServerLeft) {
   EXPECT_FALSE(v.peers["web3"].lacks[0]);
   EXPECT_FALSE(v.peers["web3"].lacks[1]);
 
-  EXPECT_EQ(v.peers["web3"].claim, "web2 1700000000000\n");
-  EXPECT_EQ(v.peers["web1"].claim, "");
+  EXPECT_EQ(v.peers["web3"].claimed_by, "web2");
+  EXPECT_EQ(v.peers["web1"].claimed_by, "") << "released";
   EXPECT_EQ(v.gen.generation, 8u);
   EXPECT_EQ(v.gen.in_step, 3u);
   EXPECT_TRUE(v.gen.ahead());
@@ -419,57 +493,119 @@ TEST_F(PeersTest, ReadLogAndRemoveLog) {
 TEST_F(PeersTest, ClaimAndUnclaim) {
   const std::string rel = Peers::ClaimPath("web3");
   EXPECT_EQ(rel, ".nasfs/peers/web3/claim");
+  const std::string dir = B(rel + ".d");
   bool got = false;
   ASSERT_EQ(peers_->Claim(*backup_, rel, std::chrono::seconds(60), &got), 0);
   EXPECT_TRUE(got);
-  std::string held = ReadFile(B(rel));
-  EXPECT_THAT(held, StartsWith("web1 "));
-  EXPECT_FALSE(Exists(M(rel))) << "claimed on the other NAS";
+  EXPECT_EQ(ClaimHolder(dir), "web1");
+  EXPECT_FALSE(Exists(M(rel + ".d"))) << "claimed on the other NAS";
 
   Peers web2(master_.get(), backup_.get(), "web2");
   got = true;
   ASSERT_EQ(web2.Claim(*backup_, rel, std::chrono::seconds(60), &got), 0);
   EXPECT_FALSE(got) << "took a fresh claim";
-  EXPECT_EQ(ReadFile(B(rel)), held);
+  EXPECT_EQ(ClaimHolder(dir), "web1");
 
-  // Stale (ttl 0): taken over.
+  // Stale (ttl 0: its step has stood still as long as asked): taken over.
   ASSERT_EQ(web2.Claim(*backup_, rel, std::chrono::milliseconds(0), &got), 0);
   EXPECT_TRUE(got);
-  std::string held2 = ReadFile(B(rel));
-  EXPECT_THAT(held2, StartsWith("web2 "));
+  EXPECT_EQ(ClaimHolder(dir), "web2");
 
   // web1 no longer holds it.
   ASSERT_EQ(peers_->Claim(*backup_, rel, std::chrono::seconds(60), &got), 0);
   EXPECT_FALSE(got);
-  EXPECT_EQ(ReadFile(B(rel)), held2);
+  EXPECT_EQ(ClaimHolder(dir), "web2");
 
-  // The holder renews.
-  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  // The holder renews: a new step, still web2's.
   ASSERT_EQ(web2.Claim(*backup_, rel, std::chrono::seconds(60), &got), 0);
   EXPECT_TRUE(got);
-  std::string held3 = ReadFile(B(rel));
-  EXPECT_THAT(held3, StartsWith("web2 "));
-  EXPECT_GT(std::stoll(held3.substr(5)), std::stoll(held2.substr(5))) << "not renewed";
-
-  for (const auto& f : FilesUnder(B(".nasfs/peers/web3"))) EXPECT_EQ(f, "claim");
+  EXPECT_EQ(ClaimHolder(dir), "web2");
+  size_t files = 0;
+  for (const auto& f : FilesUnder(dir)) {
+    ++files;
+    EXPECT_EQ(f.find(".tmp"), std::string::npos) << "temp file left: " << f;
+  }
+  EXPECT_EQ(files, 1u) << "older steps are tidied away";
 
   // Unclaim by a non-holder: left.
   ASSERT_EQ(peers_->Unclaim(*backup_, rel), 0);
-  EXPECT_EQ(ReadFile(B(rel)), held3);
-  // By the holder: removed.
+  EXPECT_EQ(ClaimHolder(dir), "web2");
+  // By the holder: released.
   ASSERT_EQ(web2.Unclaim(*backup_, rel), 0);
-  EXPECT_FALSE(Exists(B(rel)));
+  EXPECT_EQ(ClaimHolder(dir), "-");
   EXPECT_EQ(web2.Unclaim(*backup_, rel), 0);
-  // Free again: anyone gets it.
+  // Free again: anyone gets it at once.
   ASSERT_EQ(peers_->Claim(*backup_, rel, std::chrono::seconds(60), &got), 0);
   EXPECT_TRUE(got);
+  EXPECT_EQ(ClaimHolder(dir), "web1");
 }
 
 TEST_F(PeersTest, ClaimDirectlyUnderMetaDir) {
   bool got = false;
   ASSERT_EQ(peers_->Claim(*master_, ".nasfs/split-brain.claim", std::chrono::seconds(60), &got), 0);
   EXPECT_TRUE(got);
-  EXPECT_THAT(ReadFile(M(".nasfs/split-brain.claim")), StartsWith("web1 "));
+  EXPECT_EQ(ClaimHolder(M(".nasfs/split-brain.claim.d")), "web1");
+}
+
+// Design hole of issue 10: two servers both believed they held a stale
+// claim (replace, then read back). Now a takeover is the exclusive link of
+// the next step: of any number of servers racing for a free or a stale
+// claim, exactly one gets it, every time.
+TEST_F(PeersTest, RacingServersNeverBothHoldAClaim) {
+  constexpr int kServers = 8, kRounds = 40;
+  std::vector<std::unique_ptr<Peers>> servers;
+  for (int i = 0; i < kServers; ++i)
+    servers.push_back(std::make_unique<Peers>(master_.get(), backup_.get(), "s" + std::to_string(i)));
+  const std::string rel = ".nasfs/race.claim";
+  Peers dead(master_.get(), backup_.get(), "dead");
+  const auto ttl = std::chrono::milliseconds(40);
+  for (int round = 0; round < kRounds; ++round) {
+    SCOPED_TRACE(round);
+    bool stale = round % 2 == 1;
+    std::filesystem::remove_all(B(rel + ".d"));
+    if (stale) {
+      // A holder that died: every server has watched its step stand still
+      // for longer than the lease, so each may take it over.
+      bool got = false;
+      ASSERT_EQ(dead.Claim(*backup_, rel, std::chrono::seconds(60), &got), 0);
+      ASSERT_TRUE(got);
+      for (auto& p : servers) {
+        ASSERT_EQ(p->Claim(*backup_, rel, std::chrono::seconds(60), &got), 0);
+        ASSERT_FALSE(got);
+      }
+      std::this_thread::sleep_for(2 * ttl);
+    }
+    std::atomic<int> winners{0}, errors{0};
+    std::vector<std::thread> threads;
+    for (auto& p : servers)
+      threads.emplace_back([&, pp = p.get()] {
+        bool got = false;
+        if (pp->Claim(*backup_, rel, ttl, &got) != 0) ++errors;
+        if (got) ++winners;
+      });
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(errors.load(), 0);
+    EXPECT_EQ(winners.load(), 1) << (stale ? "stale" : "free") << " claim: not exactly one holder";
+  }
+}
+
+// A claim record that does not parse, or names a time far in the future,
+// blocks nothing for longer than the lease: staleness is this server's own
+// observation of the step not moving.
+TEST_F(PeersTest, DamagedOrFutureClaimIsTakenOverAfterTheLease) {
+  const std::string rel = Peers::ClaimPath("web3");
+  for (const char* junk : {"web2 99999999999999\n", "garbage", "", "\x1b[31m 5\n"}) {
+    SCOPED_TRACE(junk);
+    std::filesystem::remove_all(B(rel + ".d"));
+    PutFile(B(rel + ".d/7"), junk);
+    bool got = true;
+    ASSERT_EQ(peers_->Claim(*backup_, rel, std::chrono::milliseconds(150), &got), 0);
+    EXPECT_FALSE(got) << "taken before the lease ran out";
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    ASSERT_EQ(peers_->Claim(*backup_, rel, std::chrono::milliseconds(150), &got), 0);
+    EXPECT_TRUE(got);
+    EXPECT_EQ(ClaimHolder(B(rel + ".d")), "web1");
+  }
 }
 
 // ---- 9. A failing holder ----
