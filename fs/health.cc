@@ -61,16 +61,34 @@ int Probe(const Backend& nas, const std::string& node, const std::string& pair_i
       return EIO;
     }
   }
-  // 3. A write, read back.
+  // 3. A write, read back. Into a new file renamed over the heartbeat: an
+  // entry of another kind planted at our name (a FIFO, a directory) is
+  // replaced rather than opened, so it cannot block or fail every probe,
+  // and a reader sees the old heartbeat or the new, never half of one.
   std::string name = fmt::format("{}/heartbeat.{}", kMetaDir, node);
   {
-    auto f = Backend::OpenBeneathAt(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0644);
-    if (!f) {
-      out->error = fmt::format("heartbeat write: {}", std::strerror(f.error()));
-      return f.error();
+    auto meta = Backend::OpenBeneathAt(dirfd, kMetaDir, O_PATH | O_DIRECTORY);
+    if (!meta) {
+      out->error = fmt::format("heartbeat write: {}", std::strerror(meta.error()));
+      return meta.error();
     }
-    if (write(f->get(), beat.data(), beat.size()) != static_cast<ssize_t>(beat.size())) {
-      int e = errno ? errno : EIO;
+    std::string tmp = fmt::format("heartbeat.{}.tmp", node);
+    (void)unlinkat(meta->get(), tmp.c_str(), 0);  // a leftover, or something planted there
+    auto f = Backend::OpenBeneathAt(meta->get(), tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    int e = f ? 0 : f.error();
+    if (!e && write(f->get(), beat.data(), beat.size()) != static_cast<ssize_t>(beat.size())) e = errno ? errno : EIO;
+    if (!e && renameat(meta->get(), tmp.c_str(), meta->get(), name.c_str() + strlen(kMetaDir) + 1) != 0) {
+      e = errno;
+      // A directory planted at our name: move it out of the way (it is ours
+      // to keep tidy, never to follow).
+      if (e == EISDIR || e == ENOTEMPTY || e == EEXIST) {
+        std::string aside = fmt::format("heartbeat.{}.junk.{}", node, getpid());
+        if (renameat(meta->get(), name.c_str() + strlen(kMetaDir) + 1, meta->get(), aside.c_str()) == 0 &&
+            renameat(meta->get(), tmp.c_str(), meta->get(), name.c_str() + strlen(kMetaDir) + 1) == 0)
+          e = 0;
+      }
+    }
+    if (e) {
       out->error = fmt::format("heartbeat write: {}", std::strerror(e));
       return e;
     }

@@ -253,6 +253,14 @@ tl::expected<void, std::string> Nasfs::AdoptOwnLogs() {
       b->SetState(BackendState::kDown, "what it lacks is unknown (journal " + std::string(why) + ")");
       continue;
     }
+    if (r->contents.damaged > 0) {
+      log->error("journal {} {} and this server's pending log on the {} holds {} unreadable records: the {} is "
+                 "copied afresh from it",
+                 journal_->dir(), why, holder.name(), r->contents.damaged, b->name());
+      SetFullSync(*b, true);
+      b->SetState(BackendState::kDown, "what it lacks is unknown (journal and pending log damaged)");
+      continue;
+    }
     if (r->contents.entries.empty()) continue;
     std::vector<journal::Change> changes;
     for (const auto& e : r->contents.entries)

@@ -163,7 +163,23 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
   } unclaim{peers_.get(), o, Peers::ClaimPath(node)};
   journal::PeerLogContents contents;
   uint64_t bytes = 0;
-  if (int e = peers_->ReadLog(o, node, t, &contents, &bytes)) return e;
+  int read = peers_->ReadLog(o, node, t, &contents, &bytes);
+  // Something that is no log at its name (a FIFO, a directory, a symlink).
+  bool junk = read == EINVAL || read == EISDIR || read == ELOOP;
+  if (read && !junk) return read;
+  if (junk || contents.damaged > 0) {
+    // What the unreadable records named is unknown: only a whole-tree copy
+    // (which displaces nothing it need not) brings b back. The log goes
+    // once that is recorded; the copy starts on b's next good probes.
+    ReportDamage(o, fmt::format("{}: {}; the {} is copied afresh from the {}", Peers::LogPath(node, t),
+                                junk ? std::string("not a log: ") + std::strerror(read)
+                                     : fmt::format("{} unreadable records", contents.damaged),
+                                b.name(), o.name()));
+    SetFullSync(b, true);
+    b.SetState(BackendState::kDown, fmt::format("web server {}'s log of what it lacks is damaged", node));
+    (void)peers_->RemoveLog(o, node, t, junk ? Peers::kAnyLog : bytes);  // failing, the next takeover finds it again
+    return ECANCELED;
+  }
   log->warn("web server {} is silent with {} paths the {} lacks: this server replays them", node,
             contents.entries.size(), b.name());
   auto entries = contents.entries;

@@ -316,8 +316,13 @@ int Peers::Scan(Backend& nas, NasView* out) {
     std::vector<DirEntry> names;
     if (int e = n->ReadDir(kMetaDir, &names)) return e;
     for (const auto& d : names) {
-      if (d.name.rfind("heartbeat.", 0) != 0 || d.name.size() <= 10 || d.name.find(".tmp") != std::string::npos)
+      if (d.name.rfind("heartbeat.", 0) != 0 || d.name.size() <= 10 || d.name.find(".tmp") != std::string::npos ||
+          d.name.find(".junk.") != std::string::npos)
+        continue;  // temp files, and what a probe moved off its heartbeat's name
+      if (d.name.size() > 10 + kMaxNodeName) {
+        view->damaged.push_back(fmt::format("{}/{}: not a web server's heartbeat", kMetaDir, d.name.substr(0, 80)));
         continue;
+      }
       auto beat = ReadSmallFileAt(root, std::string(kMetaDir) + "/" + d.name);
       if (!beat && beat.error() != ENOENT)
         view->damaged.push_back(fmt::format("{}/{}: {}", kMetaDir, d.name, std::strerror(beat.error())));
@@ -402,6 +407,11 @@ int Peers::RemoveLog(Backend& nas, const std::string& node, journal::Target targ
   Backend* n = &nas;
   std::string rel = LogPath(node, target);
   return nas.Run([n, rel, bytes] {
+    if (bytes == kAnyLog) {
+      // Not a log at all (junk planted at its name): removed whatever it is.
+      int e = n->RemoveTree(rel);
+      return e ? e : n->SyncParentDir(rel);
+    }
     struct stat st{};
     auto f = n->OpenBeneath(rel, O_RDONLY | O_NOFOLLOW);  // revalidated on open (NFS close-to-open)
     if (!f) return f.error() == ENOENT ? 0 : f.error();

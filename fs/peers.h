@@ -109,7 +109,9 @@ class Peers {
   static int ReadLogAt(const Backend& nas, const std::string& node, journal::Target target,
                        journal::PeerLogContents* out, uint64_t* bytes);
   // Removes node's lacks-<target>.log on nas if it still holds `bytes`
-  // bytes (EAGAIN if it grew: its owner is alive and wrote more).
+  // bytes (EAGAIN if it grew: its owner is alive and wrote more), or
+  // whatever is at its name with kAnyLog (junk that is no log).
+  static constexpr uint64_t kAnyLog = UINT64_MAX;
   int RemoveLog(Backend& nas, const std::string& node, journal::Target target, uint64_t bytes);
 
   // ---- leases ----

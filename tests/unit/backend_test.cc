@@ -20,6 +20,11 @@
 #include <random>
 #include <string>
 #include <vector>
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <sys/sysmacros.h>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -648,6 +653,97 @@ TEST_F(BackendTest, JoinPathAndIsFaultErrnoBehaveAsDocumented) {
   EXPECT_TRUE(IsFaultErrno(ETIMEDOUT));
   EXPECT_FALSE(IsFaultErrno(ENOENT));
   EXPECT_FALSE(IsFaultErrno(EEXIST));
+}
+
+// ---- Issue 10: hostile entries on the NAS ---------------------------------
+
+// Runs fn on a thread and says whether it returned within `limit` (a call
+// stuck on a FIFO would never return: the thread is then left behind).
+bool ReturnsWithin(std::function<void()> fn, std::chrono::milliseconds limit) {
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  std::thread([fn, done] {
+    fn();
+    *done = true;
+  }).detach();
+  auto until = std::chrono::steady_clock::now() + limit;
+  while (!*done && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  return *done;
+}
+
+// A FIFO or a device where a file should be is never opened for data:
+// opening a FIFO blocks until a peer comes, and a device is this machine's.
+TEST_F(BackendTest, AFifoOrDeviceOnTheNasIsNeverOpenedForData) {
+  ASSERT_EQ(::mkfifo(At("fifo").c_str(), 0666), 0);
+  std::vector<std::string> names = {"fifo"};
+  if (IsRoot() && ::mknod(At("null").c_str(), S_IFCHR | 0666, makedev(1, 3)) == 0) names.push_back("null");
+  for (const auto& n : names) {
+    SCOPED_TRACE(n);
+    int r[6] = {-1, -1, -1, -1, -1, -1};
+    bool regular_fd = true;
+    ASSERT_TRUE(ReturnsWithin(
+        [&, this] {
+          std::string data;
+          uint64_t h;
+          struct stat st;
+          r[0] = nas_->Read(n, 0, 10, &data);
+          r[1] = nas_->Write(n, 0, "x", Ts(5, 0));
+          r[2] = nas_->Hash(n, &h);
+          r[3] = nas_->Fsync(n, false);
+          r[4] = nas_->Create(n, 0, 0644, who_, Ts(5, 0), &st);
+          regular_fd = nas_->OpenIfRegular(n).valid();
+          auto f = nas_->OpenBeneath(n, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+          r[5] = f ? 0 : f.error();
+        },
+        std::chrono::seconds(3)))
+        << "a call blocked on " << n;
+    for (int i = 0; i < 6; ++i) EXPECT_NE(r[i], 0) << "call " << i << " opened " << n;
+    EXPECT_FALSE(regular_fd);
+  }
+  struct stat st;
+  ASSERT_EQ(::lstat(At("fifo").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode)) << "the FIFO was replaced";
+}
+
+// The reproduced escape of issue 10: a user who can write a NAS directory
+// renames a symlink to an outside file over each name the daemon creates
+// (O_CREAT|O_EXCL, set-id mode, for an unprivileged caller). The daemon's
+// chmod used to follow it and made the outside root-owned file 6777. The
+// new entry is finished through its own fd, so the outside file never
+// changes, whatever the timing.
+TEST_F(BackendTest, ASymlinkSwappedOverANewNameNeverRedirectsItsChmodOrChown) {
+  if (!IsRoot()) GTEST_SKIP() << "needs root (the daemon's chown)";
+  const std::string target = outside_ + "/file";
+  ASSERT_EQ(::chmod(target.c_str(), 0600), 0);
+  ASSERT_EQ(::mkdir(At("pub").c_str(), 0777), 0);
+  Caller nobody{65534, 65534};
+  std::atomic<int> current{-1};
+  std::atomic<bool> stop{false};
+  std::atomic<long> swaps{0};
+  std::thread racer([&] {
+    std::string tmp = At("pub/.swap");
+    while (!stop) {
+      int i = current.load();
+      if (i < 0) continue;
+      ::unlink(tmp.c_str());
+      if (::symlink(target.c_str(), tmp.c_str()) != 0) continue;
+      if (::rename(tmp.c_str(), At("pub/f" + std::to_string(i)).c_str()) == 0) ++swaps;
+    }
+  });
+  int created = 0;
+  for (int i = 0; i < 3000; ++i) {
+    current = i;
+    struct stat st;
+    if (nas_->Create("pub/f" + std::to_string(i), O_EXCL, 06777, nobody, Ts(7, 0), &st) == 0) ++created;
+  }
+  stop = true;
+  racer.join();
+  struct stat st;
+  ASSERT_EQ(::stat(target.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u) << "the outside file's mode was changed through a swapped symlink";
+  EXPECT_EQ(st.st_uid, 0u) << "the outside file's owner was changed";
+  EXPECT_EQ(ReadFile(target), "outside");
+  EXPECT_GT(swaps.load(), 0) << "the racer never swapped a name: the test proves nothing";
+  std::printf("%d creates, %ld swaps\n", created, swaps.load());
 }
 
 }  // namespace
