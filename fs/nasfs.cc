@@ -702,6 +702,9 @@ void Nasfs::ReplayLoop(Backend& b) {
       journal_->Done(t, e->path, e->seq);
       if (!quiesce && !e->path.empty()) settle_.insert(e->path);
     }
+    // Names outside the entries that the replay linked to keep a hard link:
+    // a write through the mount does not wait for those.
+    for (auto& p : rs.TakeRelinked()) settle_.insert(std::move(p));
     replayed_paths_.fetch_add(replayed.size(), std::memory_order_relaxed);
     if (quiesce && switch_back(/*quiesced=*/true)) return;
   }

@@ -203,6 +203,7 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
       dirs.insert(ParentOf(e.path));
       settle_.insert(e.path);
     }
+    for (auto& p : rs.TakeRelinked()) settle_.insert(std::move(p));
     {
       std::lock_guard lk(replay_mu_);
       ++replay_.done;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <set>
+#include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -96,7 +97,10 @@ struct TreeSync::Uring {
   std::vector<std::unique_ptr<char[]>> bufs;
   bool ok = false;
   Uring() {
-    ok = io_uring_queue_init(kDepth * 2, &ring, 0) == 0;
+    // NASFS_NO_IO_URING=1 takes the plain read/write path, as a host with
+    // io_uring disabled does (and the tests, to cover it).
+    const char* off = getenv("NASFS_NO_IO_URING");
+    ok = !(off && *off && *off != '0') && io_uring_queue_init(kDepth * 2, &ring, 0) == 0;
     for (int i = 0; i < kDepth; ++i) bufs.emplace_back(new char[kChunk]);
   }
   ~Uring() {
@@ -366,14 +370,34 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
         struct stat out;
         return t->SetAttr(path, a, &out);
       });
-    case S_IFREG:
-      if (have && !force_data && d->st_size == s->st_size && SameTime(d->st_mtim, s->st_mtim) &&
-          (!verify_content_ || SameContent(path)))
-        break;
-      if (have)
-        if (int r = Displace(path)) return r;
-      if (int r = CopyFileData(path, *s)) return r;
+    case S_IFREG: {
+      if (s->st_nlink > 1) {
+        bool handled = false;
+        if (int r = SyncLinked(path, *s, have, *d, &handled)) return r;
+        if (handled) break;
+      }
+      // A target file that shares its inode with names the source does not
+      // link to is split from them by a new file renamed over this name.
+      bool split = have && d->st_nlink > 1 && s->st_nlink == 1;
+      bool copied = false;
+      if (!have || force_data || split || d->st_size != s->st_size || !SameTime(d->st_mtim, s->st_mtim) ||
+          (verify_content_ && !SameContent(path))) {
+        // Both sides linked: the data goes into the target's file itself,
+        // so its other names keep seeing the same file.
+        bool in_place = have && !displace_ && !split && s->st_nlink > 1 && d->st_nlink > 1;
+        if (have && !in_place)
+          if (int r = Displace(path)) return r;
+        if (int r = CopyFileData(path, *s, in_place)) return r;
+        copied = true;
+      }
+      if (s->st_nlink > 1) {
+        linked_[{s->st_dev, s->st_ino}] = path;
+        // Its other names may lie outside what this Reconcile visits: looked
+        // at once it is over (see FinishLinks).
+        if (reconciling_ && (copied || !have || d->st_nlink != s->st_nlink)) link_check_.push_back(path);
+      }
       break;
+    }
     case S_IFLNK: {
       auto st = std::make_shared<std::string>();
       auto dt = std::make_shared<std::string>();
@@ -402,69 +426,153 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
   return t->Run([t, path, s] { return CopyMeta(*t, path, *s); });
 }
 
-int TreeSync::CopyFileData(const std::string& path, const struct stat& st) {
+namespace {
+
+// Temp names unique in this process, whatever TreeSync makes them.
+std::atomic<uint64_t> g_tmp_seq{0};
+
+// Whole-length pwrite.
+int PwriteAll(int fd, const char* p, size_t n, off_t off) {
+  while (n > 0) {
+    ssize_t w = pwrite(fd, p, n, off);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (w == 0) return EIO;
+    p += w;
+    n -= static_cast<size_t>(w);
+    off += w;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int TreeSync::CopyFileData(const std::string& path, const struct stat& st, bool in_place) {
   Backend* src = source_;
   Backend* t = target_;
-  std::string tmp = fmt::format("{}/tmp/copy-{}-{}", kMetaDir, getpid(), ++tmp_seq_);
+  std::string tmp = fmt::format("{}/tmp/copy-{}-{}", kMetaDir, getpid(), ++g_tmp_seq);
   auto sfd = std::make_shared<UniqueFd>();
   auto tfd = std::make_shared<UniqueFd>();
   if (int r = src->Run([src, path, sfd] {
-        auto f = src->OpenBeneath(path, O_RDONLY | O_NOFOLLOW | O_NOATIME);
+        auto f = src->OpenBeneath(path, O_RDONLY | O_NOATIME);
         if (!f) return f.error();
         *sfd = std::move(*f);
         return 0;
       }))
     return r;
-  if (int r = t->Run([t, tmp, tfd] {
+  if (int r = t->Run([t, tmp, tfd, in_place, path] {
+        if (in_place) {
+          auto f = t->OpenBeneath(path, O_WRONLY);
+          if (!f) return f.error();
+          *tfd = std::move(*f);
+          return 0;
+        }
         mkdirat(t->Root()->get(), kMetaDir, 0700);
-        std::string tmpdir = std::string(kMetaDir) + "/tmp";
         auto meta = t->OpenBeneath(kMetaDir, O_PATH | O_DIRECTORY);
         if (!meta) return meta.error();
         if (mkdirat(meta->get(), "tmp", 0700) != 0 && errno != EEXIST) return errno;
-        auto f = t->OpenBeneath(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0600);
+        auto f = t->OpenBeneath(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         if (!f) return f.error();
         *tfd = std::move(*f);
         return 0;
       }))
     return r;
+  uint64_t copied = 0;
+  int err = CopyBytes(sfd, tfd, st.st_size, &copied);
+  if (err) {
+    if (!in_place)
+      (void)t->Run([t, tmp] {  // best effort: a leftover temp file is harmless
+        return unlinkat(t->Root()->get(), tmp.c_str(), 0) == 0 ? 0 : errno;
+      });
+    return err;
+  }
+  bytes_.fetch_add(copied, std::memory_order_relaxed);
+  // Owner, mode and times on the file, then (a new file) into place in one
+  // rename.
+  auto s = std::make_shared<struct stat>(st);
+  return t->Run([t, tmp, path, s, tfd, in_place] {
+    if (in_place && ftruncate(tfd->get(), s->st_size) != 0) return errno;
+    if (fchown(tfd->get(), s->st_uid, s->st_gid) != 0) return errno;
+    if (fchmod(tfd->get(), s->st_mode & 07777) != 0) return errno;
+    const timespec times[2] = {s->st_atim, s->st_mtim};
+    if (futimens(tfd->get(), times) != 0) return errno;
+    if (in_place) return 0;
+    std::string tn, pn;
+    auto tp = t->OpenParent(tmp, &tn);
+    if (!tp) return tp.error();
+    auto pp = t->OpenParent(path, &pn);
+    if (!pp) return pp.error();
+    return renameat(tp->get(), tn.c_str(), pp->get(), pn.c_str()) == 0 ? 0 : errno;
+  });
+}
 
+int TreeSync::CopyBytes(const std::shared_ptr<UniqueFd>& sfd_owner, const std::shared_ptr<UniqueFd>& tfd_owner,
+                        off_t size, uint64_t* copied) {
+  *copied = 0;
+  const int sfd = sfd_owner->get(), tfd = tfd_owner->get();
+  if (!uring_) uring_ = std::make_unique<Uring>();
+  if (!uring_->ok) {
+    // No io_uring here (kernel.io_uring_disabled, a seccomp filter, an old
+    // kernel): chunk by chunk, each read and write one call on its NAS's
+    // worker under the deadline.
+    auto buf = std::make_shared<std::string>();
+    for (off_t off = 0; off < size;) {
+      size_t len = static_cast<size_t>(std::min<off_t>(kChunk, size - off));
+      Backend* src = source_;
+      Backend* t = target_;
+      // The calls own the fds: one abandoned at its deadline never reads
+      // or writes a descriptor number reused meanwhile.
+      if (int r = src->Run([sfd_owner, buf, off, len] { return Backend::ReadFd(sfd_owner->get(), off, len, buf.get()); }))
+        return r;
+      if (buf->size() != len) return EAGAIN;  // the source shrank meanwhile
+      if (int r = t->Run([tfd_owner, buf, off] { return PwriteAll(tfd_owner->get(), buf->data(), buf->size(), off); }))
+        return r;
+      off += static_cast<off_t>(len);
+      *copied += len;
+    }
+    return 0;
+  }
   // Linked read->write pairs, kDepth chunks in flight. A short read (the
   // file shrank under us) breaks the link and cancels its write, which we
   // report rather than copy a torn file.
   int err = 0;
-  if (!uring_) uring_ = std::make_unique<Uring>();
-  if (!uring_->ok) return ENOSYS;
   io_uring* ring = &uring_->ring;
-  off_t size = st.st_size;
   off_t next = 0;
   int cqes_left = 0;
-  uint64_t copied = 0;
   // A buffer is free again only when the write that used it completed
   // (completions may come out of order): user_data carries its slot.
   std::vector<int> free_slots;
   for (int i = 0; i < kDepth; ++i) free_slots.push_back(i);
-  auto timeout_ms = std::chrono::duration_cast<std::chrono::milliseconds>(t->Deadline() - Clock::now()).count();
+  auto timeout_ms = std::chrono::duration_cast<std::chrono::milliseconds>(target_->Deadline() - Clock::now()).count();
   constexpr uint64_t kWriteBit = 1ULL << 63;
   auto tag = [](bool write, int slot, size_t len) {
     return (write ? kWriteBit : 0) | (static_cast<uint64_t>(slot) << 32) | len;
   };
   while ((next < size || cqes_left > 0) && !err) {
     while (next < size && !free_slots.empty()) {
+      // Two entries per chunk; the ring holds 2 * kDepth, and every chunk
+      // in flight holds a slot, so this never runs out. Checked all the
+      // same: a null entry would be written through.
+      if (io_uring_sq_space_left(ring) < 2) break;
       int slot = free_slots.back();
       free_slots.pop_back();
       size_t len = static_cast<size_t>(std::min<off_t>(kChunk, size - next));
       char* buf = uring_->bufs[static_cast<size_t>(slot)].get();
       io_uring_sqe* r = io_uring_get_sqe(ring);
-      io_uring_prep_read(r, sfd->get(), buf, static_cast<unsigned>(len), static_cast<uint64_t>(next));
+      io_uring_sqe* w = r ? io_uring_get_sqe(ring) : nullptr;
+      if (!r || !w) return EAGAIN;  // cannot happen (space checked); the entry is copied again later
+      io_uring_prep_read(r, sfd, buf, static_cast<unsigned>(len), static_cast<uint64_t>(next));
       r->flags |= IOSQE_IO_LINK;
       io_uring_sqe_set_data64(r, tag(false, slot, len));
-      io_uring_sqe* w = io_uring_get_sqe(ring);
-      io_uring_prep_write(w, tfd->get(), buf, static_cast<unsigned>(len), static_cast<uint64_t>(next));
+      io_uring_prep_write(w, tfd, buf, static_cast<unsigned>(len), static_cast<uint64_t>(next));
       io_uring_sqe_set_data64(w, tag(true, slot, len));
       next += static_cast<off_t>(len);
       cqes_left += 2;
     }
-    io_uring_submit(ring);
+    int sub = io_uring_submit(ring);
+    if (sub < 0 && sub != -EBUSY && sub != -EAGAIN) return -sub;
     __kernel_timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000};
     io_uring_cqe* cqe = nullptr;
     int w = io_uring_wait_cqe_timeout(ring, &cqe, &ts);
@@ -486,7 +594,7 @@ int TreeSync::CopyFileData(const std::string& path, const struct stat& st) {
     else if (static_cast<size_t>(res) != len) err = EAGAIN;  // source changed size while copied
     if (is_write) {
       free_slots.push_back(slot);
-      if (!err) copied += len;
+      if (!err) *copied += len;
     }
   }
   if (err) {
@@ -501,26 +609,148 @@ int TreeSync::CopyFileData(const std::string& path, const struct stat& st) {
       io_uring_cqe_seen(ring, cqe);
       --cqes_left;
     }
-    (void)t->Run([t, tmp] {  // best effort: a leftover temp file is harmless
-      return unlinkat(t->Root()->get(), tmp.c_str(), 0) == 0 ? 0 : errno;
-    });
-    return err;
   }
-  bytes_.fetch_add(copied, std::memory_order_relaxed);
-  // Owner, mode and times on the temp file, then into place in one rename.
-  auto s = std::make_shared<struct stat>(st);
-  return t->Run([t, tmp, path, s, tfd] {
-    if (fchown(tfd->get(), s->st_uid, s->st_gid) != 0) return errno;
-    if (fchmod(tfd->get(), s->st_mode & 07777) != 0) return errno;
-    const timespec times[2] = {s->st_atim, s->st_mtim};
-    if (futimens(tfd->get(), times) != 0) return errno;
+  return err;
+}
+
+std::vector<std::string> TreeSync::TakeRelinked() { return std::exchange(relinked_, {}); }
+
+int TreeSync::SyncLinked(const std::string& path, const struct stat& s, bool have, const struct stat& d,
+                         bool* handled) {
+  *handled = false;
+  auto it = linked_.find({s.st_dev, s.st_ino});
+  if (it == linked_.end() || it->second == path) return 0;
+  const std::string from = it->second;
+  Backend* src = source_;
+  Backend* t = target_;
+  // Still a name of this inode on the source, and a file on the target?
+  auto sf = std::make_shared<struct stat>();
+  auto tf = std::make_shared<struct stat>();
+  int rs = src->Run([src, from, sf] { return src->Stat(from, sf.get()); });
+  int rt = t->Run([t, from, tf] { return t->Stat(from, tf.get()); });
+  if (rs || rt || sf->st_dev != s.st_dev || sf->st_ino != s.st_ino || !S_ISREG(tf->st_mode)) {
+    if ((rs && rs != ENOENT) || (rt && rt != ENOENT)) return rs && rs != ENOENT ? rs : rt;
+    linked_.erase(it);
+    return 0;
+  }
+  *handled = true;
+  if (have && d.st_dev == tf->st_dev && d.st_ino == tf->st_ino) return 0;  // linked already
+  if (have && displace_)
+    if (int r = Displace(path)) return r;
+  return LinkOver(from, path);
+}
+
+int TreeSync::LinkOver(const std::string& from, const std::string& to) {
+  Backend* t = target_;
+  std::string tmp = fmt::format("{}/tmp/link-{}-{}", kMetaDir, getpid(), ++g_tmp_seq);
+  return t->Run([t, from, to, tmp] {
+    auto f = t->OpenBeneath(from, O_PATH | O_NOFOLLOW);
+    if (!f) return f.error();
+    mkdirat(t->Root()->get(), kMetaDir, 0700);
+    auto meta = t->OpenBeneath(kMetaDir, O_PATH | O_DIRECTORY);
+    if (!meta) return meta.error();
+    if (mkdirat(meta->get(), "tmp", 0700) != 0 && errno != EEXIST) return errno;
     std::string tn, pn;
     auto tp = t->OpenParent(tmp, &tn);
     if (!tp) return tp.error();
-    auto pp = t->OpenParent(path, &pn);
+    auto pp = t->OpenParent(to, &pn);
     if (!pp) return pp.error();
-    return renameat(tp->get(), tn.c_str(), pp->get(), pn.c_str()) == 0 ? 0 : errno;
+    (void)unlinkat(tp->get(), tn.c_str(), 0);
+    if (linkat(f->get(), "", tp->get(), tn.c_str(), AT_EMPTY_PATH) != 0) return errno;
+    if (renameat(tp->get(), tn.c_str(), pp->get(), pn.c_str()) != 0) {
+      int e = errno;
+      (void)unlinkat(tp->get(), tn.c_str(), 0);
+      return e;
+    }
+    return 0;
   });
+}
+
+int TreeSync::LinkOtherNames(const std::string& path, const struct stat& s) {
+  std::vector<std::string> names;
+  if (int r = OtherNames(s, &names)) return r;
+  Backend* t = target_;
+  auto tp = std::make_shared<struct stat>();
+  if (int r = t->Run([t, path, tp] { return t->Stat(path, tp.get()); })) return r;
+  for (const auto& n : names) {
+    if (n == path) continue;
+    auto tn = std::make_shared<struct stat>();
+    auto dir = std::make_shared<struct stat>();
+    int rd = t->Run([t, n, dir] { return t->Stat(ParentOf(n), dir.get()); });
+    if (rd == ENOENT || (rd == 0 && !S_ISDIR(dir->st_mode))) continue;  // made later, by its own entry
+    if (rd) return rd;
+    int rn = t->Run([t, n, tn] { return t->Stat(n, tn.get()); });
+    if (rn && rn != ENOENT) return rn;
+    if (rn == 0 && tn->st_dev == tp->st_dev && tn->st_ino == tp->st_ino) continue;  // linked already
+    if (rn == 0 && !S_ISREG(tn->st_mode)) continue;  // another kind there: its own entry settles it
+    if (int r = LinkOver(path, n)) return r;
+    // The rename moved the times of n's directory, which nothing else
+    // visits: they go back to the source's.
+    if (int r = SyncDirTimes(ParentOf(n))) return r;
+    relinked_.push_back(n);
+  }
+  return 0;
+}
+
+int TreeSync::OtherNames(const struct stat& s, std::vector<std::string>* out) {
+  out->clear();
+  const InodeKey key{s.st_dev, s.st_ino};
+  auto found = [&] { return link_index_.find(key); };
+  if (!link_index_built_ || (found() == link_index_.end() && Clock::now() - link_index_at_ > std::chrono::seconds(5))) {
+    link_index_.clear();
+    link_index_built_ = true;
+    link_index_at_ = Clock::now();
+    if (int r = IndexLinks("")) {
+      link_index_built_ = false;
+      return r;
+    }
+  }
+  auto it = found();
+  if (it == link_index_.end()) return 0;
+  // Names found by the walk, still names of this inode now.
+  Backend* src = source_;
+  for (const auto& n : it->second) {
+    auto st = std::make_shared<struct stat>();
+    int r = src->Run([src, n, st] { return src->Stat(n, st.get()); });
+    if (r == ENOENT) continue;
+    if (r) return r;
+    if (st->st_dev == s.st_dev && st->st_ino == s.st_ino) out->push_back(n);
+  }
+  return 0;
+}
+
+int TreeSync::IndexLinks(const std::string& dir) {
+  if (stop_) return ECANCELED;
+  Backend* src = source_;
+  auto list = std::make_shared<std::vector<DirEntry>>();
+  int r = src->Run([src, dir, list] { return src->ReadDir(dir, list.get()); });
+  if (r == ENOENT || r == ENOTDIR) return 0;
+  if (r) return r;
+  std::vector<std::string> names;
+  for (const auto& e : *list) {
+    if (e.name == "." || e.name == "..") continue;
+    if (dir.empty() && (e.name == kMetaDir || e.name == "lost+found")) continue;
+    names.push_back(e.name);
+  }
+  constexpr size_t kBatch = 256;  // names stat'ed per NAS call
+  for (size_t i = 0; i < names.size(); i += kBatch) {
+    auto batch = std::make_shared<std::vector<std::string>>(
+        names.begin() + static_cast<std::ptrdiff_t>(i),
+        names.begin() + static_cast<std::ptrdiff_t>(std::min(names.size(), i + kBatch)));
+    auto st = std::make_shared<std::vector<struct stat>>();
+    if (int e = src->Run([src, dir, batch, st] { return src->StatChildren(dir, *batch, st.get()); })) return e;
+    for (size_t k = 0; k < batch->size(); ++k) {
+      const struct stat& x = (*st)[k];
+      std::string child = JoinPath(dir, (*batch)[k]);
+      if (x.st_ino == 0) continue;  // gone meanwhile
+      if (S_ISDIR(x.st_mode)) {
+        if (int e = IndexLinks(child)) return e;
+      } else if (S_ISREG(x.st_mode) && x.st_nlink > 1) {
+        link_index_[{x.st_dev, x.st_ino}].push_back(child);
+      }
+    }
+  }
+  return 0;
 }
 
 int TreeSync::EnsureAncestors(const std::string& path) {
@@ -539,6 +769,35 @@ int TreeSync::EnsureAncestors(const std::string& path) {
 }
 
 int TreeSync::Reconcile(const std::string& path, journal::Scope scope, bool force_data) {
+  if (reconciling_) return ReconcileOnce(path, scope, force_data);
+  reconciling_ = true;
+  int r = ReconcileOnce(path, scope, force_data);
+  if (r == 0) r = FinishLinks();
+  reconciling_ = false;
+  link_check_.clear();
+  return r;
+}
+
+int TreeSync::FinishLinks() {
+  // Most links lie within what was reconciled, and linked_ joined them
+  // there; only a file whose target copy still has fewer names than the
+  // source's needs its other names looked for.
+  for (const auto& p : std::exchange(link_check_, {})) {
+    Backend* src = source_;
+    Backend* t = target_;
+    auto s = std::make_shared<struct stat>();
+    auto d = std::make_shared<struct stat>();
+    int rs = src->Run([src, p, s] { return src->Stat(p, s.get()); });
+    int rd = t->Run([t, p, d] { return t->Stat(p, d.get()); });
+    if (rs == ENOENT || rd == ENOENT) continue;  // gone since: its own entry settles it
+    if (rs || rd) return rs ? rs : rd;
+    if (!S_ISREG(s->st_mode) || s->st_nlink < 2 || d->st_nlink >= s->st_nlink) continue;
+    if (int r = LinkOtherNames(p, *s)) return r;
+  }
+  return 0;
+}
+
+int TreeSync::ReconcileOnce(const std::string& path, journal::Scope scope, bool force_data) {
   if (int r = EnsureAncestors(path)) return r;
   bool is_dir = false, created = false;
   if (int r = SyncEntry(path, &is_dir, force_data, &created)) return r;

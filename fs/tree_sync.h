@@ -28,6 +28,8 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
@@ -85,6 +87,12 @@ class TreeSync {
 
   Backend* target() const { return target_; }
 
+  // Names (besides those it was asked for) a Reconcile made the target
+  // link, to keep the source's hard links: the caller compares them again
+  // later (Nasfs::Settle), since writes through the mount do not wait for
+  // them. Cleared by the call.
+  std::vector<std::string> TakeRelinked();
+
   nlohmann::json Status() const;
 
  private:
@@ -105,8 +113,39 @@ class TreeSync {
   // Creates (from the source) the ancestors of path the target lacks.
   int EnsureAncestors(const std::string& path);
   bool SameContent(const std::string& path);
-  int CopyFileData(const std::string& path, const struct stat& st);
+  // Copies the source's data of path onto the target: into a new file
+  // renamed over the target's name, or, with `in_place`, into the target's
+  // own file (whose other names then see it too: a hard link kept).
+  int CopyFileData(const std::string& path, const struct stat& st, bool in_place = false);
+  // The bytes of a whole file, sfd onto tfd: through io_uring, or pread and
+  // pwrite where io_uring is not available. Returns the bytes copied in
+  // *copied.
+  int CopyBytes(const std::shared_ptr<UniqueFd>& sfd, const std::shared_ptr<UniqueFd>& tfd, off_t size,
+                uint64_t* copied);
   void SetCursor(const std::string& path, bool subtree_done);
+
+  // ---- hard links ----
+  // A regular file the source holds under several names (s: its stat):
+  // makes the target's `path` one file with the target's copies of its
+  // other names. *handled: path was made a link (nothing else to copy).
+  int SyncLinked(const std::string& path, const struct stat& s, bool have, const struct stat& d, bool* handled);
+  // Makes the target's `to` another name of the target's `from`: a link
+  // made under a temp name and renamed over `to`, so `to` is never missing.
+  int LinkOver(const std::string& from, const std::string& to);
+  // After path was copied as the first name of its source inode: links the
+  // target's copies of the inode's other names to it (Reconcile only; a
+  // walk visits every name itself).
+  int LinkOtherNames(const std::string& path, const struct stat& s);
+  // Every name of the source's inode (dev, ino), found by a walk of the
+  // whole source tree, done once and again when it misses (and is older
+  // than a few seconds).
+  int OtherNames(const struct stat& s, std::vector<std::string>* out);
+  int IndexLinks(const std::string& dir);
+  // Reconcile's body; Reconcile itself runs FinishLinks after the outermost.
+  int ReconcileOnce(const std::string& path, journal::Scope scope, bool force_data);
+  // The files copied by this Reconcile whose target copy has fewer names
+  // than the source's: their other names are linked (LinkOtherNames).
+  int FinishLinks();
 
   Backend* source_;
   Backend* target_;
@@ -125,6 +164,17 @@ class TreeSync {
 
   std::string displaced_dir_;  // .nasfs/displaced/<start time>, set by Run
   uint64_t tmp_seq_ = 0;       // sync thread only
+
+  // Hard links. Calls into a TreeSync are serialized by its owner (the
+  // copy's thread and *sync_mu_; the replay thread), so these need no lock.
+  using InodeKey = std::pair<dev_t, ino_t>;
+  std::map<InodeKey, std::string> linked_;  // source inode -> the target name made for it
+  bool reconciling_ = false;                // inside Reconcile (not the walk)
+  std::vector<std::string> link_check_;      // see FinishLinks
+  std::map<InodeKey, std::vector<std::string>> link_index_;  // the source's multi-name files
+  Clock::time_point link_index_at_{};
+  bool link_index_built_ = false;
+  std::vector<std::string> relinked_;
   struct Uring;
   std::unique_ptr<Uring> uring_;  // sync thread only; leaked if a NAS hangs mid-copy
 

@@ -157,6 +157,10 @@ class Verifier {
   // directories (to be walked).
   bool Compare(const std::string& rel, const Sides& s, std::vector<Difference>* out);
   std::array<int, 2> HashBoth(const std::string& rel, off_t size, std::array<uint64_t, 2>* digest);
+  // Hard links: on each NAS, the first name (in walk order) of rel's inode
+  // when it has several; two NAS whose names are grouped differently into
+  // files differ even when every count matches. Reported as found.
+  void CompareLinks(const std::string& rel, const Sides& s);
   // A path to compare again after the walk.
   void Suspect(const std::string& rel);
   // A difference reported as found (not compared again).
@@ -171,7 +175,23 @@ class Verifier {
   std::vector<std::string> suspects_;
   std::vector<Difference> direct_;
   uint64_t unreported_ = 0;  // differing paths beyond max_
+  std::map<ino_t, std::string> first_name_[2];  // per NAS: inodes with several names, their first name
 };
+
+void Verifier::CompareLinks(const std::string& rel, const Sides& s) {
+  std::array<std::string, 2> group;
+  for (int i : {0, 1}) {
+    if (s[i].err || S_ISDIR(s[i].st.st_mode) || s[i].st.st_nlink < 2) continue;
+    group[i] = first_name_[i].try_emplace(s[i].st.st_ino, rel).first->second;
+  }
+  if (s[0].err || s[1].err || group[0] == group[1]) return;
+  auto text = [&](int i) -> std::optional<std::string> {
+    return group[i].empty() ? std::string("a file of its own")
+                            : group[i] == rel ? std::string("the first name of a linked file")
+                                              : "the same file as " + Display(group[i]);
+  };
+  Report(Difference{Display(rel), "hard link", {text(0), text(1)}});
+}
 
 template <typename T>
 std::array<int, 2> Verifier::OnBoth(const char* what, const std::string& rel, SideFn<T> fn,
@@ -324,6 +344,7 @@ void Verifier::VisitDir(const std::string& dir, std::vector<std::string>* dirs) 
       const bool both_dirs = Compare(rel, s, &found);
       if (!found.empty()) Suspect(rel);
       if (both_dirs) dirs->push_back(rel);
+      CompareLinks(rel, s);
     }
   }
 }
@@ -414,6 +435,9 @@ bool Verifier::Compare(const std::string& rel, const Sides& s, std::vector<Diffe
   if (m.st_uid != b.st_uid) add("uid", std::to_string(m.st_uid), std::to_string(b.st_uid));
   if (m.st_gid != b.st_gid) add("gid", std::to_string(m.st_gid), std::to_string(b.st_gid));
   const bool dir = S_ISDIR(m.st_mode);
+  if (!dir && m.st_nlink != b.st_nlink) {
+    add("link count", std::to_string(m.st_nlink), std::to_string(b.st_nlink));
+  }
   if (!dir && m.st_size != b.st_size) {
     add("size", std::to_string(m.st_size), std::to_string(b.st_size));
   }

@@ -597,5 +597,120 @@ TEST_F(TreeSyncTest, AFailedCopyReportsFailureThroughTheCallback) {
   EXPECT_EQ(ReadFile(D("d")), "file in the way") << "the blocking file was destroyed";
 }
 
+// ---- Issue 10: hard links survive every copy ----
+
+// Links on the target: the inode numbers of names that must be one file.
+std::set<ino_t> Inodes(const std::vector<std::string>& paths) {
+  std::set<ino_t> out;
+  for (const auto& p : paths) {
+    struct stat st;
+    out.insert(::lstat(p.c_str(), &st) == 0 ? st.st_ino : 0);
+  }
+  return out;
+}
+
+TEST_F(TreeSyncTest, AWalkCopiesHardLinksAsLinks) {
+  PutFile(S("d/a"), "linked");
+  ASSERT_EQ(::link(S("d/a").c_str(), S("d/b").c_str()), 0);
+  ASSERT_EQ(::mkdir(S("e").c_str(), 0755), 0);
+  ASSERT_EQ(::link(S("d/a").c_str(), S("e/c").c_str()), 0);
+  PutFile(S("single"), "one name");
+  ASSERT_TRUE(RunSync());
+  EXPECT_EQ(Inodes({D("d/a"), D("d/b"), D("e/c")}).size(), 1u) << "three names, not one file, on the target";
+  struct stat st;
+  ASSERT_EQ(::lstat(D("d/a").c_str(), &st), 0);
+  EXPECT_EQ(st.st_nlink, 3u);
+  ExpectSameTrees();
+}
+
+// A target that holds the names as separate files (or one file the source
+// has as two) is brought to the source's shape, even when every file's
+// size and mtime already match.
+TEST_F(TreeSyncTest, AWalkJoinsAndSplitsLinksToMatchTheSource) {
+  PutFile(S("a"), "same");
+  ASSERT_EQ(::link(S("a").c_str(), S("b").c_str()), 0);
+  PutFile(S("x"), "twin");
+  PutFile(S("y"), "twin");
+  SetMtime(S("x"), {1000, 0});
+  SetMtime(S("y"), {1000, 0});
+  // The target: a and b separate, x and y one file.
+  PutFile(D("a"), "same");
+  PutFile(D("b"), "same");
+  PutFile(D("x"), "twin");
+  ASSERT_EQ(::link(D("x").c_str(), D("y").c_str()), 0);
+  struct stat st;
+  ASSERT_EQ(::lstat(S("a").c_str(), &st), 0);
+  for (const char* n : {"a", "b"}) SetMtime(D(n), st.st_mtim);
+  SetMtime(D("x"), {1000, 0});
+  ASSERT_TRUE(RunSync());
+  EXPECT_EQ(Inodes({D("a"), D("b")}).size(), 1u) << "a and b are one file on the source";
+  EXPECT_EQ(Inodes({D("x"), D("y")}).size(), 2u) << "x and y are two files on the source";
+  ExpectSameTrees();
+}
+
+// The issue's reproduction, as the replay does it: `echo v1 > d/a; ln d/a
+// d/b; mv d e` while the target was out. The replay reconciles e whole
+// (the rename's tree scope): e/a and e/b must be one file there, so a later
+// write through either name reaches both.
+TEST_F(TreeSyncTest, ReconcilingARenamedDirectoryKeepsItsHardLinks) {
+  PutFile(S("e/a"), "v1");
+  ASSERT_EQ(::link(S("e/a").c_str(), S("e/b").c_str()), 0);
+  TreeSync rs(src_.get(), dst_.get(), &sync_mu_, false, false, nullptr);
+  for (const char* p : {"d", "d/a", "d/b"}) ASSERT_EQ(rs.Reconcile(p, journal::Scope::kEntry, true), 0) << p;
+  ASSERT_EQ(rs.Reconcile("e", journal::Scope::kTree, true), 0);
+  ASSERT_EQ(rs.ReconcileDirTimes(""), 0);  // as the replay does for the parents of what it replayed
+  EXPECT_EQ(Inodes({D("e/a"), D("e/b")}).size(), 1u);
+  ExpectSameTrees();
+}
+
+// A link between a name the replay visits and one it does not (made before
+// the outage, or outside the renamed directory): the other name on the
+// target becomes a link to the new copy.
+TEST_F(TreeSyncTest, ReconcilingOneNameLinksItsOtherNamesOutsideTheScope) {
+  PutFile(S("old/a"), "v2");
+  ASSERT_TRUE(std::filesystem::create_directories(S("new")));
+  ASSERT_EQ(::link(S("old/a").c_str(), S("new/b").c_str()), 0);
+  // The target has old/a from before, as a file of its own.
+  PutFile(D("old/a"), "v1");
+  TreeSync rs(src_.get(), dst_.get(), &sync_mu_, false, false, nullptr);
+  ASSERT_EQ(rs.Reconcile("new", journal::Scope::kTree, true), 0);
+  ASSERT_EQ(rs.ReconcileDirTimes(""), 0);  // as the replay does for the parents of what it replayed
+  EXPECT_EQ(Inodes({D("old/a"), D("new/b")}).size(), 1u) << "old/a was left a separate file";
+  EXPECT_EQ(ReadFile(D("old/a")), "v2");
+  EXPECT_EQ(rs.TakeRelinked(), std::vector<std::string>{"old/a"});
+  ExpectSameTrees();
+}
+
+// Both sides linked, the data changed: it goes into the target's file
+// itself, so every name sees it and the link stays.
+TEST_F(TreeSyncTest, NewDataForALinkedFileKeepsTheLink) {
+  PutFile(S("a"), "new content");
+  ASSERT_EQ(::link(S("a").c_str(), S("b").c_str()), 0);
+  PutFile(D("a"), "old");
+  ASSERT_EQ(::link(D("a").c_str(), D("b").c_str()), 0);
+  const ino_t before = Ino(D("a"));
+  TreeSync rs(src_.get(), dst_.get(), &sync_mu_, false, false, nullptr);
+  ASSERT_EQ(rs.Reconcile("a", journal::Scope::kEntry, true), 0);
+  EXPECT_EQ(Ino(D("a")), before);
+  EXPECT_EQ(ReadFile(D("b")), "new content");
+  ExpectSameTrees();
+}
+
+// Design hole of issue 10: with io_uring unavailable (disabled by the
+// kernel or a seccomp filter) the copy must still finish.
+TEST_F(TreeSyncTest, WithoutIoUringTheCopyStillFinishes) {
+  ::setenv("NASFS_NO_IO_URING", "1", 1);
+  std::string big(3 * kMiB + 17, '\0');
+  std::mt19937_64 rng(TestSeed());
+  for (auto& c : big) c = static_cast<char>(rng());
+  PutFile(S("big"), big);
+  PutFile(S("small"), "s");
+  bool ok = RunSync();
+  ::unsetenv("NASFS_NO_IO_URING");
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ReadFile(D("big")), big);
+  ExpectSameTrees();
+}
+
 }  // namespace
 }  // namespace nasfs
