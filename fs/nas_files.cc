@@ -245,7 +245,40 @@ std::optional<uint64_t> ParseClaimStep(std::string_view name) { return ParseDeci
 
 // ---- conflicts ------------------------------------------------------------------
 
-json ToJson(const ConflictRecord& r) {
+namespace {
+
+bool ValidUtf8(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    for (size_t k = 1; k < n; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return false;
+    i += n;
+  }
+  return true;
+}
+
+std::string Hex(std::string_view s) {
+  std::string out;
+  for (unsigned char c : s) out += fmt::format("{:02x}", c);
+  return out;
+}
+
+std::optional<std::string> Unhex(std::string_view h) {
+  if (h.size() % 2) return std::nullopt;
+  std::string out;
+  for (size_t i = 0; i < h.size(); i += 2) {
+    unsigned v = 0;
+    auto [end, ec] = std::from_chars(h.data() + i, h.data() + i + 2, v, 16);
+    if (ec != std::errc() || end != h.data() + i + 2) return std::nullopt;
+    out.push_back(static_cast<char>(v));
+  }
+  return out;
+}
+
+// Every field as JSON text (a path that is not UTF-8 is then lossy).
+json ToJsonText(const ConflictRecord& r) {
   return {{"id", r.id},
           {"path", r.path},
           {"kept_from", r.kept_from},
@@ -260,6 +293,21 @@ json ToJson(const ConflictRecord& r) {
           {"detected", r.detected},
           {"node", r.node}};
 }
+
+}  // namespace
+
+json ToJson(const ConflictRecord& r) {
+  // JSON strings hold UTF-8 only; a NAS name may be any bytes. Such a path
+  // is shown with its bad bytes replaced and kept exactly in path_hex.
+  json j = ToJsonText(r);
+  if (!ValidUtf8(r.path)) j["path_hex"] = Hex(r.path);
+  return j;
+}
+
+std::string ToMetaText(const ConflictRecord& r) {
+  return ToJson(r).dump(2, ' ', false, json::error_handler_t::replace) + "\n";
+}
+
 
 Parsed<ConflictRecord> ParseConflictMeta(std::string_view text, const std::string& id) {
   auto j = ParseObject(text);
@@ -278,6 +326,11 @@ Parsed<ConflictRecord> ParseConflictMeta(std::string_view text, const std::strin
     auto v = json_field::String(*j, t.key, t.fallback);
     if (!v) return tl::unexpected(v.error());
     *t.field = *v;
+  }
+  if (auto hex = json_field::String(*j, "path_hex", ""); hex && !hex->empty()) {
+    auto raw = Unhex(*hex);
+    if (!raw) return Bad("\"path_hex\" is not hexadecimal");
+    r.path = *raw;
   }
   auto kept = json_field::Signed(*j, "kept_mtime_ns", 0);
   if (!kept) return tl::unexpected(kept.error());

@@ -116,8 +116,11 @@ struct ConflictRecord {
   std::string node;       // the server that kept it
 };
 // Every field; the mtimes also as ISO 8601 UTC "kept_mtime" / "winner_mtime"
-// (null for a 0 mtime).
+// (null for a 0 mtime); a path that is not UTF-8 also as "path_hex" (its
+// exact bytes). Dump it with error_handler_t::replace (ToMetaText does).
 nlohmann::json ToJson(const ConflictRecord& r);
+// meta.json's content.
+std::string ToMetaText(const ConflictRecord& r);
 // `id` is the directory's name: it wins over whatever the file says. Safe
 // rule: a record that does not parse is listed with kind "unknown" and is
 // never restored (its path is not trusted).

@@ -177,7 +177,8 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
                                 b.name(), o.name()));
     SetFullSync(b, true);
     b.SetState(BackendState::kDown, fmt::format("web server {}'s log of what it lacks is damaged", node));
-    (void)peers_->RemoveLog(o, node, t, junk ? Peers::kAnyLog : bytes);  // failing, the next takeover finds it again
+    // Whatever it holds now: the whole-tree copy carries every path anyway.
+    (void)peers_->RemoveLog(o, node, t, Peers::kAnyLog);  // failing, the next takeover finds it again
     return ECANCELED;
   }
   log->warn("web server {} is silent with {} paths the {} lacks: this server replays them", node,

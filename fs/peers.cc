@@ -21,6 +21,7 @@ namespace nasfs {
 namespace {
 
 constexpr const char* kPeersDir = ".nasfs/peers";
+constexpr size_t kMaxLogBytes = 256u << 20;
 constexpr const char* kGenerationFile = "generation.json";  // the old format, read as a floor
 
 int64_t UnixMs() {
@@ -382,6 +383,14 @@ int Peers::ReadLogAt(const Backend& nas, const std::string& node, journal::Targe
     if (k < 0) return errno;
     if (k == 0) break;
     data.append(buf, static_cast<size_t>(k));
+    // A log lists each path once per outage: this is millions of paths.
+    // Anything larger was not written by nasfs: damage.
+    if (data.size() > kMaxLogBytes) {
+      *out = {};
+      out->damaged = 1;
+      *bytes = data.size();
+      return 0;
+    }
   }
   *out = journal::DecodePeerLog(data, target);
   *bytes = data.size();

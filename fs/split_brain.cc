@@ -143,7 +143,7 @@ int MakeConflictDir(Backend* b, const std::string& id) {
 
 // Durably writes .nasfs/conflicts/<id>/meta.json.
 int WriteMeta(Backend* b, const ConflictRecord& rec) {
-  auto content = std::make_shared<std::string>(ToJson(rec).dump(2) + "\n");
+  auto content = std::make_shared<std::string>(ToMetaText(rec));
   std::string rel = JoinPath(ConflictPath(rec.id), kMetaName);
   return b->Run([b, rel, content] { return b->ReplaceFile(rel, *content); });
 }

@@ -30,6 +30,7 @@ enum Kind : uint8_t {
 };
 
 constexpr size_t kMaxRanges = 64;  // past this, a file is replayed whole
+constexpr uint64_t kMaxSeq = uint64_t{1} << 62;  // beyond any journal's life: damage
 
 int64_t NowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -752,13 +753,16 @@ tl::expected<std::unique_ptr<Journal>, std::string> Journal::Open(const Options&
   std::vector<std::string> damaged;
   for (size_t i = 0; i < read.size(); ++i) {
     const Seg& s = read[i];
-    for (const auto& x : s.scan.records) max_seq = std::max(max_seq, x.seq);
+    for (const auto& x : s.scan.records)
+      if (x.seq <= kMaxSeq) max_seq = std::max(max_seq, x.seq);
     if (i < first || s.kind == CheckpointKind::kCutOff) continue;
     uint64_t bad = s.scan.damaged;
     // A damaged checkpoint lacks state records that were there.
     if (s.kind == CheckpointKind::kDamaged) bad += std::max<uint64_t>(1, MissingCheckpointRecords(s.scan));
     for (const auto& x : s.scan.records) {
-      if (m.ApplyRecord(x.seq, x.payload, &marks)) ++rec.records;
+      // A seq no journal reaches (2^62 records) would wrap the counter, and
+      // every later record would count as durable before it is written.
+      if (x.seq <= kMaxSeq && m.ApplyRecord(x.seq, x.payload, &marks)) ++rec.records;
       else ++bad;  // a well-framed record that makes no sense
     }
     rec.torn_bytes += s.scan.torn_bytes;

@@ -1,5 +1,9 @@
 #include "journal/record.h"
 
+#include <string.h>
+
+#include <algorithm>
+
 #include <xxhash.h>
 
 namespace nasfs::journal {
@@ -53,6 +57,11 @@ bool ParseAt(std::string_view s, size_t off, uint64_t* seq, std::string_view* pa
 ScanResult Scan(std::string_view data, bool last) {
   ScanResult out;
   size_t off = 0;
+  // Looking for the next record after damage checks every offset whose
+  // bytes read as a header, hashing up to its length: bytes made to look
+  // like headers could make that quadratic. The bytes hashed while
+  // resynchronizing are bounded; past the bound, the rest counts as damage.
+  uint64_t budget = 8 * static_cast<uint64_t>(data.size()) + (16u << 20);
   while (off < data.size()) {
     uint64_t seq;
     std::string_view payload;
@@ -63,7 +72,29 @@ ScanResult Scan(std::string_view data, bool last) {
       continue;
     }
     size_t next = off + 1;
-    while (next < data.size() && !ParseAt(data, next, &seq, &payload, &size)) ++next;
+    bool gave_up = false;
+    while (next < data.size()) {
+      // Only an offset holding the magic can start a record.
+      const void* m = memmem(data.data() + next, data.size() - next, "NJL1", 4);
+      if (!m) {
+        next = data.size();
+        break;
+      }
+      next = static_cast<size_t>(static_cast<const char*>(m) - data.data());
+      if (ParseAt(data, next, &seq, &payload, &size)) break;
+      uint32_t len = data.size() - next >= 8 ? Load32(data.data() + next + 4) : 0;
+      uint64_t cost = std::min<uint64_t>(len, data.size() - next);
+      if (cost > budget) {
+        gave_up = true;
+        break;
+      }
+      budget -= cost;
+      ++next;
+    }
+    if (gave_up) {
+      ++out.damaged;
+      break;
+    }
     if (next >= data.size()) {
       if (last) out.torn_bytes = data.size() - off;
       else ++out.damaged;  // sealed segments were synced whole

@@ -48,6 +48,7 @@
 #include <gtest/gtest.h>
 
 #include "journal/journal.h"
+#include "journal/record.h"
 #include "journal/peer_log.h"
 
 namespace nasfs::journal {
@@ -2275,6 +2276,51 @@ TEST_F(JournalTest, AJournalDirectoryRemovedUnderTheDaemonFailsWritesAndComesBac
     EXPECT_EQ(m.count("after"), 1u);
     EXPECT_EQ(m.count("during"), e == 0 ? 1u : m.count("during"));
   }
+}
+
+// The fuzzer's F1: a record at the top of the seq space made the next seq
+// wrap to 0 with every seq counted durable, so calls returned 0 with
+// nothing synced. Such a record is damage now.
+TEST_F(JournalTest, ASeqAtTheTopOfItsRangeIsDamageNotAWrap) {
+  REOPEN();
+  ASSERT_EQ(j_->AddMissed(kMaster, {C("before", Op::kCreate)}), 0);
+  std::string seg = env_.LastAppended();
+  StopWithoutDropping();
+  std::string p;
+  Put8(&p, 6);  // Pair
+  PutStr(&p, "p");
+  std::string rec;
+  Frame(&rec, UINT64_MAX, p);
+  env_.AppendDurable(seg, rec);
+  Recovered r;
+  REOPEN(&r);
+  EXPECT_FALSE(r.damage.empty()) << "the record was applied";
+  ASSERT_EQ(j_->AddMissed(kMaster, {C("after", Op::kCreate)}), 0);
+  ASSERT_EQ(j_->Intend({"dir"}), 0);
+  Kill();  // what was not synced is lost
+  REOPEN(&r);
+  auto m = PendingMap(*j_, kMaster);
+  EXPECT_EQ(m.count("after"), 1u) << "AddMissed returned 0 but nothing was synced";
+  EXPECT_EQ(m.count("before"), 1u);
+  EXPECT_THAT(r.unfinished_dirs, ::testing::Contains("dir"));
+}
+
+// The nets' F2: resynchronizing after damage tried every offset, hashing up
+// to each one's length: 1 MiB of fake headers took 34 s. Bounded now.
+TEST(RecordScanTest, FakeHeadersCannotMakeScanningQuadratic) {
+  std::string data;
+  for (int i = 0; i < (1 << 20) / 8; ++i) {
+    Put32(&data, kMagic);
+    Put32(&data, 1 << 19);
+  }
+  std::string good;
+  Frame(&good, 1, std::string("x"));
+  auto t0 = std::chrono::steady_clock::now();
+  ScanResult r = Scan(good + data + good, /*last=*/false);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(3));
+  ASSERT_FALSE(r.records.empty());
+  EXPECT_EQ(r.records.front().seq, 1u);
+  EXPECT_GT(r.damaged, 0u);
 }
 
 }  // namespace
