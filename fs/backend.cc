@@ -189,13 +189,29 @@ void Backend::RecordProbe(bool ok, double latency_ms) {
 }
 
 int Backend::Run(WorkerPool::Fn fn) {
-  int r = pool_.Run(std::move(fn), Deadline());
+  auto deadline = Deadline();
+  int r = Submit(std::move(fn), deadline)->Wait(deadline);
   Account(r);
   return r;
 }
 
 std::shared_ptr<Call> Backend::Submit(WorkerPool::Fn fn, Clock::time_point deadline) {
-  return pool_.Submit(std::move(fn), deadline);
+  // ESTALE says a handle no longer names anything: on NFS, a file another
+  // client removed (one name, not the NAS), or the whole export gone (the
+  // NAS). Only a root that answers tells them apart.
+  return pool_.Submit(
+      [fn = std::move(fn), self = this] {
+        int r = fn();
+        if (r == ESTALE && self->RootAnswers()) r = ENOENT;
+        return r;
+      },
+      deadline);
+}
+
+bool Backend::RootAnswers() const {
+  auto root = Root();
+  struct stat st;
+  return root->valid() && fstat(root->get(), &st) == 0;
 }
 
 void Backend::Account(int r) {

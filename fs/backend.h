@@ -121,6 +121,8 @@ class Backend {
   size_t InFlight() const { return pool_.InFlight(); }
   // Records the outcome of a call made through Submit.
   void Account(int result);
+  // The root in use answers a stat (blocking: on the worker).
+  bool RootAnswers() const;
 
   nlohmann::json Status() const;
 

@@ -388,6 +388,7 @@ void Nasfs::StartSyncLocked(Backend& source, Backend& target, bool verify_conten
   Backend* t = &target;
   auto next = std::make_shared<TreeSync>(&source, &target, &sync_mu_, verify_content, /*displace=*/true,
                                          [this, t](bool ok) { OnSyncDone(*t, ok); });
+  next->SetWriteTracker(&writes_);
   {
     std::lock_guard p(sync_ptr_mu_);
     if (sync_) old_syncs_.push_back(std::move(sync_));
@@ -544,6 +545,7 @@ void Nasfs::ReplayLoop(Backend& b) {
   auto log = Logger("replay");
   journal::Target t = Tgt(b);
   TreeSync rs(&o, &b, &sync_mu_, /*verify_content=*/false, /*displace=*/false, nullptr);
+  rs.SetWriteTracker(&writes_);  // Settle and takeovers copy data before their lock
   settle_.clear();
   auto t0 = Clock::now();
   {
@@ -572,32 +574,54 @@ void Nasfs::ReplayLoop(Backend& b) {
                        std::chrono::duration<double>(Clock::now() - t0).count());
   };
   // b serves again if nothing is pending for it, here or in any other web
-  // server's log, atomically with every write's routing: nothing it lacks
-  // is then pending or in flight. `quiesced`: the caller holds sync_mu_
-  // exclusively (the dead servers' logs are then left for the next call).
-  auto switch_back = [&](bool quiesced) {
+  // server's log, atomically with every write's routing (FinishIfEmpty runs
+  // under the journal's lock, where RecordIfTouching decides): nothing it
+  // lacks is then pending or in flight. `takeover`: dead servers' logs may
+  // be replayed now (not while draining: that takes time).
+  auto switch_back = [&](bool takeover) {
     std::vector<std::string> waiting;
-    bool done = PeersDone(b, o, rs, /*takeover=*/!quiesced, &waiting);
+    bool done = PeersDone(b, o, rs, takeover, &waiting);
     {
       std::lock_guard lk(peers_mu_);
       waiting_for_ = waiting;
     }
     if (!done) return false;
-    std::unique_lock<std::shared_mutex> lk;
-    if (!quiesced) lk = std::unique_lock(sync_mu_);
     if (journal_->HasPending(t)) return false;
-    // Our own log goes first: no write is in flight, and a write that
-    // misses b from now on finds b down and lists it again.
+    // Our own log goes first. A write missing b meanwhile lists its path
+    // in a log that this removes; but it pends the path here too, so the
+    // switch-back below fails, and everything pending is listed again.
     if (int e = peers_->Clear(t)) {
       log->warn("cannot remove this server's log of what the {} lacks: {}", b.name(), std::strerror(e));
       return false;
     }
-    if (!journal_->FinishIfEmpty(t, [&] { b.SetState(BackendState::kHealthy, done_message()); })) return false;
+    if (!journal_->FinishIfEmpty(t, [&] { b.SetState(BackendState::kHealthy, done_message()); })) {
+      if (int e = NoteAllPending(t))
+        log->warn("cannot list again what the {} lacks: {}", b.name(), std::strerror(e));
+      return false;
+    }
     finish("done");
-    if (lk.owns_lock()) lk.unlock();
     if (&b == master_.get()) log->info("reads return to the master {}", b.path());
     MarkInStep(o);
     return true;
+  };
+  // Ends a drain round, releasing the writes it held back.
+  struct Drain {
+    Nasfs& fs;
+    int ti;
+    bool on = false;
+    void Start() {
+      std::lock_guard lk(fs.drain_mu_);
+      fs.draining_[ti] = on = true;
+    }
+    void End() {
+      if (!on) return;
+      {
+        std::lock_guard lk(fs.drain_mu_);
+        fs.draining_[ti] = on = false;
+      }
+      fs.drain_cv_.notify_all();
+    }
+    ~Drain() { End(); }
   };
   // Parents before what they hold.
   auto pending_sorted = [&] {
@@ -634,7 +658,7 @@ void Nasfs::ReplayLoop(Backend& b) {
     auto entries = pending_sorted();
     if (entries.empty()) {
       Settle(b, o, rs);
-      if (switch_back(/*quiesced=*/false)) return;
+      if (switch_back(/*takeover=*/true)) return;
       // Other servers still replay what they hold (or a write re-pended):
       // look again shortly.
       for (int i = 0; i < 4 && !stopping_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -648,13 +672,18 @@ void Nasfs::ReplayLoop(Backend& b) {
     }
     // A steady stream of writes keeps re-pending what it touches (a
     // directory taking new files): once little is left, or after many
-    // rounds, the last round runs with writes paused briefly, so the
-    // switch-back always comes.
-    std::unique_lock<std::shared_mutex> quiesce;
-    if (entries.size() <= kQuiesceEntries || round >= kMaxRounds) {
+    // rounds, a drain round holds back the writes to pending paths (only
+    // those, and at most kDrainBudget plus one NAS call), so the set can
+    // empty and the switch-back comes. What the budget leaves is the next
+    // round's.
+    Drain drain{*this, journal::TargetIndex(t)};
+    const bool draining = entries.size() <= kDrainEntries || round >= kMaxRounds;
+    Clock::time_point drain_end{};
+    if (draining) {
       Settle(b, o, rs);
-      quiesce = std::unique_lock(sync_mu_);
-      entries = pending_sorted();  // no write is in flight now
+      drain.Start();
+      drain_end = Clock::now() + kDrainBudget;
+      entries = pending_sorted();
     }
     std::set<std::string> parents;
     std::vector<const journal::Pending*> replayed;
@@ -665,6 +694,7 @@ void Nasfs::ReplayLoop(Backend& b) {
         err = ECANCELED;
         break;
       }
+      if (draining && Clock::now() >= drain_end) break;  // the rest is the next round's
       // A write journaled for b has not landed on o yet: take it next round.
       if (e.writers > 0) continue;
       replayed.push_back(&e);
@@ -680,8 +710,8 @@ void Nasfs::ReplayLoop(Backend& b) {
         ++replay_.done;
       }
       // Throttle: work at most `share` of the time, so the website keeps
-      // the NAS it reads from (not while writes are paused).
-      if (share < 1.0 && !quiesce) std::this_thread::sleep_for((Clock::now() - w0) * ((1.0 - share) / share));
+      // the NAS it reads from (not while writes wait on the drain).
+      if (share < 1.0 && !draining) std::this_thread::sleep_for((Clock::now() - w0) * ((1.0 - share) / share));
     }
     // Entries created or removed by the replay moved their directories' times.
     if (!err)
@@ -692,7 +722,10 @@ void Nasfs::ReplayLoop(Backend& b) {
           break;
         }
     if (err == ECANCELED) continue;
-    if (err == EAGAIN) continue;  // the source changed under the copy: the next round takes it again
+    // The source changed under the copy (EAGAIN), or a path or its parent
+    // went away on the source meanwhile (a write of this or another web
+    // server): the next round takes it again. Not the NAS's fault.
+    if (err == EAGAIN || err == ENOENT || err == ENOTDIR) continue;
     if (err) {
       OnFault(b, fmt::format("replay of '{}': {}", failed, std::strerror(err)));
       finish(fmt::format("stopped: replay of '{}': {}", failed, std::strerror(err)));
@@ -700,13 +733,14 @@ void Nasfs::ReplayLoop(Backend& b) {
     }
     for (const auto* e : replayed) {
       journal_->Done(t, e->path, e->seq);
-      if (!quiesce && !e->path.empty()) settle_.insert(e->path);
+      if (!e->path.empty()) settle_.insert(e->path);
     }
     // Names outside the entries that the replay linked to keep a hard link:
     // a write through the mount does not wait for those.
     for (auto& p : rs.TakeRelinked()) settle_.insert(std::move(p));
     replayed_paths_.fetch_add(replayed.size(), std::memory_order_relaxed);
-    if (quiesce && switch_back(/*quiesced=*/true)) return;
+    if (draining && switch_back(/*takeover=*/false)) return;
+    drain.End();
   }
   finish("stopped: nasfs is stopping");
 }
@@ -753,6 +787,15 @@ int Nasfs::JournalResult(int e) {
   return e == ENOSPC || e == EDQUOT ? ENOSPC : EIO;
 }
 
+void Nasfs::WaitForDrain(journal::Target t, const std::vector<journal::Change>& changes) {
+  const int ti = journal::TargetIndex(t);
+  std::unique_lock lk(drain_mu_);
+  if (!draining_[ti] || !journal_->Touches(t, changes)) return;
+  // Bounded whatever the replay does: its budget, one NAS call beyond it.
+  drain_cv_.wait_for(lk, kDrainBudget + std::chrono::milliseconds(opts_.io_timeout_ms),
+                     [&] { return !draining_[ti]; });
+}
+
 int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, const Mirror::Op& op,
                   journal::Range range, const std::string& link_from) {
   // What the journal must know: each path, and for a change of names the
@@ -772,6 +815,17 @@ int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, co
   }
 
   std::shared_lock lk(sync_mu_);
+  // A copy made without the lock (TreeSync::Precopy) sees this write.
+  struct Tracked {
+    WriteTracker& t;
+    std::initializer_list<std::string> paths;
+    Tracked(WriteTracker& tr, std::initializer_list<std::string> p) : t(tr), paths(p) {
+      for (const auto& x : paths) t.Begin(x);
+    }
+    ~Tracked() {
+      for (const auto& x : paths) t.End(x);
+    }
+  } tracked{writes_, paths};
   // Activity log: durable before the first byte reaches a NAS, so a crash
   // of nasfs leaves no directory silently different on the two NAS.
   if (!dirs.empty())
@@ -801,6 +855,8 @@ int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, co
   } end_writes{journal_.get(), changes, std::nullopt};
   for (Backend* b : {master_.get(), backup_.get()}) {
     if (b->state() != BackendState::kRecovering || changes.empty()) continue;
+    WaitForDrain(Tgt(*b), changes);
+    if (b->state() != BackendState::kRecovering) continue;  // the drain ended in the switch-back
     bool recorded = false;
     int e = journal_->RecordIfTouching(Tgt(*b), changes, &recorded);
     if (recorded) {
@@ -834,6 +890,32 @@ int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, co
       if (int e = s->ReconcileTree(p))
         Logger("fuse")->warn("could not reconcile '{}' onto {}: {}", p, s->target()->name(), std::strerror(e));
   return 0;
+}
+
+Nasfs::RenameMark::~RenameMark() {
+  {
+    std::lock_guard lk(fs_.renames_mu_);
+    fs_.renames_done_.fetch_add(1, std::memory_order_acq_rel);
+  }
+  fs_.renames_cv_.notify_all();
+}
+
+bool Nasfs::RenamedSince(uint64_t begun) {
+  std::unique_lock lk(renames_mu_);
+  bool moved = renames_begun_.load() != begun || renames_done_.load() != begun;
+  if (!moved) return false;
+  renames_cv_.wait_for(lk, std::chrono::milliseconds(opts_.io_timeout_ms),
+                       [&] { return renames_done_.load() == renames_begun_.load(); });
+  return true;
+}
+
+Nasfs::NameLock Nasfs::LockNames(fuse_ino_t a, fuse_ino_t b) {
+  NameLock l;
+  size_t sa = a ? a % kNameStripes : kNameStripes, sb = b ? b % kNameStripes : kNameStripes;
+  if (sb < sa) std::swap(sa, sb);  // always in stripe order: two renames never wait on each other
+  if (sa < kNameStripes) l.first_ = std::unique_lock<SharedGate>(name_locks_[sa]);
+  if (sb < kNameStripes && sb != sa) l.second_ = std::unique_lock<SharedGate>(name_locks_[sb]);
+  return l;
 }
 
 std::shared_ptr<Orphan> Nasfs::FindOrphan(fuse_ino_t ino) const {

@@ -5,6 +5,7 @@
 #include <fuse_lowlevel.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <chrono>
 #include <memory>
 #include <map>
@@ -99,6 +100,48 @@ class Nasfs {
   int Mutate(const char* what, std::initializer_list<std::string> paths, const Mirror::Op& op,
              journal::Range range = {}, const std::string& link_from = {});
 
+  // An inode's name, guarded while an operation acts on the file by that
+  // name: READ, WRITE, GETATTR, SETATTR, FALLOCATE and FSYNC hold it shared;
+  // a rename or unlink that moves, replaces or removes the name holds it
+  // exclusively until the inode table follows. Without it, a read that
+  // resolved a path before a rename over it could open the new file at that
+  // path and hand out its bytes as the old file's (a torn read), and a
+  // write could land in the wrong file. Striped by inode number; a rename
+  // takes its two stripes in order.
+  std::shared_lock<SharedGate> ShareName(fuse_ino_t ino) {
+    return std::shared_lock<SharedGate>(name_locks_[ino % kNameStripes]);
+  }
+  class NameLock {
+   public:
+    NameLock() = default;
+    NameLock(NameLock&&) = default;
+    NameLock& operator=(NameLock&&) = default;
+
+   private:
+    friend class Nasfs;
+    std::unique_lock<SharedGate> first_, second_;
+  };
+  // 0 for an inode the kernel does not know (nothing to guard).
+  NameLock LockNames(fuse_ino_t a, fuse_ino_t b = 0);
+  // Renames through the mount, begun and finished (the inode table
+  // updated). An operation that resolved a path when RenamesBegun() was n
+  // and then found nothing there asks RenamedSince(n): whether a rename
+  // began since (or was under way), after waiting (bounded by io_timeout)
+  // until none is under way, so the path it resolves again is current.
+  uint64_t RenamesBegun() const { return renames_begun_.load(std::memory_order_acquire); }
+  bool RenamedSince(uint64_t begun);
+  // Marks one rename, from its start to the inode table's update.
+  class RenameMark {
+   public:
+    explicit RenameMark(Nasfs& fs) : fs_(fs) { fs_.renames_begun_.fetch_add(1, std::memory_order_acq_rel); }
+    ~RenameMark();
+    RenameMark(const RenameMark&) = delete;
+    RenameMark& operator=(const RenameMark&) = delete;
+
+   private:
+    Nasfs& fs_;
+  };
+
   // Orphans, by nasfs inode number.
   std::shared_ptr<Orphan> FindOrphan(fuse_ino_t ino) const;
   void AdoptOrphan(fuse_ino_t ino, std::shared_ptr<Orphan> o);
@@ -153,10 +196,17 @@ class Nasfs {
   // The replay thread: rounds over the journal's pending entries for b
   // until none is left, then b serves again (see docs/ARCHITECTURE.md).
   void ReplayLoop(Backend& b);
-  // The replay's last round pauses writes (sync_mu_ exclusive) once at most
-  // this many entries are left, or from this round on.
-  static constexpr size_t kQuiesceEntries = 64;
+  // The replay's drain round (see ReplayLoop) comes once at most this many
+  // entries are left, or from this round on; it works at most kDrainBudget
+  // with the writes to pending paths held back.
+  static constexpr size_t kDrainEntries = 64;
   static constexpr uint64_t kMaxRounds = 8;
+  static constexpr std::chrono::milliseconds kDrainBudget{400};
+  // While the replay onto t drains, a write that touches a path pending for
+  // t waits for the drain (at most kDrainBudget and one NAS call) instead
+  // of pending it again: the drain can then empty the set and switch back,
+  // while every other write goes on. Writes never wait otherwise.
+  void WaitForDrain(journal::Target t, const std::vector<journal::Change>& changes);
   int ReplayEntry(TreeSync& rs, const journal::Pending& e);
   // Starts ReplayLoop(b) (b is recovering). Caller holds recover_mu_.
   void StartReplayLocked(Backend& b);
@@ -242,7 +292,8 @@ class Nasfs {
   // Lock order: sync_mu_ before Backend and InodeTable locks. Every
   // mutation holds it shared; a copy's per-entry work and a replay hold it
   // exclusively, so no write races them.
-  mutable std::shared_mutex sync_mu_;
+  mutable SharedGate sync_mu_;
+  WriteTracker writes_;  // every mutation's paths, for the copy's work done without sync_mu_
   std::shared_ptr<TreeSync> sync_;  // written under sync_mu_ and sync_ptr_mu_; the running or last copy
   mutable std::mutex sync_ptr_mu_;  // lets Status() read sync_ without waiting on sync_mu_
   std::vector<std::shared_ptr<TreeSync>> old_syncs_;  // guarded by sync_ptr_mu_; joined at exit
@@ -269,6 +320,9 @@ class Nasfs {
   mutable std::mutex replay_mu_;
   ReplayProgress replay_;  // guarded by replay_mu_
   std::set<std::string> settle_;  // replay thread only: see Settle
+  std::mutex drain_mu_;
+  std::condition_variable drain_cv_;
+  bool draining_[2] = {false, false};  // guarded by drain_mu_; by target (master, backup)
   std::atomic<uint64_t> settled_{0};  // paths Settle copied again
 
   // Other web servers, as seen through the NAS.
@@ -301,6 +355,13 @@ class Nasfs {
   };
   mutable std::mutex damage_mu_;
   std::map<std::pair<std::string, std::string>, Damage> damage_;  // guarded by damage_mu_; by (NAS, what)
+
+  std::atomic<uint64_t> renames_begun_{0}, renames_done_{0};
+  std::mutex renames_mu_;
+  std::condition_variable renames_cv_;  // signalled as renames finish
+
+  static constexpr size_t kNameStripes = 256;
+  SharedGate name_locks_[kNameStripes];  // see ShareName; taken before sync_mu_
 
   mutable std::mutex orphans_mu_;
   std::unordered_map<fuse_ino_t, std::shared_ptr<Orphan>> orphans_;  // guarded by orphans_mu_

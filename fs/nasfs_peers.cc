@@ -193,13 +193,13 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
   std::set<std::string> dirs;
   for (const auto& e : entries) {
     if (stopping_ || b.state() != BackendState::kRecovering || o.state() != BackendState::kHealthy) return ECANCELED;
-    // Per entry, like a copy: no write of ours races it.
-    std::unique_lock x(sync_mu_);
     if (DirTimesOnly(e)) {
       dirs.insert(e.path);
       continue;
     }
-    if (int r = rs.Reconcile(e.path, e.scope, ForceData(e.ops))) return r;
+    // Per entry, like a copy: no write of ours races it (its data copied
+    // before the lock).
+    if (int r = rs.ReconcileExclusive(e.path, e.scope, ForceData(e.ops))) return r;
     if (!e.path.empty()) {
       dirs.insert(ParentOf(e.path));
       settle_.insert(e.path);
@@ -273,10 +273,12 @@ void Nasfs::Settle(Backend& b, Backend& o, TreeSync& rs) {
     bool d = false;
     if (stopping_ || differs(p, &d)) return;
     if (!d) continue;
-    std::unique_lock x(sync_mu_);
     // The copy goes through a new name: its directory's times follow.
-    int r = rs.Reconcile(p, journal::Scope::kEntry, /*force_data=*/true);
-    if (r == 0) r = rs.ReconcileDirTimes(ParentOf(p));
+    int r = rs.ReconcileExclusive(p, journal::Scope::kEntry, /*force_data=*/true);
+    if (r == 0) {
+      std::unique_lock x(sync_mu_);
+      r = rs.ReconcileDirTimes(ParentOf(p));
+    }
     if (r) {
       Logger("replay")->warn("'{}' differs on the {} after its replay and cannot be copied again: {}", p,
                                   b.name(), std::strerror(r));
@@ -418,8 +420,17 @@ int Nasfs::ResolveSplitBrain() {
       if (a.empty()) return false;
     }
   });
+  // A side changed a path's owner, mode or xattrs: its log lists the path
+  // with a meta change among what the other side lacks.
+  resolver.SetMetaChangedFn([&lacks](const std::string& p, Role side) {
+    const auto& log = lacks[side == Role::kMaster ? 1 : 0];
+    auto it = log.find(p);
+    return it != log.end() && Has(it->second.ops, journal::Op::kMeta);
+  });
   TreeSync to_master(backup_.get(), master_.get(), &sync_mu_, false, false, nullptr);
   TreeSync to_backup(master_.get(), backup_.get(), &sync_mu_, false, false, nullptr);
+  to_master.SetWriteTracker(&writes_);
+  to_backup.SetWriteTracker(&writes_);
   std::set<std::string> dirs;
   uint64_t conflicted = 0;
   auto renewed = Clock::now();
@@ -438,15 +449,15 @@ int Nasfs::ResolveSplitBrain() {
       continue;
     }
     if (!p.empty()) dirs.insert(ParentOf(p));
-    std::unique_lock x(sync_mu_);
     int r;
     if ((m && !DirTimesOnly(in_m->second) && touches(p, lacks[1])) || (bk && !DirTimesOnly(in_b->second) && touches(p, lacks[0]))) {
       ++conflicted;
+      std::unique_lock x(sync_mu_);
       r = resolver.Resolve(p);
     } else if (m && !DirTimesOnly(in_m->second)) {
-      r = to_master.Reconcile(p, in_m->second.scope, ForceData(in_m->second.ops));
+      r = to_master.ReconcileExclusive(p, in_m->second.scope, ForceData(in_m->second.ops));
     } else {
-      r = to_backup.Reconcile(p, in_b->second.scope, ForceData(in_b->second.ops));
+      r = to_backup.ReconcileExclusive(p, in_b->second.scope, ForceData(in_b->second.ops));
     }
     if (r) {
       log->error("split brain: merging '{}': {}", p, std::strerror(r));

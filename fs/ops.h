@@ -81,31 +81,22 @@ inline bool PathOrReply(fuse_req_t req, Nasfs& fs, fuse_ino_t ino, std::string* 
   }
   return true;
 }
-inline bool ChildPathOrReply(fuse_req_t req, Nasfs& fs, fuse_ino_t parent, const char* name, std::string* out) {
-  if (int e = ChildPathOf(fs, parent, name, out)) {
-    fuse_reply_err(req, e);
-    return false;
-  }
-  return true;
-}
-
-// For an operation that makes parent/name: refuses the hidden metadata
-// directory's name (EPERM), then resolves the path, replying on failure.
-inline bool NewNameOrReply(fuse_req_t req, Nasfs& fs, fuse_ino_t parent, const char* name, std::string* out) {
-  if (IsMetaName(parent, name)) {
-    fuse_reply_err(req, EPERM);
-    return false;
-  }
-  return ChildPathOrReply(req, fs, parent, name, out);
-}
 
 // What an inode names on the NAS: its path, or, for a file whose name went
-// away while the kernel held it, its orphan fds.
+// away while the kernel held it, its orphan fds. Holds the inode's name
+// (Nasfs::ShareName) while the operation runs, so no rename or unlink
+// swaps the file at that path meanwhile.
 struct FileRef {
+  fuse_ino_t ino = 0;
   std::string path;
   std::shared_ptr<Orphan> orphan;
+  std::shared_lock<SharedGate> name;
+  uint64_t renames = 0;  // Nasfs::RenamesBegun() when it was resolved
 };
 inline int RefOf(Nasfs& fs, fuse_ino_t ino, FileRef* out) {
+  out->ino = ino;
+  out->name = fs.ShareName(ino);
+  out->renames = fs.RenamesBegun();
   if (PathOf(fs, ino, &out->path) == 0) return 0;
   out->orphan = fs.FindOrphan(ino);
   return out->orphan ? 0 : ENOENT;
@@ -121,11 +112,42 @@ inline bool RefOrReply(fuse_req_t req, Nasfs& fs, fuse_ino_t ino, FileRef* out) 
 
 // Runs a read on the read NAS, with failover: by_path(backend, path, out),
 // or by_fd(backend, fd, out) for an orphan. See Nasfs::ReadInto.
+// A path found empty (ENOENT) may have moved under the operation: a
+// directory above it renamed between resolving the path and using it (the
+// NAS renamed, the inode table not yet). Once that rename is over, the
+// path is resolved again and the operation retried, once. Without this, a
+// LOOKUP in that window would have the kernel cache "no such name" for
+// cache_timeout. `resolve` fills *path from the inode table, or returns an
+// errno; `op` acts on the path.
+template <typename Resolve, typename Op>
+int OnResolvedPath(Nasfs& fs, Resolve resolve, Op op, std::string* path) {
+  const uint64_t renames = fs.RenamesBegun();
+  if (int e = resolve(path)) return e;
+  int r = op(*path);
+  if (r != ENOENT || !fs.RenamedSince(renames)) return r;
+  std::string now;
+  if (resolve(&now) != 0 || now == *path) return r;
+  *path = std::move(now);
+  return op(*path);
+}
+
+// The same for a FileRef resolved already (RefOf took the snapshot).
+template <typename Op>
+int RetryIfMoved(Nasfs& fs, FileRef& ref, Op op) {
+  int r = op(ref.path);
+  if (r != ENOENT || ref.orphan || !fs.RenamedSince(ref.renames)) return r;
+  std::string now;
+  if (PathOf(fs, ref.ino, &now) != 0 || now == ref.path) return r;
+  ref.path = std::move(now);
+  return op(ref.path);
+}
+
 template <typename T, typename P, typename F>
-int ReadRef(Nasfs& fs, const FileRef& ref, P by_path, F by_fd, T* result) {
+int ReadRef(Nasfs& fs, FileRef& ref, P by_path, F by_fd, T* result) {
   if (!ref.orphan)
-    return fs.ReadInto<T>([path = ref.path, by_path](const Backend& b, T* out) { return by_path(b, path, out); },
-                          result);
+    return RetryIfMoved(fs, ref, [&](const std::string& path) {
+      return fs.ReadInto<T>([path, by_path](const Backend& b, T* out) { return by_path(b, path, out); }, result);
+    });
   return fs.ReadInto<T>(
       [o = ref.orphan, by_fd](const Backend& b, T* out) {
         int fd = o->Fd(b.role());
@@ -136,10 +158,11 @@ int ReadRef(Nasfs& fs, const FileRef& ref, P by_path, F by_fd, T* result) {
 
 // The same for a change, applied to both NAS.
 template <typename P, typename F>
-int MutateRef(Nasfs& fs, const char* what, const FileRef& ref, P by_path, F by_fd, journal::Range range = {}) {
+int MutateRef(Nasfs& fs, const char* what, FileRef& ref, P by_path, F by_fd, journal::Range range = {}) {
   if (!ref.orphan)
-    return fs.Mutate(
-        what, {ref.path}, [path = ref.path, by_path](const Backend& b) { return by_path(b, path); }, range);
+    return RetryIfMoved(fs, ref, [&](const std::string& path) {
+      return fs.Mutate(what, {path}, [path, by_path](const Backend& b) { return by_path(b, path); }, range);
+    });
   return fs.MutateOrphan(what, [o = ref.orphan, by_fd](const Backend& b) {
     int fd = o->Fd(b.role());
     return fd < 0 ? ENOENT : by_fd(b, fd);

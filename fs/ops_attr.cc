@@ -47,8 +47,12 @@ void Init(void* userdata, fuse_conn_info* conn) {
 int DoLookup(Nasfs& fs, fuse_ino_t parent, const char* name, struct stat* st) {
   if (IsMetaName(parent, name)) return ENOENT;
   std::string path;
-  if (int e = ChildPathOf(fs, parent, name, &path)) return e;
-  return fs.ReadInto<struct stat>([path](const Backend& b, struct stat* o) { return b.Stat(path, o); }, st);
+  return OnResolvedPath(
+      fs, [&](std::string* p) { return ChildPathOf(fs, parent, name, p); },
+      [&](const std::string& p) {
+        return fs.ReadInto<struct stat>([p](const Backend& b, struct stat* o) { return b.Stat(p, o); }, st);
+      },
+      &path);
 }
 
 void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {

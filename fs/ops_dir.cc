@@ -11,10 +11,13 @@ namespace nasfs::ops {
 
 void ReadLink(fuse_req_t req, fuse_ino_t ino) {
   Nasfs& fs = Fs(req);
-  std::string path;
-  if (!PathOrReply(req, fs, ino, &path)) return;
-  std::string out;
-  int r = fs.ReadInto<std::string>([path](const Backend& b, std::string* o) { return b.ReadLink(path, o); }, &out);
+  std::string path, out;
+  int r = OnResolvedPath(
+      fs, [&](std::string* p) { return PathOf(fs, ino, p); },
+      [&](const std::string& p) {
+        return fs.ReadInto<std::string>([p](const Backend& b, std::string* o) { return b.ReadLink(p, o); }, &out);
+      },
+      &path);
   if (r) {
     fuse_reply_err(req, r);
     return;
@@ -31,10 +34,15 @@ template <typename MakeFn>
 void MakeEntry(fuse_req_t req, const char* what, fuse_ino_t parent, const char* name, MakeFn make,
                fuse_ino_t same_as = 0, const std::string& link_from = {}) {
   Nasfs& fs = Fs(req);
+  if (IsMetaName(parent, name)) {
+    fuse_reply_err(req, EPERM);
+    return;
+  }
   std::string path;
-  if (!NewNameOrReply(req, fs, parent, name, &path)) return;
   auto out = std::make_shared<StatPair>();
-  int r = fs.Mutate(what, {path}, make(path, out), {}, link_from);
+  int r = OnResolvedPath(
+      fs, [&](std::string* p) { return ChildPathOf(fs, parent, name, p); },
+      [&](const std::string& p) { return fs.Mutate(what, {p}, make(p, out), {}, link_from); }, &path);
   if (r) {
     fuse_reply_err(req, r);
     return;
@@ -99,14 +107,21 @@ void RemoveEntry(fuse_req_t req, fuse_ino_t parent, const char* name, bool dir) 
     return;
   }
   std::string path;
-  if (!ChildPathOrReply(req, fs, parent, name, &path)) return;
   timespec t = Mirror::Now();
   // A file the kernel knows may be open: keep it reachable (see Orphan).
-  auto orphan = !dir && fs.inodes().Peek(parent, name) ? std::make_shared<Orphan>() : nullptr;
-  int r = fs.Mutate(dir ? "rmdir" : "unlink", {path}, [path, t, dir, orphan](const Backend& b) {
-    if (orphan) orphan->Set(b.role(), b.OpenIfRegular(path));
-    return dir ? b.Rmdir(path, t) : b.Unlink(path, t);
-  });
+  fuse_ino_t known = fs.inodes().Peek(parent, name);
+  auto orphan = !dir && known ? std::make_shared<Orphan>() : nullptr;
+  // No read or write acts on it by this name until the table follows.
+  auto guard = fs.LockNames(known);
+  int r = OnResolvedPath(
+      fs, [&](std::string* p) { return ChildPathOf(fs, parent, name, p); },
+      [&](const std::string& p) {
+        return fs.Mutate(dir ? "rmdir" : "unlink", {p}, [p, t, dir, orphan](const Backend& b) {
+          if (orphan) orphan->Set(b.role(), b.OpenIfRegular(p));
+          return dir ? b.Rmdir(p, t) : b.Unlink(p, t);
+        });
+      },
+      &path);
   if (r == 0)
     if (fuse_ino_t gone = fs.inodes().Remove(parent, name); gone && orphan) fs.AdoptOrphan(gone, orphan);
   fuse_reply_err(req, r);
@@ -127,9 +142,12 @@ int DoRename(Nasfs& fs, fuse_ino_t parent, const char* name, fuse_ino_t newparen
   timespec t = Mirror::Now();
   // The file a rename replaces may be open (a deploy renaming a new
   // index.html over the one nginx is sending): keep it reachable.
-  auto orphan = !(flags & RENAME_EXCHANGE) && fs.inodes().Peek(newparent, newname)
-                    ? std::make_shared<Orphan>()
-                    : nullptr;
+  fuse_ino_t moving = fs.inodes().Peek(parent, name), replaced = fs.inodes().Peek(newparent, newname);
+  auto orphan = !(flags & RENAME_EXCHANGE) && replaced ? std::make_shared<Orphan>() : nullptr;
+  // Both names change: no read or write acts on either file by its old name
+  // until the table follows (see Nasfs::ShareName).
+  auto guard = fs.LockNames(moving, replaced);
+  Nasfs::RenameMark mark(fs);
   int r = fs.Mutate("rename", {from, to}, [from, to, flags, t, orphan](const Backend& b) {
     if (orphan) orphan->Set(b.role(), b.OpenIfRegular(to));
     return b.Rename(from, to, flags, t);
@@ -171,10 +189,14 @@ fuse_ino_t DirentIno(const std::string& name) {
 void OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Nasfs& fs = Fs(req);
   std::string path;
-  if (!PathOrReply(req, fs, ino, &path)) return;
   std::vector<DirEntry> out;
-  int r = fs.ReadInto<std::vector<DirEntry>>(
-      [path](const Backend& b, std::vector<DirEntry>* o) { return b.ReadDir(path, o); }, &out);
+  int r = OnResolvedPath(
+      fs, [&](std::string* p) { return PathOf(fs, ino, p); },
+      [&](const std::string& p) {
+        return fs.ReadInto<std::vector<DirEntry>>(
+            [p](const Backend& b, std::vector<DirEntry>* o) { return b.ReadDir(p, o); }, &out);
+      },
+      &path);
   if (r) {
     fuse_reply_err(req, r);
     return;
@@ -216,10 +238,22 @@ void ReadDirPlus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fi
   std::vector<std::string> names;
   for (size_t i = first; i < last; ++i) names.push_back(h->entries[i].name);
   std::vector<struct stat> stats;
+  // The directory may have been renamed since opendir took its listing:
+  // its path comes from the inode table now.
   std::string path = h->path;
-  int r = fs.ReadInto<std::vector<struct stat>>(
-      [path, names](const Backend& b, std::vector<struct stat>* o) { return b.StatChildren(path, names, o); },
-      &stats);
+  int r = OnResolvedPath(
+      fs,
+      [&](std::string* p) {
+        if (PathOf(fs, ino, p) != 0) *p = h->path;
+        return 0;
+      },
+      [&](const std::string& p) {
+        return fs.ReadInto<std::vector<struct stat>>(
+            [p, names](const Backend& b, std::vector<struct stat>* o) { return b.StatChildren(p, names, o); },
+            &stats);
+      },
+      &path);
+  h->path = path;
   if (r) {
     fuse_reply_err(req, r);
     return;

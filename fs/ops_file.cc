@@ -19,15 +19,23 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
   Nasfs& fs = Fs(req);
-  std::string path;
-  if (!NewNameOrReply(req, fs, parent, name, &path)) return;
+  if (IsMetaName(parent, name)) {
+    fuse_reply_err(req, EPERM);
+    return;
+  }
   Caller who = CallerOf(req);
   timespec t = Mirror::Now();
   int flags = fi->flags;
   auto out = std::make_shared<StatPair>();
-  int r = fs.Mutate("create", {path}, [=](const Backend& b) {
-    return b.Create(path, flags, mode, who, t, &out->st[RoleIndex(b)]);
-  });
+  std::string path;
+  int r = OnResolvedPath(
+      fs, [&](std::string* p) { return ChildPathOf(fs, parent, name, p); },
+      [&](const std::string& p) {
+        return fs.Mutate("create", {p}, [=](const Backend& b) {
+          return b.Create(p, flags, mode, who, t, &out->st[RoleIndex(b)]);
+        });
+      },
+      &path);
   if (r) {
     fuse_reply_err(req, r);
     return;
@@ -109,6 +117,7 @@ void Fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
 void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len, fuse_file_info* fi) {
   (void)fi;
   Nasfs& fs = Fs(req);
+  auto name = fs.ShareName(ino);  // see FileRef
   std::string path;
   if (!PathOrReply(req, fs, ino, &path)) return;
   timespec t = Mirror::Now();

@@ -291,7 +291,21 @@ int SplitBrainResolver::ResolveDir(const std::string& path, const struct stat& m
   Backend* newer = backup_newer ? backup_ : master_;
   const struct stat& n = backup_newer ? b : m;
   if (int r = SetTimes(newer, path, n.st_atim, n.st_mtim)) return r;
-  return From(newer).Reconcile(path, journal::Scope::kEntry, /*force_data=*/false);
+  return CopyAttributes(path, AttributesFrom(path, newer), n.st_atim, n.st_mtim);
+}
+
+Backend* SplitBrainResolver::AttributesFrom(const std::string& path, Backend* newer) const {
+  if (!meta_changed_) return newer;
+  bool m = meta_changed_(path, Role::kMaster), b = meta_changed_(path, Role::kBackup);
+  return m == b ? newer : m ? master_ : backup_;
+}
+
+int SplitBrainResolver::CopyAttributes(const std::string& path, Backend* source, const timespec& atime,
+                                       const timespec& mtime) {
+  if (int r = From(source).Reconcile(path, journal::Scope::kEntry, /*force_data=*/false)) return r;
+  for (Backend* nas : {master_, backup_})
+    if (int r = SetTimes(nas, path, atime, mtime)) return r;
+  return 0;
 }
 
 int SplitBrainResolver::SameContent(const std::string& path, off_t size, bool* same) {
@@ -320,7 +334,9 @@ int SplitBrainResolver::AlignAttributes(const std::string& path, const struct st
   // moves only attributes.
   if (S_ISREG(n.st_mode) && Ns(n.st_mtim) != Ns(o.st_mtim))
     if (int r = SetTimes(older, path, o.st_atim, n.st_mtim)) return r;
-  return From(newer).Reconcile(path, journal::Scope::kEntry, /*force_data=*/false);
+  Backend* source = AttributesFrom(path, newer);
+  if (source == newer) return From(newer).Reconcile(path, journal::Scope::kEntry, /*force_data=*/false);
+  return CopyAttributes(path, source, n.st_atim, n.st_mtim);
 }
 
 int SplitBrainResolver::Keep(const std::string& path, bool master_loses, const struct stat& lost,
@@ -395,7 +411,7 @@ int MakeAncestors(Backend* b, const std::string& path, const Caller& who, const 
 
 }  // namespace
 
-int RestoreConflict(Backend* master, Backend* backup, std::shared_mutex* sync_mu, const std::string& node,
+int RestoreConflict(Backend* master, Backend* backup, SharedGate* sync_mu, const std::string& node,
                     const std::string& id, ConflictRecord* restored, ConflictRecord* displaced) {
   *restored = ConflictRecord{};
   *displaced = ConflictRecord{};

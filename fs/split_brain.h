@@ -45,6 +45,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fs/backend.h"
+#include "fs/gate.h"
 #include "fs/nas_files.h"
 
 namespace nasfs {
@@ -83,6 +84,12 @@ class SplitBrainResolver {
   // into one directory both keep their upload).
   using RemovedFn = std::function<bool(const std::string& path, Role side)>;
   void SetRemovedFn(RemovedFn fn) { removed_ = std::move(fn); }
+  // Tells whether `side` changed path's owner, mode or xattrs during the
+  // split (chmod moves no mtime). When exactly one side did, its attributes
+  // win for an entry equal on both sides (or a directory), whatever the
+  // mtimes say; the times still go to the newer side's.
+  using MetaChangedFn = std::function<bool(const std::string& path, Role side)>;
+  void SetMetaChangedFn(MetaChangedFn fn) { meta_changed_ = std::move(fn); }
 
   // What this resolver kept so far.
   const std::vector<ConflictRecord>& kept() const { return kept_; }
@@ -105,16 +112,23 @@ class SplitBrainResolver {
            const timespec& loser_parent);
   // The TreeSync copying from one NAS onto the other.
   TreeSync& From(const Backend* source);
+  // Where an equal entry's (or a directory's) owner, mode and xattrs come
+  // from: the side that alone changed them, else `newer`.
+  Backend* AttributesFrom(const std::string& path, Backend* newer) const;
+  // Copies path's attributes from `source` onto the other NAS, then gives
+  // both the times n_atim/n_mtim (the newer side's).
+  int CopyAttributes(const std::string& path, Backend* source, const timespec& atime, const timespec& mtime);
 
   Backend* master_;
   Backend* backup_;
   const std::string node_;
   // TreeSync takes its mutex only in its background walk, which a resolver
   // never starts; the caller holds the daemon's sync_mu around Resolve.
-  std::shared_mutex copy_mu_;
+  SharedGate copy_mu_;
   std::unique_ptr<TreeSync> to_backup_, to_master_;
   std::vector<ConflictRecord> kept_;
   RemovedFn removed_;
+  MetaChangedFn meta_changed_;
 };
 
 // The versions kept under .nasfs/conflicts/ of `nas`, sorted by id, read
@@ -136,7 +150,7 @@ int ListConflicts(Backend& nas, std::vector<ConflictRecord>* out);
 // one version on both NAS (outside split brain it does): each NAS's own
 // version is what it keeps. A failure midway leaves every version kept;
 // calling it again finishes the restore.
-int RestoreConflict(Backend* master, Backend* backup, std::shared_mutex* sync_mu, const std::string& node,
+int RestoreConflict(Backend* master, Backend* backup, SharedGate* sync_mu, const std::string& node,
                     const std::string& id, ConflictRecord* restored, ConflictRecord* displaced);
 
 }  // namespace nasfs

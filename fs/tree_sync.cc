@@ -108,7 +108,7 @@ struct TreeSync::Uring {
   }
 };
 
-TreeSync::TreeSync(Backend* source, Backend* target, std::shared_mutex* sync_mu,
+TreeSync::TreeSync(Backend* source, Backend* target, SharedGate* sync_mu,
                    bool verify_content, bool displace, std::function<void(bool)> done)
     : source_(source),
       target_(target),
@@ -266,14 +266,21 @@ int TreeSync::WalkDir(const std::string& dir) {
       if (stop_) return ECANCELED;
       std::string child = JoinPath(dir, name);
       bool is_dir = false;
+      // A file's data first, without the lock: copied under it, a large
+      // file would hold every write through the mount that long. Under the
+      // lock it only goes into place, if nothing changed it meanwhile.
+      if (int r = Precopy(child)) return r;
       {
         std::unique_lock lk(*sync_mu_);
-        if (int r = SyncEntry(child, &is_dir)) {
+        int r = SyncEntry(child, &is_dir);
+        if (r == 0) SetCursor(child, false);
+        lk.unlock();
+        DropPrecopy();  // not taken: the file changed
+        if (r) {
           std::lock_guard sl(status_mu_);
           error_ = fmt::format("{}: {}", child, std::strerror(r));
           return r;
         }
-        SetCursor(child, false);
       }
       entries_.fetch_add(1, std::memory_order_relaxed);
       last = name;
@@ -380,8 +387,15 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
       // link to is split from them by a new file renamed over this name.
       bool split = have && d->st_nlink > 1 && s->st_nlink == 1;
       bool copied = false;
-      if (!have || force_data || split || d->st_size != s->st_size || !SameTime(d->st_mtim, s->st_mtim) ||
-          (verify_content_ && !SameContent(path))) {
+      std::string pre;
+      if (TakePrecopy(path, *s, &pre)) {
+        // Copied before the lock was taken, and unchanged since: into place.
+        if (have)
+          if (int r = Displace(path)) return r;
+        if (int r = InstallTemp(pre, path)) return r;
+        copied = true;
+      } else if (!have || force_data || split || d->st_size != s->st_size || !SameTime(d->st_mtim, s->st_mtim) ||
+                 (verify_content_ && !SameContent(path))) {
         // Both sides linked: the data goes into the target's file itself,
         // so its other names keep seeing the same file.
         bool in_place = have && !displace_ && !split && s->st_nlink > 1 && d->st_nlink > 1;
@@ -450,6 +464,12 @@ int PwriteAll(int fd, const char* p, size_t n, off_t off) {
 }  // namespace
 
 int TreeSync::CopyFileData(const std::string& path, const struct stat& st, bool in_place) {
+  std::string tmp;
+  if (int r = CopyToTemp(path, st, in_place, &tmp)) return r;
+  return in_place ? 0 : InstallTemp(tmp, path);
+}
+
+int TreeSync::CopyToTemp(const std::string& path, const struct stat& st, bool in_place, std::string* tmp_out) {
   Backend* src = source_;
   Backend* t = target_;
   std::string tmp = fmt::format("{}/tmp/copy-{}-{}", kMetaDir, getpid(), ++g_tmp_seq);
@@ -480,25 +500,38 @@ int TreeSync::CopyFileData(const std::string& path, const struct stat& st, bool 
       }))
     return r;
   uint64_t copied = 0;
-  int err = CopyBytes(sfd, tfd, st.st_size, &copied);
-  if (err) {
+  auto drop = [&] {
     if (!in_place)
       (void)t->Run([t, tmp] {  // best effort: a leftover temp file is harmless
         return unlinkat(t->Root()->get(), tmp.c_str(), 0) == 0 ? 0 : errno;
       });
+  };
+  if (int err = CopyBytes(sfd, tfd, st.st_size, &copied)) {
+    drop();
     return err;
   }
   bytes_.fetch_add(copied, std::memory_order_relaxed);
-  // Owner, mode and times on the file, then (a new file) into place in one
-  // rename.
+  // Owner, mode and times on the file (then, a new file, into place in one
+  // rename: InstallTemp).
   auto s = std::make_shared<struct stat>(st);
-  return t->Run([t, tmp, path, s, tfd, in_place] {
+  int r = t->Run([s, tfd, in_place] {
     if (in_place && ftruncate(tfd->get(), s->st_size) != 0) return errno;
     if (fchown(tfd->get(), s->st_uid, s->st_gid) != 0) return errno;
     if (fchmod(tfd->get(), s->st_mode & 07777) != 0) return errno;
     const timespec times[2] = {s->st_atim, s->st_mtim};
-    if (futimens(tfd->get(), times) != 0) return errno;
-    if (in_place) return 0;
+    return futimens(tfd->get(), times) == 0 ? 0 : errno;
+  });
+  if (r) {
+    drop();
+    return r;
+  }
+  *tmp_out = tmp;
+  return 0;
+}
+
+int TreeSync::InstallTemp(const std::string& tmp, const std::string& path) {
+  Backend* t = target_;
+  return t->Run([t, tmp, path] {
     std::string tn, pn;
     auto tp = t->OpenParent(tmp, &tn);
     if (!tp) return tp.error();
@@ -506,6 +539,62 @@ int TreeSync::CopyFileData(const std::string& path, const struct stat& st, bool 
     if (!pp) return pp.error();
     return renameat(tp->get(), tn.c_str(), pp->get(), pn.c_str()) == 0 ? 0 : errno;
   });
+}
+
+void TreeSync::DropPrecopy() {
+  if (!precopied_.valid) return;
+  precopied_.valid = false;
+  Backend* t = target_;
+  std::string tmp = precopied_.tmp;
+  (void)t->Run([t, tmp] { return unlinkat(t->Root()->get(), tmp.c_str(), 0) == 0 ? 0 : errno; });
+}
+
+int TreeSync::ReconcileExclusive(const std::string& path, journal::Scope scope, bool force_data) {
+  if (int r = Precopy(path, force_data)) return r;
+  std::unique_lock lk(*sync_mu_);
+  int r = Reconcile(path, scope, force_data);
+  lk.unlock();
+  DropPrecopy();  // not taken: the file changed
+  return r;
+}
+
+int TreeSync::Precopy(const std::string& path, bool force_data) {
+  DropPrecopy();
+  if (!tracker_) return 0;
+  auto version = tracker_->Quiet(path);
+  if (!version) return 0;  // a write is under way: copy it under the lock
+  Backend* src = source_;
+  Backend* t = target_;
+  auto s = std::make_shared<struct stat>();
+  auto d = std::make_shared<struct stat>();
+  int rs = src->Run([src, path, s] { return src->Stat(path, s.get()); });
+  int rd = t->Run([t, path, d] { return t->Stat(path, d.get()); });
+  if (rs || (rd && rd != ENOENT)) return 0;  // SyncEntry, under the lock, deals with it
+  if (!S_ISREG(s->st_mode) || s->st_nlink > 1) return 0;  // links are made under the lock
+  bool have = rd == 0 && S_ISREG(d->st_mode);
+  if (!force_data && have && d->st_nlink == 1 && d->st_size == s->st_size && SameTime(d->st_mtim, s->st_mtim) &&
+      (!verify_content_ || SameContent(path)))
+    return 0;  // nothing to copy
+  std::string tmp;
+  int r = CopyToTemp(path, *s, /*in_place=*/false, &tmp);
+  if (r == EAGAIN || r == ENOENT) return 0;  // changed under the copy: under the lock it is
+  if (r) return r;
+  precopied_ = Precopied{path, tmp, *s, *version, true};
+  return 0;
+}
+
+bool TreeSync::TakePrecopy(const std::string& path, const struct stat& s, std::string* tmp) {
+  if (!precopied_.valid || precopied_.path != path) return false;
+  const struct stat& p = precopied_.src;
+  // Still the file that was copied, unchanged: no write through the mount
+  // touched the path since, and its identity, size and times are the same.
+  bool same = p.st_dev == s.st_dev && p.st_ino == s.st_ino && p.st_size == s.st_size &&
+              SameTime(p.st_mtim, s.st_mtim) && SameTime(p.st_ctim, s.st_ctim) &&
+              tracker_->Quiet(path) == std::optional<uint64_t>(precopied_.version);
+  if (!same) return false;
+  precopied_.valid = false;
+  *tmp = precopied_.tmp;
+  return true;
 }
 
 int TreeSync::CopyBytes(const std::shared_ptr<UniqueFd>& sfd_owner, const std::shared_ptr<UniqueFd>& tfd_owner,
@@ -614,6 +703,24 @@ int TreeSync::CopyBytes(const std::shared_ptr<UniqueFd>& sfd_owner, const std::s
 }
 
 std::vector<std::string> TreeSync::TakeRelinked() { return std::exchange(relinked_, {}); }
+
+size_t WriteTracker::Bucket(const std::string& path) { return std::hash<std::string>()(path) % kBuckets; }
+
+void WriteTracker::Begin(const std::string& path) {
+  started_[Bucket(path)].fetch_add(1, std::memory_order_acq_rel);
+}
+
+void WriteTracker::End(const std::string& path) {
+  finished_[Bucket(path)].fetch_add(1, std::memory_order_acq_rel);
+}
+
+std::optional<uint64_t> WriteTracker::Quiet(const std::string& path) const {
+  size_t b = Bucket(path);
+  uint64_t f = finished_[b].load(std::memory_order_acquire);
+  uint64_t st = started_[b].load(std::memory_order_acquire);
+  if (st != f) return std::nullopt;
+  return st;
+}
 
 int TreeSync::SyncLinked(const std::string& path, const struct stat& s, bool have, const struct stat& d,
                          bool* handled) {

@@ -26,11 +26,14 @@
 // xxh3 too.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <thread>
@@ -39,6 +42,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fs/backend.h"
+#include "fs/gate.h"
 #include "journal/journal.h"
 
 namespace nasfs {
@@ -47,16 +51,40 @@ namespace nasfs {
 // holds. Returns <0, 0, >0.
 int ComparePaths(const std::string& a, const std::string& b);
 
+// Counts the writes through the mount by path (hashed into buckets), so a
+// copy made without the lock can tell whether a write touched its path
+// since (a bucket shared by other paths only costs a copy made again).
+// Thread-safe.
+class WriteTracker {
+ public:
+  // Around each write to path (Nasfs::Mutate, holding sync_mu shared).
+  void Begin(const std::string& path);
+  void End(const std::string& path);
+  // The writes begun on path's bucket, when none is under way; nullopt while
+  // one is.
+  std::optional<uint64_t> Quiet(const std::string& path) const;
+
+ private:
+  static constexpr size_t kBuckets = 4096;
+  static size_t Bucket(const std::string& path);
+  std::atomic<uint64_t> started_[kBuckets] = {};
+  std::atomic<uint64_t> finished_[kBuckets] = {};
+};
+
 class TreeSync {
  public:
   // *source, *target and *sync_mu must outlive the TreeSync. `done` runs on
   // the sync thread when the copy finished (ok) or gave up (!ok).
-  TreeSync(Backend* source, Backend* target, std::shared_mutex* sync_mu, bool verify_content,
+  TreeSync(Backend* source, Backend* target, SharedGate* sync_mu, bool verify_content,
            bool displace, std::function<void(bool ok)> done);
   ~TreeSync();  // stops and joins the walk
 
   void Start();
   void Stop();
+  // The walk copies a file's data before taking *sync_mu, and keeps it only
+  // if `tracker` saw no write to the path meanwhile (without one, it copies
+  // under the lock). *tracker must outlive the TreeSync.
+  void SetWriteTracker(const WriteTracker* tracker) { tracker_ = tracker; }
 
   // Whether the walk has passed `path`. Caller holds *sync_mu (shared or
   // exclusive).
@@ -73,6 +101,10 @@ class TreeSync {
   // have set the old mtime back). The caller keeps writes off the paths
   // (the journal routes them), or holds *sync_mu exclusively.
   int Reconcile(const std::string& path, journal::Scope scope, bool force_data);
+  // Reconcile with *sync_mu held exclusively, taken here: path's own data
+  // is copied before the lock (see SetWriteTracker), so the writes it holds
+  // back wait for metadata calls only, not for a large file's bytes.
+  int ReconcileExclusive(const std::string& path, journal::Scope scope, bool force_data);
   // Copies only the given byte ranges of a regular file present on both
   // sides, then its size, xattrs and attributes. ENOENT/EINVAL when either
   // side's file is missing or not regular (reconcile it whole instead).
@@ -117,6 +149,18 @@ class TreeSync {
   // renamed over the target's name, or, with `in_place`, into the target's
   // own file (whose other names then see it too: a hard link kept).
   int CopyFileData(const std::string& path, const struct stat& st, bool in_place = false);
+  // The parts of it: the data into a temp file under .nasfs/tmp (or, with
+  // `in_place`, into the target's own file) with the source's owner, mode
+  // and times; then the temp file renamed over the target's name.
+  int CopyToTemp(const std::string& path, const struct stat& st, bool in_place, std::string* tmp);
+  int InstallTemp(const std::string& tmp, const std::string& path);
+  // The walk's copy before the lock (see SetWriteTracker): Precopy copies
+  // path's data if it needs copying; TakePrecopy (under the lock) hands the
+  // temp file over if the source is still what was copied; DropPrecopy
+  // removes one not taken.
+  int Precopy(const std::string& path, bool force_data = false);
+  bool TakePrecopy(const std::string& path, const struct stat& s, std::string* tmp);
+  void DropPrecopy();
   // The bytes of a whole file, sfd onto tfd: through io_uring, or pread and
   // pwrite where io_uring is not available. Returns the bytes copied in
   // *copied.
@@ -149,7 +193,7 @@ class TreeSync {
 
   Backend* source_;
   Backend* target_;
-  std::shared_mutex* sync_mu_;
+  SharedGate* sync_mu_;
   const bool verify_content_;
   const bool displace_;
   std::function<void(bool)> done_;
@@ -175,6 +219,15 @@ class TreeSync {
   Clock::time_point link_index_at_{};
   bool link_index_built_ = false;
   std::vector<std::string> relinked_;
+
+  const WriteTracker* tracker_ = nullptr;
+  struct Precopied {
+    std::string path, tmp;
+    struct stat src {};
+    uint64_t version = 0;
+    bool valid = false;
+  };
+  Precopied precopied_;  // the walk's thread only
   struct Uring;
   std::unique_ptr<Uring> uring_;  // sync thread only; leaked if a NAS hangs mid-copy
 

@@ -899,6 +899,13 @@ int Journal::RecordIfTouching(Target target, const std::vector<Change>& changes,
   return m.WaitDurableLocked(lk, seq);
 }
 
+bool Journal::Touches(Target target, const std::vector<Change>& changes) const {
+  std::lock_guard lk(impl_->mu);
+  for (const auto& c : changes)
+    if (impl_->TouchesLocked(TargetIndex(target), c.path)) return true;
+  return false;
+}
+
 void Journal::EndWrites(Target target, const std::vector<Change>& changes) {
   std::lock_guard lk(impl_->mu);
   auto& pending = impl_->pending[TargetIndex(target)];

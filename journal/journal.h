@@ -231,6 +231,9 @@ class Journal {
   // has been applied to the other NAS (or failed).
   int RecordIfTouching(Target target, const std::vector<Change>& changes, bool* recorded);
   void EndWrites(Target target, const std::vector<Change>& changes);
+  // Whether any change touches a pending path of target (as
+  // RecordIfTouching judges it), without recording anything.
+  bool Touches(Target target, const std::vector<Change>& changes) const;
   // A snapshot of target's pending entries (any order).
   std::vector<Pending> PendingFor(Target target) const;
   bool HasPending(Target target) const;

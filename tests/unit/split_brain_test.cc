@@ -242,6 +242,31 @@ TEST_F(SplitBrainTest, EqualContentKeepsNothingAndTakesTheNewerAttributes) {
   EXPECT_TRUE(Conflicts(*backup_).empty());
 }
 
+// The soak's finding: a chmod on one side moves no mtime, so "the newer
+// side's attributes" lost it. The side that alone changed them (the logs
+// say so) wins them; the times still go to the newer side's.
+TEST_F(SplitBrainTest, AChmodMadeOnOneSideAloneSurvivesTheMerge) {
+  Put(M("f"), "same", 2000, 0644);
+  Put(B("f"), "same", 1000, 0600);  // chmod 600 on the backup; the master's mtime is newer
+  Dir(M("d"), 2000);
+  Dir(B("d"), 1000);
+  ASSERT_EQ(::chmod(B("d").c_str(), 0700), 0);
+  SetMtime(B("d"), 1000);
+  resolver_->SetMetaChangedFn([](const std::string& p, Role side) {
+    return side == Role::kBackup && (p == "f" || p == "d");
+  });
+  ASSERT_EQ(resolver_->Resolve("f"), 0);
+  ASSERT_EQ(resolver_->Resolve("d"), 0);
+  EXPECT_EQ(Mode(M("f")) & 07777, 0600u) << "the backup's chmod was lost";
+  EXPECT_EQ(Mode(B("f")) & 07777, 0600u);
+  EXPECT_EQ(Mtime(M("f")), Mtime(B("f")));
+  EXPECT_EQ(Mtime(M("f")), Ns(2000)) << "the newer mtime";
+  EXPECT_EQ(Mode(M("d")) & 07777, 0700u);
+  EXPECT_EQ(Mode(B("d")) & 07777, 0700u);
+  EXPECT_EQ(Mtime(M("d")), Mtime(B("d")));
+  EXPECT_TRUE(Conflicts(*master_).empty()) << "equal content is no conflict";
+}
+
 TEST_F(SplitBrainTest, EqualSizeButOtherBytesIsAConflict) {
   // Past one comparison chunk, so the difference is in the second one.
   std::string a(1500000, 'x'), b = a;
@@ -482,7 +507,7 @@ TEST_F(SplitBrainTest, RestorePutsTheKeptVersionBackAndKeepsTheOneItReplaces) {
   ASSERT_EQ(resolver_->Resolve("d/f"), 0);
   const std::string id = OnlyConflict().id;
   ASSERT_FALSE(id.empty());
-  std::shared_mutex mu;
+  SharedGate mu;
   ConflictRecord restored, displaced;
   ASSERT_EQ(RestoreConflict(master_.get(), backup_.get(), &mu, "web2", id, &restored, &displaced), 0);
   EXPECT_EQ(restored.id, id);
@@ -519,7 +544,7 @@ TEST_F(SplitBrainTest, RestoreRecreatesMissingDirectoriesAndCopiesMissingData) {
   ASSERT_FALSE(Exists(B("a"))) << "the precondition: a is resolved whole, and deleted";
   const std::string id = OnlyConflict().id;
   std::filesystem::remove_all(Data(master_dir_, id));  // the master lost its copy
-  std::shared_mutex mu;
+  SharedGate mu;
   ConflictRecord restored, displaced;
   ASSERT_EQ(RestoreConflict(master_.get(), backup_.get(), &mu, "web1", id, &restored, &displaced), 0);
   EXPECT_EQ(restored.path, "a");
@@ -538,7 +563,7 @@ TEST_F(SplitBrainTest, RestoreCreatesMissingAncestorsAs0755) {
   const std::string id = OnlyConflict().id;
   std::filesystem::remove_all(M("p"));
   std::filesystem::remove_all(B("p"));
-  std::shared_mutex mu;
+  SharedGate mu;
   ConflictRecord restored, displaced;
   ASSERT_EQ(RestoreConflict(master_.get(), backup_.get(), &mu, "web1", id, &restored, &displaced), 0);
   for (const auto& root : {master_dir_, backup_dir_}) {
@@ -549,7 +574,7 @@ TEST_F(SplitBrainTest, RestoreCreatesMissingAncestorsAs0755) {
 }
 
 TEST_F(SplitBrainTest, RestoreRefusesMalformedAndUnknownIds) {
-  std::shared_mutex mu;
+  SharedGate mu;
   ConflictRecord restored, displaced;
   for (const std::string id : {"", ".", "..", "a/b", "../conflicts"})
     EXPECT_EQ(RestoreConflict(master_.get(), backup_.get(), &mu, "web1", id, &restored, &displaced), EINVAL)

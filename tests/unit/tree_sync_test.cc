@@ -25,6 +25,8 @@
 #include <shared_mutex>
 #include <string>
 #include <vector>
+#include <thread>
+#include <atomic>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -300,7 +302,7 @@ class TreeSyncTest : public ::testing::Test {
 
   std::string src_dir_, dst_dir_;
   std::unique_ptr<Backend> src_, dst_;
-  std::shared_mutex sync_mu_;
+  SharedGate sync_mu_;
   std::unique_ptr<TreeSync> sync_;
 
   std::mutex done_mu_;
@@ -709,6 +711,65 @@ TEST_F(TreeSyncTest, WithoutIoUringTheCopyStillFinishes) {
   ::unsetenv("NASFS_NO_IO_URING");
   ASSERT_TRUE(ok);
   EXPECT_EQ(ReadFile(D("big")), big);
+  ExpectSameTrees();
+}
+
+// Design hole of issue 10: the walk copied each file under the exclusive
+// lock, so a large file held every write through the mount that long. Its
+// data is now copied before the lock and kept only if no write touched the
+// path meanwhile. Writes race the walk here as Nasfs::Mutate makes them
+// (shared lock, tracked, to the target too once the walk covers the path):
+// the trees still end equal.
+TEST_F(TreeSyncTest, DataCopiedBeforeTheLockIsKeptOnlyIfNoWriteTouchedIt) {
+  std::mt19937_64 rng(TestSeed());
+  constexpr int kFiles = 24;
+  for (int i = 0; i < kFiles; ++i) PutFile(S("f" + std::to_string(i)), std::string(kMiB + i, 'a' + i % 26));
+  WriteTracker tracker;
+  std::mutex done_mu;
+  std::condition_variable done_cv;
+  bool done = false, ok = false;
+  TreeSync walk(src_.get(), dst_.get(), &sync_mu_, false, /*displace=*/true, [&](bool r) {
+    std::lock_guard lk(done_mu);
+    done = true;
+    ok = r;
+    done_cv.notify_all();
+  });
+  walk.SetWriteTracker(&tracker);
+  std::atomic<bool> stop{false};
+  std::atomic<int> writes{0};
+  std::thread writer([&] {
+    std::mt19937_64 wr(rng());
+    while (!stop) {
+      std::string rel = "f" + std::to_string(wr() % kFiles);
+      std::string data(4096, static_cast<char>('A' + wr() % 26));
+      off_t off = static_cast<off_t>(wr() % kMiB);
+      std::shared_lock lk(sync_mu_);
+      tracker.Begin(rel);
+      for (const std::string& root : {src_dir_, dst_dir_}) {
+        if (root == dst_dir_ && !walk.Covers(rel)) continue;  // the walk copies it when it gets there
+        int fd = ::open((root + "/" + rel).c_str(), O_WRONLY);
+        if (fd >= 0) {
+          (void)!::pwrite(fd, data.data(), data.size(), off);
+          const timespec t[2] = {{5000, 0}, {5000, static_cast<long>(writes.load())}};
+          ::futimens(fd, t);
+          ::close(fd);
+        }
+      }
+      tracker.End(rel);
+      ++writes;
+      lk.unlock();
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  });
+  walk.Start();
+  {
+    std::unique_lock lk(done_mu);
+    ASSERT_TRUE(done_cv.wait_for(lk, kSyncBound, [&] { return done; }));
+  }
+  stop = true;
+  writer.join();
+  ASSERT_TRUE(ok) << walk.Status().dump();
+  EXPECT_GT(writes.load(), 0);
   ExpectSameTrees();
 }
 
