@@ -34,11 +34,15 @@ fi
 #             killed), attr (getfattr/setfattr), psmisc (fuser)
 #   runtime:  fuse3 (/dev/fuse, fusermount3, /sbin/mount.fuse3 for fstab)
 #   bench:    nginx-light wrk fio
+#   nets:     clang-16 libclang-rt-16-dev (libFuzzer and clang's sanitizer
+#             runtimes, for scripts/nets.sh's fuzz build); gcc's ASan, UBSan
+#             and TSan runtimes come with g++
 PACKAGES=(
   meson ninja-build pkg-config g++
   libfuse3-dev fuse3 liburing-dev libspdlog-dev libfmt-dev libxxhash-dev
   libgtest-dev libgmock-dev libexpected-dev nlohmann-json3-dev libcli11-dev
   bindfs nginx-light wrk fio attr psmisc
+  clang-16 libclang-rt-16-dev
 )
 
 missing_packages() {

@@ -10,8 +10,13 @@
 #                              build/ is still brought up to date by meson test
 #   BUILD_DIR=build            meson build directory
 #   TIMEOUT_MULTIPLIER=2       scales every test's timeout (slow CI machines)
+#   NASFS_SKIP_NETS=1          skip the nets (scripts/nets.sh: the unit suites
+#                              under ASan+UBSan and TSan, and each fuzz target
+#                              for NETS_FUZZ_SECONDS=20), for quick local runs
+#   NASFS_NETS="asan fuzz"     run only these nets (default: asan tsan fuzz)
 #
-# The exit code is meson's: 0 when every test passed or was skipped. The
+# The exit code is meson's, or the nets' when meson's is 0: 0 when every test
+# passed or was skipped and every net held. The
 # mounted tests need root and /dev/fuse; without them they are skipped (exit
 # 77), so run this with sudo. Afterwards any nasfs or bindfs mount under /tmp
 # that appeared during the run (a test killed before its own cleanup) is
@@ -64,6 +69,20 @@ printf '\n==> meson test -C %s\n' "$BUILD_DIR"
 # (Ok: / Expected Fail: / Fail: / Unexpected Pass: / Skipped: / Timeout:).
 meson test -C "$BUILD_DIR" --print-errorlogs --timeout-multiplier "${TIMEOUT_MULTIPLIER:-2}" "$@"
 rc=$?
+
+# The nets, after the normal suite: sanitizer builds of the unit suites and
+# a short run of every fuzz target, each in its own build directory
+# (build-asan, build-tsan, build-fuzz). They mount nothing.
+nets_rc=0
+if [ "${NASFS_SKIP_NETS:-0}" = 1 ]; then
+  printf '\n==> nets skipped (NASFS_SKIP_NETS=1)\n'
+else
+  printf '\n==> nets: scripts/nets.sh (NASFS_SKIP_NETS=1 skips them)\n'
+  # shellcheck disable=SC2086  # a list of net names
+  TIMEOUT_MULTIPLIER="${TIMEOUT_MULTIPLIER:-2}" bash "$REPO/scripts/nets.sh" ${NASFS_NETS:-}
+  nets_rc=$?
+fi
+
 # One plain closing line of GoogleTest cases across every test binary, for
 # readers that do not know meson's summary.
 log="$BUILD_DIR/meson-logs/testlog.txt"
@@ -74,6 +93,8 @@ if [ -f "$log" ]; then
   [ "$rc" = 0 ] || [ "$failed" -gt 0 ] || failed=1  # a crashed binary counts
   printf '\ntests: %d passed, %d failed, %d skipped\n' "$passed" "$failed" "$skipped"
 fi
-printf '\n==> test suite: %s (exit %d); full log: %s/meson-logs/testlog.txt\n' \
-  "$([ $rc = 0 ] && echo PASSED || echo FAILED)" "$rc" "$BUILD_DIR"
+[ "$rc" != 0 ] || rc=$nets_rc
+printf '\n==> test suite: %s (exit %d); full log: %s/meson-logs/testlog.txt%s\n' \
+  "$([ $rc = 0 ] && echo PASSED || echo FAILED)" "$rc" "$BUILD_DIR" \
+  "$([ "$nets_rc" = 0 ] || echo '; the nets FAILED (see "nets summary" above)')"
 exit "$rc"
