@@ -90,7 +90,7 @@ int Mirror::Apply(const char* what, const std::vector<journal::Change>& changes,
     }
   // 3. Ordinary disagreement: the master is right, the backup missed it.
   std::string p = changes.empty() ? "" : changes.front().path;
-  Logger("fuse")->warn("{} '{}': master {}, backup {}; the backup will be brought in line", what, p,
+  Logger("fuse")->warn("{} '{}': master {}, backup {}; the backup will be brought in line", what, ShownPath(p),
                             r[0] ? std::strerror(r[0]) : "ok", r[1] ? std::strerror(r[1]) : "ok");
   int e = changes.empty() ? 0 : on_missed_(*backup_, changes);
   on_fault_(*backup_, r[1] ? r[1] : EIO, fmt::format("{} disagreed with the master", what));

@@ -727,8 +727,8 @@ void Nasfs::ReplayLoop(Backend& b) {
     // server): the next round takes it again. Not the NAS's fault.
     if (err == EAGAIN || err == ENOENT || err == ENOTDIR) continue;
     if (err) {
-      OnFault(b, fmt::format("replay of '{}': {}", failed, std::strerror(err)));
-      finish(fmt::format("stopped: replay of '{}': {}", failed, std::strerror(err)));
+      OnFault(b, fmt::format("replay of '{}': {}", ShownPath(failed), std::strerror(err)));
+      finish(fmt::format("stopped: replay of '{}': {}", ShownPath(failed), std::strerror(err)));
       return;
     }
     for (const auto* e : replayed) {
@@ -888,7 +888,7 @@ int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, co
   for (const auto& p : paths)
     if (s->Covers(p))
       if (int e = s->ReconcileTree(p))
-        Logger("fuse")->warn("could not reconcile '{}' onto {}: {}", p, s->target()->name(), std::strerror(e));
+        Logger("fuse")->warn("could not reconcile '{}' onto {}: {}", ShownPath(p), s->target()->name(), std::strerror(e));
   return 0;
 }
 

@@ -280,13 +280,13 @@ void Nasfs::Settle(Backend& b, Backend& o, TreeSync& rs) {
       r = rs.ReconcileDirTimes(ParentOf(p));
     }
     if (r) {
-      Logger("replay")->warn("'{}' differs on the {} after its replay and cannot be copied again: {}", p,
+      Logger("replay")->warn("'{}' differs on the {} after its replay and cannot be copied again: {}", ShownPath(p),
                                   b.name(), std::strerror(r));
       return;
     }
     settled_.fetch_add(1, std::memory_order_relaxed);
     Logger("replay")->warn("'{}' was written by another web server while it was replayed: copied again onto the {}",
-                                p, b.name());
+                                ShownPath(p), b.name());
   }
 }
 
@@ -460,7 +460,7 @@ int Nasfs::ResolveSplitBrain() {
       r = to_backup.ReconcileExclusive(p, in_b->second.scope, ForceData(in_b->second.ops));
     }
     if (r) {
-      log->error("split brain: merging '{}': {}", p, std::strerror(r));
+      log->error("split brain: merging '{}': {}", ShownPath(p), std::strerror(r));
       return r;
     }
   }
@@ -627,7 +627,7 @@ nlohmann::json Nasfs::RestoreConflict(const std::string& id) {
   if (e == EINVAL) return {{"ok", false}, {"error", fmt::format("'{}' is not a conflict id", id)}};
   if (e) return {{"ok", false}, {"error", fmt::format("restoring {}: {}", id, std::strerror(e))}};
   Logger("replay")->info("restored the version of '{}' kept as {}; the one it replaced is kept as {}",
-                              restored.path, id, displaced.id.empty() ? "(nothing was there)" : displaced.id);
+                              ShownPath(restored.path), id, displaced.id.empty() ? "(nothing was there)" : displaced.id);
   return {{"ok", true},
           {"restored", ToJson(restored)},
           {"kept", displaced.id.empty() ? nlohmann::json(nullptr) : ToJson(displaced)}};

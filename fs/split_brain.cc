@@ -168,7 +168,7 @@ int ReadMeta(Backend* b, const std::string& id, ConflictRecord* rec) {
 
 void LogKept(const ConflictRecord& rec) {
   if (auto log = Logger("sync"))
-    log->warn("{} at /{}: kept the {}'s {} as {}/{}", rec.reason, rec.path, rec.kept_from, rec.kind,
+    log->warn("{} at /{}: kept the {}'s {} as {}/{}", rec.reason, ShownPath(rec.path), rec.kept_from, rec.kind,
               kConflictsDir, rec.id);
 }
 
@@ -494,7 +494,7 @@ int RestoreConflict(Backend* master, Backend* backup, SharedGate* sync_mu, const
     std::string dir = ConflictPath(id);
     if (int r = b->Run([b, dir] { return b->RemoveTree(dir); })) return r;
   }
-  if (auto log = Logger("sync")) log->warn("restored /{} from {}/{}", path, kConflictsDir, id);
+  if (auto log = Logger("sync")) log->warn("restored /{} from {}/{}", ShownPath(path), kConflictsDir, id);
   return 0;
 }
 

@@ -332,7 +332,7 @@ int TreeSync::Displace(const std::string& path) {
   });
   if (r == 0) {
     displaced_.fetch_add(1, std::memory_order_relaxed);
-    Logger("sync")->info("kept {} {} as {}/{}", target_->name(), path, target_->path(), dest);
+    Logger("sync")->info("kept {} {} as {}/{}", target_->name(), ShownPath(path), target_->path(), dest);
   }
   return r;
 }

@@ -59,6 +59,8 @@ struct Difference {
 using Xattrs = std::map<std::string, std::string>;
 
 std::string Display(const std::string& rel) { return "/" + rel; }
+// In an error message: cut and escaped.
+std::string Shown(const std::string& rel) { return "/" + ShownPath(rel); }
 
 const char* TypeName(mode_t m) {
   switch (m & S_IFMT) {
@@ -231,12 +233,12 @@ std::array<int, 2> Verifier::OnBoth(const char* what, const std::string& rel, Si
     if (r[i] == ETIMEDOUT) {
       throw Abort{fmt::format("{} ({}): {} {} timed out (io_timeout {} ms): the NAS is hung or "
                               "overloaded; verify stopped",
-                              kSideName[i], nas_[i]->path(), what, Display(rel),
+                              kSideName[i], nas_[i]->path(), what, Shown(rel),
                               nas_[i]->io_timeout().count())};
     }
     if (IsFaultErrno(r[i])) {
       throw Abort{fmt::format("{} ({}): {} {}: {}; verify stopped", kSideName[i], nas_[i]->path(),
-                              what, Display(rel), std::strerror(r[i]))};
+                              what, Shown(rel), std::strerror(r[i]))};
     }
     if (r[i] == 0) (*out)[i] = std::move(*result[i]);
   }

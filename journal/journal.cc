@@ -11,6 +11,8 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <random>
+#include <string_view>
 #include <set>
 
 #include "journal/record.h"
@@ -56,13 +58,49 @@ bool ParseSegmentName(const std::string& name, uint64_t* n) {
   return true;
 }
 
-// "a/b/c" -> "a/b", "a" -> "" (the root); the root has no parent.
-bool Parent(const std::string& path, std::string* parent) {
-  if (path.empty()) return false;
-  auto slash = path.rfind('/');
-  *parent = slash == std::string::npos ? "" : path.substr(0, slash);
-  return true;
-}
+// Hashes of a path and of its ancestors, in one pass over its bytes: the
+// pending index asks "is an ancestor pending?" and "is anything below this
+// directory pending?" on every write, and a chain thousands of directories
+// deep must cost what its bytes cost, not their square (in time, nor in
+// memory: the index keeps a hash per ancestor, not the ancestor's name).
+// A polynomial hash modulo the prime 2^61-1 with a base drawn at random per
+// daemon: two different paths of length L collide with probability at most
+// L/2^61 whatever names a hostile user picks, and a collision only makes
+// the index answer "pending" where nothing is (a write is recorded for
+// replay that did not need it), never the reverse.
+class PathHasher {
+ public:
+  PathHasher() {
+    std::random_device rd;
+    base_ = ((static_cast<uint64_t>(rd()) << 32) ^ rd()) % (kPrime - 256) + 256;
+  }
+  // Calls each(hash) for every ancestor of path, the root ("") first, and
+  // returns the hash of path itself. The root has no ancestor.
+  template <typename Fn>
+  uint64_t Walk(std::string_view path, Fn&& each) const {
+    uint64_t h = 0;
+    if (path.empty()) return h;
+    each(h);  // the root
+    for (size_t i = 0; i < path.size(); ++i) {
+      if (path[i] == '/') each(h);
+      h = Step(h, static_cast<unsigned char>(path[i]));
+    }
+    return h;
+  }
+  uint64_t Of(std::string_view path) const {
+    return Walk(path, [](uint64_t) {});
+  }
+
+ private:
+  static constexpr uint64_t kPrime = (uint64_t{1} << 61) - 1;
+  uint64_t Step(uint64_t h, unsigned c) const {
+    unsigned __int128 x = static_cast<unsigned __int128>(h) * base_ + c + 1;
+    uint64_t r = static_cast<uint64_t>(x & kPrime) + static_cast<uint64_t>(x >> 61);
+    r = (r & kPrime) + (r >> 61);
+    return r >= kPrime ? r - kPrime : r;
+  }
+  uint64_t base_;
+};
 
 void MergeRange(std::vector<Range>* ranges, Range r) {
   if (r.length == 0) return;
@@ -293,8 +331,11 @@ struct Journal::Impl {
 
   // ---- the in-memory state the log describes (guarded by mu) ----
   std::unordered_map<std::string, Pending> pending[2];
-  // Pending entries strictly below each directory, per target.
-  std::unordered_map<std::string, uint32_t> below[2];
+  // By PathHasher hash, per target: pending entries at a path, and pending
+  // entries strictly below a directory.
+  PathHasher hasher;
+  std::unordered_map<uint64_t, uint32_t> pending_at[2];
+  std::unordered_map<uint64_t, uint32_t> below[2];
   bool full_sync[2] = {false, false};
   std::string pair_id;
   struct Mark {
@@ -323,14 +364,15 @@ struct Journal::Impl {
   std::string Path(uint64_t n) const { return opts.dir + "/" + SegmentName(n); }
 
   // ---- state transitions, shared by the live path and Open's replay ----
-  void AddBelow(int t, const std::string& path, int delta) {
-    std::string p = path, parent;
-    while (Parent(p, &parent)) {
-      auto& c = below[t][parent];
-      c = static_cast<uint32_t>(static_cast<int>(c) + delta);
-      if (c == 0) below[t].erase(parent);
-      p = parent;
-    }
+  static void Count(std::unordered_map<uint64_t, uint32_t>& m, uint64_t h, int delta) {
+    auto& c = m[h];
+    c = static_cast<uint32_t>(static_cast<int>(c) + delta);
+    if (c == 0) m.erase(h);
+  }
+  // Counts path in (delta +1) or out of (-1) target t's hash index.
+  void Index(int t, const std::string& path, int delta) {
+    const uint64_t h = hasher.Walk(path, [&](uint64_t a) { Count(below[t], a, delta); });
+    Count(pending_at[t], h, delta);
   }
   void ApplyMissed(int t, const std::string& path, Scope scope, Op op, uint8_t flags, int64_t ns, uint64_t seq,
                    uint64_t off, uint64_t len, const std::string& from) {
@@ -341,7 +383,7 @@ struct Journal::Impl {
       e.target = t == 0 ? kMaster : kBackup;
       e.data_only = true;
       e.first_ns = ns;
-      AddBelow(t, path, +1);
+      Index(t, path, +1);
       live_bytes += 64 + path.size();
     }
     e.ops |= 1u << static_cast<unsigned>(op);
@@ -366,12 +408,13 @@ struct Journal::Impl {
     auto it = pending[t].find(path);
     if (it == pending[t].end() || it->second.seq > seq) return;
     pending[t].erase(it);
-    AddBelow(t, path, -1);
+    Index(t, path, -1);
     live_bytes -= std::min<uint64_t>(live_bytes, 64 + path.size());
   }
   void ResetState() {
     for (int t = 0; t < 2; ++t) {
       pending[t].clear();
+      pending_at[t].clear();
       below[t].clear();
       full_sync[t] = false;
     }
@@ -632,16 +675,13 @@ struct Journal::Impl {
     return 0;
   }
 
+  // Whether path, an ancestor of it, or something below it is pending for
+  // target t: one pass over path's bytes (see PathHasher).
   bool TouchesLocked(int t, const std::string& path) const {
     if (pending[t].empty()) return false;
-    if (pending[t].count(path)) return true;
-    if (auto it = below[t].find(path); it != below[t].end() && it->second > 0) return true;
-    std::string p = path, parent;
-    while (Parent(p, &parent)) {
-      if (pending[t].count(parent)) return true;
-      p = parent;
-    }
-    return false;
+    bool ancestor = false;
+    const uint64_t h = hasher.Walk(path, [&](uint64_t a) { ancestor = ancestor || pending_at[t].count(a); });
+    return ancestor || pending_at[t].count(h) || below[t].count(h);
   }
 
   uint64_t AppendMissedLocked(Target target, const Change& c) {

@@ -1974,6 +1974,37 @@ TEST_F(JournalTest, RandomOperationsAndACrashAnywhereLoseNothingAcknowledged) {
 // ---------------------------------------------------------------------------
 // Replay coordination
 
+// A chain thousands of directories deep (any user can make one): the
+// pending index answers about its ancestors and descendants exactly, and
+// forgets them all when the entry is done.
+TEST_F(JournalTest, DeepPathsAreIndexedAndForgotten) {
+  REOPEN();
+  std::string deep, mid;
+  for (int i = 0; i < 3000; ++i) {
+    deep += (i ? "/d" : "d") + std::to_string(i);
+    if (i == 1499) mid = deep;
+  }
+  ASSERT_EQ(j_->AddMissed(kBackup, {W(deep + "/f", 0, 1)}), 0);
+  EXPECT_TRUE(j_->Touches(kBackup, {C(mid, Op::kDirTimes)}));            // a descendant is pending
+  EXPECT_TRUE(j_->Touches(kBackup, {C("d0", Op::kMeta)}));
+  EXPECT_TRUE(j_->Touches(kBackup, {C(deep + "/f/x", Op::kCreate)}));    // an ancestor is pending
+  EXPECT_FALSE(j_->Touches(kBackup, {C(mid + "x", Op::kCreate)}));       // a string prefix, not a parent
+  EXPECT_FALSE(j_->Touches(kBackup, {C(deep + "/g", Op::kCreate)}));     // a sibling
+  EXPECT_FALSE(j_->Touches(kMaster, {C(mid, Op::kDirTimes)}));
+  Kill();
+  REOPEN();  // rebuilt from the log alike
+  EXPECT_TRUE(j_->Touches(kBackup, {C(mid, Op::kDirTimes)}));
+  ASSERT_EQ(j_->PendingFor(kBackup).size(), 1u);
+  j_->Done(kBackup, deep + "/f", j_->PendingFor(kBackup)[0].seq);
+  EXPECT_FALSE(j_->HasPending(kBackup));
+  // The index is empty again: a new entry elsewhere does not make the old
+  // chain look pending.
+  ASSERT_EQ(j_->AddMissed(kBackup, {W("other", 0, 1)}), 0);
+  EXPECT_FALSE(j_->Touches(kBackup, {C(mid, Op::kDirTimes)}));
+  EXPECT_FALSE(j_->Touches(kBackup, {C("d0", Op::kMeta)}));
+  EXPECT_TRUE(j_->Touches(kBackup, {C("other", Op::kMeta)}));
+}
+
 TEST_F(JournalTest, RecordIfTouchingRecordsOnlyChangesNearAPendingPath) {
   REOPEN();
   ASSERT_EQ(j_->AddMissed(kBackup, {W("d1/f", 0, 1), C("d2", Op::kCreate, Scope::kTree)}), 0);

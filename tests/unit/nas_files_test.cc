@@ -5,6 +5,8 @@
 // cases a reader can check by eye.
 #include "fs/nas_files.h"
 
+#include "fs/log.h"
+
 #include <string>
 
 #include <gmock/gmock.h>
@@ -14,6 +16,31 @@ namespace nasfs {
 namespace {
 
 using ::testing::HasSubstr;
+
+// Paths from a NAS in log lines and status messages: a newline cannot
+// forge a line, an escape cannot reach a terminal, and a chain thousands of
+// directories deep does not fill the status with kilobytes of one path.
+TEST(ShownPathTest, EscapesControlBytesAndCutsLongPaths) {
+  EXPECT_EQ(ShownPath("a/b c/d.html"), "a/b c/d.html");
+  EXPECT_EQ(ShownPath("x\nERROR forged\x1b[2J\\"), "x\\x0aERROR forged\\x1b[2J\\x5c");
+  EXPECT_EQ(ShownPath("caf\xc3\xa9"), "caf\xc3\xa9");  // UTF-8 kept
+  std::string deep;
+  for (int i = 0; i < 2000; ++i) deep += "d" + std::to_string(i) + "/";
+  deep += "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9";
+  const std::string shown = ShownPath(deep);
+  EXPECT_LT(shown.size(), kShownPathBytes + 40);
+  EXPECT_THAT(shown, HasSubstr("(" + std::to_string(deep.size()) + " bytes)"));
+  EXPECT_EQ(shown.substr(0, 6), "d0/d1/");
+  EXPECT_EQ(shown.substr(shown.size() - 8), "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9");
+  // Never a cut inside a UTF-8 sequence.
+  std::string wide;
+  for (int i = 0; i < 400; ++i) wide += "\xe2\x82\xac";  // the euro sign, 3 bytes
+  const std::string w = ShownPath(wide);
+  const size_t mark = w.find("...(");
+  ASSERT_NE(mark, std::string::npos);
+  EXPECT_EQ(mark % 3, 0u);
+  EXPECT_EQ((w.size() - w.find(")...") - 4) % 3, 0u);
+}
 
 TEST(NasFilesTest, MarkerRoundTripsAndRefusesDamage) {
   Marker m{"0123abcd", Role::kBackup, "2026-01-01T00:00:00.000Z"};
