@@ -71,11 +71,26 @@ std::optional<std::string> InodeTable::Path(fuse_ino_t ino) const {
   return PathLocked(ino);
 }
 
-std::optional<std::string> InodeTable::ChildPath(fuse_ino_t parent, const std::string& name) const {
-  std::shared_lock lk(mu_);
+std::optional<std::string> InodeTable::NamePathLocked(fuse_ino_t parent, const std::string& name) const {
   auto p = PathLocked(parent);
   if (!p) return std::nullopt;
   return p->empty() ? name : *p + "/" + name;
+}
+
+std::optional<std::string> InodeTable::ChildPath(fuse_ino_t parent, const std::string& name) const {
+  std::shared_lock lk(mu_);
+  return NamePathLocked(parent, name);
+}
+
+std::vector<std::string> InodeTable::OtherPaths(fuse_ino_t ino) const {
+  std::shared_lock lk(mu_);
+  std::vector<std::string> out;
+  auto it = nodes_.find(ino);
+  if (it == nodes_.end() || it->second->parent == 0) return out;
+  const auto& links = it->second->links;
+  for (auto l = links.rbegin(); l != links.rend(); ++l)  // DetachNameLocked promotes the last
+    if (auto p = NamePathLocked(l->parent, l->name)) out.push_back(std::move(*p));
+  return out;
 }
 
 void InodeTable::AttachLocked(Node* n, fuse_ino_t parent, const std::string& name) {

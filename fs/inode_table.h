@@ -47,6 +47,12 @@ class InodeTable {
   // NAS-relative path of ino ("" for the root), or nullopt when unknown or
   // detached.
   std::optional<std::string> Path(fuse_ino_t ino) const;
+  // The paths of ino's other names (hard links made through the mount), in
+  // the order they would take the first name's place. An operation that
+  // found nothing at Path() tries these: the first name may have been
+  // removed on the NAS by another web server, which this table never hears
+  // of, while the file lives on under its other names.
+  std::vector<std::string> OtherPaths(fuse_ino_t ino) const;
   std::optional<std::string> ChildPath(fuse_ino_t parent, const std::string& name) const;
 
   // Mirrors a successful unlink/rmdir: detaches parent/name. Returns the
@@ -91,6 +97,7 @@ class InodeTable {
   };
 
   std::optional<std::string> PathLocked(fuse_ino_t ino) const;
+  std::optional<std::string> NamePathLocked(fuse_ino_t parent, const std::string& name) const;
   // Removes every name of n.
   void DetachLocked(Node* n);
   // Removes one name of n; the next name, if any, becomes the first.

@@ -131,11 +131,22 @@ int OnResolvedPath(Nasfs& fs, Resolve resolve, Op op, std::string* path) {
   return op(*path);
 }
 
-// The same for a FileRef resolved already (RefOf took the snapshot).
+// The same for a FileRef resolved already (RefOf took the snapshot). A
+// file with other names (hard links) is also tried by those: its first
+// name may be gone on the NAS (removed by another web server) while the
+// file lives on under the name the application used.
 template <typename Op>
 int RetryIfMoved(Nasfs& fs, FileRef& ref, Op op) {
   int r = op(ref.path);
-  if (r != ENOENT || ref.orphan || !fs.RenamedSince(ref.renames)) return r;
+  if (r != ENOENT || ref.orphan) return r;
+  for (auto& other : fs.inodes().OtherPaths(ref.ino)) {
+    int o = op(other);
+    if (o != ENOENT) {
+      ref.path = std::move(other);
+      return o;
+    }
+  }
+  if (!fs.RenamedSince(ref.renames)) return r;
   std::string now;
   if (PathOf(fs, ref.ino, &now) != 0 || now == ref.path) return r;
   ref.path = std::move(now);

@@ -1112,6 +1112,46 @@ TEST_F(PeersTest, ALeftoverLogOfALiveServerIsRemovedByIt) {
   ExpectStoresEqualModel("after the leftover log");
 }
 
+// A hard link made on a, its first name removed on b: a never hears of
+// the removal, yet the file lives on under the name a's applications use.
+// Reading, stat'ing and appending through that name on a keep working
+// (they once answered ENOENT for as long as a's kernel held the file), and
+// both NAS end with the appended file.
+TEST_F(PeersTest, AHardLinkOutlivesItsFirstNameRemovedByAnotherServer) {
+  ASSERT_NO_FATAL_FAILURE(StartAll({.peer_timeout_s = 600}));
+  ASSERT_EQ(mkdir(M(A(), "hl").c_str(), 0755), 0) << std::strerror(errno);
+  ASSERT_TRUE(WriteFile(M(A(), "hl/first"), "v1\n"));
+  ASSERT_EQ(link(M(A(), "hl/first").c_str(), M(A(), "hl/second").c_str()), 0) << std::strerror(errno);
+  struct stat st {};
+  ASSERT_EQ(stat(M(A(), "hl/second").c_str(), &st), 0) << std::strerror(errno);
+  ASSERT_EQ(st.st_nlink, 2u);
+  // a's kernel keeps the file (an open fd, like nginx's open_file_cache).
+  const int fd = open(M(A(), "hl/second").c_str(), O_RDWR | O_APPEND);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  ASSERT_EQ(unlink(M(B(), "hl/first").c_str()), 0) << std::strerror(errno);
+  std::this_thread::sleep_for(1500ms);  // past cache_timeout: a asks nasfs again
+  EXPECT_EQ(stat(M(A(), "hl/second").c_str(), &st), 0) << "stat through a: " << std::strerror(errno);
+  EXPECT_EQ(st.st_nlink, 1u);
+  EXPECT_EQ(fstat(fd, &st), 0) << "fstat through a: " << std::strerror(errno);
+  EXPECT_EQ(write(fd, "v2\n", 3), 3) << "append through a: " << std::strerror(errno);
+  close(fd);
+  // O_DIRECT: from nasfs, not from a's page cache.
+  const int rfd = open(M(A(), "hl/second").c_str(), O_RDONLY | O_DIRECT);
+  ASSERT_GE(rfd, 0) << std::strerror(errno);
+  alignas(4096) static char buf[4096];
+  const ssize_t n = read(rfd, buf, sizeof buf);
+  close(rfd);
+  EXPECT_EQ(n, 6) << "read through a: " << std::strerror(errno);
+  if (n > 0) {
+    EXPECT_EQ(std::string(buf, static_cast<size_t>(n)), "v1\nv2\n");
+  }
+  for (const auto* store : {&store_master_, &store_backup_}) {
+    EXPECT_EQ(ReadFile(*store + "/hl/second"), std::optional<std::string>("v1\nv2\n")) << *store;
+    EXPECT_FALSE(ReadFile(*store + "/hl/first").has_value()) << *store;
+  }
+  EXPECT_NO_TREE_DIFFS(CompareTrees(store_master_, store_backup_));
+}
+
 // ---- 3. a server killed during the outage ------------------------------------------
 
 // a writes during a master outage and is SIGKILLed, never to return; b
