@@ -380,7 +380,7 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
     case S_IFREG: {
       if (s->st_nlink > 1) {
         bool handled = false;
-        if (int r = SyncLinked(path, *s, have, *d, &handled)) return r;
+        if (int r = SyncLinked(path, *s, have, *d, force_data, &handled)) return r;
         if (handled) break;
       }
       // A target file that shares its inode with names the source does not
@@ -723,7 +723,7 @@ std::optional<uint64_t> WriteTracker::Quiet(const std::string& path) const {
 }
 
 int TreeSync::SyncLinked(const std::string& path, const struct stat& s, bool have, const struct stat& d,
-                         bool* handled) {
+                         bool force_data, bool* handled) {
   *handled = false;
   auto it = linked_.find({s.st_dev, s.st_ino});
   if (it == linked_.end() || it->second == path) return 0;
@@ -741,10 +741,19 @@ int TreeSync::SyncLinked(const std::string& path, const struct stat& s, bool hav
     return 0;
   }
   *handled = true;
-  if (have && d.st_dev == tf->st_dev && d.st_ino == tf->st_ino) return 0;  // linked already
-  if (have && displace_)
-    if (int r = Displace(path)) return r;
-  return LinkOver(from, path);
+  if (!have || d.st_dev != tf->st_dev || d.st_ino != tf->st_ino) {  // not linked yet
+    if (have && displace_)
+      if (int r = Displace(path)) return r;
+    if (int r = LinkOver(from, path)) return r;
+  }
+  // The target's file took the source's data when `from` was copied; the
+  // source may have changed since (written through any name: this runs
+  // again for a path found differing after its replay). Then the data goes
+  // into the file itself, so every name keeps seeing one file.
+  if (force_data || tf->st_size != s.st_size || !SameTime(tf->st_mtim, s.st_mtim) ||
+      (verify_content_ && !SameContent(path)))
+    return CopyFileData(path, s, /*in_place=*/true);
+  return 0;
 }
 
 int TreeSync::LinkOver(const std::string& from, const std::string& to) {

@@ -171,8 +171,11 @@ class TreeSync {
   // ---- hard links ----
   // A regular file the source holds under several names (s: its stat):
   // makes the target's `path` one file with the target's copies of its
-  // other names. *handled: path was made a link (nothing else to copy).
-  int SyncLinked(const std::string& path, const struct stat& s, bool have, const struct stat& d, bool* handled);
+  // other names, and that file's data the source's (copied in place when
+  // it was copied before the source changed, or force_data). *handled:
+  // path was made (or was) that link: nothing else to copy.
+  int SyncLinked(const std::string& path, const struct stat& s, bool have, const struct stat& d, bool force_data,
+                 bool* handled);
   // Makes the target's `to` another name of the target's `from`: a link
   // made under a temp name and renamed over `to`, so `to` is never missing.
   int LinkOver(const std::string& from, const std::string& to);
