@@ -10,6 +10,10 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NASFS=$REPO/build/fs/nasfs NASFSCTL=$REPO/build/tools/nasfsctl
+case "${1:-}" in
+  -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  ''|*[!0-9]*) [ -z "${1:-}" ] || { echo "replay_ranges.sh: SIZE_MIB must be a number of MiB, not '$1'" >&2; exit 2; } ;;
+esac
 SIZE_MIB=${1:-256}
 W=$(mktemp -d /var/tmp/nasfs-replay-bench.XXXXXX)
 source "$REPO/bench/lib.sh"

@@ -638,6 +638,8 @@ void Nasfs::ReplayLoop(Backend& b) {
       finish(fmt::format("stopped: split brain: {}", std::strerror(e)));
       return;
     }
+  } else {
+    SplitBrainMergedElsewhere(b, o);
   }
   // The log on the shared NAS lists everything the journal holds for b.
   if (int e = NoteAllPending(t)) {

@@ -246,6 +246,12 @@ class Nasfs {
   // 0 once the pair is back in step; an errno if it failed.
   int HandleSplitBrain();
   int ResolveSplitBrain();
+  // The merge is over (r: 0 or the errno it failed with; by: who merged):
+  // status and its history say so.
+  void EndSplitBrain(int r, const std::string& by);
+  // A replay finds the pair in step: a split brain this server saw and
+  // stopped waiting for (a NAS went down meanwhile) was merged by another.
+  void SplitBrainMergedElsewhere(Backend& b, Backend& o);
   // No log on nas lists anything: its generation is in step again.
   void MarkInStep(Backend& nas);
   nlohmann::json PeersStatus() const;

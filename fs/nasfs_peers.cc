@@ -330,16 +330,6 @@ int Nasfs::HandleSplitBrain() {
   log->error("split brain: the master and the backup both took writes the other lacks (web servers disagreed "
              "about which NAS was alive); merging: the newest version of each path wins, the other is kept "
              "under .nasfs/conflicts/");
-  // The merge is over (by this server or `by`): status and its history.
-  auto ended = [this](int r, const std::string& by) {
-    std::lock_guard lk(peers_mu_);
-    split_.state = r ? "failed" : "resolved";
-    split_.error = r ? std::strerror(r) : "";
-    split_.resolved = NowIso8601();
-    split_.by = by;
-    split_.history.push_back(SplitBrainJson());
-    if (split_.history.size() > 10) split_.history.erase(split_.history.begin());
-  };
   const auto ttl = std::chrono::seconds(opts_.peer_timeout_s);
   while (!stopping_) {
     if (master_->state() == BackendState::kDown || backup_->state() == BackendState::kDown) return ECANCELED;
@@ -352,17 +342,39 @@ int Nasfs::HandleSplitBrain() {
       }
       int r = ResolveSplitBrain();
       peers_->Unclaim(*master_, kSplitBrainClaim);
-      ended(r, opts_.node);
+      EndSplitBrain(r, opts_.node);
       return r;
     }
     // Another server merges: wait until the pair is in step.
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     if (!SplitBrainDetected(*backup_, *master_)) {
-      ended(0, "another web server");
+      EndSplitBrain(0, "another web server");
       return 0;
     }
   }
   return ECANCELED;
+}
+
+void Nasfs::EndSplitBrain(int r, const std::string& by) {
+  std::lock_guard lk(peers_mu_);
+  split_.state = r ? "failed" : "resolved";
+  split_.error = r ? std::strerror(r) : "";
+  split_.resolved = NowIso8601();
+  split_.by = by;
+  split_.history.push_back(SplitBrainJson());
+  if (split_.history.size() > 10) split_.history.erase(split_.history.begin());
+}
+
+void Nasfs::SplitBrainMergedElsewhere(Backend& b, Backend& o) {
+  {
+    std::lock_guard lk(peers_mu_);
+    if (split_.state != "detected" && split_.state != "resolving") return;
+  }
+  // Read again: SplitBrainDetected also says no when a NAS did not answer.
+  Generation gb, go;
+  if (peers_->ReadGeneration(b, &gb) || peers_->ReadGeneration(o, &go)) return;
+  if (gb.ahead() && go.ahead()) return;
+  EndSplitBrain(0, "another web server");
 }
 
 int Nasfs::ResolveSplitBrain() {
