@@ -35,6 +35,7 @@ W=
 cleanup() {
   [ -n "${WRITERS:-}" ] && kill $WRITERS 2>/dev/null
   [ -n "$W" ] && bench_cleanup
+  wait 2>/dev/null
   rm -rf "$ALL"
 }
 trap cleanup EXIT
@@ -70,9 +71,10 @@ EOF
 
 # Median, p99, max (ms) and failures of the calls that began in [from, to).
 stats() {  # file from to
-  awk -v a="$2" -v b="$3" '$1 >= a && $1 < b { v[n++] = $2 * 1000; f += ($3 == 0) }
-    END { if (n == 0) { print "no calls"; exit }
-          asort(v); printf "%d calls, median %.2f ms, p99 %.2f ms, max %.1f ms, %d failed", n, v[int(n * 0.5) + 1], v[int(n * 0.99) + 1], v[n], f }' "$1"
+  awk -v a="$2" -v b="$3" '$1 >= a && $1 < b { print $2 * 1000, $3 }' "$1" | sort -n |
+    awk '{ v[++n] = $1; f += ($2 == 0) }
+      END { if (n == 0) { print "no calls"; exit }
+            printf "%d calls, median %.2f ms, p99 %.2f ms, max %.1f ms, %d failed", n, v[int(n * 0.5) + 1], v[int(n * 0.99) + 1], v[n], f }'
 }
 now() { python3 -c 'import time; print(f"{time.monotonic():.6f}")'; }
 
@@ -80,7 +82,9 @@ for round in $(seq "$ROUNDS"); do
   W=$ALL/r$round
   mkdir -p "$W/store" "$W/master" "$W/backup" "$W/mnt"
   bindfs "$W/store" "$W/master"
-  "$NASFS" "$W/master:$W/backup" "$W/mnt" -o "control=$W/ctl.sock,journal=$W/journal"
+  "$NASFS" "$W/master:$W/backup" "$W/mnt" -f -o "control=$W/ctl.sock,journal=$W/journal" 2>"$ALL/nasfs-r$round.log" &
+  for _ in $(seq 100); do mountpoint -q "$W/mnt" && break; sleep 0.1; done
+  mountpoint -q "$W/mnt" || { cat "$ALL/nasfs-r$round.log" >&2; exit 1; }
   mkdir "$W/mnt/uploads" "$W/mnt/site"
   head -c "${SIZE_MIB}M" /dev/zero > "$W/mnt/site/big.bin"
   writer other "$W/mnt/uploads" "$W/mnt/site/big.bin" "$W/other.log" &
@@ -99,7 +103,12 @@ for round in $(seq "$ROUNDS"); do
   bindfs "$W/store" "$W/master"
   for _ in $(seq 1200); do [ "$(st 'j["read_from"]')" = master ] && break; sleep 0.1; done
   r1=$(now)
-  [ "$(st 'j["read_from"]')" = master ] || { echo "round $round: not back on the master within 120 s" >&2; exit 1; }
+  if [ "$(st 'j["read_from"]')" != master ]; then
+    echo "round $round: not back on the master within 120 s; status and the daemon's log:" >&2
+    "$NASFSCTL" status "$W/mnt" >&2 || true
+    tail -n 20 "$ALL/nasfs-r$round.log" >&2
+    exit 1
+  fi
   kill $WRITERS; wait $WRITERS 2>/dev/null || true
   WRITERS=
   replayed=$(st 'j["journal"]["replay"]["bytes_copied"]')

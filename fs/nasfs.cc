@@ -675,7 +675,7 @@ void Nasfs::ReplayLoop(Backend& b) {
     // A steady stream of writes keeps re-pending what it touches (a
     // directory taking new files): once little is left, or after many
     // rounds, a drain round holds back the writes to pending paths (only
-    // those, and at most kDrainBudget plus one NAS call), so the set can
+    // those, for kDrainBudget and at most kMaxDrainWait), so the set can
     // empty and the switch-back comes. What the budget leaves is the next
     // round's.
     Drain drain{*this, journal::TargetIndex(t)};
@@ -688,7 +688,7 @@ void Nasfs::ReplayLoop(Backend& b) {
       entries = pending_sorted();
     }
     std::set<std::string> parents;
-    std::vector<const journal::Pending*> replayed;
+    std::vector<journal::Pending> replayed;  // each as BeginReplay found it
     int err = 0;
     std::string failed;
     for (const auto& e : entries) {
@@ -697,16 +697,18 @@ void Nasfs::ReplayLoop(Backend& b) {
         break;
       }
       if (draining && Clock::now() >= drain_end) break;  // the rest is the next round's
-      // A write journaled for b has not landed on o yet: take it next round.
-      if (e.writers > 0) continue;
-      replayed.push_back(&e);
+      // The entry as of now (the snapshot may be older); none if a write
+      // journaled for b has not landed on o yet: take it next round.
+      journal::Pending cur;
+      if (!journal_->BeginReplay(t, e.path, &cur)) continue;
       auto w0 = Clock::now();
-      if (int r = ReplayEntry(rs, e)) {
+      if (int r = ReplayEntry(rs, cur)) {
         err = r;
-        failed = e.path;
+        failed = cur.path;
         break;
       }
-      if (!e.path.empty()) parents.insert(ParentOf(e.path));
+      if (!cur.path.empty()) parents.insert(ParentOf(cur.path));
+      replayed.push_back(std::move(cur));
       {
         std::lock_guard lk(replay_mu_);
         ++replay_.done;
@@ -733,9 +735,9 @@ void Nasfs::ReplayLoop(Backend& b) {
       finish(fmt::format("stopped: replay of '{}': {}", ShownPath(failed), std::strerror(err)));
       return;
     }
-    for (const auto* e : replayed) {
-      journal_->Done(t, e->path, e->seq);
-      if (!e->path.empty()) settle_.insert(e->path);
+    for (const auto& e : replayed) {
+      journal_->Done(t, e.path, e.seq);
+      if (!e.path.empty()) settle_.insert(e.path);
     }
     // Names outside the entries that the replay linked to keep a hard link:
     // a write through the mount does not wait for those.
@@ -793,9 +795,8 @@ void Nasfs::WaitForDrain(journal::Target t, const std::vector<journal::Change>& 
   const int ti = journal::TargetIndex(t);
   std::unique_lock lk(drain_mu_);
   if (!draining_[ti] || !journal_->Touches(t, changes)) return;
-  // Bounded whatever the replay does: its budget, one NAS call beyond it.
-  drain_cv_.wait_for(lk, kDrainBudget + std::chrono::milliseconds(opts_.io_timeout_ms),
-                     [&] { return !draining_[ti]; });
+  // Bounded whatever the replay does (a large copy in the drain).
+  drain_cv_.wait_for(lk, kMaxDrainWait, [&] { return !draining_[ti]; });
 }
 
 int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, const Mirror::Op& op,

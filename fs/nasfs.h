@@ -203,9 +203,13 @@ class Nasfs {
   static constexpr uint64_t kMaxRounds = 8;
   static constexpr std::chrono::milliseconds kDrainBudget{400};
   // While the replay onto t drains, a write that touches a path pending for
-  // t waits for the drain (at most kDrainBudget and one NAS call) instead
-  // of pending it again: the drain can then empty the set and switch back,
-  // while every other write goes on. Writes never wait otherwise.
+  // t waits for the drain (at most kMaxDrainWait) instead of pending it
+  // again: the drain can then empty the set and switch back, while every
+  // other write goes on. Writes never wait otherwise. A drain still busy
+  // then (one large copy) lets the write go on: it pends the path again,
+  // and the journal keeps just what it changed (Journal::Done), so the next
+  // drain has little to copy.
+  static constexpr std::chrono::milliseconds kMaxDrainWait{1000};
   void WaitForDrain(journal::Target t, const std::vector<journal::Change>& changes);
   int ReplayEntry(TreeSync& rs, const journal::Pending& e);
   // Starts ReplayLoop(b) (b is recovering). Caller holds recover_mu_.

@@ -331,6 +331,14 @@ struct Journal::Impl {
 
   // ---- the in-memory state the log describes (guarded by mu) ----
   std::unordered_map<std::string, Pending> pending[2];
+  // Entries a replay is copying (BeginReplay): the changes recorded since,
+  // merged the same way, so a Done that finds newer changes leaves just
+  // those pending (see Done). In memory only.
+  struct Tail {
+    uint64_t since = 0;  // the entry's seq when the copy began
+    Pending changes;     // path, target, seq and writers unused
+  };
+  std::unordered_map<std::string, Tail> tails[2];
   // By PathHasher hash, per target: pending entries at a path, and pending
   // entries strictly below a directory.
   PathHasher hasher;
@@ -374,18 +382,10 @@ struct Journal::Impl {
     const uint64_t h = hasher.Walk(path, [&](uint64_t a) { Count(below[t], a, delta); });
     Count(pending_at[t], h, delta);
   }
-  void ApplyMissed(int t, const std::string& path, Scope scope, Op op, uint8_t flags, int64_t ns, uint64_t seq,
-                   uint64_t off, uint64_t len, const std::string& from) {
-    auto [it, fresh] = pending[t].try_emplace(path);
-    Pending& e = it->second;
-    if (fresh) {
-      e.path = path;
-      e.target = t == 0 ? kMaster : kBackup;
-      e.data_only = true;
-      e.first_ns = ns;
-      Index(t, path, +1);
-      live_bytes += 64 + path.size();
-    }
+  // Merges one change into e (ops, scope, ranges, link), as the entry of
+  // every change recorded for its path.
+  static void Merge(Pending& e, Scope scope, Op op, uint8_t flags, int64_t ns, uint64_t off, uint64_t len,
+                    const std::string& from) {
     e.ops |= 1u << static_cast<unsigned>(op);
     e.scope = std::max(e.scope, scope);
     if ((flags & kFlagWhole) || (op != Op::kWrite && op != Op::kMeta)) {
@@ -401,12 +401,52 @@ struct Journal::Impl {
     e.data_bytes = 0;
     for (const auto& r : e.ranges) e.data_bytes += r.length;
     if (op == Op::kCreate) e.link_from = from;
-    e.seq = std::max(e.seq, seq);
     e.first_ns = std::min(e.first_ns, ns);
+  }
+  void ApplyMissed(int t, const std::string& path, Scope scope, Op op, uint8_t flags, int64_t ns, uint64_t seq,
+                   uint64_t off, uint64_t len, const std::string& from) {
+    auto start = [&](Pending& e) {
+      e.data_only = true;
+      e.first_ns = ns;
+    };
+    auto [it, fresh] = pending[t].try_emplace(path);
+    Pending& e = it->second;
+    if (fresh) {
+      e.path = path;
+      e.target = t == 0 ? kMaster : kBackup;
+      start(e);
+      Index(t, path, +1);
+      live_bytes += 64 + path.size();
+    }
+    Merge(e, scope, op, flags, ns, off, len, from);
+    e.seq = std::max(e.seq, seq);
+    if (auto tl = tails[t].find(path); tl != tails[t].end() && seq > tl->second.since) {
+      Pending& c = tl->second.changes;
+      if (c.ops == 0) start(c);
+      Merge(c, scope, op, flags, ns, off, len, from);
+    }
   }
   void ApplyDone(int t, const std::string& path, uint64_t seq) {
     auto it = pending[t].find(path);
-    if (it == pending[t].end() || it->second.seq > seq) return;
+    if (it == pending[t].end()) return;
+    auto tl = tails[t].find(path);
+    if (it->second.seq > seq) {
+      // Changes came while the replay copied: what the copy began with is
+      // on t now, so only those stay pending (a large file written
+      // steadily is then copied once, and after that by its new ranges).
+      if (tl != tails[t].end() && tl->second.since == seq && tl->second.changes.ops != 0) {
+        Pending& e = it->second;
+        Pending narrowed = std::move(tl->second.changes);  // what, not whose
+        narrowed.path = std::move(e.path);
+        narrowed.target = e.target;
+        narrowed.seq = e.seq;
+        narrowed.writers = e.writers;
+        e = std::move(narrowed);
+        tails[t].erase(tl);
+      }
+      return;
+    }
+    if (tl != tails[t].end()) tails[t].erase(tl);
     pending[t].erase(it);
     Index(t, path, -1);
     live_bytes -= std::min<uint64_t>(live_bytes, 64 + path.size());
@@ -414,6 +454,7 @@ struct Journal::Impl {
   void ResetState() {
     for (int t = 0; t < 2; ++t) {
       pending[t].clear();
+      tails[t].clear();
       pending_at[t].clear();
       below[t].clear();
       full_sync[t] = false;
@@ -965,12 +1006,29 @@ bool Journal::HasPending(Target target) const {
   return !impl_->pending[TargetIndex(target)].empty();
 }
 
+bool Journal::BeginReplay(Target target, const std::string& path, Pending* out) {
+  Impl& m = *impl_;
+  std::lock_guard lk(m.mu);
+  const int t = TargetIndex(target);
+  auto it = m.pending[t].find(path);
+  if (it == m.pending[t].end() || it->second.writers > 0) return false;
+  *out = it->second;
+  m.tails[t][path] = Impl::Tail{it->second.seq, {}};
+  return true;
+}
+
 void Journal::Done(Target target, const std::string& path, uint64_t seq) {
   Impl& m = *impl_;
   std::lock_guard lk(m.mu);
   int t = TargetIndex(target);
   auto it = m.pending[t].find(path);
-  if (it == m.pending[t].end() || it->second.seq > seq) return;
+  if (it == m.pending[t].end()) return;
+  if (it->second.seq > seq) {
+    // Newer changes: narrowed in memory only (a restart has the log's whole
+    // entry back, never less).
+    m.ApplyDone(t, path, seq);
+    return;
+  }
   std::string p;
   Put8(&p, kDone);
   Put8(&p, target);

@@ -237,9 +237,15 @@ class Journal {
   // A snapshot of target's pending entries (any order).
   std::vector<Pending> PendingFor(Target target) const;
   bool HasPending(Target target) const;
-  // Replay brought path onto target as of seq: retires the entry unless a
-  // newer change came meanwhile. Not waited for: a Done lost in a crash
-  // only means the path is replayed again.
+  // A replay is about to copy path onto target: *out is its entry as of
+  // now. False (copy nothing) when path is not pending or a write journaled
+  // for it has not landed on the other NAS yet (writers > 0).
+  bool BeginReplay(Target target, const std::string& path, Pending* out);
+  // Replay brought path onto target as of seq (BeginReplay's entry): retires
+  // the entry; if newer changes came meanwhile, only those stay pending (a
+  // file written steadily during its copy then needs just its new ranges,
+  // not another whole copy). Not waited for: a Done lost in a crash only
+  // means the path is replayed again, whole.
   void Done(Target target, const std::string& path, uint64_t seq);
   // Runs on_empty under the journal's lock if target has nothing pending,
   // and returns whether it ran.

@@ -2169,9 +2169,6 @@ TEST(PeerLog, ATornAppendLosesOnlyItsOwnRecord) {
   EXPECT_EQ(c.damaged, 1u);
 }
 
-}  // namespace
-}  // namespace nasfs::journal
-
 namespace nasfs::journal {
 namespace {
 
@@ -2352,6 +2349,74 @@ TEST(RecordScanTest, FakeHeadersCannotMakeScanningQuadratic) {
   ASSERT_FALSE(r.records.empty());
   EXPECT_EQ(r.records.front().seq, 1u);
   EXPECT_GT(r.damaged, 0u);
+}
+
+}  // namespace
+}  // namespace nasfs::journal
+
+// A file written steadily while the replay copies it (found by
+// bench/write_pause.sh: a 256 MiB file written every 10 ms kept the master
+// out for good, copied whole round after round). Done after a copy that
+// began at BeginReplay leaves pending only what came since, merged the
+// same way: here one written range, so the next copy is that range.
+TEST_F(JournalTest, ChangesDuringACopyAreAllThatStayPending) {
+  REOPEN();
+  ASSERT_EQ(j_->AddMissed(kMaster, {C("big", Op::kCreate), W("big", 0, 1 << 20)}), 0);
+  journal::Pending cur;
+  ASSERT_TRUE(j_->BeginReplay(kMaster, "big", &cur));
+  EXPECT_FALSE(cur.data_only);
+  // Written during the copy (through the mount: RecordIfTouching).
+  bool recorded = false;
+  const std::vector<Change> w = {W("big", 8192, 4096)};
+  ASSERT_EQ(j_->RecordIfTouching(kMaster, w, &recorded), 0);
+  ASSERT_TRUE(recorded);
+  // The write has not landed on the backup yet: no copy may begin.
+  journal::Pending busy;
+  EXPECT_FALSE(j_->BeginReplay(kMaster, "big", &busy));
+  j_->EndWrites(kMaster, w);
+  j_->Done(kMaster, "big", cur.seq);
+  auto left = PendingMap(*j_, kMaster);
+  ASSERT_EQ(left.count("big"), 1u) << "the write during the copy was retired with it";
+  const auto& e = left.at("big");
+  EXPECT_TRUE(e.data_only);
+  EXPECT_EQ(e.ops, 1u << static_cast<unsigned>(Op::kWrite));
+  ASSERT_EQ(e.ranges.size(), 1u);
+  EXPECT_EQ(e.ranges[0].offset, 8192u);
+  EXPECT_EQ(e.ranges[0].length, 4096u);
+  EXPECT_TRUE(e.link_from.empty());
+
+  // The next copy (of that range) with nothing written meanwhile retires it.
+  ASSERT_TRUE(j_->BeginReplay(kMaster, "big", &cur));
+  EXPECT_EQ(cur.ranges.size(), 1u);
+  j_->Done(kMaster, "big", cur.seq);
+  EXPECT_FALSE(j_->HasPending(kMaster));
+}
+
+// Without a copy begun (a Done for an older seq, or from before a restart)
+// nothing is narrowed: the whole entry stays. And after a crash the log
+// gives back the whole entry, never less than what was acknowledged.
+TEST_F(JournalTest, ANarrowedEntryIsNeverLessThanTheLogAfterACrash) {
+  REOPEN();
+  ASSERT_EQ(j_->AddMissed(kMaster, {C("f", Op::kCreate)}), 0);
+  const uint64_t old_seq = PendingMap(*j_, kMaster).at("f").seq;
+  ASSERT_EQ(j_->AddMissed(kMaster, {C("f", Op::kTruncate)}), 0);
+  j_->Done(kMaster, "f", old_seq);  // no BeginReplay: stays whole
+  {
+    const auto e = PendingMap(*j_, kMaster).at("f");
+    EXPECT_FALSE(e.data_only);
+    EXPECT_TRUE(e.ops & (1u << static_cast<unsigned>(Op::kCreate)));
+  }
+  journal::Pending cur;
+  ASSERT_TRUE(j_->BeginReplay(kMaster, "f", &cur));
+  ASSERT_EQ(j_->AddMissed(kMaster, {W("f", 0, 5)}), 0);
+  j_->Done(kMaster, "f", cur.seq);
+  ASSERT_EQ(PendingMap(*j_, kMaster).at("f").ops, 1u << static_cast<unsigned>(Op::kWrite));
+  ASSERT_EQ(j_->Flush(), 0);
+  Kill();
+  REOPEN();
+  const auto after = PendingMap(*j_, kMaster);
+  ASSERT_EQ(after.count("f"), 1u);
+  EXPECT_TRUE(after.at("f").ops & (1u << static_cast<unsigned>(Op::kWrite)));
 }
 
 }  // namespace
