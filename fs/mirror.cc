@@ -88,13 +88,26 @@ int Mirror::Apply(const char* what, const std::vector<journal::Change>& changes,
       // over, so the application must not be told it succeeded.
       return e ? e : r[1 - i];
     }
-  // 3. Ordinary disagreement: the master is right, the backup missed it.
+  // 3. Ordinary disagreement: the master is right and the backup missed
+  // it, unless the master is being replayed onto and the backup is
+  // healthy: then the master may lack what the change builds on (a link's
+  // source not replayed yet), and the backup is right. A side being
+  // replayed onto is behind by definition: the change is journaled for it
+  // and the replay brings it in line, with no fault (taking a healthy
+  // backup down for a recovering master's ENOENT left no NAS at all).
+  const int right = side[0]->state() == BackendState::kRecovering &&
+                            side[1]->state() == BackendState::kHealthy
+                        ? 1
+                        : 0;
+  const int wrong = 1 - right;
   std::string p = changes.empty() ? "" : changes.front().path;
-  Logger("fuse")->warn("{} '{}': master {}, backup {}; the backup will be brought in line", what, ShownPath(p),
-                            r[0] ? std::strerror(r[0]) : "ok", r[1] ? std::strerror(r[1]) : "ok");
-  int e = changes.empty() ? 0 : on_missed_(*backup_, changes);
-  on_fault_(*backup_, r[1] ? r[1] : EIO, fmt::format("{} disagreed with the master", what));
-  return e ? e : r[0];
+  Logger("fuse")->warn("{} '{}': master {}, backup {}; the {} will be brought in line", what, ShownPath(p),
+                       r[0] ? std::strerror(r[0]) : "ok", r[1] ? std::strerror(r[1]) : "ok", side[wrong]->name());
+  int e = changes.empty() ? 0 : on_missed_(*side[wrong], changes);
+  if (changes.empty() || side[wrong]->state() != BackendState::kRecovering)
+    on_fault_(*side[wrong], r[wrong] ? r[wrong] : EIO,
+              fmt::format("{} disagreed with the {}", what, side[right]->name()));
+  return e ? e : r[right];
 }
 
 }  // namespace nasfs

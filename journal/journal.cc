@@ -725,6 +725,12 @@ struct Journal::Impl {
     return ancestor || pending_at[t].count(h) || below[t].count(h);
   }
 
+  // The same for a change: its path, and for a link the name it links to
+  // (a link made where its source is still pending would find no source).
+  bool TouchesLocked(int t, const Change& c) const {
+    return TouchesLocked(t, c.path) || (!c.link_from.empty() && TouchesLocked(t, c.link_from));
+  }
+
   uint64_t AppendMissedLocked(Target target, const Change& c) {
     int64_t ns = NowNs();
     uint64_t seq = AppendLocked(EncodeMissed(MissedRecord{target, c, 0, ns, 0}));
@@ -968,7 +974,7 @@ int Journal::RecordIfTouching(Target target, const std::vector<Change>& changes,
   std::unique_lock lk(m.mu);
   int t = TargetIndex(target);
   bool touch = false;
-  for (const auto& c : changes) touch = touch || m.TouchesLocked(t, c.path);
+  for (const auto& c : changes) touch = touch || m.TouchesLocked(t, c);
   if (!touch) return 0;
   *recorded = true;
   uint64_t seq = 0;
@@ -983,7 +989,7 @@ int Journal::RecordIfTouching(Target target, const std::vector<Change>& changes,
 bool Journal::Touches(Target target, const std::vector<Change>& changes) const {
   std::lock_guard lk(impl_->mu);
   for (const auto& c : changes)
-    if (impl_->TouchesLocked(TargetIndex(target), c.path)) return true;
+    if (impl_->TouchesLocked(TargetIndex(target), c)) return true;
   return false;
 }
 

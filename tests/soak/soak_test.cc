@@ -1085,9 +1085,16 @@ Observed ReadPath(Shared& sh, int s, const std::string& rel) {
   CallTimer timed(sh, s, rel);
   Observed o;
   const int fd = timed("open", [&] { return open(p.c_str(), O_RDONLY | O_DIRECT | O_NOFOLLOW | O_CLOEXEC); });
+  // O_DIRECT on a directory answers EINVAL: lstat tells. It may find the
+  // directory removed since the open (another writer): absent, then.
+  bool gone = false;
   auto is_dir = [&] {
     struct stat st {};
-    return timed("lstat", [&] { return lstat(p.c_str(), &st); }) == 0 && S_ISDIR(st.st_mode);
+    if (timed("lstat", [&] { return lstat(p.c_str(), &st); }) != 0) {
+      gone = errno == ENOENT;
+      return false;
+    }
+    return S_ISDIR(st.st_mode);
   };
   if (fd < 0) {
     const int e = errno;
@@ -1097,6 +1104,8 @@ Observed ReadPath(Shared& sh, int s, const std::string& rel) {
       o.state = PathState::Of(PathState::Kind::kSymlink);
     } else if ((e == EINVAL || e == EISDIR) && is_dir()) {
       o.state = PathState::Of(PathState::Kind::kDir);
+    } else if (e == EINVAL && gone) {
+      o.state = PathState::Of(PathState::Kind::kAbsent);
     } else {
       o.err = e;
     }

@@ -2419,5 +2419,24 @@ TEST_F(JournalTest, ANarrowedEntryIsNeverLessThanTheLogAfterACrash) {
   EXPECT_TRUE(after.at("f").ops & (1u << static_cast<unsigned>(Op::kWrite)));
 }
 
+// A link whose source is still pending for a returning NAS touches it (the
+// soak: the link reached the master, which had no source yet, answered
+// ENOENT, and the disagreement took the healthy backup down).
+TEST_F(JournalTest, ALinkTouchesThePendingNameItLinksTo) {
+  REOPEN();
+  ASSERT_EQ(j_->AddMissed(kMaster, {C("d/src", Op::kCreate)}), 0);
+  Change link = C("e/dst", Op::kCreate);
+  link.link_from = "d/src";
+  EXPECT_TRUE(j_->Touches(kMaster, {link}));
+  Change other = C("e/dst", Op::kCreate);
+  other.link_from = "d/elsewhere";
+  EXPECT_FALSE(j_->Touches(kMaster, {other}));
+  bool recorded = false;
+  ASSERT_EQ(j_->RecordIfTouching(kMaster, {link}, &recorded), 0);
+  EXPECT_TRUE(recorded);
+  j_->EndWrites(kMaster, {link});
+  EXPECT_EQ(PendingMap(*j_, kMaster).at("e/dst").link_from, "d/src");
+}
+
 }  // namespace
 }  // namespace nasfs::journal
