@@ -431,6 +431,19 @@ void Nasfs::OnFault(Backend& b, const std::string& why) {
                                 master_->path(), why);
   }
   b.SetState(BackendState::kDown, why);
+  (void)ServeAloneIfOnlyPeersPending(Other(b));
+}
+
+bool Nasfs::ServeAloneIfOnlyPeersPending(Backend& b) {
+  Backend& o = Other(b);
+  if (b.state() != BackendState::kRecovering || o.state() != BackendState::kDown || journal_->HasPending(Tgt(b)))
+    return false;
+  Logger("health")->warn("the {} went out while the {} waited only for other web servers' replays: the {} serves "
+                         "alone (it holds every write of this server; the others' newest writes reach it when they "
+                         "replay)",
+                         o.name(), b.name(), b.name());
+  b.SetState(BackendState::kHealthy, fmt::format("serves alone: the {} is down", o.name()));
+  return true;
 }
 
 void Nasfs::OnProbe(Backend& b, bool ok, const std::string& error, double latency_ms) {
@@ -653,6 +666,16 @@ void Nasfs::ReplayLoop(Backend& b) {
       return;
     }
     if (o.state() != BackendState::kHealthy) {
+      // b holds every write of this server (nothing of ours is pending for
+      // it) and lacks only what other web servers wrote to o alone: it is
+      // what this server would read had o failed a moment earlier, so it
+      // serves rather than leave no NAS at all. The other servers' writes
+      // come back by their replays, or the split-brain merge if this
+      // server writes b alone meanwhile.
+      if (ServeAloneIfOnlyPeersPending(b)) {
+        finish("stopped: the source went out; serving alone");
+        return;
+      }
       b.SetState(BackendState::kDown, fmt::format("replay stopped: {} is {}", o.name(), StateName(o.state())));
       finish("stopped: the source went out");
       return;
@@ -796,7 +819,9 @@ void Nasfs::WaitForDrain(journal::Target t, const std::vector<journal::Change>& 
   std::unique_lock lk(drain_mu_);
   if (!draining_[ti] || !journal_->Touches(t, changes)) return;
   // Bounded whatever the replay does (a large copy in the drain).
-  drain_cv_.wait_for(lk, kMaxDrainWait, [&] { return !draining_[ti]; });
+  const auto bound = std::min<std::chrono::milliseconds>(
+      kMaxDrainWait, kDrainBudget + std::chrono::milliseconds(opts_.io_timeout_ms));
+  drain_cv_.wait_for(lk, bound, [&] { return !draining_[ti]; });
 }
 
 int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, const Mirror::Op& op,

@@ -203,7 +203,8 @@ class Nasfs {
   static constexpr uint64_t kMaxRounds = 8;
   static constexpr std::chrono::milliseconds kDrainBudget{400};
   // While the replay onto t drains, a write that touches a path pending for
-  // t waits for the drain (at most kMaxDrainWait) instead of pending it
+  // t waits for the drain (at most kMaxDrainWait, and no longer than the
+  // budget and one NAS call: a request's bound) instead of pending it
   // again: the drain can then empty the set and switch back, while every
   // other write goes on. Writes never wait otherwise. A drain still busy
   // then (one large copy) lets the write go on: it pends the path again,
@@ -211,6 +212,12 @@ class Nasfs {
   // drain has little to copy.
   static constexpr std::chrono::milliseconds kMaxDrainWait{1000};
   void WaitForDrain(journal::Target t, const std::vector<journal::Change>& changes);
+  // b is being replayed onto only because other web servers' logs list
+  // writes it lacks (nothing of this server's is pending for it), and the
+  // other NAS is down: b serves rather than leave no NAS at all, as it
+  // would had the other failed a moment before b was taken out of reads.
+  // Returns whether it did.
+  bool ServeAloneIfOnlyPeersPending(Backend& b);
   int ReplayEntry(TreeSync& rs, const journal::Pending& e);
   // Starts ReplayLoop(b) (b is recovering). Caller holds recover_mu_.
   void StartReplayLocked(Backend& b);

@@ -239,8 +239,12 @@ void Nasfs::Settle(Backend& b, Backend& o, TreeSync& rs) {
       return 0;
     }
     bool dirs = S_ISDIR(sb->st_mode) && S_ISDIR(so->st_mode);
-    *d = !dirs && ((sb->st_mode & S_IFMT) != (so->st_mode & S_IFMT) || sb->st_size != so->st_size ||
-                   sb->st_mtim.tv_sec != so->st_mtim.tv_sec || sb->st_mtim.tv_nsec != so->st_mtim.tv_nsec);
+    // Mode and owner too: a chmod moves no mtime, and one that lands
+    // between a copy's stat and its chmod (through another name of a
+    // linked file, or by another server) leaves the copy's older mode.
+    *d = sb->st_mode != so->st_mode || sb->st_uid != so->st_uid || sb->st_gid != so->st_gid ||
+         (!dirs && (sb->st_size != so->st_size || sb->st_mtim.tv_sec != so->st_mtim.tv_sec ||
+                    sb->st_mtim.tv_nsec != so->st_mtim.tv_nsec));
     return 0;
   };
   if (settle_.empty()) return;  // called each turn of a replay waiting for other servers

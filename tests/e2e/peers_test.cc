@@ -1272,6 +1272,67 @@ TEST_F(PeersTest, OperatorTakesOverWithReplayNode) {
 // mount; no version written during the partition lost. Then a restore of
 // S1's kept version: "a-version" read through both mounts within 3 s, and
 // "b-version" kept in turn.
+// a loses its backup and writes: its log tells b the backup lacks those
+// writes, so b takes its backup out of reads while a replays. Then b loses
+// the master. b's backup holds every write of b's own and lacks only a's
+// newest ones: it serves (as it would had the master died a moment
+// earlier), instead of leaving b with no NAS at all (the soak: every read
+// and write through b failed with EIO until the master came back). The
+// heal merges the two sides.
+TEST_F(PeersTest, ABackupWaitingOnlyForAnotherServersReplayServesWhenTheMasterDies) {
+  ASSERT_NO_FATAL_FAILURE(StartAll({.peer_timeout_s = 10}));
+  RunOn(B(), "before the faults", {Mkdir("own"), Create("own/b1", "b's before\n"), Mkdir("fromA")});
+  ASSERT_TRUE(op_failures_.empty()) << FirstLines(op_failures_);
+  std::this_thread::sleep_for(300ms);
+
+  A().backup->Kill();
+  ASSERT_NO_FATAL_FAILURE(ExpectShownDown(A(), "backup"));
+  RunOn(A(), "a's backup out", {Create("fromA/a1", "a while its backup is out\n")});
+  json st;
+  ASSERT_TRUE(WaitForStatus(B(), [](const json& j) { return StateOf(j, "backup") == "recovering"; }, 10s, &st))
+      << "b never took its backup out of reads for a's writes: " << st.dump(2);
+
+  B().master->Kill();
+  // Read through b from the moment its master dies: every read answered
+  // (the first one finds the master dead and is served by the backup).
+  std::vector<std::string> failed_reads;
+  for (const auto until = Clock::now() + 2s; Clock::now() < until;) {
+    const auto got = ReadDirect(M(B(), "own/b1"));
+    if (got != std::optional<std::string>("b's before\n"))
+      failed_reads.push_back(fmt::format("{:.0f} ms after the kill: {}", MsSince(until - 2s),
+                                         got ? "wrong bytes" : std::strerror(errno)));
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_TRUE(failed_reads.empty()) << failed_reads.size() << " reads of b's own file failed with b's master dead:"
+                                    << FirstLines(failed_reads);
+  ASSERT_TRUE(WaitForStatus(
+      B(), [](const json& j) { return ReadFrom(j) == "backup" && StateOf(j, "backup") == "healthy"; }, kDetectWithin,
+      &st))
+      << "b's backup, which holds all of b's writes, does not serve once b's master died: " << st.dump(2);
+  EXPECT_EQ(ReadFile(Mnt(B()) + "/own/b1").value_or("(unreadable)"), "b's before\n");
+  RunOn(B(), "b's master out", {Create("own/b2", "b alone on its backup\n")});
+  ExpectNoOpFailures("with b on its backup alone");
+
+  const auto heal = Clock::now();
+  ASSERT_EQ(A().backup->Remount(), "") << "a_backup server";
+  ASSERT_EQ(B().master->Remount(), "") << "b_master server";
+  bool settled = false;
+  json sa, sb;
+  while (!settled && Clock::now() < heal + kHealWithin && DaemonDied(A()).empty() && DaemonDied(B()).empty()) {
+    sa = StatusNow(A());
+    sb = StatusNow(B());
+    settled = SwitchedBack(sa) && SwitchedBack(sb);
+    if (!settled) std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_TRUE(settled) << "after the heal:\n  a: " << Brief(sa) << "\n  b: " << Brief(sb);
+  for (auto& s : srv_) ExpectSettled(s, "after the heal");
+  ExpectStoresEqualModel("after the heal");
+  for (const std::string* store : {&store_master_, &store_backup_}) {
+    EXPECT_EQ(ReadFile(*store + "/fromA/a1").value_or("(missing)"), "a while its backup is out\n") << *store;
+    EXPECT_EQ(ReadFile(*store + "/own/b2").value_or("(missing)"), "b alone on its backup\n") << *store;
+  }
+}
+
 TEST_F(PeersTest, PartitionSplitBrain) {
   ASSERT_NO_FATAL_FAILURE(StartAll({.peer_timeout_s = 10}));
   const std::string kA = "a-version", kB = "b-version";
