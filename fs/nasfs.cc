@@ -765,6 +765,7 @@ void Nasfs::ReplayLoop(Backend& b) {
     // Names outside the entries that the replay linked to keep a hard link:
     // a write through the mount does not wait for those.
     for (auto& p : rs.TakeRelinked()) settle_.insert(std::move(p));
+    for (auto& p : rs.TakeCopied()) settle_.insert(std::move(p));
     replayed_paths_.fetch_add(replayed.size(), std::memory_order_relaxed);
     if (draining && switch_back(/*takeover=*/false)) return;
     drain.End();

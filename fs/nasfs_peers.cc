@@ -205,6 +205,7 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
       settle_.insert(e.path);
     }
     for (auto& p : rs.TakeRelinked()) settle_.insert(std::move(p));
+    for (auto& p : rs.TakeCopied()) settle_.insert(std::move(p));
     {
       std::lock_guard lk(replay_mu_);
       ++replay_.done;

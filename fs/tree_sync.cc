@@ -404,6 +404,9 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
         if (int r = CopyFileData(path, *s, in_place)) return r;
         copied = true;
       }
+      // Bounded: a TreeSync whose caller never takes them (the copier's
+      // own) must not grow without end; Settle is a net, not the record.
+      if (copied && reconciling_ && copied_.size() < 65536) copied_.push_back(path);
       if (s->st_nlink > 1) {
         linked_[{s->st_dev, s->st_ino}] = path;
         // Its other names may lie outside what this Reconcile visits: looked
@@ -703,6 +706,7 @@ int TreeSync::CopyBytes(const std::shared_ptr<UniqueFd>& sfd_owner, const std::s
 }
 
 std::vector<std::string> TreeSync::TakeRelinked() { return std::exchange(relinked_, {}); }
+std::vector<std::string> TreeSync::TakeCopied() { return std::exchange(copied_, {}); }
 
 size_t WriteTracker::Bucket(const std::string& path) { return std::hash<std::string>()(path) % kBuckets; }
 

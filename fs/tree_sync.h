@@ -124,6 +124,11 @@ class TreeSync {
   // later (Nasfs::Settle), since writes through the mount do not wait for
   // them. Cleared by the call.
   std::vector<std::string> TakeRelinked();
+  // Regular files a Reconcile copied data into (a tree's files too, not
+  // only the paths it was asked for): a write racing the copy through the
+  // mount leaves them differing, which the caller's Settle compares and
+  // copies again. Cleared by the call.
+  std::vector<std::string> TakeCopied();
 
   nlohmann::json Status() const;
 
@@ -222,6 +227,7 @@ class TreeSync {
   Clock::time_point link_index_at_{};
   bool link_index_built_ = false;
   std::vector<std::string> relinked_;
+  std::vector<std::string> copied_;
 
   const WriteTracker* tracker_ = nullptr;
   struct Precopied {
