@@ -195,6 +195,13 @@ int Backend::Run(WorkerPool::Fn fn) {
   return r;
 }
 
+int Backend::RunStat(const std::string& rel, struct stat* out) {
+  auto st = std::make_shared<struct stat>();
+  int r = Run([self = this, rel, st] { return self->Stat(rel, st.get()); });
+  if (r == 0) *out = *st;
+  return r;
+}
+
 std::shared_ptr<Call> Backend::Submit(WorkerPool::Fn fn, Clock::time_point deadline) {
   // ESTALE says a handle no longer names anything: on NFS, a file another
   // client removed (one name, not the NAS), or the whole export gone (the

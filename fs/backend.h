@@ -114,6 +114,9 @@ class Backend {
 
   // Runs fn on this NAS's workers under the io_timeout deadline, and counts it.
   int Run(WorkerPool::Fn fn);
+  // Stat(rel) run that way: *out is filled only on success (a call that
+  // misses its deadline writes into its own copy, never into *out).
+  int RunStat(const std::string& rel, struct stat* out);
   std::shared_ptr<Call> Submit(WorkerPool::Fn fn, Clock::time_point deadline);
   Clock::time_point Deadline() const { return Clock::now() + io_timeout_; }
   std::chrono::milliseconds io_timeout() const { return io_timeout_; }

@@ -229,23 +229,21 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
 void Nasfs::Settle(Backend& b, Backend& o, TreeSync& rs) {
   // Whether p differs between the two NAS; an errno when one cannot say.
   auto differs = [&](const std::string& p, bool* d) {
-    auto sb = std::make_shared<struct stat>(), so = std::make_shared<struct stat>();
-    Backend* bp = &b;
-    Backend* op = &o;
-    int rb = bp->Run([bp, p, sb] { return bp->Stat(p, sb.get()); });
-    int ro = op->Run([op, p, so] { return op->Stat(p, so.get()); });
+    struct stat sb{}, so{};
+    int rb = b.RunStat(p, &sb);
+    int ro = o.RunStat(p, &so);
     if ((rb && rb != ENOENT) || (ro && ro != ENOENT)) return rb && rb != ENOENT ? rb : ro;
     if (rb || ro) {
       *d = rb != ro;
       return 0;
     }
-    bool dirs = S_ISDIR(sb->st_mode) && S_ISDIR(so->st_mode);
+    bool dirs = S_ISDIR(sb.st_mode) && S_ISDIR(so.st_mode);
     // Mode and owner too: a chmod moves no mtime, and one that lands
     // between a copy's stat and its chmod (through another name of a
     // linked file, or by another server) leaves the copy's older mode.
-    *d = sb->st_mode != so->st_mode || sb->st_uid != so->st_uid || sb->st_gid != so->st_gid ||
-         (!dirs && (sb->st_size != so->st_size || sb->st_mtim.tv_sec != so->st_mtim.tv_sec ||
-                    sb->st_mtim.tv_nsec != so->st_mtim.tv_nsec));
+    *d = sb.st_mode != so.st_mode || sb.st_uid != so.st_uid || sb.st_gid != so.st_gid ||
+         (!dirs && (sb.st_size != so.st_size || sb.st_mtim.tv_sec != so.st_mtim.tv_sec ||
+                    sb.st_mtim.tv_nsec != so.st_mtim.tv_nsec));
     return 0;
   };
   if (settle_.empty()) return;  // called each turn of a replay waiting for other servers
@@ -484,14 +482,9 @@ int Nasfs::ResolveSplitBrain() {
   // Directory times: the newer side's.
   for (const auto& d : dirs) {
     struct stat sm{}, sb{};
-    Backend* mp = master_.get();
-    Backend* bp = backup_.get();
-    auto smp = std::make_shared<struct stat>(), sbp = std::make_shared<struct stat>();
-    int rm = mp->Run([mp, d, smp] { return mp->Stat(d, smp.get()); });
-    int rb = bp->Run([bp, d, sbp] { return bp->Stat(d, sbp.get()); });
+    int rm = master_->RunStat(d, &sm);
+    int rb = backup_->RunStat(d, &sb);
     if (rm || rb) continue;  // gone on a side: its parent's times were settled with it
-    sm = *smp;
-    sb = *sbp;
     bool backup_newer = sb.st_mtim.tv_sec > sm.st_mtim.tv_sec ||
                         (sb.st_mtim.tv_sec == sm.st_mtim.tv_sec && sb.st_mtim.tv_nsec > sm.st_mtim.tv_nsec);
     std::unique_lock x(sync_mu_);

@@ -732,20 +732,17 @@ int TreeSync::SyncLinked(const std::string& path, const struct stat& s, bool hav
   auto it = linked_.find({s.st_dev, s.st_ino});
   if (it == linked_.end() || it->second == path) return 0;
   const std::string from = it->second;
-  Backend* src = source_;
-  Backend* t = target_;
   // Still a name of this inode on the source, and a file on the target?
-  auto sf = std::make_shared<struct stat>();
-  auto tf = std::make_shared<struct stat>();
-  int rs = src->Run([src, from, sf] { return src->Stat(from, sf.get()); });
-  int rt = t->Run([t, from, tf] { return t->Stat(from, tf.get()); });
-  if (rs || rt || sf->st_dev != s.st_dev || sf->st_ino != s.st_ino || !S_ISREG(tf->st_mode)) {
+  struct stat sf{}, tf{};
+  int rs = source_->RunStat(from, &sf);
+  int rt = target_->RunStat(from, &tf);
+  if (rs || rt || sf.st_dev != s.st_dev || sf.st_ino != s.st_ino || !S_ISREG(tf.st_mode)) {
     if ((rs && rs != ENOENT) || (rt && rt != ENOENT)) return rs && rs != ENOENT ? rs : rt;
     linked_.erase(it);
     return 0;
   }
   *handled = true;
-  if (!have || d.st_dev != tf->st_dev || d.st_ino != tf->st_ino) {  // not linked yet
+  if (!have || d.st_dev != tf.st_dev || d.st_ino != tf.st_ino) {  // not linked yet
     if (have && displace_)
       if (int r = Displace(path)) return r;
     if (int r = LinkOver(from, path)) return r;
@@ -754,7 +751,7 @@ int TreeSync::SyncLinked(const std::string& path, const struct stat& s, bool hav
   // source may have changed since (written through any name: this runs
   // again for a path found differing after its replay). Then the data goes
   // into the file itself, so every name keeps seeing one file.
-  if (force_data || tf->st_size != s.st_size || !SameTime(tf->st_mtim, s.st_mtim) ||
+  if (force_data || tf.st_size != s.st_size || !SameTime(tf.st_mtim, s.st_mtim) ||
       (verify_content_ && !SameContent(path)))
     return CopyFileData(path, s, /*in_place=*/true);
   return 0;
@@ -790,19 +787,18 @@ int TreeSync::LinkOtherNames(const std::string& path, const struct stat& s) {
   std::vector<std::string> names;
   if (int r = OtherNames(s, &names)) return r;
   Backend* t = target_;
-  auto tp = std::make_shared<struct stat>();
-  if (int r = t->Run([t, path, tp] { return t->Stat(path, tp.get()); })) return r;
+  struct stat tp{};
+  if (int r = t->RunStat(path, &tp)) return r;
   for (const auto& n : names) {
     if (n == path) continue;
-    auto tn = std::make_shared<struct stat>();
-    auto dir = std::make_shared<struct stat>();
-    int rd = t->Run([t, n, dir] { return t->Stat(ParentOf(n), dir.get()); });
-    if (rd == ENOENT || (rd == 0 && !S_ISDIR(dir->st_mode))) continue;  // made later, by its own entry
+    struct stat tn{}, dir{};
+    int rd = t->RunStat(ParentOf(n), &dir);
+    if (rd == ENOENT || (rd == 0 && !S_ISDIR(dir.st_mode))) continue;  // made later, by its own entry
     if (rd) return rd;
-    int rn = t->Run([t, n, tn] { return t->Stat(n, tn.get()); });
+    int rn = t->RunStat(n, &tn);
     if (rn && rn != ENOENT) return rn;
-    if (rn == 0 && tn->st_dev == tp->st_dev && tn->st_ino == tp->st_ino) continue;  // linked already
-    if (rn == 0 && !S_ISREG(tn->st_mode)) continue;  // another kind there: its own entry settles it
+    if (rn == 0 && tn.st_dev == tp.st_dev && tn.st_ino == tp.st_ino) continue;  // linked already
+    if (rn == 0 && !S_ISREG(tn.st_mode)) continue;  // another kind there: its own entry settles it
     if (int r = LinkOver(path, n)) return r;
     // The rename moved the times of n's directory, which nothing else
     // visits: they go back to the source's.
@@ -828,13 +824,12 @@ int TreeSync::OtherNames(const struct stat& s, std::vector<std::string>* out) {
   auto it = found();
   if (it == link_index_.end()) return 0;
   // Names found by the walk, still names of this inode now.
-  Backend* src = source_;
   for (const auto& n : it->second) {
-    auto st = std::make_shared<struct stat>();
-    int r = src->Run([src, n, st] { return src->Stat(n, st.get()); });
+    struct stat st{};
+    int r = source_->RunStat(n, &st);
     if (r == ENOENT) continue;
     if (r) return r;
-    if (st->st_dev == s.st_dev && st->st_ino == s.st_ino) out->push_back(n);
+    if (st.st_dev == s.st_dev && st.st_ino == s.st_ino) out->push_back(n);
   }
   return 0;
 }
@@ -903,16 +898,13 @@ int TreeSync::FinishLinks() {
   // there; only a file whose target copy still has fewer names than the
   // source's needs its other names looked for.
   for (const auto& p : std::exchange(link_check_, {})) {
-    Backend* src = source_;
-    Backend* t = target_;
-    auto s = std::make_shared<struct stat>();
-    auto d = std::make_shared<struct stat>();
-    int rs = src->Run([src, p, s] { return src->Stat(p, s.get()); });
-    int rd = t->Run([t, p, d] { return t->Stat(p, d.get()); });
+    struct stat s{}, d{};
+    int rs = source_->RunStat(p, &s);
+    int rd = target_->RunStat(p, &d);
     if (rs == ENOENT || rd == ENOENT) continue;  // gone since: its own entry settles it
     if (rs || rd) return rs ? rs : rd;
-    if (!S_ISREG(s->st_mode) || s->st_nlink < 2 || d->st_nlink >= s->st_nlink) continue;
-    if (int r = LinkOtherNames(p, *s)) return r;
+    if (!S_ISREG(s.st_mode) || s.st_nlink < 2 || d.st_nlink >= s.st_nlink) continue;
+    if (int r = LinkOtherNames(p, s)) return r;
   }
   return 0;
 }
@@ -945,16 +937,15 @@ int TreeSync::ReplayLink(const std::string& path, const std::string& from) {
   Backend* src = source_;
   Backend* t = target_;
   auto a = std::make_shared<struct stat>();
-  auto b = std::make_shared<struct stat>();
-  if (int r = src->Run([src, path, a] { return src->Stat(path, a.get()); })) return r;
-  if (int r = src->Run([src, from, b] { return src->Stat(from, b.get()); })) return r;
-  if (!S_ISREG(a->st_mode) || a->st_ino != b->st_ino || a->st_dev != b->st_dev) return EINVAL;
+  struct stat b{};
+  if (int r = src->RunStat(path, a.get())) return r;
+  if (int r = src->RunStat(from, &b)) return r;
+  if (!S_ISREG(a->st_mode) || a->st_ino != b.st_ino || a->st_dev != b.st_dev) return EINVAL;
   if (int r = Reconcile(from, journal::Scope::kEntry, /*force_data=*/true)) return r;
-  auto ta = std::make_shared<struct stat>();
-  auto tb = std::make_shared<struct stat>();
-  int ra = t->Run([t, path, ta] { return t->Stat(path, ta.get()); });
-  if (int r = t->Run([t, from, tb] { return t->Stat(from, tb.get()); })) return r;
-  if (ra == 0 && ta->st_ino == tb->st_ino) return 0;  // linked already
+  struct stat ta{}, tb{};
+  int ra = t->RunStat(path, &ta);
+  if (int r = t->RunStat(from, &tb)) return r;
+  if (ra == 0 && ta.st_ino == tb.st_ino) return 0;  // linked already
   if (ra == 0)
     if (int r = t->Run([t, path] { return t->RemoveTree(path); })) return r;
   if (ra != 0 && ra != ENOENT) return ra;
