@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 
+#include <spdlog/cfg/env.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/sinks/syslog_sink.h>
 #include <spdlog/spdlog.h>
@@ -34,6 +35,9 @@ void SetUpLogging(bool foreground, bool debug) {
     l->set_level(debug ? spdlog::level::debug : spdlog::level::info);
     spdlog::register_logger(l);
   }
+  // SPDLOG_LEVEL (e.g. "sync=debug,replay=debug") traces what the replay,
+  // the copies and the split-brain merge do, without FUSE's own -d output.
+  spdlog::cfg::load_env_levels();
 }
 
 // The mount at `path`, if any, as "type" from /proc/self/mountinfo.

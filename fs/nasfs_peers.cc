@@ -51,16 +51,16 @@ int Nasfs::NotePeers(journal::Target t, const std::vector<journal::Change>& chan
 int Nasfs::NoteAllPending(journal::Target t) {
   std::vector<journal::Change> changes;
   for (const auto& e : journal_->PendingFor(t)) {
-    journal::Change c;
-    c.path = e.path;
-    c.scope = e.scope;
-    // The strongest op recorded: it decides how the path is replayed.
-    for (unsigned op = 8; op >= 1; --op)
-      if (e.ops & (1u << op)) {
-        c.op = static_cast<journal::Op>(op);
-        if (c.op != journal::Op::kDirTimes && c.op != journal::Op::kMeta) break;
+    // Every op recorded: how a takeover or a split-brain merge treats the
+    // path depends on each (a chmod is not a directory's times).
+    for (unsigned op = 1; op <= 8; ++op)
+      if (e.ops & (1u << op) || (op == 8 && (e.ops & 0x1feu) == 0)) {  // none known: listed all the same
+        journal::Change c;
+        c.path = e.path;
+        c.scope = e.scope;
+        c.op = (e.ops & (1u << op)) ? static_cast<journal::Op>(op) : journal::Op::kMeta;
+        changes.push_back(std::move(c));
       }
-    changes.push_back(std::move(c));
   }
   return changes.empty() ? 0 : peers_->Note(t, changes);
 }
@@ -199,6 +199,8 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
     }
     // Per entry, like a copy: no write of ours races it (its data copied
     // before the lock).
+    log->debug("takeover onto the {}: '{}' ops {:#x} scope {}", b.name(), ShownPath(e.path), e.ops,
+               static_cast<int>(e.scope));
     if (int r = rs.ReconcileExclusive(e.path, e.scope, ForceData(e.ops))) return r;
     if (!e.path.empty()) {
       dirs.insert(ParentOf(e.path));
@@ -394,6 +396,8 @@ int Nasfs::ResolveSplitBrain() {
       journal::PeerLogContents c;
       uint64_t bytes;
       if (int e = peers_->ReadLog(holder, node, t, &c, &bytes)) return e;
+      log->debug("split brain: {}'s log on the {}: {} paths the {} lacks", node, holder.name(), c.entries.size(),
+                 t == journal::kMaster ? "master" : "backup");
       for (const auto& e : c.entries) {
         auto [it, fresh] = lacks[ti].try_emplace(e.path, e);
         if (!fresh) {
@@ -459,6 +463,9 @@ int Nasfs::ResolveSplitBrain() {
     }
     auto in_m = lacks[0].find(p), in_b = lacks[1].find(p);
     bool m = in_m != lacks[0].end(), bk = in_b != lacks[1].end();
+    log->debug("split brain: '{}': master lacks {}, backup lacks {}", ShownPath(p),
+               m ? fmt::format("ops {:#x} scope {}", in_m->second.ops, static_cast<int>(in_m->second.scope)) : "nothing",
+               bk ? fmt::format("ops {:#x} scope {}", in_b->second.ops, static_cast<int>(in_b->second.scope)) : "nothing");
     if ((!m || DirTimesOnly(in_m->second)) && (!bk || DirTimesOnly(in_b->second))) {
       dirs.insert(p);
       continue;

@@ -208,15 +208,15 @@ std::string Peers::ClaimPath(const std::string& node) { return fmt::format("{}/{
 int Peers::Note(journal::Target target, const std::vector<journal::Change>& changes) {
   Index& ix = index_[journal::TargetIndex(target)];
   std::unique_lock lk(mu_);
-  // The batches carrying our unlisted paths: ours, or another caller's.
+  // The batches carrying our unlisted changes: ours, or another caller's.
   std::vector<uint64_t> mine;
   for (const auto& c : changes) {
-    if (ix.listed.count(c.path)) continue;
-    if (auto q = ix.queued.find(c.path); q != ix.queued.end()) {
+    if (ix.listed.count(Index::KeyOf(c))) continue;
+    if (auto q = ix.queued.find(Index::KeyOf(c)); q != ix.queued.end()) {
       mine.push_back(q->second);  // another caller's batch carries it
       continue;
     }
-    ix.queued.emplace(c.path, ix.next_ticket);
+    ix.queued.emplace(Index::KeyOf(c), ix.next_ticket);
     ix.batch.push_back(c);
     mine.push_back(ix.next_ticket);
   }
@@ -266,8 +266,8 @@ int Peers::Note(journal::Target target, const std::vector<journal::Change>& chan
     if (r == 0 && *bumped) ix.bumped = true;
     ix.busy = false;
     for (const auto& c : batch) {
-      ix.queued.erase(c.path);
-      if (r == 0) ix.listed.insert(c.path);
+      ix.queued.erase(Index::KeyOf(c));
+      if (r == 0) ix.listed.insert(Index::KeyOf(c));
     }
     if (r == 0) {
       ix.created = true;

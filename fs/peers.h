@@ -45,6 +45,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "fs/backend.h"
@@ -88,8 +89,8 @@ class Peers {
 
   // ---- this server's pending index ----
   // Records, durably, in this server's lacks-<target>.log on the other NAS,
-  // that `target` lacks `changes`. A path already listed since the last
-  // Clear costs nothing, and concurrent callers share one append and one
+  // that `target` lacks `changes`. A change already listed since the last
+  // Clear (the same path, op and scope) costs nothing, and concurrent callers share one append and one
   // fdatasync. The first record of an outage also moves the holder's
   // generation ahead. 0 or an errno (the holder's fault, or ETIMEDOUT).
   int Note(journal::Target target, const std::vector<journal::Change>& changes);
@@ -141,8 +142,13 @@ class Peers {
 
   // Group commit of Note (per target).
   struct Index {
-    std::set<std::string> listed;   // durable in the log since the last Clear
-    std::map<std::string, uint64_t> queued;  // in `batch` or being written: the ticket of the batch carrying it
+    // A change as the log tells it: path, op and scope. A path listed for
+    // one op is listed again for another (a chmod after a directory's
+    // times moved): a split-brain merge and a takeover act on the ops.
+    using Key = std::tuple<std::string, journal::Op, journal::Scope>;
+    static Key KeyOf(const journal::Change& c) { return {c.path, c.op, c.scope}; }
+    std::set<Key> listed;             // durable in the log since the last Clear
+    std::map<Key, uint64_t> queued;   // in `batch` or being written: the ticket of the batch carrying it
     std::vector<journal::Change> batch;
     bool busy = false;              // a leader is writing
     uint64_t next_ticket = 1;

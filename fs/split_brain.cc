@@ -268,6 +268,9 @@ int SplitBrainResolver::ResolveEntry(const std::string& path, const timespec& ma
   const timespec when_m = hm ? m.st_mtim : master_parent;
   const timespec when_b = hb ? b.st_mtim : backup_parent;
   const bool master_loses = Newer(when_b, when_m);
+  Logger("sync")->debug("split brain: '{}': the {}'s version wins (master {}, backup {})", ShownPath(path),
+                        master_loses ? "backup" : "master", hm ? KindOf(m.st_mode) : "none",
+                        hb ? KindOf(b.st_mode) : "none");
   const bool winner_has = master_loses ? hb : hm;
   const bool loser_has = master_loses ? hm : hb;
   Backend* winner = master_loses ? backup_ : master_;
@@ -291,7 +294,10 @@ int SplitBrainResolver::ResolveDir(const std::string& path, const struct stat& m
   Backend* newer = backup_newer ? backup_ : master_;
   const struct stat& n = backup_newer ? b : m;
   if (int r = SetTimes(newer, path, n.st_atim, n.st_mtim)) return r;
-  return CopyAttributes(path, AttributesFrom(path, newer), n.st_atim, n.st_mtim);
+  Backend* source = AttributesFrom(path, newer);
+  Logger("sync")->debug("split brain: dir '{}': attributes from the {} (mode {:o}/{:o}), times from the {}",
+                        ShownPath(path), source->name(), m.st_mode & 07777, b.st_mode & 07777, newer->name());
+  return CopyAttributes(path, source, n.st_atim, n.st_mtim);
 }
 
 Backend* SplitBrainResolver::AttributesFrom(const std::string& path, Backend* newer) const {
@@ -335,6 +341,7 @@ int SplitBrainResolver::AlignAttributes(const std::string& path, const struct st
   if (S_ISREG(n.st_mode) && Ns(n.st_mtim) != Ns(o.st_mtim))
     if (int r = SetTimes(older, path, o.st_atim, n.st_mtim)) return r;
   Backend* source = AttributesFrom(path, newer);
+  Logger("sync")->debug("split brain: '{}' alike on both: attributes from the {}", ShownPath(path), source->name());
   if (source == newer) return From(newer).Reconcile(path, journal::Scope::kEntry, /*force_data=*/false);
   return CopyAttributes(path, source, n.st_atim, n.st_mtim);
 }

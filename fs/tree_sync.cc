@@ -132,6 +132,7 @@ bool TreeSync::SameContent(const std::string& path) {
 
 TreeSync::~TreeSync() { Stop(); }
 
+
 void TreeSync::Start() {
   thread_ = std::thread([this] {
     ExceptionText what;
@@ -199,8 +200,11 @@ void TreeSync::Run() {
     std::unique_lock lk(*sync_mu_);
     started_walk_ = true;
     SetCursor("", false);
+    // The root's owner, mode and xattrs; its times when the walk leaves it.
+    bool is_dir = false;
+    r = SyncEntry("", &is_dir);
   }
-  r = WalkDir("");
+  if (r == 0) r = WalkDir("");
   if (r == 0) {
     // Make the copy durable before sync.json goes: a power cut must not
     // leave a target that looks finished but lost its last files.
@@ -298,11 +302,22 @@ int TreeSync::SyncDirTimes(const std::string& path) {
   if (r == ENOENT) return 0;
   if (r) return r;
   if (!S_ISDIR(s->st_mode)) return 0;
+  // Times only: the directory's owner and mode are its entry's to copy. A
+  // split-brain merge settles the times of directories whose chmod the
+  // other side holds, and must not undo it.
   Backend* t = target_;
-  return t->Run([t, path, s] { return CopyMeta(*t, path, *s); });
+  return t->Run([t, path, s] {
+    SetAttrArgs a;
+    a.set_atime = a.set_mtime = true;
+    a.atime = s->st_atim;
+    a.mtime = s->st_mtim;
+    struct stat out;
+    return t->SetAttr(path, a, &out);
+  });
 }
 
 int TreeSync::Displace(const std::string& path) {
+  Trace(path, "{}", displace_ ? "displaced" : "removed");
   Backend* t = target_;
   if (!displace_) return t->Run([t, path] { return t->RemoveTree(path); });
   std::string dest = displaced_dir_ + "/" + path;
@@ -368,6 +383,7 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
           return r;
       // times are set when the walk leaves the directory
       if (int r = t->Run([src, t, path] { return CopyXattrs(*src, *t, path); })) return r;
+      Trace(path, "dir{} mode {:o} owner {}:{}", have ? "" : " made", s->st_mode & 07777, s->st_uid, s->st_gid);
       return t->Run([t, path, s] {
         SetAttrArgs a;
         a.set_uid = a.set_gid = a.set_mode = true;
@@ -381,7 +397,10 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
       if (s->st_nlink > 1) {
         bool handled = false;
         if (int r = SyncLinked(path, *s, have, *d, force_data, &handled)) return r;
-        if (handled) break;
+        if (handled) {
+          Trace(path, "file as linked (size {})", s->st_size);
+          break;
+        }
       }
       // A target file that shares its inode with names the source does not
       // link to is split from them by a new file renamed over this name.
@@ -407,6 +426,8 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
       // Bounded: a TreeSync whose caller never takes them (the copier's
       // own) must not grow without end; Settle is a net, not the record.
       if (copied && reconciling_ && copied_.size() < 65536) copied_.push_back(path);
+      Trace(path, "file {} size {} mode {:o} nlink {}{}", copied ? "copied" : "unchanged", s->st_size,
+            s->st_mode & 07777, s->st_nlink, have ? "" : " (new)");
       if (s->st_nlink > 1) {
         linked_[{s->st_dev, s->st_ino}] = path;
         // Its other names may lie outside what this Reconcile visits: looked
@@ -758,6 +779,7 @@ int TreeSync::SyncLinked(const std::string& path, const struct stat& s, bool hav
 }
 
 int TreeSync::LinkOver(const std::string& from, const std::string& to) {
+  Trace(to, "linked over, to {}", ShownPath(from));
   Backend* t = target_;
   std::string tmp = fmt::format("{}/tmp/link-{}-{}", kMetaDir, getpid(), ++g_tmp_seq);
   return t->Run([t, from, to, tmp] {
@@ -945,6 +967,7 @@ int TreeSync::ReplayLink(const std::string& path, const std::string& from) {
   struct stat ta{}, tb{};
   int ra = t->RunStat(path, &ta);
   if (int r = t->RunStat(from, &tb)) return r;
+  Trace(path, "link replayed, to {}{}", ShownPath(from), ra == 0 && ta.st_ino == tb.st_ino ? " (linked already)" : "");
   if (ra == 0 && ta.st_ino == tb.st_ino) return 0;  // linked already
   if (ra == 0)
     if (int r = t->Run([t, path] { return t->RemoveTree(path); })) return r;
@@ -964,6 +987,7 @@ int TreeSync::CopyRanges(const std::string& path, const std::vector<journal::Ran
   if (int r = src->Run([src, path, s] { return src->Stat(path, s.get()); })) return r;
   if (int r = t->Run([t, path, d] { return t->Stat(path, d.get()); })) return r;
   if (!S_ISREG(s->st_mode) || !S_ISREG(d->st_mode)) return EINVAL;
+  Trace(path, "{} byte ranges, size {}", ranges.size(), s->st_size);
   constexpr uint64_t kStep = 1 << 20;
   uint64_t size = static_cast<uint64_t>(s->st_size);
   for (const auto& rg : ranges) {

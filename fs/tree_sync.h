@@ -39,10 +39,13 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include "fs/backend.h"
 #include "fs/gate.h"
+#include "fs/log.h"
 #include "journal/journal.h"
 
 namespace nasfs {
@@ -113,8 +116,8 @@ class TreeSync {
   // two names are one inode; EINVAL when they are not (copy it instead).
   int ReplayLink(const std::string& path, const std::string& from);
 
-  // Sets path's directory times to the source's (after a replay changed
-  // what it holds). Caller holds *sync_mu exclusively.
+  // Sets path's directory times (only those) to the source's (after a
+  // replay changed what it holds). Caller holds *sync_mu exclusively.
   int ReconcileDirTimes(const std::string& path) { return SyncDirTimes(path); }
 
   Backend* target() const { return target_; }
@@ -144,6 +147,13 @@ class TreeSync {
   int SyncDirTimes(const std::string& path);
   // Moves aside (displace_) or removes the target's entry at path.
   int Displace(const std::string& path);
+  // A debug line (SPDLOG_LEVEL=sync=debug) of what the copy did at path.
+  template <typename... A>
+  void Trace(const std::string& path, fmt::format_string<A...> what, A&&... args) const {
+    if (trace_->should_log(spdlog::level::debug))
+      trace_->debug("{} -> {}: '{}': {}", source_->name(), target_->name(), ShownPath(path),
+                    fmt::format(what, std::forward<A>(args)...));
+  }
   int ReconcileSubtree(const std::string& path);
   // ReconcileSubtree of every name either side has in dir.
   int ReconcileChildren(const std::string& dir);
@@ -245,6 +255,7 @@ class TreeSync {
   std::string error_;           // guarded by status_mu_
   std::string started_, finished_at_;  // guarded by status_mu_
   std::atomic<uint64_t> entries_{0}, bytes_{0}, displaced_{0};
+  std::shared_ptr<spdlog::logger> trace_ = Logger("sync");
 };
 
 }  // namespace nasfs

@@ -1333,6 +1333,57 @@ TEST_F(PeersTest, ABackupWaitingOnlyForAnotherServersReplayServesWhenTheMasterDi
   }
 }
 
+// Each side of a split brain writes into a directory and then chmods it. The
+// merge copies the new files, which stamps the directory's times on the
+// side that lacked them; settling those times once took the mode along
+// (the older chmod-less one), and a chmod listed after the directory's
+// times was not listed at all. Both chmods must survive, on both NAS.
+TEST_F(PeersTest, ASplitBrainMergeKeepsEachSidesChmodOfADirectory) {
+  ASSERT_NO_FATAL_FAILURE(StartAll({.peer_timeout_s = 10}));
+  RunOn(A(), "before the partition", {Mkdir("da"), Mkdir("db")});
+  ASSERT_TRUE(op_failures_.empty()) << FirstLines(op_failures_);
+  std::this_thread::sleep_for(300ms);
+
+  A().backup->Kill();
+  B().master->Kill();
+  ASSERT_NO_FATAL_FAILURE(ExpectShownDown(A(), "backup"));
+  ASSERT_NO_FATAL_FAILURE(ExpectShownDown(B(), "master"));
+  RunOn(A(), "partition", {Create("da/x", "a's file\n")});
+  ASSERT_EQ(Errno(chmod((Mnt(A()) + "/da").c_str(), 0700)), 0);
+  RunOn(B(), "partition", {Create("db/y", "b's file\n")});
+  ASSERT_EQ(Errno(chmod((Mnt(B()) + "/db").c_str(), 0750)), 0);
+  ExpectNoOpFailures("during the partition");
+
+  const auto heal = Clock::now();
+  ASSERT_EQ(A().backup->Remount(), "") << "a_backup server";
+  ASSERT_EQ(B().master->Remount(), "") << "b_master server";
+  bool settled = false;
+  json st[2];
+  while (!settled && Clock::now() < heal + kHealWithin && DaemonDied(A()).empty() && DaemonDied(B()).empty()) {
+    bool all = true;
+    int64_t count = 0;
+    for (int i = 0; i < 2; ++i) {
+      st[i] = StatusNow(srv_[i]);
+      const std::string state = Str(Get(st[i], "/split_brain/state"));
+      all = all && SwitchedBack(st[i]) && state != "detected" && state != "resolving";
+      count = std::max(count, Num(Get(st[i], "/split_brain/count")));
+    }
+    settled = all && count >= 1;
+    if (!settled) std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_TRUE(settled) << "after the heal:\n  a: " << Brief(st[0]) << "\n  b: " << Brief(st[1]);
+  for (auto& s : srv_) ExpectSettled(s, "after the heal");
+  ExpectStoresEqualModel("after the heal");
+  for (const std::string* store : {&store_master_, &store_backup_}) {
+    for (const auto& [dir, mode] : {std::pair<std::string, mode_t>{"da", 0700}, {"db", 0750}}) {
+      struct stat sb{};
+      ASSERT_EQ(Errno(stat((*store + "/" + dir).c_str(), &sb)), 0) << *store << "/" << dir;
+      EXPECT_EQ(sb.st_mode & 07777, mode) << *store << "/" << dir << ": mode " << fmt::format("{:o}", sb.st_mode & 07777)
+                                          << ", the chmod made during the split brain was lost";
+    }
+  }
+}
+
 TEST_F(PeersTest, PartitionSplitBrain) {
   ASSERT_NO_FATAL_FAILURE(StartAll({.peer_timeout_s = 10}));
   const std::string kA = "a-version", kB = "b-version";

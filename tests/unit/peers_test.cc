@@ -153,11 +153,11 @@ TEST_F(PeersTest, NoteWritesLogOnTheBackupForMaster) {
   ASSERT_TRUE(Exists(B(".nasfs/peers/web1/lacks-master.log")));
   auto c = Decode(B(".nasfs/peers/web1/lacks-master.log"), kMaster);
   EXPECT_THAT(Paths(c), ElementsAre("a", "d/b", "d"));
-  EXPECT_EQ(c.records, 3u) << "a path already in the batch is recorded once";
+  EXPECT_EQ(c.records, 4u) << "each op of a path is recorded";
   EXPECT_EQ(c.torn_bytes, 0u);
   EXPECT_EQ(c.damaged, 0u);
   ASSERT_EQ(c.entries.size(), 3u);
-  EXPECT_EQ(c.entries[0].ops, 1u << static_cast<unsigned>(Op::kWrite));
+  EXPECT_EQ(c.entries[0].ops, (1u << static_cast<unsigned>(Op::kWrite)) | (1u << static_cast<unsigned>(Op::kMeta)));
   EXPECT_EQ(c.entries[1].ops, 1u << static_cast<unsigned>(Op::kCreate));
   EXPECT_EQ(c.entries[2].scope, Scope::kTree);
   // Nothing for the other target in it.
@@ -181,7 +181,7 @@ TEST_F(PeersTest, NoteOfListedPathsAppendsNothing) {
   ASSERT_EQ(peers_->Note(kMaster, {Ch("a"), Ch("b")}), 0);
   off_t size = SizeOf(Log(kMaster));
   ASSERT_GT(size, 0);
-  ASSERT_EQ(peers_->Note(kMaster, {Ch("b", Op::kWrite), Ch("a")}), 0);
+  ASSERT_EQ(peers_->Note(kMaster, {Ch("b"), Ch("a")}), 0);
   EXPECT_EQ(SizeOf(Log(kMaster)), size);
   ASSERT_EQ(peers_->Note(kMaster, {Ch("a"), Ch("c"), Ch("b"), Ch("e")}), 0);
   auto c = Decode(Log(kMaster), kMaster);
@@ -191,6 +191,24 @@ TEST_F(PeersTest, NoteOfListedPathsAppendsNothing) {
   // The other target's index is its own: "a" is not listed there.
   ASSERT_EQ(peers_->Note(kBackup, {Ch("a")}), 0);
   EXPECT_THAT(Paths(Decode(Log(kBackup), kBackup)), ElementsAre("a"));
+}
+
+// A listed path is listed again for another op or a wider scope: a
+// split-brain merge and a takeover act on the ops (a directory listed for
+// its times alone is merged by its times; a chmod after that must show).
+TEST_F(PeersTest, ALaterOpOfAListedPathIsListedToo) {
+  ASSERT_EQ(peers_->Note(kMaster, {Ch("d", Op::kDirTimes)}), 0);
+  off_t size = SizeOf(Log(kMaster));
+  ASSERT_EQ(peers_->Note(kMaster, {Ch("d", Op::kDirTimes)}), 0);
+  EXPECT_EQ(SizeOf(Log(kMaster)), size) << "the same op again costs nothing";
+  ASSERT_EQ(peers_->Note(kMaster, {Ch("d", Op::kMeta)}), 0);
+  ASSERT_EQ(peers_->Note(kMaster, {Ch("d", Op::kMeta, Scope::kTree)}), 0);
+  auto c = Decode(Log(kMaster), kMaster);
+  ASSERT_EQ(c.entries.size(), 1u);
+  EXPECT_EQ(c.entries[0].ops,
+            (1u << static_cast<unsigned>(Op::kDirTimes)) | (1u << static_cast<unsigned>(Op::kMeta)));
+  EXPECT_EQ(c.entries[0].scope, Scope::kTree);
+  EXPECT_EQ(c.records, 3u);
 }
 
 // ---- 3. The holder's generation moves ahead once per outage ----
