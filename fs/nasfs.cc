@@ -725,6 +725,9 @@ void Nasfs::ReplayLoop(Backend& b) {
       journal::Pending cur;
       if (!journal_->BeginReplay(t, e.path, &cur)) continue;
       auto w0 = Clock::now();
+      log->debug("replay onto the {}: '{}' ops {:#x} scope {} seq {}{}{}", b.name(), ShownPath(cur.path), cur.ops,
+                 static_cast<int>(cur.scope), cur.seq, cur.link_from.empty() ? "" : " link from " + ShownPath(cur.link_from),
+                 cur.data_only ? fmt::format(" ranges {}", cur.ranges.size()) : "");
       if (int r = ReplayEntry(rs, cur)) {
         err = r;
         failed = cur.path;
@@ -825,8 +828,16 @@ void Nasfs::WaitForDrain(journal::Target t, const std::vector<journal::Change>& 
   drain_cv_.wait_for(lk, bound, [&] { return !draining_[ti]; });
 }
 
+std::vector<std::string> Nasfs::AliasesOf(fuse_ino_t ino, const std::string& path) const {
+  auto names = inodes_.OtherPaths(ino);
+  if (names.empty()) return names;  // one name: the common case, no path built
+  if (auto first = inodes_.Path(ino)) names.push_back(std::move(*first));
+  names.erase(std::remove(names.begin(), names.end(), path), names.end());
+  return names;
+}
+
 int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, const Mirror::Op& op,
-                  journal::Range range, const std::string& link_from) {
+                  journal::Range range, const std::string& link_from, const std::vector<std::string>& aliases) {
   // What the journal must know: each path, and for a change of names the
   // directory holding it (its times move). A rename moves a whole subtree.
   std::vector<journal::Change> changes;
@@ -834,6 +845,8 @@ int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, co
   if (auto kind = OpOf(what)) {
     bool names = *kind == journal::Op::kCreate || *kind == journal::Op::kRemove || *kind == journal::Op::kRename;
     auto scope = *kind == journal::Op::kRename ? journal::Scope::kTree : journal::Scope::kEntry;
+    if (!names)
+      for (const auto& a : aliases) changes.push_back({a, scope, *kind, range.offset, range.length, {}});
     for (const auto& p : paths) {
       changes.push_back({p, scope, *kind, range.offset, range.length, link_from});
       std::string parent = ParentOf(p);
@@ -847,14 +860,18 @@ int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, co
   // A copy made without the lock (TreeSync::Precopy) sees this write.
   struct Tracked {
     WriteTracker& t;
-    std::initializer_list<std::string> paths;
-    Tracked(WriteTracker& tr, std::initializer_list<std::string> p) : t(tr), paths(p) {
+    std::vector<std::string> paths;
+    Tracked(WriteTracker& tr, std::vector<std::string> p) : t(tr), paths(std::move(p)) {
       for (const auto& x : paths) t.Begin(x);
     }
     ~Tracked() {
       for (const auto& x : paths) t.End(x);
     }
-  } tracked{writes_, paths};
+  } tracked{writes_, [&] {
+              std::vector<std::string> all(paths);
+              all.insert(all.end(), aliases.begin(), aliases.end());
+              return all;
+            }()};
   // Activity log: durable before the first byte reaches a NAS, so a crash
   // of nasfs leaves no directory silently different on the two NAS.
   if (!dirs.empty())

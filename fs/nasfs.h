@@ -97,8 +97,14 @@ class Nasfs {
   // activity log. `what` names the operation ("write", "rename", ...);
   // `range` is a write's [offset, offset+length).
   // `link_from`: link(2)'s existing name, so a replay links rather than copies.
+  // `aliases`: the file's other names (hard links), journaled with the same
+  // change though the op acts on paths only: a replay must reach the data
+  // by a name that still exists, whichever one the application used.
   int Mutate(const char* what, std::initializer_list<std::string> paths, const Mirror::Op& op,
-             journal::Range range = {}, const std::string& link_from = {});
+             journal::Range range = {}, const std::string& link_from = {},
+             const std::vector<std::string>& aliases = {});
+  // The other names of ino (hard links) that `path` is not.
+  std::vector<std::string> AliasesOf(fuse_ino_t ino, const std::string& path) const;
 
   // An inode's name, guarded while an operation acts on the file by that
   // name: READ, WRITE, GETATTR, SETATTR, FALLOCATE and FSYNC hold it shared;

@@ -172,7 +172,8 @@ template <typename P, typename F>
 int MutateRef(Nasfs& fs, const char* what, FileRef& ref, P by_path, F by_fd, journal::Range range = {}) {
   if (!ref.orphan)
     return RetryIfMoved(fs, ref, [&](const std::string& path) {
-      return fs.Mutate(what, {path}, [path, by_path](const Backend& b) { return by_path(b, path); }, range);
+      return fs.Mutate(what, {path}, [path, by_path](const Backend& b) { return by_path(b, path); }, range, {},
+                       fs.AliasesOf(ref.ino, path));
     });
   return fs.MutateOrphan(what, [o = ref.orphan, by_fd](const Backend& b) {
     int fd = o->Fd(b.role());

@@ -121,9 +121,9 @@ void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len, f
   std::string path;
   if (!PathOrReply(req, fs, ino, &path)) return;
   timespec t = Mirror::Now();
-  fuse_reply_err(req, fs.Mutate("fallocate", {path}, [=](const Backend& b) {
-    return b.Fallocate(path, mode, off, len, t);
-  }));
+  fuse_reply_err(req, fs.Mutate(
+                          "fallocate", {path}, [=](const Backend& b) { return b.Fallocate(path, mode, off, len, t); },
+                          {}, {}, fs.AliasesOf(ino, path)));
 }
 
 }  // namespace nasfs::ops

@@ -45,9 +45,10 @@ void SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* valu
   std::string path;
   if (!PathOrReply(req, fs, ino, &path)) return;
   std::string n = name, v(value, size);
-  fuse_reply_err(req, fs.Mutate("setxattr", {path}, [path, n, v, flags](const Backend& b) {
-    return b.SetXattr(path, n, v, flags);
-  }));
+  fuse_reply_err(req, fs.Mutate(
+                          "setxattr", {path},
+                          [path, n, v, flags](const Backend& b) { return b.SetXattr(path, n, v, flags); }, {}, {},
+                          fs.AliasesOf(ino, path)));
 }
 
 void RemoveXattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
@@ -55,9 +56,9 @@ void RemoveXattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
   std::string path;
   if (!PathOrReply(req, fs, ino, &path)) return;
   std::string n = name;
-  fuse_reply_err(req, fs.Mutate("removexattr", {path}, [path, n](const Backend& b) {
-    return b.RemoveXattr(path, n);
-  }));
+  fuse_reply_err(req, fs.Mutate(
+                          "removexattr", {path}, [path, n](const Backend& b) { return b.RemoveXattr(path, n); }, {},
+                          {}, fs.AliasesOf(ino, path)));
 }
 
 }  // namespace nasfs::ops

@@ -897,5 +897,45 @@ TEST_F(FailoverTest, ADisagreementWithAMasterBeingReplayedOntoKeepsTheHealthyBac
   ExpectIdentical("after the replay");
 }
 
+// A file with two names (link(2) through the mount) is written through its
+// second name while the backup is out, and its first name is then removed.
+// The write was journaled under the first name alone, whose replay removes
+// it: the backup kept the old bytes under the second name. Every name of
+// the file is journaled now.
+TEST_F(FailoverTest, AWriteThroughASecondNameReachesTheBackupAfterTheFirstNameIsRemoved) {
+  ASSERT_NO_FATAL_FAILURE(StartNas(Faulty::kBackup));
+  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
+  ASSERT_EQ(mkdir(M("work").c_str(), 0755), 0) << std::strerror(errno);
+  ASSERT_TRUE(WriteFile(M("work/first"), "before the outage\n"));
+  ASSERT_EQ(link(M("work/first").c_str(), M("work/second").c_str()), 0) << std::strerror(errno);
+  ASSERT_TRUE(faultfs_->SetFaults("eio_all"));
+  // The first write finds the backup failing; wait until it is out.
+  ASSERT_TRUE(WriteFile(M("work/probe"), "x"));
+  json s;
+  ASSERT_TRUE(WaitForStatus([](const json& j) { return StateOf(j, "backup") == "down"; }, Clock::now() + 10s, &s))
+      << s.dump(2);
+  {
+    const int fd = open(M("work/second").c_str(), O_WRONLY | O_TRUNC);
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    EXPECT_EQ(write(fd, "written through the second name\n", 32), 32);
+    EXPECT_EQ(close(fd), 0);
+  }
+  ASSERT_EQ(chmod(M("work/second").c_str(), 0600), 0) << std::strerror(errno);
+  ASSERT_EQ(unlink(M("work/first").c_str()), 0) << std::strerror(errno);
+
+  const auto back = Clock::now();
+  ASSERT_TRUE(faultfs_->SetFaults(""));
+  WaitRecovered(back, 30s, "backup's faults cleared");
+  for (const auto* nas : {master_.get(), backup_.get()}) {
+    EXPECT_EQ(ReadFile(nas->store() + "/work/second").value_or("(missing)"), "written through the second name\n")
+        << nas->store();
+    EXPECT_FALSE(ReadFile(nas->store() + "/work/first").has_value()) << nas->store();
+    struct stat st{};
+    EXPECT_EQ(stat((nas->store() + "/work/second").c_str(), &st), 0) << nas->store();
+    EXPECT_EQ(st.st_mode & 07777, 0600u) << nas->store();
+  }
+  ExpectIdentical("after the replay");
+}
+
 }  // namespace
 }  // namespace nasfs::e2e
