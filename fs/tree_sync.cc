@@ -834,7 +834,7 @@ int TreeSync::OtherNames(const struct stat& s, std::vector<std::string>* out) {
   out->clear();
   const InodeKey key{s.st_dev, s.st_ino};
   auto found = [&] { return link_index_.find(key); };
-  if (!link_index_built_ || (found() == link_index_.end() && Clock::now() - link_index_at_ > std::chrono::seconds(5))) {
+  if (!link_index_built_ || (found() == link_index_.end() && link_index_at_ < reconcile_began_)) {
     link_index_.clear();
     link_index_built_ = true;
     link_index_at_ = Clock::now();
@@ -908,6 +908,7 @@ int TreeSync::EnsureAncestors(const std::string& path) {
 int TreeSync::Reconcile(const std::string& path, journal::Scope scope, bool force_data) {
   if (reconciling_) return ReconcileOnce(path, scope, force_data);
   reconciling_ = true;
+  reconcile_began_ = Clock::now();
   int r = ReconcileOnce(path, scope, force_data);
   if (r == 0) r = FinishLinks();
   reconciling_ = false;

@@ -199,8 +199,9 @@ class TreeSync {
   // walk visits every name itself).
   int LinkOtherNames(const std::string& path, const struct stat& s);
   // Every name of the source's inode (dev, ino), found by a walk of the
-  // whole source tree, done once and again when it misses (and is older
-  // than a few seconds).
+  // whole source tree, done once and again when it misses and was made
+  // before the Reconcile under way began (the file may have been linked
+  // since: a link made a moment before a replay must be found by it).
   int OtherNames(const struct stat& s, std::vector<std::string>* out);
   int IndexLinks(const std::string& dir);
   // Reconcile's body; Reconcile itself runs FinishLinks after the outermost.
@@ -235,6 +236,7 @@ class TreeSync {
   std::vector<std::string> link_check_;      // see FinishLinks
   std::map<InodeKey, std::vector<std::string>> link_index_;  // the source's multi-name files
   Clock::time_point link_index_at_{};
+  Clock::time_point reconcile_began_{};       // of the outermost Reconcile
   bool link_index_built_ = false;
   std::vector<std::string> relinked_;
   std::vector<std::string> copied_;

@@ -683,6 +683,29 @@ TEST_F(TreeSyncTest, ReconcilingOneNameLinksItsOtherNamesOutsideTheScope) {
   ExpectSameTrees();
 }
 
+// A link made a moment after this TreeSync indexed the source's links (by
+// an earlier entry of the same replay): the index misses the file and is
+// made again, so the other name is linked, not left a copy of its own. The
+// soak found it: a link made, then its directory renamed, within 5 s.
+TEST_F(TreeSyncTest, ALinkMadeAfterTheLinkIndexIsStillFound) {
+  PutFile(S("x/one"), "one");
+  ASSERT_EQ(::link(S("x/one").c_str(), S("x/two").c_str()), 0);
+  PutFile(S("f"), "shared");
+  ASSERT_TRUE(std::filesystem::create_directories(D("x")));
+  PutFile(D("f"), "shared");
+  TreeSync rs(src_.get(), dst_.get(), &sync_mu_, false, false, nullptr);
+  // x/one is copied, x/two not yet: the index is built to find its name.
+  ASSERT_EQ(rs.Reconcile("x/one", journal::Scope::kEntry, true), 0);
+  ASSERT_EQ(Inodes({D("x/one"), D("x/two")}).size(), 1u);
+  // Now f gets a second name in a new directory, which is replayed whole.
+  ASSERT_TRUE(std::filesystem::create_directories(S("new")));
+  ASSERT_EQ(::link(S("f").c_str(), S("new/g").c_str()), 0);
+  ASSERT_EQ(rs.Reconcile("new", journal::Scope::kTree, true), 0);
+  ASSERT_EQ(rs.ReconcileDirTimes(""), 0);
+  EXPECT_EQ(Inodes({D("f"), D("new/g")}).size(), 1u) << "new/g was left a file of its own";
+  ExpectSameTrees();
+}
+
 // Both sides linked, the data changed: it goes into the target's file
 // itself, so every name sees it and the link stays.
 TEST_F(TreeSyncTest, NewDataForALinkedFileKeepsTheLink) {
