@@ -965,6 +965,9 @@ int TreeSync::ReplayLink(const std::string& path, const std::string& from) {
   if (int r = src->RunStat(from, &b)) return r;
   if (!S_ISREG(a->st_mode) || a->st_ino != b.st_ino || a->st_dev != b.st_dev) return EINVAL;
   if (int r = Reconcile(from, journal::Scope::kEntry, /*force_data=*/true)) return r;
+  // Copying `from` put a new file in its directory, which no entry names
+  // (the replay settles the times of its entries' own directories).
+  if (int r = SyncDirTimes(ParentOf(from))) return r;
   struct stat ta{}, tb{};
   int ra = t->RunStat(path, &ta);
   if (int r = t->RunStat(from, &tb)) return r;

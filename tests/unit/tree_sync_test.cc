@@ -706,6 +706,27 @@ TEST_F(TreeSyncTest, ALinkMadeAfterTheLinkIndexIsStillFound) {
   ExpectSameTrees();
 }
 
+// A replayed link(2) brings its existing name up to date first; that copy
+// puts a new file in the existing name's directory, whose times must stay
+// the source's (the soak found the master's directory newer by seconds).
+TEST_F(TreeSyncTest, AReplayedLinkLeavesTheTimesOfItsSourcesDirectory) {
+  PutFile(S("a/f"), "second version");
+  ASSERT_TRUE(std::filesystem::create_directories(S("b")));
+  ASSERT_EQ(::link(S("a/f").c_str(), S("b/h").c_str()), 0);
+  PutFile(D("a/f"), "first");
+  ASSERT_TRUE(std::filesystem::create_directories(D("b")));
+  ASSERT_TRUE(std::filesystem::create_directories(D(".nasfs/tmp")));  // as on a paired NAS
+  const timespec old[2] = {{1600000000, 0}, {1600000000, 0}};
+  for (const std::string& dir : {S(""), D(""), S("a"), D("a"), S("b"), D("b")})
+    ASSERT_EQ(::utimensat(AT_FDCWD, dir.c_str(), old, 0), 0) << dir;
+  TreeSync rs(src_.get(), dst_.get(), &sync_mu_, false, false, nullptr);
+  ASSERT_EQ(rs.ReplayLink("b/h", "a/f"), 0);
+  ASSERT_EQ(rs.ReconcileDirTimes("b"), 0);  // as the replay does for its entries' directories
+  EXPECT_EQ(Inodes({D("a/f"), D("b/h")}).size(), 1u);
+  EXPECT_EQ(ReadFile(D("b/h")), "second version");
+  ExpectSameTrees();
+}
+
 // Both sides linked, the data changed: it goes into the target's file
 // itself, so every name sees it and the link stays.
 TEST_F(TreeSyncTest, NewDataForALinkedFileKeepsTheLink) {
