@@ -364,9 +364,22 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
   if (rs && rs != ENOENT) return rs;
   if (rd && rd != ENOENT) return rd;
   bool have = rd == 0;
-  if (rs == ENOENT) return have ? Displace(path) : 0;
-  if (have && (s->st_mode & S_IFMT) != (d->st_mode & S_IFMT)) {
+  // A linked file on the target losing this name: its other names follow.
+  // (Its names are looked up first: once this one goes, the file may have
+  // one name left, and a walk no longer sees it as linked.)
+  const bool linked_there = have && S_ISREG(d->st_mode) && d->st_nlink > 1;
+  const bool goes = have && (rs == ENOENT || (s->st_mode & S_IFMT) != (d->st_mode & S_IFMT));
+  std::vector<std::string> other_names;
+  if (goes && linked_there)
+    if (int r = NamesOf(target_, target_links_, *d, d->st_nlink, &other_names)) return r;
+  if (rs == ENOENT) {
+    if (!have) return 0;
     if (int r = Displace(path)) return r;
+    return CopyAgain(path, other_names);
+  }
+  if (goes) {
+    if (int r = Displace(path)) return r;
+    if (int r = CopyAgain(path, other_names)) return r;
     have = false;
   }
   if (created) *created = !have;
@@ -831,36 +844,61 @@ int TreeSync::LinkOtherNames(const std::string& path, const struct stat& s) {
 }
 
 int TreeSync::OtherNames(const struct stat& s, std::vector<std::string>* out) {
-  out->clear();
+  return NamesOf(source_, source_links_, s, s.st_nlink, out);
+}
+
+int TreeSync::NamesOf(Backend* nas, LinkIndex& ix, const struct stat& s, nlink_t expect,
+                      std::vector<std::string>* out) {
   const InodeKey key{s.st_dev, s.st_ino};
-  auto found = [&] { return link_index_.find(key); };
-  if (!link_index_built_ || (found() == link_index_.end() && link_index_at_ < reconcile_began_)) {
-    link_index_.clear();
-    link_index_built_ = true;
-    link_index_at_ = Clock::now();
-    if (int r = IndexLinks("")) {
-      link_index_built_ = false;
-      return r;
-    }
-  }
-  auto it = found();
-  if (it == link_index_.end()) return 0;
   // Names found by the walk, still names of this inode now.
-  for (const auto& n : it->second) {
-    struct stat st{};
-    int r = source_->RunStat(n, &st);
-    if (r == ENOENT) continue;
-    if (r) return r;
-    if (st.st_dev == s.st_dev && st.st_ino == s.st_ino) out->push_back(n);
+  auto live = [&]() -> int {
+    out->clear();
+    auto it = ix.names.find(key);
+    if (it == ix.names.end()) return 0;
+    for (const auto& n : it->second) {
+      struct stat st{};
+      int r = nas->RunStat(n, &st);
+      if (r == ENOENT) continue;
+      if (r) return r;
+      if (st.st_dev == s.st_dev && st.st_ino == s.st_ino) out->push_back(n);
+    }
+    return 0;
+  };
+  if (ix.built)
+    if (int r = live()) return r;
+  // Walked again when names are missing (the file was linked since) and
+  // the index predates the Reconcile under way: once per Reconcile at most.
+  if (ix.built && (out->size() >= expect || ix.at >= reconcile_began_)) return 0;
+  ix.names.clear();
+  ix.built = true;
+  ix.at = Clock::now();
+  if (int r = IndexLinks(nas, ix, "")) {
+    ix.built = false;
+    return r;
+  }
+  return live();
+}
+
+int TreeSync::CopyAgain(const std::string& removed, const std::vector<std::string>& names) {
+  // `removed` was a name of a file with these other names on the target.
+  // Whatever was written through it on the source (journaled under it
+  // alone, perhaps) lives on under those names there: each is copied
+  // again, so none keeps the target's older bytes.
+  for (const auto& n : names) {
+    if (n == removed) continue;
+    Trace(n, "copied again: another name of its file ({}) was removed", ShownPath(removed));
+    bool is_dir = false, created = false;
+    if (int r = SyncEntry(n, &is_dir, /*force_data=*/true, &created)) return r;
+    if (int r = SyncDirTimes(ParentOf(n))) return r;
+    relinked_.push_back(n);
   }
   return 0;
 }
 
-int TreeSync::IndexLinks(const std::string& dir) {
+int TreeSync::IndexLinks(Backend* nas, LinkIndex& ix, const std::string& dir) {
   if (stop_) return ECANCELED;
-  Backend* src = source_;
   auto list = std::make_shared<std::vector<DirEntry>>();
-  int r = src->Run([src, dir, list] { return src->ReadDir(dir, list.get()); });
+  int r = nas->Run([nas, dir, list] { return nas->ReadDir(dir, list.get()); });
   if (r == ENOENT || r == ENOTDIR) return 0;
   if (r) return r;
   std::vector<std::string> names;
@@ -875,15 +913,15 @@ int TreeSync::IndexLinks(const std::string& dir) {
         names.begin() + static_cast<std::ptrdiff_t>(i),
         names.begin() + static_cast<std::ptrdiff_t>(std::min(names.size(), i + kBatch)));
     auto st = std::make_shared<std::vector<struct stat>>();
-    if (int e = src->Run([src, dir, batch, st] { return src->StatChildren(dir, *batch, st.get()); })) return e;
+    if (int e = nas->Run([nas, dir, batch, st] { return nas->StatChildren(dir, *batch, st.get()); })) return e;
     for (size_t k = 0; k < batch->size(); ++k) {
       const struct stat& x = (*st)[k];
       std::string child = JoinPath(dir, (*batch)[k]);
       if (x.st_ino == 0) continue;  // gone meanwhile
       if (S_ISDIR(x.st_mode)) {
-        if (int e = IndexLinks(child)) return e;
+        if (int e = IndexLinks(nas, ix, child)) return e;
       } else if (S_ISREG(x.st_mode) && x.st_nlink > 1) {
-        link_index_[{x.st_dev, x.st_ino}].push_back(child);
+        ix.names[{x.st_dev, x.st_ino}].push_back(child);
       }
     }
   }

@@ -203,7 +203,20 @@ class TreeSync {
   // before the Reconcile under way began (the file may have been linked
   // since: a link made a moment before a replay must be found by it).
   int OtherNames(const struct stat& s, std::vector<std::string>* out);
-  int IndexLinks(const std::string& dir);
+  // The multi-name files of one NAS, by a walk of its whole tree.
+  using InodeKey = std::pair<dev_t, ino_t>;
+  struct LinkIndex {
+    std::map<InodeKey, std::vector<std::string>> names;
+    Clock::time_point at{};
+    bool built = false;
+  };
+  // The names on `nas` of s's inode, `expect` of them: made again when
+  // fewer are found and the index predates the Reconcile under way.
+  int NamesOf(Backend* nas, LinkIndex& ix, const struct stat& s, nlink_t expect, std::vector<std::string>* out);
+  int IndexLinks(Backend* nas, LinkIndex& ix, const std::string& dir);
+  // `removed`, a name of a linked file on the target, was removed (or
+  // replaced): `names`, the file's other names there, are copied again.
+  int CopyAgain(const std::string& removed, const std::vector<std::string>& names);
   // Reconcile's body; Reconcile itself runs FinishLinks after the outermost.
   int ReconcileOnce(const std::string& path, journal::Scope scope, bool force_data);
   // The files copied by this Reconcile whose target copy has fewer names
@@ -230,14 +243,11 @@ class TreeSync {
 
   // Hard links. Calls into a TreeSync are serialized by its owner (the
   // copy's thread and *sync_mu_; the replay thread), so these need no lock.
-  using InodeKey = std::pair<dev_t, ino_t>;
   std::map<InodeKey, std::string> linked_;  // source inode -> the target name made for it
   bool reconciling_ = false;                // inside Reconcile (not the walk)
   std::vector<std::string> link_check_;      // see FinishLinks
-  std::map<InodeKey, std::vector<std::string>> link_index_;  // the source's multi-name files
-  Clock::time_point link_index_at_{};
+  LinkIndex source_links_, target_links_;
   Clock::time_point reconcile_began_{};       // of the outermost Reconcile
-  bool link_index_built_ = false;
   std::vector<std::string> relinked_;
   std::vector<std::string> copied_;
 

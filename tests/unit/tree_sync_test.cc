@@ -727,6 +727,27 @@ TEST_F(TreeSyncTest, AReplayedLinkLeavesTheTimesOfItsSourcesDirectory) {
   ExpectSameTrees();
 }
 
+// Written through one name of a linked file, which was then removed: the
+// write may be journaled under that name alone (the daemon knew the other
+// name by a lookup of its own), so the replay of the removal is the last
+// chance to carry it. The target's other names of that file are copied
+// again. The soak found the backup's h827 with zeros where r863's append
+// had gone.
+TEST_F(TreeSyncTest, RemovingANameOfALinkedFileCopiesItsOtherNamesAgain) {
+  PutFile(S("b/h"), "old bytes, then an append through a/r");
+  PutFile(D("a/r"), "old bytes");
+  ASSERT_TRUE(std::filesystem::create_directories(D("b")));
+  ASSERT_EQ(::link(D("a/r").c_str(), D("b/h").c_str()), 0);
+  ASSERT_TRUE(std::filesystem::create_directories(S("a")));
+  TreeSync rs(src_.get(), dst_.get(), &sync_mu_, false, false, nullptr);
+  ASSERT_EQ(rs.Reconcile("a/r", journal::Scope::kEntry, true), 0);
+  for (const char* dir : {"a", ""}) ASSERT_EQ(rs.ReconcileDirTimes(dir), 0);  // as the replay does
+  EXPECT_FALSE(std::filesystem::exists(D("a/r")));
+  EXPECT_EQ(ReadFile(D("b/h")), "old bytes, then an append through a/r");
+  EXPECT_EQ(rs.TakeRelinked(), std::vector<std::string>{"b/h"}) << "handed to Settle";
+  ExpectSameTrees();
+}
+
 // Both sides linked, the data changed: it goes into the target's file
 // itself, so every name sees it and the link stays.
 TEST_F(TreeSyncTest, NewDataForALinkedFileKeepsTheLink) {
