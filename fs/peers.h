@@ -90,9 +90,10 @@ class Peers {
   // ---- this server's pending index ----
   // Records, durably, in this server's lacks-<target>.log on the other NAS,
   // that `target` lacks `changes`. A change already listed since the last
-  // Clear (the same path, op and scope) costs nothing, and concurrent callers share one append and one
-  // fdatasync. The first record of an outage also moves the holder's
-  // generation ahead. 0 or an errno (the holder's fault, or ETIMEDOUT).
+  // Clear (the same path, op and scope) costs nothing, and concurrent
+  // callers share one append and one fdatasync. The first record of an
+  // outage also moves the holder's generation ahead. 0 or an errno (the
+  // holder's fault, or ETIMEDOUT).
   int Note(journal::Target target, const std::vector<journal::Change>& changes);
   // Removes this server's lacks-<target>.log: it holds nothing the target
   // lacks any more. No NAS call when nothing was listed since the last

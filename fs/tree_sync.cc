@@ -132,7 +132,6 @@ bool TreeSync::SameContent(const std::string& path) {
 
 TreeSync::~TreeSync() { Stop(); }
 
-
 void TreeSync::Start() {
   thread_ = std::thread([this] {
     ExceptionText what;
@@ -364,10 +363,11 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
   if (rs && rs != ENOENT) return rs;
   if (rd && rd != ENOENT) return rd;
   bool have = rd == 0;
-  // A linked file on the target losing this name: its other names follow.
-  // (Its names are looked up first: once this one goes, the file may have
-  // one name left, and a walk no longer sees it as linked.)
-  const bool linked_there = have && S_ISREG(d->st_mode) && d->st_nlink > 1;
+  // A linked file on the target losing this name in a Reconcile: its other
+  // names follow (a walk visits them anyway). They are looked up first:
+  // once this name goes, the file may have one name left, and an index no
+  // longer sees it as linked.
+  const bool linked_there = reconciling_ && have && S_ISREG(d->st_mode) && d->st_nlink > 1;
   const bool goes = have && (rs == ENOENT || (s->st_mode & S_IFMT) != (d->st_mode & S_IFMT));
   std::vector<std::string> other_names;
   if (goes && linked_there)
@@ -587,12 +587,42 @@ void TreeSync::DropPrecopy() {
 }
 
 int TreeSync::ReconcileExclusive(const std::string& path, journal::Scope scope, bool force_data) {
-  if (int r = Precopy(path, force_data)) return r;
-  std::unique_lock lk(*sync_mu_);
-  int r = Reconcile(path, scope, force_data);
-  lk.unlock();
-  DropPrecopy();  // not taken: the file changed
+  reconciling_ = true;
+  reconcile_began_ = Clock::now();
+  int r = ExclusiveStep(path, scope, force_data, /*top=*/true);
+  if (r == 0) {
+    std::unique_lock lk(*sync_mu_);
+    r = FinishLinks();
+  }
+  reconciling_ = false;
+  link_check_.clear();
   return r;
+}
+
+int TreeSync::ExclusiveStep(const std::string& path, journal::Scope scope, bool force_data, bool top) {
+  if (stop_) return ECANCELED;
+  if (int r = Precopy(path, force_data)) return r;
+  bool is_dir = false, created = false;
+  int r = 0;
+  {
+    std::unique_lock lk(*sync_mu_);
+    if (top) r = EnsureAncestors(path);
+    if (r == 0) r = SyncEntry(path, &is_dir, force_data, &created);
+  }
+  DropPrecopy();  // not taken: the file changed
+  if (r || !is_dir) return r;
+  // What the directory holds, each entry in a step of its own (as
+  // ReconcileOnce would take them): no write waits for a subtree's copy.
+  if (scope == journal::Scope::kTree || created || scope == journal::Scope::kShallow) {
+    std::vector<std::string> names;
+    if (int e = ListUnion(path, &names)) return e;
+    const auto child_scope = scope == journal::Scope::kShallow && !created ? journal::Scope::kEntry
+                                                                             : journal::Scope::kTree;
+    for (const auto& n : names)
+      if (int e = ExclusiveStep(JoinPath(path, n), child_scope, /*force_data=*/false, /*top=*/false)) return e;
+  }
+  std::unique_lock lk(*sync_mu_);
+  return SyncDirTimes(path);
 }
 
 int TreeSync::Precopy(const std::string& path, bool force_data) {

@@ -104,9 +104,11 @@ class TreeSync {
   // have set the old mtime back). The caller keeps writes off the paths
   // (the journal routes them), or holds *sync_mu exclusively.
   int Reconcile(const std::string& path, journal::Scope scope, bool force_data);
-  // Reconcile with *sync_mu held exclusively, taken here: path's own data
-  // is copied before the lock (see SetWriteTracker), so the writes it holds
-  // back wait for metadata calls only, not for a large file's bytes.
+  // Reconcile with *sync_mu held exclusively, taken here for one entry at
+  // a time (a subtree is walked entry by entry, like the copy's walk): each
+  // file's data is copied before the lock (see SetWriteTracker), so the
+  // writes it holds back wait for one entry's metadata calls only, never
+  // for a large file's bytes or a renamed directory's whole copy.
   int ReconcileExclusive(const std::string& path, journal::Scope scope, bool force_data);
   // Copies only the given byte ranges of a regular file present on both
   // sides, then its size, xattrs and attributes. ENOENT/EINVAL when either
@@ -155,6 +157,9 @@ class TreeSync {
                     fmt::format(what, std::forward<A>(args)...));
   }
   int ReconcileSubtree(const std::string& path);
+  // One entry of ReconcileExclusive under the lock, then (a directory) its
+  // children, each a step of its own; `top`: its ancestors first.
+  int ExclusiveStep(const std::string& path, journal::Scope scope, bool force_data, bool top);
   // ReconcileSubtree of every name either side has in dir.
   int ReconcileChildren(const std::string& dir);
   // Creates (from the source) the ancestors of path the target lacks.
