@@ -372,6 +372,9 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
   std::vector<std::string> other_names;
   if (goes && linked_there)
     if (int r = NamesOf(target_, target_links_, *d, d->st_nlink, &other_names)) return r;
+  // A directory going takes the names of linked files inside it along.
+  if (goes && reconciling_ && S_ISDIR(d->st_mode))
+    if (int r = LinkedNamesOutside(path, &other_names)) return r;
   if (rs == ENOENT) {
     if (!have) return 0;
     if (int r = Displace(path)) return r;
@@ -907,6 +910,24 @@ int TreeSync::NamesOf(Backend* nas, LinkIndex& ix, const struct stat& s, nlink_t
     return r;
   }
   return live();
+}
+
+int TreeSync::LinkedNamesOutside(const std::string& dir, std::vector<std::string>* out) {
+  LinkIndex inside;
+  if (int r = IndexLinks(target_, inside, dir)) return r;
+  const std::string prefix = dir + "/";
+  for (const auto& [key, names] : inside.names) {
+    struct stat cur{};
+    int r = target_->RunStat(names.front(), &cur);
+    if (r == ENOENT) continue;
+    if (r) return r;
+    if (cur.st_nlink <= names.size()) continue;  // every name is inside
+    std::vector<std::string> all;
+    if (int e = NamesOf(target_, target_links_, cur, cur.st_nlink, &all)) return e;
+    for (auto& n : all)
+      if (n.compare(0, prefix.size(), prefix) != 0) out->push_back(std::move(n));
+  }
+  return 0;
 }
 
 int TreeSync::CopyAgain(const std::string& removed, const std::vector<std::string>& names) {

@@ -222,6 +222,8 @@ class TreeSync {
   // `removed`, a name of a linked file on the target, was removed (or
   // replaced): `names`, the file's other names there, are copied again.
   int CopyAgain(const std::string& removed, const std::vector<std::string>& names);
+  // The target's names outside `dir` of linked files inside it.
+  int LinkedNamesOutside(const std::string& dir, std::vector<std::string>* out);
   // Reconcile's body; Reconcile itself runs FinishLinks after the outermost.
   int ReconcileOnce(const std::string& path, journal::Scope scope, bool force_data);
   // The files copied by this Reconcile whose target copy has fewer names

@@ -748,6 +748,23 @@ TEST_F(TreeSyncTest, RemovingANameOfALinkedFileCopiesItsOtherNamesAgain) {
   ExpectSameTrees();
 }
 
+// The same when a directory goes: a linked file inside it keeps its names
+// outside, which are copied again (the hour soak: a directory renamed away
+// on the backup held a name of r19265, written through that name alone;
+// the master's r19265 kept the older bytes).
+TEST_F(TreeSyncTest, RemovingADirectoryCopiesTheOutsideNamesOfLinkedFilesInIt) {
+  PutFile(S("keep/r"), "newer bytes written through gone/deep/f");
+  PutFile(D("gone/deep/f"), "older");
+  ASSERT_TRUE(std::filesystem::create_directories(D("keep")));
+  ASSERT_EQ(::link(D("gone/deep/f").c_str(), D("keep/r").c_str()), 0);
+  TreeSync rs(src_.get(), dst_.get(), &sync_mu_, false, false, nullptr);
+  ASSERT_EQ(rs.Reconcile("gone", journal::Scope::kTree, true), 0);
+  for (const char* dir : {"keep", ""}) ASSERT_EQ(rs.ReconcileDirTimes(dir), 0);  // as the replay does
+  EXPECT_FALSE(std::filesystem::exists(D("gone")));
+  EXPECT_EQ(ReadFile(D("keep/r")), "newer bytes written through gone/deep/f");
+  ExpectSameTrees();
+}
+
 // A tree reconciled with the lock held (a takeover, the split-brain merge)
 // takes it one entry at a time: a write waits for one entry's calls, not
 // for a renamed directory's whole copy. The soak's hour run found writes
