@@ -424,8 +424,9 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
       bool copied = false;
       std::string pre;
       if (TakePrecopy(path, *s, &pre)) {
-        // Copied before the lock was taken, and unchanged since: into place.
-        if (have)
+        // Copied before the lock was taken, and unchanged since: into place
+        // (renamed over the old file: the name is never missing).
+        if (have && displace_)
           if (int r = Displace(path)) return r;
         if (int r = InstallTemp(pre, path)) return r;
         copied = true;
@@ -434,7 +435,11 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
         // Both sides linked: the data goes into the target's file itself,
         // so its other names keep seeing the same file.
         bool in_place = have && !displace_ && !split && s->st_nlink > 1 && d->st_nlink > 1;
-        if (have && !in_place)
+        // A new copy is renamed over the old file, so the name is never
+        // missing: another server replaying the same path the other way
+        // (both do, after a split brain) once found it gone and removed it
+        // from its own target, and then the first did the same.
+        if (have && !in_place && displace_)
           if (int r = Displace(path)) return r;
         if (int r = CopyFileData(path, *s, in_place)) return r;
         copied = true;
