@@ -435,6 +435,13 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
         // Both sides linked: the data goes into the target's file itself,
         // so its other names keep seeing the same file.
         bool in_place = have && !displace_ && !split && s->st_nlink > 1 && d->st_nlink > 1;
+        // Only if the target's file is the same file as the source's by
+        // every other name too: after a rename over one name, the target's
+        // file there is still the old group's, and writing the new data
+        // into it changed the old file's other names (the soak found
+        // f1406 and h1781 holding f1756's bytes on the master).
+        if (in_place)
+          if (int r = SameLinkGroup(path, *s, *d, &in_place)) return r;
         // A new copy is renamed over the old file, so the name is never
         // missing: another server replaying the same path the other way
         // (both do, after a split brain) once found it gone and removed it
@@ -915,6 +922,23 @@ int TreeSync::NamesOf(Backend* nas, LinkIndex& ix, const struct stat& s, nlink_t
     return r;
   }
   return live();
+}
+
+int TreeSync::SameLinkGroup(const std::string& path, const struct stat& s, const struct stat& d, bool* same) {
+  *same = false;
+  std::vector<std::string> names;
+  if (int r = NamesOf(target_, target_links_, d, d.st_nlink, &names)) return r;
+  if (names.size() < d.st_nlink) return 0;  // a name it cannot see: take no chance
+  for (const auto& n : names) {
+    if (n == path) continue;
+    struct stat x{};
+    int r = source_->RunStat(n, &x);
+    if (r == ENOENT) return 0;
+    if (r) return r;
+    if (x.st_dev != s.st_dev || x.st_ino != s.st_ino) return 0;
+  }
+  *same = true;
+  return 0;
 }
 
 int TreeSync::LinkedNamesOutside(const std::string& dir, std::vector<std::string>* out) {

@@ -222,6 +222,9 @@ class TreeSync {
   // `removed`, a name of a linked file on the target, was removed (or
   // replaced): `names`, the file's other names there, are copied again.
   int CopyAgain(const std::string& removed, const std::vector<std::string>& names);
+  // Whether each other name of the target's file d (at path) is, on the
+  // source, a name of s's file too: only then may s's data go into d.
+  int SameLinkGroup(const std::string& path, const struct stat& s, const struct stat& d, bool* same);
   // The target's names outside `dir` of linked files inside it.
   int LinkedNamesOutside(const std::string& dir, std::vector<std::string>* out);
   // Reconcile's body; Reconcile itself runs FinishLinks after the outermost.

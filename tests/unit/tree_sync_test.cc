@@ -765,6 +765,29 @@ TEST_F(TreeSyncTest, RemovingADirectoryCopiesTheOutsideNamesOfLinkedFilesInIt) {
   ExpectSameTrees();
 }
 
+// A file renamed over one name of a linked file: on the source that name
+// is now another file (linked elsewhere); the target's is still the old
+// group's. The new data must not go into the target's old file, whose
+// other names would change with it (the soak: f1406 and h1781 took f1756's
+// bytes on the master).
+TEST_F(TreeSyncTest, ARenameOverALinkedNameDoesNotWriteIntoTheOldGroup) {
+  PutFile(S("old/a"), "the old group");
+  ASSERT_EQ(::link(S("old/a").c_str(), S("old/b").c_str()), 0);
+  PutFile(S("new/x"), "the new file, linked elsewhere");
+  ASSERT_EQ(::link(S("new/x").c_str(), S("new/y").c_str()), 0);
+  TreeSync walk(src_.get(), dst_.get(), &sync_mu_, false, false, nullptr);
+  for (const char* p : {"old", "new"}) ASSERT_EQ(walk.Reconcile(p, journal::Scope::kTree, true), 0) << p;
+  // On the source, new/x is renamed over old/a.
+  ASSERT_EQ(::rename(S("new/x").c_str(), S("old/a").c_str()), 0);
+  TreeSync rs(src_.get(), dst_.get(), &sync_mu_, false, false, nullptr);
+  ASSERT_EQ(rs.Reconcile("old/a", journal::Scope::kEntry, true), 0);
+  EXPECT_EQ(ReadFile(D("old/b")), "the old group") << "old/b took the renamed file's bytes";
+  EXPECT_EQ(ReadFile(D("old/a")), "the new file, linked elsewhere");
+  ASSERT_EQ(rs.Reconcile("new/x", journal::Scope::kEntry, true), 0);
+  for (const char* dir : {"old", "new", ""}) ASSERT_EQ(rs.ReconcileDirTimes(dir), 0);  // as the replay does
+  ExpectSameTrees();
+}
+
 // A tree reconciled with the lock held (a takeover, the split-brain merge)
 // takes it one entry at a time: a write waits for one entry's calls, not
 // for a renamed directory's whole copy. The soak's hour run found writes
