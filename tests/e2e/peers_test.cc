@@ -744,6 +744,26 @@ class PeersTest : public WorkspaceTest {
     std::printf("%s: stores compared; %zu files read back through each live mount\n", when.c_str(), files.size());
   }
 
+  // After a split brain's heal: waits until kHealWithin after `heal` (or a
+  // daemon dies) for both mounts to read from the master with both NAS
+  // healthy and nothing pending, the split brain settled on both and
+  // counted on at least one. st[] gets each mount's last status.
+  bool WaitSplitBrainHealed(Clock::time_point heal, json st[2]) {
+    while (Clock::now() < heal + kHealWithin && DaemonDied(A()).empty() && DaemonDied(B()).empty()) {
+      bool all = true;
+      int64_t count = 0;
+      for (int i = 0; i < 2; ++i) {
+        st[i] = StatusNow(srv_[i]);
+        const std::string state = Str(Get(st[i], "/split_brain/state"));
+        all = all && SwitchedBack(st[i]) && state != "detected" && state != "resolving";
+        count = std::max(count, Num(Get(st[i], "/split_brain/count")));
+      }
+      if (all && count >= 1) return true;
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  }
+
   // Status of a live server (within 5 s, a heartbeat or two): reads on the
   // master, both NAS healthy, nothing pending; with issue 5, every other
   // live server listed alive with nothing pending.
@@ -1357,21 +1377,8 @@ TEST_F(PeersTest, ASplitBrainMergeKeepsEachSidesChmodOfADirectory) {
   const auto heal = Clock::now();
   ASSERT_EQ(A().backup->Remount(), "") << "a_backup server";
   ASSERT_EQ(B().master->Remount(), "") << "b_master server";
-  bool settled = false;
   json st[2];
-  while (!settled && Clock::now() < heal + kHealWithin && DaemonDied(A()).empty() && DaemonDied(B()).empty()) {
-    bool all = true;
-    int64_t count = 0;
-    for (int i = 0; i < 2; ++i) {
-      st[i] = StatusNow(srv_[i]);
-      const std::string state = Str(Get(st[i], "/split_brain/state"));
-      all = all && SwitchedBack(st[i]) && state != "detected" && state != "resolving";
-      count = std::max(count, Num(Get(st[i], "/split_brain/count")));
-    }
-    settled = all && count >= 1;
-    if (!settled) std::this_thread::sleep_for(50ms);
-  }
-  ASSERT_TRUE(settled) << "after the heal:\n  a: " << Brief(st[0]) << "\n  b: " << Brief(st[1]);
+  ASSERT_TRUE(WaitSplitBrainHealed(heal, st)) << "after the heal:\n  a: " << Brief(st[0]) << "\n  b: " << Brief(st[1]);
   for (auto& s : srv_) ExpectSettled(s, "after the heal");
   ExpectStoresEqualModel("after the heal");
   for (const std::string* store : {&store_master_, &store_backup_}) {
@@ -1441,25 +1448,8 @@ TEST_F(PeersTest, PartitionSplitBrain) {
   ASSERT_EQ(A().backup->Remount(), "") << "a_backup server";
   ASSERT_EQ(B().master->Remount(), "") << "b_master server";
   json st[2];
-  bool settled = false;
-  const auto deadline = heal + kHealWithin;
-  double settled_s = -1;
-  while (!settled && Clock::now() < deadline && DaemonDied(A()).empty() && DaemonDied(B()).empty()) {
-    bool all = true;
-    int64_t count = 0;
-    for (int i = 0; i < 2; ++i) {
-      st[i] = StatusNow(srv_[i]);
-      const std::string state = Str(Get(st[i], "/split_brain/state"));
-      all = all && SwitchedBack(st[i]) && state != "detected" && state != "resolving";
-      count = std::max(count, Num(Get(st[i], "/split_brain/count")));
-    }
-    settled = all && count >= 1;
-    if (settled) {
-      settled_s = SecondsSince(heal);
-    } else {
-      std::this_thread::sleep_for(50ms);
-    }
-  }
+  const bool settled = WaitSplitBrainHealed(heal, st);
+  const double settled_s = settled ? SecondsSince(heal) : -1;
   ASSERT_TRUE(settled) << "60 s after the heal, both mounts should read from the master with both NAS healthy, "
                        << "nothing pending, split_brain settled and counted (count >= 1) on at least one:\n  a: "
                        << Brief(st[0]) << "\n  b: " << Brief(st[1]);
