@@ -52,15 +52,22 @@ int Nasfs::NoteAllPending(journal::Target t) {
   std::vector<journal::Change> changes;
   for (const auto& e : journal_->PendingFor(t)) {
     // Every op recorded: how a takeover or a split-brain merge treats the
-    // path depends on each (a chmod is not a directory's times).
+    // path depends on each (a chmod is not a directory's times). An entry
+    // with none known is listed all the same.
+    auto list = [&](journal::Op op) {
+      journal::Change c;
+      c.path = e.path;
+      c.scope = e.scope;
+      c.op = op;
+      changes.push_back(std::move(c));
+    };
+    bool any = false;
     for (unsigned op = 1; op <= 8; ++op)
-      if (e.ops & (1u << op) || (op == 8 && (e.ops & 0x1feu) == 0)) {  // none known: listed all the same
-        journal::Change c;
-        c.path = e.path;
-        c.scope = e.scope;
-        c.op = (e.ops & (1u << op)) ? static_cast<journal::Op>(op) : journal::Op::kMeta;
-        changes.push_back(std::move(c));
+      if (e.ops & (1u << op)) {
+        list(static_cast<journal::Op>(op));
+        any = true;
       }
+    if (!any) list(journal::Op::kMeta);
   }
   return changes.empty() ? 0 : peers_->Note(t, changes);
 }
