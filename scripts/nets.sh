@@ -55,6 +55,7 @@ done
 
 say() { printf '\n==> nets: %s\n' "$*"; }
 SUMMARY=()
+WHY=()  # for each failed net, its log's failures (scripts/failures.sh)
 FAILED=0
 note() {  # net status seconds detail
   SUMMARY+=("$(printf '%-5s %-7s %5ss  %s' "$1" "$2" "$3" "$4")")
@@ -95,6 +96,7 @@ net_asan() {
     note asan PASSED $((SECONDS - t0)) "build ${built}s; unit suites clean (log: $dir/meson-logs/testlog.txt)"
   else
     note asan FAILED $((SECONDS - t0)) "build ${built}s; a unit suite failed or a sanitizer reported (log: $dir/meson-logs/testlog.txt)"
+    WHY+=("--- asan: $(bash "$REPO/scripts/failures.sh" "$dir/meson-logs/testlog.txt")")
   fi
 }
 
@@ -134,6 +136,7 @@ net_tsan() {
   else
     grep -m 5 -E 'WARNING: ThreadSanitizer|FAILED|SUMMARY' "$log" >&2
     note tsan FAILED $((SECONDS - t0)) "build ${built}s; a test failed or TSan reported (log: $log)"
+    WHY+=("--- tsan: $(bash "$REPO/scripts/failures.sh" "$log")")
   fi
 }
 
@@ -207,5 +210,6 @@ for n in "${NETS[@]}"; do "net_$n"; done
 
 printf '\n==> nets summary\n'
 printf '%s\n' "${SUMMARY[@]}"
+[ ${#WHY[@]} = 0 ] || printf '%s\n' "${WHY[@]}"
 printf '==> nets: %s\n' "$([ $FAILED = 0 ] && echo PASSED || echo FAILED)"
 exit $FAILED

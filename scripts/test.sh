@@ -93,6 +93,10 @@ if [ -f "$log" ]; then
   [ "$rc" = 0 ] || [ "$failed" -gt 0 ] || failed=1  # a crashed binary counts
   printf '\ntests: %d passed, %d failed, %d skipped\n' "$passed" "$failed" "$skipped"
 fi
+if [ "$rc" != 0 ] && [ -f "$log" ]; then
+  printf '\n==> why the suite failed (first lines; the full log has the rest)\n'
+  bash "$REPO/scripts/failures.sh" "$log" 60
+fi
 [ "$rc" != 0 ] || rc=$nets_rc
 printf '\n==> test suite: %s (exit %d); full log: %s/meson-logs/testlog.txt%s\n' \
   "$([ $rc = 0 ] && echo PASSED || echo FAILED)" "$rc" "$BUILD_DIR" \
