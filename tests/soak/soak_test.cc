@@ -1164,6 +1164,45 @@ std::string RecentOps(TimePoint t0, Model& m, const std::string& rel) {
   return out.empty() ? "(none recorded)" : out;
 }
 
+// Where the bytes of a stale read came from, for its report: every path
+// of either model whose file holds them now or held them after a recent
+// operation, and else the file now holding the longest common prefix with
+// them. Takes each model's lock in turn (the caller holds none).
+std::string WhoseBytes(Shared& sh, const std::string& data) {
+  const PathState seen = PathState::File(data);
+  std::vector<std::string> found;
+  size_t best_prefix = 0;
+  std::string best_path;
+  for (auto& mp : sh.models) {
+    Model& m = *mp;
+    std::lock_guard lk(m.mu);
+    for (const auto& [p, n] : m.nodes()) {
+      if (!n.file) continue;
+      const std::string& d = n.file->data;
+      if (PathState::File(d) == seen) {
+        found.push_back(fmt::format("the file now at {}", p));
+        continue;
+      }
+      const auto mis = std::mismatch(d.begin(), d.end(), data.begin(), data.end());
+      const size_t common = static_cast<size_t>(mis.first - d.begin());
+      if (common > best_prefix) {
+        best_prefix = common;
+        best_path = p;
+      }
+    }
+    for (const auto& [p, h] : m.history())
+      for (const Event& e : h.events)
+        if (e.after == seen)
+          found.push_back(fmt::format("{} after `{}` (t={:.3f}s)", p, e.op, MsBetween(sh.t0, e.start) / 1000));
+  }
+  if (found.size() > 6) found.resize(6);
+  if (!found.empty()) return fmt::format("; the bytes read are those of: {}", fmt::join(found, "; "));
+  if (best_prefix >= 16)
+    return fmt::format("; no known version holds the bytes read; their first {} bytes are those of the file now at {}",
+                       best_prefix, best_path);
+  return "; no known version holds the bytes read, nor begins like them";
+}
+
 // One read of `rel` (of model m) through server s's mount, judged by
 // invariant 2. `what` names the reader in a report.
 void ReadAndJudge(Shared& sh, int s, Model& m, const std::string& rel, const char* what) {
@@ -1228,6 +1267,7 @@ void ReadAndJudge(Shared& sh, int s, Model& m, const std::string& rel, const cha
   } else if (v == Verdict::kSkip) {
     ++sh.reads_skipped;
   } else {
+    if (o.state.kind == PathState::Kind::kFile) why += WhoseBytes(sh, o.data);
     json st;
     {
       std::lock_guard lk(sh.log_mu);
