@@ -249,7 +249,6 @@ class TreeSync {
   bool finished_ = false;
 
   std::string displaced_dir_;  // .nasfs/displaced/<start time>, set by Run
-  uint64_t tmp_seq_ = 0;       // sync thread only
 
   // Hard links. Calls into a TreeSync are serialized by its owner (the
   // copy's thread and *sync_mu_; the replay thread), so these need no lock.
