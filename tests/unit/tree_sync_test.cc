@@ -867,6 +867,25 @@ TEST_F(TreeSyncTest, CopyingALinkedFileAgainCopiesItsData) {
   ExpectSameTrees();
 }
 
+// A write replayed by byte ranges onto a file with other names: the bytes
+// outside the ranges may have come through a name the journal never listed
+// with this one (the hour soak: an append's range was copied onto the
+// master's h37679 over bytes that an overwrite through f37537 never brought
+// there). CopyRanges refuses it, and the replay's Reconcile copies the
+// whole file.
+TEST_F(TreeSyncTest, ARangedCopyOfALinkedFileIsLeftToAWholeCopy) {
+  const std::string now = std::string(2749, 'n') + std::string(1622, 'x');
+  PutFile(S("d/f"), now);
+  ASSERT_EQ(::link(S("d/f").c_str(), S("h").c_str()), 0);
+  PutFile(D("d/f"), std::string(now.size(), 'o'));  // not linked there yet
+  PutFile(D("h"), std::string(now.size(), 'o'));
+  TreeSync rs(src_.get(), dst_.get(), &sync_mu_, false, false, nullptr);
+  EXPECT_EQ(rs.CopyRanges("h", {journal::Range{2749, 1622}}), EINVAL);
+  EXPECT_EQ(ReadFile(D("h")), std::string(now.size(), 'o')) << "a range was copied";
+  ASSERT_EQ(rs.Reconcile("h", journal::Scope::kEntry, true), 0);
+  EXPECT_EQ(ReadFile(D("h")), now);
+}
+
 // A tree's files copied by one Reconcile are handed to the caller's Settle
 // (a write racing the copy leaves them differing; the soak once ended with
 // an append missing on the master), once, and only files whose data moved.
