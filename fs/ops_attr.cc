@@ -61,6 +61,13 @@ void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   int r = DoLookup(fs, parent, name, &st);
   if (r == ENOENT) {
     // A negative entry: the kernel caches the miss for cache_timeout.
+    // SPDLOG_LEVEL=fuse=debug traces each (the soak once saw an open fail
+    // on a name the backup held, right after a directory rename).
+    if (auto log = Logger("fuse"); log->should_log(spdlog::level::debug)) {
+      auto p = fs.inodes().ChildPath(parent, name);
+      log->debug("lookup '{}': no such entry on the {} (renames begun {})", p ? ShownPath(*p) : "(parent gone)",
+                 fs.router().ReadFromName(), fs.RenamesBegun());
+    }
     fuse_entry_param e{};
     e.entry_timeout = fs.cache_timeout();
     fuse_reply_entry(req, &e);
