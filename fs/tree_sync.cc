@@ -1116,8 +1116,9 @@ int TreeSync::CopyRanges(const std::string& path, const std::vector<journal::Ran
   // may not hold linked to this one yet). The whole file is copied instead
   // (the caller's Reconcile). The hour soak found the master's h37679 with
   // an append's range copied over bytes an overwrite through f37537 never
-  // brought there.
-  if (s->st_nlink > 1) return EINVAL;
+  // brought there. A target file with other names the source's lacks
+  // (split since) would pass the ranges on to them: Reconcile splits it.
+  if (s->st_nlink > 1 || d->st_nlink > 1) return EINVAL;
   Trace(path, "{} byte ranges, size {}", ranges.size(), s->st_size);
   constexpr uint64_t kStep = 1 << 20;
   uint64_t size = static_cast<uint64_t>(s->st_size);

@@ -9,4 +9,4 @@ log=$1
 max=${2:-40}
 [ -f "$log" ] || exit 0
 grep -a -E -A8 ': Failure$|^\[  FAILED  \] [A-Za-z_]|ERROR: (Address|Leak|Thread)Sanitizer|runtime error:|^SUMMARY: |VIOLATION|^soak: ' "$log" |
-  grep -a -v -E '^\[ *(RUN|OK) *\]' | head -n "$max"
+  grep -a -v -E '^\[ *(RUN|OK) *\]' | cut -c1-800 | head -n "$max"

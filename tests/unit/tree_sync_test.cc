@@ -174,6 +174,10 @@ class TreeSyncTest : public ::testing::Test {
     std::unique_lock lk(done_mu_);
     if (!done_cv_.wait_for(lk, kSyncBound, [&] { return done_; }))
       return ::testing::AssertionFailure() << "the copy did not finish within the bound";
+    lk.unlock();
+    // The callback runs before the status is final (the owner's part
+    // first): the thread's end is what makes it so.
+    sync_->Stop();
     if (!ok_) return ::testing::AssertionFailure() << "the copy failed: " << sync_->Status().dump();
     return ::testing::AssertionSuccess();
   }
@@ -592,6 +596,7 @@ TEST_F(TreeSyncTest, AFailedCopyReportsFailureThroughTheCallback) {
   ASSERT_TRUE(done_cv_.wait_for(lk, kSyncBound, [&] { return done_; }));
   EXPECT_FALSE(ok_);
   lk.unlock();
+  sync_->Stop();  // the status is final once the thread ends (see WaitDone)
   auto st = sync_->Status();
   EXPECT_EQ(st["state"], "failed");
   EXPECT_TRUE(st["error"].is_string());
@@ -884,6 +889,21 @@ TEST_F(TreeSyncTest, ARangedCopyOfALinkedFileIsLeftToAWholeCopy) {
   EXPECT_EQ(ReadFile(D("h")), std::string(now.size(), 'o')) << "a range was copied";
   ASSERT_EQ(rs.Reconcile("h", journal::Scope::kEntry, true), 0);
   EXPECT_EQ(ReadFile(D("h")), now);
+}
+
+// The other way round: the target's file still has a name the source's
+// no longer shares. Ranges written into it would reach that name too.
+TEST_F(TreeSyncTest, ARangedCopyIntoATargetFileWithOtherNamesIsLeftToAWholeCopy) {
+  const std::string now = std::string(100, 'a') + std::string(50, 'b');
+  PutFile(S("x"), now);
+  PutFile(S("other"), std::string(150, 'o'));
+  PutFile(D("x"), std::string(150, 'o'));
+  ASSERT_EQ(::link(D("x").c_str(), D("other").c_str()), 0);  // split on the source since
+  TreeSync rs(src_.get(), dst_.get(), &sync_mu_, false, false, nullptr);
+  EXPECT_EQ(rs.CopyRanges("x", {journal::Range{100, 50}}), EINVAL);
+  ASSERT_EQ(rs.Reconcile("x", journal::Scope::kEntry, true), 0);
+  EXPECT_EQ(ReadFile(D("x")), now);
+  EXPECT_EQ(ReadFile(D("other")), std::string(150, 'o')) << "the split name took x's bytes";
 }
 
 // A tree's files copied by one Reconcile are handed to the caller's Settle
