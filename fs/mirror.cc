@@ -28,7 +28,8 @@ bool Mirror::Writable(const Backend& b) {
 
 bool Mirror::IsWriteFault(int e) { return IsFaultErrno(e) || e == ENOSPC || e == EDQUOT || e == EROFS; }
 
-int Mirror::Apply(const char* what, const std::vector<journal::Change>& changes, Targets targets, const Op& op) {
+int Mirror::Apply(Mutation kind, const std::vector<journal::Change>& changes, Targets targets, const Op& op) {
+  const char* what = MutationName(kind);
   Backend* side[2] = {master_, backup_};
   bool want[2] = {targets.master, targets.backup};
   bool run[2] = {false, false};

@@ -32,6 +32,7 @@
 #include <string>
 
 #include "fs/backend.h"
+#include "fs/mutation.h"
 #include "journal/journal.h"
 
 namespace nasfs {
@@ -56,7 +57,7 @@ class Mirror {
   // Runs op on the targeted NAS in parallel; `op` must capture by value what
   // it uses (it may outlive the call when a NAS misses its deadline).
   // `changes` says what the op changes (journaled for a side that misses it).
-  int Apply(const char* what, const std::vector<journal::Change>& changes, Targets targets, const Op& op);
+  int Apply(Mutation what, const std::vector<journal::Change>& changes, Targets targets, const Op& op);
 
   // The timestamp a mutation stamps on both NAS.
   static timespec Now();

@@ -791,25 +791,6 @@ int Nasfs::ReadWithFailover(const std::function<int(Backend&)>& attempt) {
   return EIO;
 }
 
-namespace {
-
-// What an operation changes, for the journal; nullopt: nothing (fsync).
-std::optional<journal::Op> OpOf(std::string_view what) {
-  using journal::Op;
-  static const std::pair<std::string_view, Op> kOps[] = {
-      {"write", Op::kWrite},       {"truncate", Op::kTruncate}, {"fallocate", Op::kTruncate},
-      {"setattr", Op::kMeta},      {"setxattr", Op::kMeta},     {"removexattr", Op::kMeta},
-      {"create", Op::kCreate},     {"mknod", Op::kCreate},      {"mkdir", Op::kCreate},
-      {"symlink", Op::kCreate},    {"link", Op::kCreate},       {"unlink", Op::kRemove},
-      {"rmdir", Op::kRemove},      {"rename", Op::kRename},
-  };
-  for (const auto& [name, op] : kOps)
-    if (what == name) return op;
-  return std::nullopt;
-}
-
-}  // namespace
-
 int Nasfs::JournalResult(int e) {
   if (e == 0) return 0;
   if (!journal_failing_.exchange(true))
@@ -836,14 +817,14 @@ std::vector<std::string> Nasfs::AliasesOf(fuse_ino_t ino, const std::string& pat
   return names;
 }
 
-int Nasfs::Mutate(const char* what, std::initializer_list<std::string> paths, const Mirror::Op& op,
+int Nasfs::Mutate(Mutation what, std::initializer_list<std::string> paths, const Mirror::Op& op,
                   journal::Range range, const std::string& link_from, const std::vector<std::string>& aliases) {
   // What the journal must know: each path, and for a change of names the
   // directory holding it (its times move). A rename moves a whole subtree.
   std::vector<journal::Change> changes;
   std::vector<std::string> dirs;
-  if (auto kind = OpOf(what)) {
-    bool names = *kind == journal::Op::kCreate || *kind == journal::Op::kRemove || *kind == journal::Op::kRename;
+  if (auto kind = JournalOpOf(what)) {
+    bool names = ChangesNames(what);
     auto scope = *kind == journal::Op::kRename ? journal::Scope::kTree : journal::Scope::kEntry;
     if (!names)
       for (const auto& a : aliases) changes.push_back({a, scope, *kind, range.offset, range.length, {}});
@@ -980,7 +961,7 @@ void Nasfs::DropOrphan(fuse_ino_t ino) {
   orphans_.erase(ino);
 }
 
-int Nasfs::MutateOrphan(const char* what, const Mirror::Op& op) {
+int Nasfs::MutateOrphan(Mutation what, const Mirror::Op& op) {
   std::shared_lock lk(sync_mu_);
   return mirror_.Apply(what, {}, {}, op);
 }

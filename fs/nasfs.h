@@ -94,13 +94,13 @@ class Nasfs {
   // Applies a mutation touching `paths` (1 or 2) to both NAS (see Mirror),
   // honouring a running copy (see TreeSync) and a running replay (the
   // journal routes it), after marking its directories in the journal's
-  // activity log. `what` names the operation ("write", "rename", ...);
-  // `range` is a write's [offset, offset+length).
+  // activity log. `what` says which operation it is (and so what the
+  // journal records); `range` is a write's [offset, offset+length).
   // `link_from`: link(2)'s existing name, so a replay links rather than copies.
   // `aliases`: the file's other names (hard links), journaled with the same
   // change though the op acts on paths only: a replay must reach the data
   // by a name that still exists, whichever one the application used.
-  int Mutate(const char* what, std::initializer_list<std::string> paths, const Mirror::Op& op,
+  int Mutate(Mutation what, std::initializer_list<std::string> paths, const Mirror::Op& op,
              journal::Range range = {}, const std::string& link_from = {},
              const std::vector<std::string>& aliases = {});
   // The other names of ino (hard links) that `path` is not.
@@ -155,7 +155,7 @@ class Nasfs {
   // Applies a change to an orphan on both NAS (no path, so no copy
   // coverage to honour and nothing to replay: a file without a name is
   // never copied).
-  int MutateOrphan(const char* what, const Mirror::Op& op);
+  int MutateOrphan(Mutation what, const Mirror::Op& op);
 
   double cache_timeout() const { return opts_.cache_timeout_s; }
   // A request or a thread of the daemon failed with an exception (it was

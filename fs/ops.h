@@ -169,7 +169,7 @@ int ReadRef(Nasfs& fs, FileRef& ref, P by_path, F by_fd, T* result) {
 
 // The same for a change, applied to both NAS.
 template <typename P, typename F>
-int MutateRef(Nasfs& fs, const char* what, FileRef& ref, P by_path, F by_fd, journal::Range range = {}) {
+int MutateRef(Nasfs& fs, Mutation what, FileRef& ref, P by_path, F by_fd, journal::Range range = {}) {
   if (!ref.orphan)
     return RetryIfMoved(fs, ref, [&](const std::string& path) {
       return fs.Mutate(what, {path}, [path, by_path](const Backend& b) { return by_path(b, path); }, range, {},

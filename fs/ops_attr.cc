@@ -141,7 +141,7 @@ int DoSetAttr(Nasfs& fs, fuse_ino_t ino, const struct stat& attr, int to_set, st
   }
   auto out = std::make_shared<StatPair>();
   int r = MutateRef(
-      fs, a.set_size ? "truncate" : "setattr", ref,
+      fs, a.set_size ? Mutation::kTruncate : Mutation::kSetAttr, ref,
       [a, out](const Backend& b, const std::string& p) { return b.SetAttr(p, a, &out->st[RoleIndex(b)]); },
       [a, out](const Backend& b, int fd) { return Backend::SetAttrFd(fd, a, &out->st[RoleIndex(b)]); });
   if (r == 0) {

@@ -31,7 +31,7 @@ namespace {
 // resolve the path, mirror `make`, reply with the new entry. `same_as`, for
 // link(2), is the inode the new name joins.
 template <typename MakeFn>
-void MakeEntry(fuse_req_t req, const char* what, fuse_ino_t parent, const char* name, MakeFn make,
+void MakeEntry(fuse_req_t req, Mutation what, fuse_ino_t parent, const char* name, MakeFn make,
                fuse_ino_t same_as = 0, const std::string& link_from = {}) {
   Nasfs& fs = Fs(req);
   if (IsMetaName(parent, name)) {
@@ -63,7 +63,7 @@ void MakeEntry(fuse_req_t req, const char* what, fuse_ino_t parent, const char* 
 void Mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
   Caller who = CallerOf(req);
   timespec t = Mirror::Now();
-  MakeEntry(req, "mknod", parent, name, [=](const std::string& path, std::shared_ptr<StatPair> out) {
+  MakeEntry(req, Mutation::kMknod, parent, name, [=](const std::string& path, std::shared_ptr<StatPair> out) {
     return [=](const Backend& b) { return b.Mknod(path, mode, rdev, who, t, &out->st[RoleIndex(b)]); };
   });
 }
@@ -71,7 +71,7 @@ void Mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev
 void Mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
   Caller who = CallerOf(req);
   timespec t = Mirror::Now();
-  MakeEntry(req, "mkdir", parent, name, [=](const std::string& path, std::shared_ptr<StatPair> out) {
+  MakeEntry(req, Mutation::kMkdir, parent, name, [=](const std::string& path, std::shared_ptr<StatPair> out) {
     return [=](const Backend& b) { return b.Mkdir(path, mode, who, t, &out->st[RoleIndex(b)]); };
   });
 }
@@ -80,7 +80,7 @@ void Symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* na
   Caller who = CallerOf(req);
   timespec t = Mirror::Now();
   std::string target = link;
-  MakeEntry(req, "symlink", parent, name, [=](const std::string& path, std::shared_ptr<StatPair> out) {
+  MakeEntry(req, Mutation::kSymlink, parent, name, [=](const std::string& path, std::shared_ptr<StatPair> out) {
     return [=](const Backend& b) { return b.Symlink(target, path, who, t, &out->st[RoleIndex(b)]); };
   });
 }
@@ -91,7 +91,7 @@ void Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char* name) {
   if (!PathOrReply(req, fs, ino, &old_path)) return;
   timespec t = Mirror::Now();
   MakeEntry(
-      req, "link", parent, name,
+      req, Mutation::kLink, parent, name,
       [=](const std::string& path, std::shared_ptr<StatPair> out) {
         return [=](const Backend& b) { return b.Link(old_path, path, t, &out->st[RoleIndex(b)]); };
       },
@@ -116,7 +116,7 @@ void RemoveEntry(fuse_req_t req, fuse_ino_t parent, const char* name, bool dir) 
   int r = OnResolvedPath(
       fs, [&](std::string* p) { return ChildPathOf(fs, parent, name, p); },
       [&](const std::string& p) {
-        return fs.Mutate(dir ? "rmdir" : "unlink", {p}, [p, t, dir, orphan](const Backend& b) {
+        return fs.Mutate(dir ? Mutation::kRmdir : Mutation::kUnlink, {p}, [p, t, dir, orphan](const Backend& b) {
           if (orphan) orphan->Set(b.role(), b.OpenIfRegular(p));
           return dir ? b.Rmdir(p, t) : b.Unlink(p, t);
         });
@@ -148,7 +148,7 @@ int DoRename(Nasfs& fs, fuse_ino_t parent, const char* name, fuse_ino_t newparen
   // until the table follows (see Nasfs::ShareName).
   auto guard = fs.LockNames(moving, replaced);
   Nasfs::RenameMark mark(fs);
-  int r = fs.Mutate("rename", {from, to}, [from, to, flags, t, orphan](const Backend& b) {
+  int r = fs.Mutate(Mutation::kRename, {from, to}, [from, to, flags, t, orphan](const Backend& b) {
     if (orphan) orphan->Set(b.role(), b.OpenIfRegular(to));
     return b.Rename(from, to, flags, t);
   });
@@ -299,7 +299,7 @@ void FsyncDir(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) 
   Nasfs& fs = Fs(req);
   std::string path;
   if (!PathOrReply(req, fs, ino, &path)) return;
-  fuse_reply_err(req, fs.Mutate("fsyncdir", {path}, [path, datasync](const Backend& b) {
+  fuse_reply_err(req, fs.Mutate(Mutation::kFsyncDir, {path}, [path, datasync](const Backend& b) {
     return b.Fsync(path, datasync != 0);
   }));
 }

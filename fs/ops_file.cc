@@ -31,7 +31,7 @@ void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fu
   int r = OnResolvedPath(
       fs, [&](std::string* p) { return ChildPathOf(fs, parent, name, p); },
       [&](const std::string& p) {
-        return fs.Mutate("create", {p}, [=](const Backend& b) {
+        return fs.Mutate(Mutation::kCreate, {p}, [=](const Backend& b) {
           return b.Create(p, flags, mode, who, t, &out->st[RoleIndex(b)]);
         });
       },
@@ -77,7 +77,7 @@ void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t o
   auto data = std::make_shared<const std::string>(buf, size);
   timespec t = Mirror::Now();
   int r = MutateRef(
-      fs, "write", ref, [=](const Backend& b, const std::string& p) { return b.Write(p, off, *data, t); },
+      fs, Mutation::kWrite, ref, [=](const Backend& b, const std::string& p) { return b.Write(p, off, *data, t); },
       [=](const Backend&, int fd) { return Backend::WriteFd(fd, off, *data, t); },
       journal::Range{static_cast<uint64_t>(off), size});
   if (r) {
@@ -107,7 +107,7 @@ void Fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
   FileRef ref;
   if (!RefOrReply(req, fs, ino, &ref)) return;
   fuse_reply_err(req, MutateRef(
-                          fs, "fsync", ref,
+                          fs, Mutation::kFsync, ref,
                           [datasync](const Backend& b, const std::string& p) { return b.Fsync(p, datasync != 0); },
                           [datasync](const Backend&, int fd) {
                             return (datasync ? fdatasync(fd) : fsync(fd)) == 0 ? 0 : errno;
@@ -122,7 +122,7 @@ void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len, f
   if (!PathOrReply(req, fs, ino, &path)) return;
   timespec t = Mirror::Now();
   fuse_reply_err(req, fs.Mutate(
-                          "fallocate", {path}, [=](const Backend& b) { return b.Fallocate(path, mode, off, len, t); },
+                          Mutation::kFallocate, {path}, [=](const Backend& b) { return b.Fallocate(path, mode, off, len, t); },
                           {}, {}, fs.AliasesOf(ino, path)));
 }
 

@@ -46,7 +46,7 @@ void SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* valu
   if (!PathOrReply(req, fs, ino, &path)) return;
   std::string n = name, v(value, size);
   fuse_reply_err(req, fs.Mutate(
-                          "setxattr", {path},
+                          Mutation::kSetXattr, {path},
                           [path, n, v, flags](const Backend& b) { return b.SetXattr(path, n, v, flags); }, {}, {},
                           fs.AliasesOf(ino, path)));
 }
@@ -57,7 +57,7 @@ void RemoveXattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
   if (!PathOrReply(req, fs, ino, &path)) return;
   std::string n = name;
   fuse_reply_err(req, fs.Mutate(
-                          "removexattr", {path}, [path, n](const Backend& b) { return b.RemoveXattr(path, n); }, {},
+                          Mutation::kRemoveXattr, {path}, [path, n](const Backend& b) { return b.RemoveXattr(path, n); }, {},
                           {}, fs.AliasesOf(ino, path)));
 }
 
