@@ -147,13 +147,13 @@ Result<UniqueFd> Backend::OpenPathAfresh() const {
 }
 
 std::shared_ptr<const UniqueFd> Backend::Root() const {
-  std::lock_guard lk(root_mu_);
+  MutexLock lk(&root_mu_);
   return root_ ? root_ : std::make_shared<const UniqueFd>();
 }
 
 void Backend::SwapRoot(UniqueFd fd) {
   auto next = std::make_shared<const UniqueFd>(std::move(fd));
-  std::lock_guard lk(root_mu_);
+  MutexLock lk(&root_mu_);
   root_ = std::move(next);
 }
 
@@ -162,7 +162,7 @@ void Backend::SetState(BackendState s, const std::string& why) {
   if (old == s) return;
   state_changes_.fetch_add(1, std::memory_order_relaxed);
   {
-    std::lock_guard lk(status_mu_);
+    MutexLock lk(&status_mu_);
     state_since_ = NowIso8601();
   }
   auto log = Logger("health");
@@ -173,7 +173,7 @@ void Backend::SetState(BackendState s, const std::string& why) {
 }
 
 void Backend::SetLastError(const std::string& e) {
-  std::lock_guard lk(status_mu_);
+  MutexLock lk(&status_mu_);
   last_error_ = fmt::format("{} at {}", e, NowIso8601());
 }
 
@@ -184,7 +184,7 @@ void Backend::RecordProbe(bool ok, double latency_ms) {
     probe_streak_.store(0, std::memory_order_relaxed);
     probes_failed_.fetch_add(1, std::memory_order_relaxed);
   }
-  std::lock_guard lk(status_mu_);
+  MutexLock lk(&status_mu_);
   probe_latency_ms_ = latency_ms;
 }
 
@@ -226,7 +226,7 @@ void Backend::Account(int r) {
   if (r == ETIMEDOUT) timeouts_.fetch_add(1, std::memory_order_relaxed);
   if (IsFaultErrno(r)) {
     errors_.fetch_add(1, std::memory_order_relaxed);
-    std::lock_guard lk(status_mu_);
+    MutexLock lk(&status_mu_);
     last_error_ = fmt::format("{} at {}", std::strerror(r), NowIso8601());
   }
 }
@@ -237,7 +237,7 @@ nlohmann::json Backend::Status() const {
   j["path"] = path_;
   j["state"] = StateName(state());
   {
-    std::lock_guard lk(status_mu_);
+    MutexLock lk(&status_mu_);
     j["state_since"] = state_since_;
     j["last_error"] = last_error_.empty() ? nlohmann::json(nullptr) : nlohmann::json(last_error_);
     j["probe_latency_ms"] = probe_latency_ms_ < 0 ? nlohmann::json(nullptr) : nlohmann::json(probe_latency_ms_);

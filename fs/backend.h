@@ -22,7 +22,6 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
@@ -31,6 +30,7 @@
 
 #include "fs/common.h"
 #include "fs/worker_pool.h"
+#include "util/mutex.h"
 
 namespace nasfs {
 
@@ -206,15 +206,15 @@ class Backend {
   const Role role_;
   const std::string path_;
   const std::chrono::milliseconds io_timeout_;
-  mutable std::mutex root_mu_;
-  std::shared_ptr<const UniqueFd> root_;  // guarded by root_mu_
+  mutable Mutex root_mu_;
+  std::shared_ptr<const UniqueFd> root_ GUARDED_BY(root_mu_);
   WorkerPool pool_;
 
   std::atomic<BackendState> state_{BackendState::kHealthy};
-  mutable std::mutex status_mu_;
-  std::string state_since_;  // guarded by status_mu_
-  std::string last_error_;   // guarded by status_mu_
-  double probe_latency_ms_ = -1;  // guarded by status_mu_; -1: no probe yet
+  mutable Mutex status_mu_;
+  std::string state_since_ GUARDED_BY(status_mu_);
+  std::string last_error_ GUARDED_BY(status_mu_);
+  double probe_latency_ms_ GUARDED_BY(status_mu_) = -1;  // -1: no probe yet
   std::atomic<bool> needs_full_sync_{false};
   std::atomic<int> probe_streak_{0};
   std::atomic<uint64_t> ops_{0}, errors_{0}, timeouts_{0}, state_changes_{0}, probes_failed_{0};

@@ -120,10 +120,10 @@ void HealthMonitor::Start() {
 
 void HealthMonitor::Stop() {
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     stop_ = true;
   }
-  cv_.notify_all();
+  cv_.SignalAll();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -148,9 +148,9 @@ std::string HealthMonitor::ProbeOnce() {
 }
 
 void HealthMonitor::Loop() {
-  std::unique_lock lk(mu_);
+  MutexLock lk(&mu_);
   while (!stop_) {
-    lk.unlock();
+    lk.Unlock();
     // A probe, or what the daemon does with its result (reading the other
     // servers' files), that throws counts as a failed probe: the monitor
     // goes on probing.
@@ -167,8 +167,9 @@ void HealthMonitor::Loop() {
       (void)CatchAll([&] { on_result_(*nas_, false, std::string("internal error: ") + what.c_str(), -1); },
                      &again);
     }
-    lk.lock();
-    cv_.wait_for(lk, interval_, [this] { return stop_; });
+    lk.Lock();
+    for (auto next = Clock::now() + interval_; !stop_;)
+      if (!cv_.WaitUntil(&mu_, next)) break;
   }
 }
 

@@ -18,13 +18,12 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <functional>
-#include <mutex>
 #include <string>
 #include <thread>
 
 #include "fs/backend.h"
+#include "util/mutex.h"
 
 namespace nasfs {
 
@@ -58,9 +57,9 @@ class HealthMonitor {
   BeatFn beat_;
   uint64_t seq_ = 0;  // monitor thread only
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;  // guarded by mu_
+  Mutex mu_;
+  CondVar cv_;
+  bool stop_ GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 

@@ -15,7 +15,7 @@ InodeTable::InodeTable() {
 }
 
 fuse_ino_t InodeTable::Lookup(fuse_ino_t parent, const std::string& name) {
-  std::unique_lock lk(mu_);
+  WriterLock lk(&mu_);
   // A node must have a path: refuse under any detached ancestor, not only
   // a detached parent.
   if (!PathLocked(parent)) return 0;
@@ -34,7 +34,7 @@ fuse_ino_t InodeTable::Lookup(fuse_ino_t parent, const std::string& name) {
 }
 
 bool InodeTable::Forget(fuse_ino_t ino, uint64_t n) {
-  std::unique_lock lk(mu_);
+  WriterLock lk(&mu_);
   auto it = nodes_.find(ino);
   if (it == nodes_.end()) return true;
   if (ino == FUSE_ROOT_ID) return false;
@@ -45,7 +45,7 @@ bool InodeTable::Forget(fuse_ino_t ino, uint64_t n) {
 }
 
 fuse_ino_t InodeTable::Peek(fuse_ino_t parent, const std::string& name) const {
-  std::shared_lock lk(mu_);
+  ReaderLock lk(&mu_);
   auto it = children_.find(Key{parent, name});
   return it == children_.end() ? 0 : it->second;
 }
@@ -67,7 +67,7 @@ std::optional<std::string> InodeTable::PathLocked(fuse_ino_t ino) const {
 }
 
 std::optional<std::string> InodeTable::Path(fuse_ino_t ino) const {
-  std::shared_lock lk(mu_);
+  ReaderLock lk(&mu_);
   return PathLocked(ino);
 }
 
@@ -78,12 +78,12 @@ std::optional<std::string> InodeTable::NamePathLocked(fuse_ino_t parent, const s
 }
 
 std::optional<std::string> InodeTable::ChildPath(fuse_ino_t parent, const std::string& name) const {
-  std::shared_lock lk(mu_);
+  ReaderLock lk(&mu_);
   return NamePathLocked(parent, name);
 }
 
 std::vector<std::string> InodeTable::OtherPaths(fuse_ino_t ino) const {
-  std::shared_lock lk(mu_);
+  ReaderLock lk(&mu_);
   std::vector<std::string> out;
   auto it = nodes_.find(ino);
   if (it == nodes_.end() || it->second->parent == 0) return out;
@@ -137,7 +137,7 @@ void InodeTable::MaybeFreeLocked(Node* n) {
 }
 
 fuse_ino_t InodeTable::Remove(fuse_ino_t parent, const std::string& name) {
-  std::unique_lock lk(mu_);
+  WriterLock lk(&mu_);
   auto it = children_.find(Key{parent, name});
   if (it == children_.end()) return 0;
   fuse_ino_t ino = it->second;
@@ -149,7 +149,7 @@ fuse_ino_t InodeTable::Remove(fuse_ino_t parent, const std::string& name) {
 }
 
 bool InodeTable::AddLink(fuse_ino_t ino, fuse_ino_t parent, const std::string& name) {
-  std::unique_lock lk(mu_);
+  WriterLock lk(&mu_);
   auto it = nodes_.find(ino);
   if (it == nodes_.end() || it->second->parent == 0 || !PathLocked(parent)) return false;
   if (children_.count(Key{parent, name})) return false;
@@ -160,7 +160,7 @@ bool InodeTable::AddLink(fuse_ino_t ino, fuse_ino_t parent, const std::string& n
 
 fuse_ino_t InodeTable::Rename(fuse_ino_t parent, const std::string& name, fuse_ino_t new_parent,
                               const std::string& new_name) {
-  std::unique_lock lk(mu_);
+  WriterLock lk(&mu_);
   auto src = children_.find(Key{parent, name});
   auto dst = children_.find(Key{new_parent, new_name});
   Node* target = dst != children_.end() ? nodes_.at(dst->second).get() : nullptr;
@@ -189,7 +189,7 @@ fuse_ino_t InodeTable::Rename(fuse_ino_t parent, const std::string& name, fuse_i
 
 void InodeTable::Exchange(fuse_ino_t parent, const std::string& name, fuse_ino_t new_parent,
                           const std::string& new_name) {
-  std::unique_lock lk(mu_);
+  WriterLock lk(&mu_);
   auto a = children_.find(Key{parent, name});
   auto b = children_.find(Key{new_parent, new_name});
   Node* na = a != children_.end() ? nodes_.at(a->second).get() : nullptr;
@@ -212,7 +212,7 @@ void InodeTable::Exchange(fuse_ino_t parent, const std::string& name, fuse_ino_t
 }
 
 size_t InodeTable::size() const {
-  std::shared_lock lk(mu_);
+  ReaderLock lk(&mu_);
   return nodes_.size();
 }
 

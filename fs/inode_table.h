@@ -24,10 +24,11 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
-#include <shared_mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
+
+#include "util/mutex.h"
 
 namespace nasfs {
 
@@ -96,19 +97,22 @@ class InodeTable {
     }
   };
 
-  std::optional<std::string> PathLocked(fuse_ino_t ino) const;
-  std::optional<std::string> NamePathLocked(fuse_ino_t parent, const std::string& name) const;
+  std::optional<std::string> PathLocked(fuse_ino_t ino) const REQUIRES_SHARED(mu_);
+  std::optional<std::string> NamePathLocked(fuse_ino_t parent, const std::string& name) const
+      REQUIRES_SHARED(mu_);
   // Removes every name of n.
-  void DetachLocked(Node* n);
+  void DetachLocked(Node* n) REQUIRES(mu_);
   // Removes one name of n; the next name, if any, becomes the first.
-  void DetachNameLocked(Node* n, fuse_ino_t parent, const std::string& name);
-  void AttachLocked(Node* n, fuse_ino_t parent, const std::string& name);
-  void MaybeFreeLocked(Node* n);
+  void DetachNameLocked(Node* n, fuse_ino_t parent, const std::string& name) REQUIRES(mu_);
+  void AttachLocked(Node* n, fuse_ino_t parent, const std::string& name) REQUIRES(mu_);
+  void MaybeFreeLocked(Node* n) REQUIRES(mu_);
 
-  mutable std::shared_mutex mu_;
-  std::unordered_map<fuse_ino_t, std::unique_ptr<Node>> nodes_;  // guarded by mu_
-  std::unordered_map<Key, fuse_ino_t, KeyHash> children_;         // guarded by mu_
-  fuse_ino_t next_ino_ = FUSE_ROOT_ID + 1;                        // guarded by mu_
+  // Guards the maps and every Node they hold (a Node's fields are read and
+  // written only with mu_ held, though the analysis cannot say so).
+  mutable SharedMutex mu_;
+  std::unordered_map<fuse_ino_t, std::unique_ptr<Node>> nodes_ GUARDED_BY(mu_);
+  std::unordered_map<Key, fuse_ino_t, KeyHash> children_ GUARDED_BY(mu_);
+  fuse_ino_t next_ino_ GUARDED_BY(mu_) = FUSE_ROOT_ID + 1;
 };
 
 }  // namespace nasfs

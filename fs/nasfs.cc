@@ -88,12 +88,12 @@ Nasfs::~Nasfs() {
   for (auto& m : monitors_)
     if (m) m->Stop();
   {
-    std::lock_guard lk(recover_mu_);
+    MutexLock lk(&recover_mu_);
     if (replay_thread_.joinable()) replay_thread_.join();
   }
   std::vector<std::shared_ptr<TreeSync>> syncs;
   {
-    std::lock_guard p(sync_ptr_mu_);
+    MutexLock p(&sync_ptr_mu_);
     syncs = old_syncs_;
     if (sync_) syncs.push_back(sync_);
   }
@@ -376,7 +376,7 @@ void Nasfs::StartBackground() {
   if (plan_.displace)
     Logger("sync")->warn("{} {} holds data nasfs never saw: what the copy replaces is kept under {}/{}/displaced/",
                               Other(source).name(), Other(source).path(), Other(source).path(), kMetaDir);
-  std::unique_lock lk(sync_mu_);
+  WriterLock lk(&sync_mu_);
   StartSyncLocked(source, Other(source), plan_.displace);
 }
 
@@ -390,7 +390,7 @@ void Nasfs::StartSyncLocked(Backend& source, Backend& target, bool verify_conten
                                          [this, t](bool ok) { OnSyncDone(*t, ok); });
   next->SetWriteTracker(&writes_);
   {
-    std::lock_guard p(sync_ptr_mu_);
+    MutexLock p(&sync_ptr_mu_);
     if (sync_) old_syncs_.push_back(std::move(sync_));
     sync_ = next;
   }
@@ -458,7 +458,7 @@ void Nasfs::OnProbe(Backend& b, bool ok, const std::string& error, double latenc
 }
 
 void Nasfs::MaybeRecover(Backend& b, bool forced) {
-  std::lock_guard rlk(recover_mu_);
+  MutexLock rlk(&recover_mu_);
   if (b.state() != BackendState::kDown || (!forced && b.probe_streak() < opts_.probe_successes)) return;
   // A call of the outage still in flight could land after the replay and
   // undo it: wait until the NAS has answered or dropped all of them.
@@ -473,7 +473,7 @@ void Nasfs::MaybeRecover(Backend& b, bool forced) {
     int r = t->Run([t, src] { return WriteSyncPending(*t, src, /*verify_content=*/true) ? 0 : EIO; });
     if (r) return;
     log->info("{} {} is back; what it missed is unknown, so it is copied afresh from {}", b.name(), b.path(), o.name());
-    std::unique_lock lk(sync_mu_);
+    WriterLock lk(&sync_mu_);
     StartSyncLocked(o, b, /*verify_content=*/true);
     return;
   }
@@ -492,7 +492,7 @@ void Nasfs::MaybeRecover(Backend& b, bool forced) {
     // No mutation holds sync_mu_ now, so none is between seeing this NAS
     // down and journaling what it skips: from here every write either
     // reaches it or is journaled for it.
-    std::unique_lock lk(sync_mu_);
+    WriterLock lk(&sync_mu_);
     if (!journal_->HasPending(Tgt(b)) && !others && !split) {
       if (int e = peers_->Clear(Tgt(b))) {
         log->warn("cannot remove this server's log of what the {} lacked: {}", b.name(), std::strerror(e));
@@ -525,7 +525,7 @@ void Nasfs::StartReplayLocked(Backend& b) {
             Logger("replay")->error("the replay onto the {} failed with an internal error: {}", b.name(),
                                          what.c_str());
             b.SetState(BackendState::kDown, std::string("replay failed: internal error: ") + what.c_str());
-            std::lock_guard lk(replay_mu_);
+            MutexLock lk(&replay_mu_);
             replay_.result = std::string("stopped: internal error: ") + what.c_str();
             replay_.finished = NowIso8601();
           },
@@ -562,7 +562,7 @@ void Nasfs::ReplayLoop(Backend& b) {
   settle_.clear();
   auto t0 = Clock::now();
   {
-    std::lock_guard lk(replay_mu_);
+    MutexLock lk(&replay_mu_);
     replay_ = ReplayProgress{};
     replay_.target = b.name();
     replay_.started = NowIso8601();
@@ -570,7 +570,7 @@ void Nasfs::ReplayLoop(Backend& b) {
   }
   auto finish = [&](const std::string& result) {
     uint64_t bytes = rs.Status().value("bytes_copied", uint64_t{0});
-    std::lock_guard lk(replay_mu_);
+    MutexLock lk(&replay_mu_);
     replay_.bytes = bytes;
     replay_.result = result;
     replay_.finished = NowIso8601();
@@ -580,7 +580,7 @@ void Nasfs::ReplayLoop(Backend& b) {
   auto done_message = [&] {
     uint64_t done;
     {
-      std::lock_guard lk(replay_mu_);
+      MutexLock lk(&replay_mu_);
       done = replay_.done;
     }
     return fmt::format("replayed {} changes from {} in {:.2f} s", done, o.name(),
@@ -595,7 +595,7 @@ void Nasfs::ReplayLoop(Backend& b) {
     std::vector<std::string> waiting;
     bool done = PeersDone(b, o, rs, takeover, &waiting);
     {
-      std::lock_guard lk(peers_mu_);
+      MutexLock lk(&peers_mu_);
       waiting_for_ = waiting;
     }
     if (!done) return false;
@@ -623,16 +623,16 @@ void Nasfs::ReplayLoop(Backend& b) {
     int ti;
     bool on = false;
     void Start() {
-      std::lock_guard lk(fs.drain_mu_);
+      MutexLock lk(&fs.drain_mu_);
       fs.draining_[ti] = on = true;
     }
     void End() {
       if (!on) return;
       {
-        std::lock_guard lk(fs.drain_mu_);
+        MutexLock lk(&fs.drain_mu_);
         fs.draining_[ti] = on = false;
       }
-      fs.drain_cv_.notify_all();
+      fs.drain_cv_.SignalAll();
     }
     ~Drain() { End(); }
   };
@@ -691,7 +691,7 @@ void Nasfs::ReplayLoop(Backend& b) {
     }
     uint64_t round;
     {
-      std::lock_guard lk(replay_mu_);
+      MutexLock lk(&replay_mu_);
       replay_.total += entries.size();
       round = ++replay_.rounds;
     }
@@ -736,7 +736,7 @@ void Nasfs::ReplayLoop(Backend& b) {
       if (!cur.path.empty()) parents.insert(ParentOf(cur.path));
       replayed.push_back(std::move(cur));
       {
-        std::lock_guard lk(replay_mu_);
+        MutexLock lk(&replay_mu_);
         ++replay_.done;
       }
       // Throttle: work at most `share` of the time, so the website keeps
@@ -801,12 +801,14 @@ int Nasfs::JournalResult(int e) {
 
 void Nasfs::WaitForDrain(journal::Target t, const std::vector<journal::Change>& changes) {
   const int ti = journal::TargetIndex(t);
-  std::unique_lock lk(drain_mu_);
+  MutexLock lk(&drain_mu_);
   if (!draining_[ti] || !journal_->Touches(t, changes)) return;
   // Bounded whatever the replay does (a large copy in the drain).
   const auto bound = std::min<std::chrono::milliseconds>(
       kMaxDrainWait, kDrainBudget + std::chrono::milliseconds(opts_.io_timeout_ms));
-  drain_cv_.wait_for(lk, bound, [&] { return !draining_[ti]; });
+  const auto until = Clock::now() + bound;
+  while (draining_[ti])
+    if (!drain_cv_.WaitUntil(&drain_mu_, until)) break;
 }
 
 std::vector<std::string> Nasfs::AliasesOf(fuse_ino_t ino, const std::string& path) const {
@@ -837,7 +839,7 @@ int Nasfs::Mutate(Mutation what, std::initializer_list<std::string> paths, const
     }
   }
 
-  std::shared_lock lk(sync_mu_);
+  ReaderLock lk(&sync_mu_);
   // A copy made without the lock (TreeSync::Precopy) sees this write.
   struct Tracked {
     WriteTracker& t;
@@ -910,8 +912,8 @@ int Nasfs::Mutate(Mutation what, std::initializer_list<std::string> paths, const
   if (r != 0 || all || !any) return r;
   // A rename across the copy's position: the target got nothing, so bring
   // the covered side in line with the source now.
-  lk.unlock();
-  std::unique_lock x(sync_mu_);
+  lk.Unlock();
+  WriterLock x(&sync_mu_);
   for (const auto& p : paths)
     if (s->Covers(p))
       if (int e = s->ReconcileTree(p))
@@ -921,18 +923,19 @@ int Nasfs::Mutate(Mutation what, std::initializer_list<std::string> paths, const
 
 Nasfs::RenameMark::~RenameMark() {
   {
-    std::lock_guard lk(fs_.renames_mu_);
+    MutexLock lk(&fs_.renames_mu_);
     fs_.renames_done_.fetch_add(1, std::memory_order_acq_rel);
   }
-  fs_.renames_cv_.notify_all();
+  fs_.renames_cv_.SignalAll();
 }
 
 bool Nasfs::RenamedSince(uint64_t begun) {
-  std::unique_lock lk(renames_mu_);
+  MutexLock lk(&renames_mu_);
   bool moved = renames_begun_.load() != begun || renames_done_.load() != begun;
   if (!moved) return false;
-  renames_cv_.wait_for(lk, std::chrono::milliseconds(opts_.io_timeout_ms),
-                       [&] { return renames_done_.load() == renames_begun_.load(); });
+  const auto until = Clock::now() + std::chrono::milliseconds(opts_.io_timeout_ms);
+  while (renames_done_.load() != renames_begun_.load())
+    if (!renames_cv_.WaitUntil(&renames_mu_, until)) break;
   return true;
 }
 
@@ -946,23 +949,23 @@ Nasfs::NameLock Nasfs::LockNames(fuse_ino_t a, fuse_ino_t b) {
 }
 
 std::shared_ptr<Orphan> Nasfs::FindOrphan(fuse_ino_t ino) const {
-  std::lock_guard lk(orphans_mu_);
+  MutexLock lk(&orphans_mu_);
   auto it = orphans_.find(ino);
   return it == orphans_.end() ? nullptr : it->second;
 }
 
 void Nasfs::AdoptOrphan(fuse_ino_t ino, std::shared_ptr<Orphan> o) {
-  std::lock_guard lk(orphans_mu_);
+  MutexLock lk(&orphans_mu_);
   orphans_[ino] = std::move(o);
 }
 
 void Nasfs::DropOrphan(fuse_ino_t ino) {
-  std::lock_guard lk(orphans_mu_);
+  MutexLock lk(&orphans_mu_);
   orphans_.erase(ino);
 }
 
 int Nasfs::MutateOrphan(Mutation what, const Mirror::Op& op) {
-  std::shared_lock lk(sync_mu_);
+  ReaderLock lk(&sync_mu_);
   return mirror_.Apply(what, {}, {}, op);
 }
 
@@ -1005,7 +1008,7 @@ nlohmann::json Nasfs::JournalStatus() const {
                    {"fresh", recovered_.fresh},
                    {"vouched", vouched_},
                    {"adopted_from_own_logs", {{"master", adopted_[0]}, {"backup", adopted_[1]}}}};
-  std::lock_guard lk(replay_mu_);
+  MutexLock lk(&replay_mu_);
   nlohmann::json r;
   r["state"] = replay_running_ ? "running" : "idle";
   r["target"] = replay_.target;
@@ -1079,7 +1082,7 @@ void Nasfs::ReportDamage(const Backend& nas, const std::string& what) {
   std::string iso = NowIso8601();
   bool fresh;
   {
-    std::lock_guard lk(damage_mu_);
+    MutexLock lk(&damage_mu_);
     std::erase_if(damage_, [&](const auto& kv) { return now - kv.second.seen > std::chrono::minutes(1); });
     auto [it, inserted] = damage_.try_emplace({nas.name(), what});
     fresh = inserted;
@@ -1096,6 +1099,13 @@ void Nasfs::ReportDamage(const Backend& nas, const std::string& what) {
   if (fresh) Logger("health")->warn("{} {}: {}", nas.name(), nas.path(), what);
 }
 
+// sync_ is written holding sync_mu_ and sync_ptr_mu_ both, so holding
+// either reads it safely; the analysis knows one guard per field only.
+std::shared_ptr<TreeSync> Nasfs::SyncForStatus() const NO_THREAD_SAFETY_ANALYSIS {
+  MutexLock p(&sync_ptr_mu_);  // not sync_mu_: a replay holds that for seconds
+  return sync_;
+}
+
 nlohmann::json Nasfs::Status() const {
   nlohmann::json j;
   j["version"] = NASFS_VERSION;
@@ -1109,16 +1119,12 @@ nlohmann::json Nasfs::Status() const {
   j["probe_interval_ms"] = opts_.probe_interval_ms;
   j["cache_timeout_s"] = opts_.cache_timeout_s;
   j["backends"] = nlohmann::json::array({master_->Status(), backup_->Status()});
-  std::shared_ptr<TreeSync> s;
-  {
-    std::lock_guard p(sync_ptr_mu_);  // not sync_mu_: a replay holds that for seconds
-    s = sync_;
-  }
+  std::shared_ptr<TreeSync> s = SyncForStatus();
   j["sync"] = s ? s->Status() : nlohmann::json{{"state", "none"}};
   j["journal"] = JournalStatus();
   j["peers"] = PeersStatus();
   {
-    std::lock_guard lk(peers_mu_);
+    MutexLock lk(&peers_mu_);
     j["split_brain"] = {{"state", split_.state},
                         {"count", split_.count},
                         {"last", split_.count ? SplitBrainJson() : nlohmann::json(nullptr)},
@@ -1129,7 +1135,7 @@ nlohmann::json Nasfs::Status() const {
   }
   for (int i = 0; i < 2; ++i) j["backends"][i]["missed"]["count"] = j["journal"][i == 0 ? "pending_master" : "pending_backup"];
   {
-    std::lock_guard lk(damage_mu_);
+    MutexLock lk(&damage_mu_);
     j["damage"] = nlohmann::json::array();
     for (const auto& [key, d] : damage_)
       j["damage"].push_back({{"nas", key.first}, {"what", key.second}, {"first_seen", d.first_seen},
@@ -1137,7 +1143,7 @@ nlohmann::json Nasfs::Status() const {
   }
   size_t orphans;
   {
-    std::lock_guard lk(orphans_mu_);
+    MutexLock lk(&orphans_mu_);
     orphans = orphans_.size();
   }
   j["counters"] = {{"mirrored_ops", mirror_.mirrored_ops()}, {"divergences", mirror_.divergences()},

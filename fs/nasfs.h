@@ -5,14 +5,12 @@
 #include <fuse_lowlevel.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <chrono>
 #include <memory>
 #include <map>
 #include <mutex>
 #include <set>
 #include <vector>
-#include <shared_mutex>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -29,6 +27,7 @@
 #include "fs/router.h"
 #include "fs/tree_sync.h"
 #include "journal/journal.h"
+#include "util/mutex.h"
 
 namespace nasfs {
 
@@ -40,18 +39,18 @@ namespace nasfs {
 class Orphan {
  public:
   void Set(Role r, UniqueFd fd) {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     fd_[r == Role::kMaster ? 0 : 1] = std::move(fd);
   }
   // -1 when this NAS had no such file.
   int Fd(Role r) const {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     return fd_[r == Role::kMaster ? 0 : 1].get();
   }
 
  private:
-  mutable std::mutex mu_;
-  UniqueFd fd_[2];  // guarded by mu_
+  mutable Mutex mu_;
+  UniqueFd fd_[2] GUARDED_BY(mu_);
 };
 
 class Nasfs {
@@ -225,8 +224,8 @@ class Nasfs {
   // Returns whether it did.
   bool ServeAloneIfOnlyPeersPending(Backend& b);
   int ReplayEntry(TreeSync& rs, const journal::Pending& e);
-  // Starts ReplayLoop(b) (b is recovering). Caller holds recover_mu_.
-  void StartReplayLocked(Backend& b);
+  // Starts ReplayLoop(b) (b is recovering).
+  void StartReplayLocked(Backend& b) REQUIRES(recover_mu_);
 
   // ---- other web servers ----
   // Lists, durably, in this server's log on the other NAS that t lacks
@@ -272,8 +271,8 @@ class Nasfs {
   // No log on nas lists anything: its generation is in step again.
   void MarkInStep(Backend& nas);
   nlohmann::json PeersStatus() const;
-  // The last split brain, for status. Caller holds peers_mu_.
-  nlohmann::json SplitBrainJson() const;
+  // The last split brain, for status.
+  nlohmann::json SplitBrainJson() const REQUIRES(peers_mu_);
   // Start-up: checks the journal belongs to this pair and sets each NAS's
   // state from it (pending changes, an unfinished whole copy, directories
   // written when nasfs stopped).
@@ -297,9 +296,8 @@ class Nasfs {
   static journal::Target Tgt(const Backend& b) {
     return b.role() == Role::kMaster ? journal::kMaster : journal::kBackup;
   }
-  // Starts a background copy of source onto target. Caller holds sync_mu_
-  // exclusively.
-  void StartSyncLocked(Backend& source, Backend& target, bool verify_content);
+  // Starts a background copy of source onto target.
+  void StartSyncLocked(Backend& source, Backend& target, bool verify_content) REQUIRES(sync_mu_);
   void OnSyncDone(Backend& target, bool ok);
 
   Options opts_;
@@ -312,15 +310,32 @@ class Nasfs {
   std::chrono::steady_clock::time_point started_;
   std::unique_ptr<HealthMonitor> monitors_[2];
 
-  // Lock order: sync_mu_ before Backend and InodeTable locks. Every
-  // mutation holds it shared; a copy's per-entry work and a replay hold it
-  // exclusively, so no write races them.
-  mutable SharedGate sync_mu_;
+  // ---- locks ----
+  // The order, outermost first (a thread holding one takes only later ones):
+  //   1. name_locks_ (a FUSE operation's file names; a rename takes two, in
+  //      stripe order)
+  //   2. recover_mu_ (one recovery at a time)
+  //   3. sync_mu_ (every mutation shared; a copy's or a replay's step, a
+  //      split-brain merge, a switch-back exclusively)
+  //   4. the leaves, never held while taking another of Nasfs's locks:
+  //      sync_ptr_mu_, replay_mu_, drain_mu_, peers_mu_, damage_mu_,
+  //      renames_mu_, orphans_mu_
+  //   5. other objects' locks, taken from under any of these: the
+  //      journal's, Peers', TreeSync's, Backend's, the inode table's, the
+  //      worker pools' (each a leaf of its own).
+  // Constant after Prepare() (start-up is single-threaded): opts_, master_,
+  // backup_, pair_id_, plan_, started_, journal_, recovered_, vouched_,
+  // adopted_, peers_, monitors_.
+  Mutex recover_mu_ ACQUIRED_BEFORE(sync_mu_);
+  mutable SharedGate sync_mu_ ACQUIRED_BEFORE(sync_ptr_mu_, replay_mu_, drain_mu_, peers_mu_, damage_mu_,
+                                              renames_mu_, orphans_mu_);
   WriteTracker writes_;  // every mutation's paths, for the copy's work done without sync_mu_
-  std::shared_ptr<TreeSync> sync_;  // written under sync_mu_ and sync_ptr_mu_; the running or last copy
-  mutable std::mutex sync_ptr_mu_;  // lets Status() read sync_ without waiting on sync_mu_
-  std::vector<std::shared_ptr<TreeSync>> old_syncs_;  // guarded by sync_ptr_mu_; joined at exit
-  std::mutex recover_mu_;  // one recovery at a time
+  // The running or last copy: written holding both sync_mu_ (exclusively)
+  // and sync_ptr_mu_, so either lets one read it (SyncForStatus).
+  std::shared_ptr<TreeSync> sync_ GUARDED_BY(sync_mu_);
+  std::shared_ptr<TreeSync> SyncForStatus() const EXCLUDES(sync_ptr_mu_);
+  mutable Mutex sync_ptr_mu_;  // lets Status() read sync_ without waiting on sync_mu_
+  std::vector<std::shared_ptr<TreeSync>> old_syncs_ GUARDED_BY(sync_ptr_mu_);  // joined at exit
 
   std::atomic<uint64_t> failovers_{0}, retried_ops_{0}, replayed_paths_{0}, internal_errors_{0};
 
@@ -333,19 +348,19 @@ class Nasfs {
   // The replay. At most one runs; recover_mu_ starts it.
   std::atomic<bool> stopping_{false};
   std::atomic<bool> replay_running_{false};
-  std::thread replay_thread_;  // guarded by recover_mu_
+  std::thread replay_thread_ GUARDED_BY(recover_mu_);
   struct ReplayProgress {
     std::string target, started, finished, result;
     uint64_t done = 0, total = 0, rounds = 0, bytes = 0;
     double seconds = 0;
     Clock::time_point t0;
   };
-  mutable std::mutex replay_mu_;
-  ReplayProgress replay_;  // guarded by replay_mu_
+  mutable Mutex replay_mu_;
+  ReplayProgress replay_ GUARDED_BY(replay_mu_);
   std::set<std::string> settle_;  // replay thread only: see Settle
-  std::mutex drain_mu_;
-  std::condition_variable drain_cv_;
-  bool draining_[2] = {false, false};  // guarded by drain_mu_; by target (master, backup)
+  Mutex drain_mu_;
+  CondVar drain_cv_;
+  bool draining_[2] GUARDED_BY(drain_mu_) = {false, false};  // by target (master, backup)
   std::atomic<uint64_t> settled_{0};  // paths Settle copied again
 
   // Other web servers, as seen through the NAS.
@@ -356,11 +371,11 @@ class Nasfs {
     PeerSeen seen[2];             // on master, on backup
     bool on[2] = {false, false};  // seen on that NAS
   };
-  mutable std::mutex peers_mu_;
-  std::map<std::string, PeerState> peer_states_;  // guarded by peers_mu_; other servers only
-  Generation gens_[2];                            // guarded by peers_mu_; last read
-  std::set<std::string> takeover_now_;            // guarded by peers_mu_; nasfsctl replay --node
-  std::vector<std::string> waiting_for_;          // guarded by peers_mu_; the replay waits on them
+  mutable Mutex peers_mu_;
+  std::map<std::string, PeerState> peer_states_ GUARDED_BY(peers_mu_);  // other servers only
+  Generation gens_[2] GUARDED_BY(peers_mu_);                            // last read
+  std::set<std::string> takeover_now_ GUARDED_BY(peers_mu_);            // nasfsctl replay --node
+  std::vector<std::string> waiting_for_ GUARDED_BY(peers_mu_);          // the replay waits on them
   struct SplitBrainInfo {
     std::string state = "none";  // none, detected, resolving, resolved, failed
     uint64_t count = 0;
@@ -369,25 +384,25 @@ class Nasfs {
     uint64_t paths = 0, conflicts = 0;
     nlohmann::json history = nlohmann::json::array();  // the last 10
   };
-  SplitBrainInfo split_;  // guarded by peers_mu_
+  SplitBrainInfo split_ GUARDED_BY(peers_mu_);
 
   struct Damage {
     std::string first_seen, last_seen;
     uint64_t count = 0;
     Clock::time_point seen;
   };
-  mutable std::mutex damage_mu_;
-  std::map<std::pair<std::string, std::string>, Damage> damage_;  // guarded by damage_mu_; by (NAS, what)
+  mutable Mutex damage_mu_;
+  std::map<std::pair<std::string, std::string>, Damage> damage_ GUARDED_BY(damage_mu_);  // by (NAS, what)
 
   std::atomic<uint64_t> renames_begun_{0}, renames_done_{0};
-  std::mutex renames_mu_;
-  std::condition_variable renames_cv_;  // signalled as renames finish
+  Mutex renames_mu_;
+  CondVar renames_cv_;  // signalled (under renames_mu_) as renames finish
 
   static constexpr size_t kNameStripes = 256;
-  SharedGate name_locks_[kNameStripes];  // see ShareName; taken before sync_mu_
+  SharedGate name_locks_[kNameStripes];  // see ShareName; taken before recover_mu_ and sync_mu_
 
-  mutable std::mutex orphans_mu_;
-  std::unordered_map<fuse_ino_t, std::shared_ptr<Orphan>> orphans_;  // guarded by orphans_mu_
+  mutable Mutex orphans_mu_;
+  std::unordered_map<fuse_ino_t, std::shared_ptr<Orphan>> orphans_ GUARDED_BY(orphans_mu_);
 };
 
 // Low-level operations table (fs/ops_*.cc).

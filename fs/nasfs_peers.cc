@@ -77,7 +77,7 @@ int Nasfs::ObservePeers(Backend& nas, NasView* view) {
   for (const auto& d : view->damaged) ReportDamage(nas, d);
   int i = &nas == master_.get() ? 0 : 1;
   auto now = Clock::now();
-  std::lock_guard lk(peers_mu_);
+  MutexLock lk(&peers_mu_);
   gens_[i] = view->gen;
   for (auto& [node, st] : peer_states_) {
     st.on[i] = false;
@@ -102,7 +102,7 @@ void Nasfs::WatchPeers(Backend& nas, const NasView& view) {
   // Our own log, left by a run that stopped before removing it (the journal
   // holds nothing for y): the other servers would wait for it forever.
   if (auto me = view.peers.find(opts_.node); me != view.peers.end() && me->second.lacks[yi]) {
-    std::unique_lock lk(sync_mu_);  // no write in flight could be listing a path meanwhile
+    WriterLock lk(&sync_mu_);  // no write in flight could be listing a path meanwhile
     if (y.state() == BackendState::kHealthy && !journal_->HasPending(Tgt(y)))
       if (int e = peers_->Clear(Tgt(y), /*present=*/true))
         Logger("replay")->warn("cannot remove this server's old log of what the {} lacked: {}", y.name(),
@@ -112,7 +112,7 @@ void Nasfs::WatchPeers(Backend& nas, const NasView& view) {
   for (const auto& [node, seen] : view.peers)
     if (node != opts_.node && seen.lacks[yi]) who += (who.empty() ? "" : ", ") + node;
   if (who.empty()) return;
-  std::lock_guard rlk(recover_mu_);
+  MutexLock rlk(&recover_mu_);
   if (replay_running_ || y.state() != BackendState::kHealthy) return;
   Logger("replay")->warn("web servers {} hold writes the {} lacks: reads stay off it until they are replayed", who,
                               y.name());
@@ -121,7 +121,7 @@ void Nasfs::WatchPeers(Backend& nas, const NasView& view) {
 }
 
 bool Nasfs::PeerSilent(const std::string& node, std::chrono::milliseconds silence) const {
-  std::lock_guard lk(peers_mu_);
+  MutexLock lk(&peers_mu_);
   auto it = peer_states_.find(node);
   return it == peer_states_.end() || Clock::now() - it->second.changed >= silence;
 }
@@ -142,7 +142,7 @@ bool Nasfs::PeersDone(Backend& b, Backend& o, TreeSync& rs, bool takeover, std::
     if (node == opts_.node || !seen.lacks[ti]) continue;
     bool named;
     {
-      std::lock_guard lk(peers_mu_);
+      MutexLock lk(&peers_mu_);
       named = takeover_now_.count(node) > 0;
     }
     if (takeover && (named || PeerSilent(node, std::chrono::seconds(opts_.peer_timeout_s)))) {
@@ -192,7 +192,7 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
             contents.entries.size(), b.name());
   auto entries = contents.entries;
   {
-    std::lock_guard lk(replay_mu_);
+    MutexLock lk(&replay_mu_);
     replay_.total += entries.size();
   }
   std::sort(entries.begin(), entries.end(),
@@ -216,18 +216,18 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
     for (auto& p : rs.TakeRelinked()) settle_.insert(std::move(p));
     for (auto& p : rs.TakeCopied()) settle_.insert(std::move(p));
     {
-      std::lock_guard lk(replay_mu_);
+      MutexLock lk(&replay_mu_);
       ++replay_.done;
     }
   }
   for (const auto& d : dirs) {
-    std::unique_lock x(sync_mu_);
+    WriterLock x(&sync_mu_);
     if (int r = rs.ReconcileDirTimes(d); r && r != ENOENT) return r;
   }
   // Only the log we replayed: one that grew has a live owner after all.
   if (int e = peers_->RemoveLog(o, node, t, bytes)) return e;
   {
-    std::lock_guard lk(peers_mu_);
+    MutexLock lk(&peers_mu_);
     takeover_now_.erase(node);
   }
   replayed_paths_.fetch_add(entries.size(), std::memory_order_relaxed);
@@ -288,7 +288,7 @@ void Nasfs::Settle(Backend& b, Backend& o, TreeSync& rs) {
     // The copy goes through a new name: its directory's times follow.
     int r = rs.ReconcileExclusive(p, journal::Scope::kEntry, /*force_data=*/true);
     if (r == 0) {
-      std::unique_lock x(sync_mu_);
+      WriterLock x(&sync_mu_);
       r = rs.ReconcileDirTimes(ParentOf(p));
     }
     if (r) {
@@ -306,7 +306,7 @@ bool Nasfs::SplitBrainDetected(Backend& b, Backend& o) {
   Generation gb, go;
   if (peers_->ReadGeneration(b, &gb) || peers_->ReadGeneration(o, &go)) return false;
   {
-    std::lock_guard lk(peers_mu_);
+    MutexLock lk(&peers_mu_);
     gens_[&b == master_.get() ? 0 : 1] = gb;
     gens_[&o == master_.get() ? 0 : 1] = go;
   }
@@ -328,7 +328,7 @@ void Nasfs::MarkInStep(Backend& nas) {
 int Nasfs::HandleSplitBrain() {
   auto log = Logger("replay");
   {
-    std::lock_guard lk(peers_mu_);
+    MutexLock lk(&peers_mu_);
     if (split_.state != "detected" && split_.state != "resolving") {
       split_.state = "detected";
       ++split_.count;
@@ -349,7 +349,7 @@ int Nasfs::HandleSplitBrain() {
     if (int e = peers_->Claim(*master_, kSplitBrainClaim, ttl, &got)) return e;
     if (got) {
       {
-        std::lock_guard lk(peers_mu_);
+        MutexLock lk(&peers_mu_);
         split_.state = "resolving";
       }
       int r = ResolveSplitBrain();
@@ -368,7 +368,7 @@ int Nasfs::HandleSplitBrain() {
 }
 
 void Nasfs::EndSplitBrain(int r, const std::string& by) {
-  std::lock_guard lk(peers_mu_);
+  MutexLock lk(&peers_mu_);
   split_.state = r ? "failed" : "resolved";
   split_.error = r ? std::strerror(r) : "";
   split_.resolved = NowIso8601();
@@ -379,7 +379,7 @@ void Nasfs::EndSplitBrain(int r, const std::string& by) {
 
 void Nasfs::SplitBrainMergedElsewhere(Backend& b, Backend& o) {
   {
-    std::lock_guard lk(peers_mu_);
+    MutexLock lk(&peers_mu_);
     if (split_.state != "detected" && split_.state != "resolving") return;
   }
   // Read again: SplitBrainDetected also says no when a NAS did not answer.
@@ -481,7 +481,7 @@ int Nasfs::ResolveSplitBrain() {
     int r;
     if ((m && !DirTimesOnly(in_m->second) && touches(p, lacks[1])) || (bk && !DirTimesOnly(in_b->second) && touches(p, lacks[0]))) {
       ++conflicted;
-      std::unique_lock x(sync_mu_);
+      WriterLock x(&sync_mu_);
       r = resolver.Resolve(p);
     } else if (m && !DirTimesOnly(in_m->second)) {
       r = to_master.ReconcileExclusive(p, in_m->second.scope, ForceData(in_m->second.ops));
@@ -501,7 +501,7 @@ int Nasfs::ResolveSplitBrain() {
     if (rm || rb) continue;  // gone on a side: its parent's times were settled with it
     bool backup_newer = sb.st_mtim.tv_sec > sm.st_mtim.tv_sec ||
                         (sb.st_mtim.tv_sec == sm.st_mtim.tv_sec && sb.st_mtim.tv_nsec > sm.st_mtim.tv_nsec);
-    std::unique_lock x(sync_mu_);
+    WriterLock x(&sync_mu_);
     int r = backup_newer ? to_master.ReconcileDirTimes(d) : to_backup.ReconcileDirTimes(d);
     if (r && r != ENOENT) return r;
   }
@@ -512,7 +512,7 @@ int Nasfs::ResolveSplitBrain() {
     if (int e = peers_->MarkInStep(*nas, g.generation)) return e;
   }
   {
-    std::lock_guard lk(peers_mu_);
+    MutexLock lk(&peers_mu_);
     split_.paths = paths.size();
     split_.conflicts = resolver.kept().size();
   }
@@ -536,7 +536,7 @@ nlohmann::json Nasfs::SplitBrainJson() const {
 nlohmann::json Nasfs::PeersStatus() const {
   nlohmann::json out = nlohmann::json::array();
   auto now = Clock::now();
-  std::lock_guard lk(peers_mu_);
+  MutexLock lk(&peers_mu_);
   for (const auto& [node, st] : peer_states_) {
     if (!st.on[0] && !st.on[1]) continue;
     // The newer of its two heartbeats (one NAS may be out for it). A
@@ -599,7 +599,7 @@ nlohmann::json Nasfs::ReplayNode(const std::string& node) {
   if (!PeerSilent(node, silence)) {
     double age;
     {
-      std::lock_guard lk(peers_mu_);
+      MutexLock lk(&peers_mu_);
       age = std::chrono::duration<double>(Clock::now() - peer_states_[node].changed).count();
     }
     return {{"ok", false},
@@ -608,7 +608,7 @@ nlohmann::json Nasfs::ReplayNode(const std::string& node) {
                                   node, age)}};
   }
   {
-    std::lock_guard lk(peers_mu_);
+    MutexLock lk(&peers_mu_);
     takeover_now_.insert(node);
   }
   for (const auto& name : targets) {
@@ -616,7 +616,7 @@ nlohmann::json Nasfs::ReplayNode(const std::string& node) {
     if (b.state() == BackendState::kDown)
       return {{"ok", false},
               {"error", fmt::format("the {} is out for this server too: its replay starts when it is back", b.name())}};
-    std::lock_guard rlk(recover_mu_);
+    MutexLock rlk(&recover_mu_);
     if (b.state() == BackendState::kHealthy && !replay_running_) {
       b.SetState(BackendState::kRecovering, fmt::format("replaying web server {}'s changes", node));
       StartReplayLocked(b);
@@ -644,7 +644,7 @@ nlohmann::json Nasfs::RestoreConflict(const std::string& id) {
   ConflictRecord restored, displaced;
   int e;
   {
-    std::unique_lock x(sync_mu_);
+    WriterLock x(&sync_mu_);
     e = nasfs::RestoreConflict(master_.get(), backup_.get(), &sync_mu_, opts_.node, id, &restored, &displaced);
   }
   if (e == ENOENT) return {{"ok", false}, {"error", fmt::format("no kept version with id '{}'", id)}};

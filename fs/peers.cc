@@ -206,8 +206,8 @@ std::string Peers::LogPath(const std::string& node, journal::Target target) {
 std::string Peers::ClaimPath(const std::string& node) { return fmt::format("{}/{}/claim", kPeersDir, node); }
 
 int Peers::Note(journal::Target target, const std::vector<journal::Change>& changes) {
+  MutexLock lk(&mu_);
   Index& ix = index_[journal::TargetIndex(target)];
-  std::unique_lock lk(mu_);
   // The batches carrying our unlisted changes: ours, or another caller's.
   std::vector<uint64_t> mine;
   for (const auto& c : changes) {
@@ -229,7 +229,7 @@ int Peers::Note(journal::Target target, const std::vector<journal::Change>& chan
       if (auto f = ix.failed.find(t); f != ix.failed.end()) return f->second;
     if (ix.durable_ticket >= ticket) return 0;
     if (ix.busy) {
-      cv_.wait(lk);
+      cv_.Wait(&mu_);
       continue;
     }
     // Leader: write everything queued in one append and one fdatasync.
@@ -239,7 +239,7 @@ int Peers::Note(journal::Target target, const std::vector<journal::Change>& chan
     ix.batch.clear();
     std::string bytes = journal::EncodePeerRecords(target, batch, &ix.seq);
     bool create = !ix.created, bump = !ix.bumped;
-    lk.unlock();
+    lk.Unlock();
     Backend& holder = Holder(target);
     Backend* h = &holder;
     std::string rel = LogPath(node_, target);
@@ -262,7 +262,7 @@ int Peers::Note(journal::Target target, const std::vector<journal::Change>& chan
       if (BumpGenerationAt(*h) == 0) *bumped = true;
       return 0;
     });
-    lk.lock();
+    lk.Lock();
     if (r == 0 && *bumped) ix.bumped = true;
     ix.busy = false;
     for (const auto& c : batch) {
@@ -276,17 +276,17 @@ int Peers::Note(journal::Target target, const std::vector<journal::Change>& chan
       ix.failed[upto] = r;
       if (ix.failed.size() > 64) ix.failed.erase(ix.failed.begin());  // long answered
     }
-    cv_.notify_all();
+    cv_.SignalAll();
   }
 }
 
 int Peers::Clear(journal::Target target, bool present) {
+  MutexLock lk(&mu_);
   Index& ix = index_[journal::TargetIndex(target)];
-  std::unique_lock lk(mu_);
-  cv_.wait(lk, [&] { return !ix.busy; });
+  while (ix.busy) cv_.Wait(&mu_);
   if (!ix.created && ix.listed.empty() && !present) return 0;
   ix.busy = true;
-  lk.unlock();
+  lk.Unlock();
   Backend* h = &Holder(target);
   std::string rel = LogPath(node_, target);
   int r = h->Run([h, rel] {
@@ -296,14 +296,14 @@ int Peers::Clear(journal::Target target, bool present) {
     if (unlinkat(parent->get(), name.c_str(), 0) != 0 && errno != ENOENT) return errno;
     return h->SyncParentDir(rel);
   });
-  lk.lock();
+  lk.Lock();
   ix.busy = false;
   if (r == 0) {
     ix.listed.clear();
     ix.created = false;
     ix.bumped = false;
   }
-  cv_.notify_all();
+  cv_.SignalAll();
   return r;
 }
 
@@ -454,7 +454,7 @@ int Peers::Claim(Backend& nas, const std::string& rel, std::chrono::milliseconds
     } else {
       // Held by another (or unreadable): stale once its step has stood
       // still for ttl by our clock.
-      std::lock_guard lk(claims_mu_);
+      MutexLock lk(&claims_mu_);
       auto [it, fresh] = watched_.try_emplace({nas.role(), rel}, Watched{st->step, Clock::now()});
       if (!fresh && it->second.step != st->step) it->second = Watched{st->step, Clock::now()};
       take = Clock::now() - it->second.since >= ttl;
@@ -471,7 +471,7 @@ int Peers::Claim(Backend& nas, const std::string& rel, std::chrono::milliseconds
     if (r) return r;
     if (*made) {
       *got = true;
-      std::lock_guard lk(claims_mu_);
+      MutexLock lk(&claims_mu_);
       watched_.erase({nas.role(), rel});
       return 0;
     }

@@ -39,10 +39,8 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <map>
-#include <mutex>
 #include <set>
 #include <string>
 #include <tuple>
@@ -51,6 +49,7 @@
 #include "fs/backend.h"
 #include "journal/journal.h"
 #include "journal/peer_log.h"
+#include "util/mutex.h"
 
 namespace nasfs {
 
@@ -159,9 +158,9 @@ class Peers {
     bool created = false;           // the log exists since the last Clear
     bool bumped = false;            // the holder's generation is ahead since the last Clear
   };
-  std::mutex mu_;
-  std::condition_variable cv_;
-  Index index_[2];  // guarded by mu_
+  Mutex mu_;
+  CondVar cv_;
+  Index index_[2] GUARDED_BY(mu_);
 
   // The step each claim had when this server first saw it there (Claim's
   // staleness), by NAS role and claim.
@@ -169,8 +168,8 @@ class Peers {
     uint64_t step = 0;
     Clock::time_point since;
   };
-  std::mutex claims_mu_;
-  std::map<std::pair<Role, std::string>, Watched> watched_;  // guarded by claims_mu_
+  Mutex claims_mu_;
+  std::map<std::pair<Role, std::string>, Watched> watched_ GUARDED_BY(claims_mu_);
 };
 
 }  // namespace nasfs

@@ -45,7 +45,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fs/backend.h"
-#include "fs/gate.h"
+#include "util/mutex.h"
 #include "fs/nas_files.h"
 
 namespace nasfs {

@@ -44,7 +44,7 @@
 #include <spdlog/spdlog.h>
 
 #include "fs/backend.h"
-#include "fs/gate.h"
+#include "util/mutex.h"
 #include "fs/log.h"
 #include "journal/journal.h"
 

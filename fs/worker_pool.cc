@@ -30,23 +30,24 @@ int RunGuarded(const WorkerPool::Fn& fn) {
 }  // namespace
 
 int Call::Wait(Clock::time_point deadline) {
-  std::unique_lock lk(mu_);
-  if (!cv_.wait_until(lk, deadline, [this] { return done_; })) return ETIMEDOUT;
+  MutexLock lk(&mu_);
+  while (!done_)
+    if (!cv_.WaitUntil(&mu_, deadline) && !done_) return ETIMEDOUT;
   return result_;
 }
 
 bool Call::done() const {
-  std::lock_guard lk(mu_);
+  MutexLock lk(&mu_);
   return done_;
 }
 
 void Call::Finish(int result) {
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     done_ = true;
     result_ = result;
   }
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 WorkerPool::WorkerPool(std::string name, int threads, size_t max_queue)
@@ -62,12 +63,12 @@ void WorkerPool::Start() {
 
 WorkerPool::~WorkerPool() {
   {
-    std::lock_guard lk(shared_->mu);
+    MutexLock lk(&shared_->mu);
     shared_->stopping = true;
     for (auto& it : shared_->queue) it.call->Finish(ECANCELED);
     shared_->queue.clear();
   }
-  shared_->cv.notify_all();
+  shared_->cv.SignalAll();
   // A worker blocked in a syscall on a hung NAS would block join() forever;
   // the threads own a reference to Shared, so detaching them is safe.
   for (auto& t : threads_) t.detach();
@@ -76,7 +77,7 @@ WorkerPool::~WorkerPool() {
 std::shared_ptr<Call> WorkerPool::Submit(Fn fn, Clock::time_point deadline) {
   auto call = std::make_shared<Call>();
   {
-    std::lock_guard lk(shared_->mu);
+    MutexLock lk(&shared_->mu);
     if (shared_->stopping) {
       call->Finish(ECANCELED);
       return call;
@@ -95,19 +96,19 @@ std::shared_ptr<Call> WorkerPool::Submit(Fn fn, Clock::time_point deadline) {
     }
     shared_->queue.push_back(Item{std::move(fn), deadline, call});
   }
-  shared_->cv.notify_one();
+  shared_->cv.Signal();
   return call;
 }
 
 size_t WorkerPool::InFlight() const {
-  std::lock_guard lk(shared_->mu);
+  MutexLock lk(&shared_->mu);
   return shared_->queue.size() + shared_->running;
 }
 
 void WorkerPool::Work(std::shared_ptr<Shared> s) {
-  std::unique_lock lk(s->mu);
+  MutexLock lk(&s->mu);
   for (;;) {
-    s->cv.wait(lk, [&] { return s->stopping || !s->queue.empty(); });
+    while (!s->stopping && s->queue.empty()) s->cv.Wait(&s->mu);
     if (s->stopping) return;
     Item it = std::move(s->queue.front());
     s->queue.pop_front();
@@ -118,11 +119,11 @@ void WorkerPool::Work(std::shared_ptr<Shared> s) {
       continue;
     }
     ++s->running;
-    lk.unlock();
+    lk.Unlock();
     int r = RunGuarded(it.fn);
     it.call->Finish(r);
     it = Item{};  // drop captured state outside the lock
-    lk.lock();
+    lk.Lock();
     --s->running;
   }
 }

@@ -12,14 +12,14 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "util/mutex.h"
 
 namespace nasfs {
 
@@ -38,10 +38,10 @@ class Call {
   friend class WorkerPool;
   void Finish(int result);
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;  // guarded by mu_
-  int result_ = 0;     // guarded by mu_
+  mutable Mutex mu_;  // taken after WorkerPool's Shared::mu when both are held
+  CondVar cv_;
+  bool done_ GUARDED_BY(mu_) = false;
+  int result_ GUARDED_BY(mu_) = 0;
 };
 
 class WorkerPool {
@@ -79,19 +79,20 @@ class WorkerPool {
     std::shared_ptr<Call> call;
   };
   struct Shared {
-    std::mutex mu;
-    std::condition_variable cv;
-    std::deque<Item> queue;  // guarded by mu
-    size_t running = 0;      // guarded by mu
-    bool stopping = false;   // guarded by mu
+    Mutex mu;
+    CondVar cv;
+    std::deque<Item> queue GUARDED_BY(mu);
+    size_t running GUARDED_BY(mu) = 0;
+    bool stopping GUARDED_BY(mu) = false;
   };
   static void Work(std::shared_ptr<Shared> s);
 
-  std::string name_;
-  int nthreads_;
-  size_t max_queue_;
-  std::shared_ptr<Shared> shared_;
-  std::vector<std::thread> threads_;
+  // Constant after construction.
+  const std::string name_;
+  const int nthreads_;
+  const size_t max_queue_;
+  const std::shared_ptr<Shared> shared_;
+  std::vector<std::thread> threads_;  // Start() and the destructor only
 };
 
 }  // namespace nasfs

@@ -16,6 +16,7 @@
 #include <set>
 
 #include "journal/record.h"
+#include "util/mutex.h"
 
 namespace nasfs::journal {
 namespace {
@@ -319,18 +320,22 @@ Env* Env::Default() {
 }
 
 struct Journal::Impl {
+  // Set before the journal is shared, then never changed: read without mu.
   Options opts;
   Env* env = nullptr;
-  int lock_handle = -1;     // DIR/LOCK
-  int outer_lock = -1;      // DIR.lock, beside the directory
-  uint64_t dir_id[2] = {0, 0};  // the directory's identity at Open (or repair)
-  bool dir_lost = false;    // guarded by mu: removed or replaced under us
+  int outer_lock = -1;  // DIR.lock, beside the directory; kept for the journal's life
 
-  mutable std::mutex mu;
-  std::condition_variable cv;
+  mutable Mutex mu;
+  CondVar cv;
 
-  // ---- the in-memory state the log describes (guarded by mu) ----
-  std::unordered_map<std::string, Pending> pending[2];
+  // The repair (Tick, under mu) relocks a recreated directory, so these
+  // change after Open.
+  int lock_handle GUARDED_BY(mu) = -1;          // DIR/LOCK
+  uint64_t dir_id[2] GUARDED_BY(mu) = {0, 0};   // the directory's identity at Open (or repair)
+  bool dir_lost GUARDED_BY(mu) = false;         // removed or replaced under us
+
+  // ---- the in-memory state the log describes ----
+  std::unordered_map<std::string, Pending> pending[2] GUARDED_BY(mu);
   // Entries a replay is copying (BeginReplay): the changes recorded since,
   // merged the same way, so a Done that finds newer changes leaves just
   // those pending (see Done). In memory only.
@@ -338,36 +343,41 @@ struct Journal::Impl {
     uint64_t since = 0;  // the entry's seq when the copy began
     Pending changes;     // path, target, seq and writers unused
   };
-  std::unordered_map<std::string, Tail> tails[2];
+  std::unordered_map<std::string, Tail> tails[2] GUARDED_BY(mu);
   // By PathHasher hash, per target: pending entries at a path, and pending
-  // entries strictly below a directory.
+  // entries strictly below a directory. The hasher's base is drawn once, at
+  // construction: read without mu.
   PathHasher hasher;
-  std::unordered_map<uint64_t, uint32_t> pending_at[2];
-  std::unordered_map<uint64_t, uint32_t> below[2];
-  bool full_sync[2] = {false, false};
-  std::string pair_id;
+  std::unordered_map<uint64_t, uint32_t> pending_at[2] GUARDED_BY(mu);
+  std::unordered_map<uint64_t, uint32_t> below[2] GUARDED_BY(mu);
+  bool full_sync[2] GUARDED_BY(mu) = {false, false};
+  std::string pair_id GUARDED_BY(mu);
   struct Mark {
     int refs = 0;
     uint64_t seq = 0;  // of the record that made it; durable once durable_seq >= seq
   };
-  std::unordered_map<std::string, Mark> active;  // activity log marks
-  std::set<std::string> recovered;               // marks found at Open, not yet retired
+  std::unordered_map<std::string, Mark> active GUARDED_BY(mu);  // activity log marks
+  std::set<std::string> recovered GUARDED_BY(mu);  // marks found at Open, not yet retired
 
-  // ---- the log (guarded by mu) ----
-  std::string buf;            // records appended, not yet written
-  uint64_t next_seq = 1;
-  uint64_t durable_seq = 0;
-  bool writer_busy = false;   // a leader or a checkpoint owns `file`
-  std::unique_ptr<Env::WritableFile> file;
-  std::vector<uint64_t> segments;  // numbers, oldest first; the last is `file`
-  uint64_t last_no = 0;            // highest segment number ever used here
-  uint64_t seg_bytes = 0, log_bytes = 0, live_bytes = 0;
-  int failed = 0;
-  std::string failed_text;
-  uint64_t syncs = 0, records = 0, checkpoints = 0;
+  // ---- the log ----
+  std::string buf GUARDED_BY(mu);  // records appended, not yet written
+  uint64_t next_seq GUARDED_BY(mu) = 1;
+  uint64_t durable_seq GUARDED_BY(mu) = 0;
+  bool writer_busy GUARDED_BY(mu) = false;  // a leader or a checkpoint owns `file`
+  // The pointer is guarded by mu; the file it points to is written only by
+  // whoever set writer_busy, which does so with mu released.
+  std::unique_ptr<Env::WritableFile> file GUARDED_BY(mu);
+  std::vector<uint64_t> segments GUARDED_BY(mu);  // numbers, oldest first; the last is `file`
+  uint64_t last_no GUARDED_BY(mu) = 0;            // highest segment number ever used here
+  uint64_t seg_bytes GUARDED_BY(mu) = 0, log_bytes GUARDED_BY(mu) = 0, live_bytes GUARDED_BY(mu) = 0;
+  int failed GUARDED_BY(mu) = 0;
+  std::string failed_text GUARDED_BY(mu);
+  uint64_t syncs GUARDED_BY(mu) = 0, records GUARDED_BY(mu) = 0, checkpoints GUARDED_BY(mu) = 0;
 
+  // Started and joined only by the thread that owns the Journal (Open,
+  // StartBackground, the destructor); the background thread never touches it.
   std::thread thread;
-  bool stopping = false;  // guarded by mu
+  bool stopping GUARDED_BY(mu) = false;
 
   std::string Path(uint64_t n) const { return opts.dir + "/" + SegmentName(n); }
 
@@ -378,8 +388,11 @@ struct Journal::Impl {
     if (c == 0) m.erase(h);
   }
   // Counts path in (delta +1) or out of (-1) target t's hash index.
-  void Index(int t, const std::string& path, int delta) {
-    const uint64_t h = hasher.Walk(path, [&](uint64_t a) { Count(below[t], a, delta); });
+  void Index(int t, const std::string& path, int delta) REQUIRES(mu) {
+    const uint64_t h = hasher.Walk(path, [&](uint64_t a) {
+      mu.AssertHeld();  // Walk calls back at once, on this thread
+      Count(below[t], a, delta);
+    });
     Count(pending_at[t], h, delta);
   }
   // Merges one change into e (ops, scope, ranges, link), as the entry of
@@ -404,7 +417,7 @@ struct Journal::Impl {
     e.first_ns = std::min(e.first_ns, ns);
   }
   void ApplyMissed(int t, const std::string& path, Scope scope, Op op, uint8_t flags, int64_t ns, uint64_t seq,
-                   uint64_t off, uint64_t len, const std::string& from) {
+                   uint64_t off, uint64_t len, const std::string& from) REQUIRES(mu) {
     auto start = [&](Pending& e) {
       e.data_only = true;
       e.first_ns = ns;
@@ -426,7 +439,7 @@ struct Journal::Impl {
       Merge(c, scope, op, flags, ns, off, len, from);
     }
   }
-  void ApplyDone(int t, const std::string& path, uint64_t seq) {
+  void ApplyDone(int t, const std::string& path, uint64_t seq) REQUIRES(mu) {
     auto it = pending[t].find(path);
     if (it == pending[t].end()) return;
     auto tl = tails[t].find(path);
@@ -451,7 +464,7 @@ struct Journal::Impl {
     Index(t, path, -1);
     live_bytes -= std::min<uint64_t>(live_bytes, 64 + path.size());
   }
-  void ResetState() {
+  void ResetState() REQUIRES(mu) {
     for (int t = 0; t < 2; ++t) {
       pending[t].clear();
       tails[t].clear();
@@ -465,7 +478,7 @@ struct Journal::Impl {
   }
 
   // Applies one record read back from disk; false if it makes no sense.
-  bool ApplyRecord(uint64_t seq, std::string_view payload, std::set<std::string>* marks) {
+  bool ApplyRecord(uint64_t seq, std::string_view payload, std::set<std::string>* marks) REQUIRES(mu) {
     Reader r(payload);
     uint8_t kind = r.U8();
     switch (kind) {
@@ -524,29 +537,30 @@ struct Journal::Impl {
   }
 
   // ---- appending ----
-  uint64_t AppendLocked(const std::string& payload) {
+  uint64_t AppendLocked(const std::string& payload) REQUIRES(mu) {
     uint64_t seq = next_seq++;
     Frame(&buf, seq, payload);
     ++records;
     return seq;
   }
 
-  void FailLocked(int e, const std::string& what) {
+  void FailLocked(int e, const std::string& what) REQUIRES(mu) {
     if (!failed) {
       failed = e;
       failed_text = what + ": " + std::strerror(e);
     }
     buf.clear();  // a repair checkpoint writes the whole state afresh
-    cv.notify_all();
+    cv.SignalAll();
   }
 
   // Waits until every record up to seq is on disk; the first waiter that
-  // finds no write running writes and syncs for everyone (group commit).
-  int WaitDurableLocked(std::unique_lock<std::mutex>& lk, uint64_t seq) {
+  // finds no write running writes and syncs for everyone (group commit),
+  // with mu released meanwhile.
+  int WaitDurableLocked(uint64_t seq) REQUIRES(mu) {
     while (durable_seq < seq) {
       if (failed) return failed;
       if (writer_busy) {
-        cv.wait(lk);
+        cv.Wait(&mu);
         continue;
       }
       // Writing into a segment of a directory that is gone would "succeed"
@@ -557,28 +571,29 @@ struct Journal::Impl {
       data.swap(buf);
       uint64_t upto = next_seq - 1;
       Env::WritableFile* f = file.get();
-      lk.unlock();
+      mu.Unlock();
       int e = data.empty() ? 0 : f->Append(data);
       if (!e && !data.empty()) e = f->Sync();
-      lk.lock();
+      mu.Lock();
       writer_busy = false;
       if (e) {
-        FailLocked(e, "writing " + Path(segments.back()));
+        // The repair (RecreateDirLocked) may have emptied the list while
+        // this write ran with mu released.
+        FailLocked(e, "writing " + (segments.empty() ? opts.dir : Path(segments.back())));
         return e;
       }
       durable_seq = std::max(durable_seq, upto);
       seg_bytes += data.size();
       log_bytes += data.size();
       ++syncs;
-      if (seg_bytes >= opts.segment_bytes) RollLocked(lk);
-      cv.notify_all();
+      if (seg_bytes >= opts.segment_bytes) RollLocked();
+      cv.SignalAll();
     }
     return failed && durable_seq < seq ? failed : 0;
   }
 
-  // Fails the journal if its directory was removed or replaced. Caller
-  // holds mu.
-  int CheckDirLocked() {
+  // Fails the journal if its directory was removed or replaced.
+  int CheckDirLocked() REQUIRES(mu) {
     uint64_t id[2];
     int e = env->DirId(opts.dir, id);
     if (e == 0 && id[0] == dir_id[0] && id[1] == dir_id[1]) return 0;
@@ -589,8 +604,8 @@ struct Journal::Impl {
   }
 
   // A lost directory is made again, locked, and given the whole state (the
-  // checkpoint that follows). Caller holds mu and is the repair (Tick).
-  int RecreateDirLocked() {
+  // checkpoint that follows). Caller is the repair (Tick).
+  int RecreateDirLocked() REQUIRES(mu) {
     if (int e = env->CreateDir(opts.dir)) return e;
     int handle = -1;
     if (int e = env->LockFile(opts.dir + "/LOCK", &handle)) return e;
@@ -605,15 +620,16 @@ struct Journal::Impl {
     return 0;
   }
 
-  // Seals the current segment and starts an empty one.
-  void RollLocked(std::unique_lock<std::mutex>& lk) {
+  // Seals the current segment and starts an empty one (mu released while
+  // the file is made).
+  void RollLocked() REQUIRES(mu) {
     writer_busy = true;
     uint64_t n = ++last_no;
     std::string path = Path(n);
-    lk.unlock();
+    mu.Unlock();
     auto f = env->NewWritableFile(path);
     int e = f ? env->SyncDir(opts.dir) : f.error();
-    lk.lock();
+    mu.Lock();
     writer_busy = false;
     if (e) {
       FailLocked(e, "starting " + path);
@@ -628,7 +644,7 @@ struct Journal::Impl {
   // The whole live state as records, for a checkpoint: CheckpointBegin
   // (carrying how many records the checkpoint holds, so a reader can tell a
   // whole one from a damaged one), the state, CheckpointEnd.
-  std::string SnapshotLocked(uint64_t* last_seq) {
+  std::string SnapshotLocked(uint64_t* last_seq) REQUIRES(mu) {
     std::vector<std::string> body;
     std::string p;
     if (!pair_id.empty()) {
@@ -679,8 +695,9 @@ struct Journal::Impl {
     return out;
   }
 
-  int CheckpointLocked(std::unique_lock<std::mutex>& lk) {
-    while (writer_busy) cv.wait(lk);
+  // Writes the snapshot into a new segment with mu released meanwhile.
+  int CheckpointLocked() REQUIRES(mu) {
+    while (writer_busy) cv.Wait(&mu);
     writer_busy = true;
     uint64_t upto = 0;
     std::string data = SnapshotLocked(&upto);
@@ -688,7 +705,7 @@ struct Journal::Impl {
     uint64_t n = ++last_no;
     std::string path = Path(n);
     std::vector<uint64_t> old = segments;
-    lk.unlock();
+    mu.Unlock();
     int e = 0;
     auto f = env->NewWritableFile(path);
     if (!f) e = f.error();
@@ -698,7 +715,7 @@ struct Journal::Impl {
     if (!e)
       for (uint64_t o : old) (void)env->Remove(Path(o));
     if (e && f) (void)env->Remove(path);
-    lk.lock();
+    mu.Lock();
     writer_busy = false;
     if (e) {
       FailLocked(e, "checkpoint into " + path);
@@ -712,45 +729,51 @@ struct Journal::Impl {
     failed_text.clear();
     ++checkpoints;
     ++syncs;
-    cv.notify_all();
+    cv.SignalAll();
     return 0;
   }
 
   // Whether path, an ancestor of it, or something below it is pending for
   // target t: one pass over path's bytes (see PathHasher).
-  bool TouchesLocked(int t, const std::string& path) const {
+  bool TouchesLocked(int t, const std::string& path) const REQUIRES(mu) {
     if (pending[t].empty()) return false;
     bool ancestor = false;
-    const uint64_t h = hasher.Walk(path, [&](uint64_t a) { ancestor = ancestor || pending_at[t].count(a); });
+    const uint64_t h = hasher.Walk(path, [&](uint64_t a) {
+      mu.AssertHeld();  // Walk calls back at once, on this thread
+      ancestor = ancestor || pending_at[t].count(a);
+    });
     return ancestor || pending_at[t].count(h) || below[t].count(h);
   }
 
   // The same for a change: its path, and for a link the name it links to
   // (a link made where its source is still pending would find no source).
-  bool TouchesLocked(int t, const Change& c) const {
+  bool TouchesLocked(int t, const Change& c) const REQUIRES(mu) {
     return TouchesLocked(t, c.path) || (!c.link_from.empty() && TouchesLocked(t, c.link_from));
   }
 
-  uint64_t AppendMissedLocked(Target target, const Change& c) {
+  uint64_t AppendMissedLocked(Target target, const Change& c) REQUIRES(mu) {
     int64_t ns = NowNs();
     uint64_t seq = AppendLocked(EncodeMissed(MissedRecord{target, c, 0, ns, 0}));
     ApplyMissed(TargetIndex(target), c.path, c.scope, c.op, 0, ns, seq, c.offset, c.length, c.link_from);
     return seq;
   }
 
-  void RunBackground(Journal* j) {
-    std::unique_lock lk(mu);
+  void RunBackground(Journal* j) EXCLUDES(mu) {
+    MutexLock lk(&mu);
     while (!stopping) {
-      cv.wait_for(lk, std::chrono::milliseconds(opts.background_interval_ms));
+      // One wait, not a loop to the deadline: a signal (a failure, a sync,
+      // the destructor) starts the next tick early, as it always has.
+      auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts.background_interval_ms);
+      (void)cv.WaitUntil(&mu, until);
       if (stopping) break;
-      lk.unlock();
+      lk.Unlock();
       // Nothing a tick does may end the daemon (memory exhausted, say):
       // the next tick tries again.
       try {
         j->Tick();
       } catch (...) {
       }
-      lk.lock();
+      lk.Lock();
     }
   }
 };
@@ -762,12 +785,14 @@ Journal::Journal(const Options& opts) : impl_(std::make_unique<Impl>()), dir_(op
 
 Journal::~Journal() {
   {
-    std::lock_guard lk(impl_->mu);
+    MutexLock lk(&impl_->mu);
     impl_->stopping = true;
   }
-  impl_->cv.notify_all();
+  impl_->cv.SignalAll();
   if (impl_->thread.joinable()) impl_->thread.join();
   (void)Flush();
+  // No other thread is left, so file and lock_handle need no lock here (nor
+  // does clang check destructors).
   impl_->file.reset();
   if (impl_->lock_handle >= 0) impl_->env->UnlockFile(impl_->lock_handle);
   if (impl_->outer_lock >= 0) impl_->env->UnlockFile(impl_->outer_lock);
@@ -780,6 +805,11 @@ tl::expected<std::unique_ptr<Journal>, std::string> Journal::Open(const Options&
   std::unique_ptr<Journal> j(new Journal(opts));
   Impl& m = *j->impl_;
   Env* env = m.env;
+  // Nothing else sees the journal until Open returns, and the background
+  // thread starts only after this is released: the lock is uncontended, and
+  // held so that the analysis checks the state filled in here. Declared
+  // after j, so an early return releases it before ~Journal takes it.
+  MutexLock lk(&m.mu);
   auto fail = [&](const std::string& what, int e) {
     return tl::unexpected(std::string("journal ") + opts.dir + ": " + what + ": " + std::strerror(e));
   };
@@ -868,10 +898,8 @@ tl::expected<std::unique_ptr<Journal>, std::string> Journal::Open(const Options&
     if (std::find(damaged.begin(), damaged.end(), SegmentName(n)) == damaged.end()) m.segments.push_back(n);
   // Start a fresh segment holding the state just read: torn tails and
   // superseded segments go away with the old files.
-  {
-    std::unique_lock lk(m.mu);
-    if (int e = m.CheckpointLocked(lk)) return fail("cannot write a checkpoint", e);
-  }
+  if (int e = m.CheckpointLocked()) return fail("cannot write a checkpoint", e);
+  lk.Unlock();
   // Only now, with their readable records safe in the checkpoint, are
   // damaged segments set aside for the operator (a crash before this
   // leaves them superseded, and the next Open deletes them).
@@ -892,7 +920,7 @@ void Journal::StartBackground() {
 
 int Journal::Intend(const std::vector<std::string>& dirs) {
   Impl& m = *impl_;
-  std::unique_lock lk(m.mu);
+  MutexLock lk(&m.mu);
   std::vector<std::string> fresh;
   uint64_t wait_for = 0;
   for (const auto& d : dirs) {
@@ -908,7 +936,7 @@ int Journal::Intend(const std::vector<std::string>& dirs) {
   }
   for (const auto& d : fresh)
     if (d.size() > kMaxPathBytes) {
-      lk.unlock();
+      lk.Unlock();
       Release(dirs);
       return ENAMETOOLONG;
     }
@@ -923,23 +951,23 @@ int Journal::Intend(const std::vector<std::string>& dirs) {
     wait_for = std::max(wait_for, seq);
   }
   int e = m.failed;
-  if (!e && wait_for > m.durable_seq) e = m.WaitDurableLocked(lk, wait_for);
+  if (!e && wait_for > m.durable_seq) e = m.WaitDurableLocked(wait_for);
   if (e) {
-    lk.unlock();
+    lk.Unlock();
     Release(dirs);
   }
   return e;
 }
 
 void Journal::Release(const std::vector<std::string>& dirs) {
-  std::lock_guard lk(impl_->mu);
+  MutexLock lk(&impl_->mu);
   for (const auto& d : dirs)
     if (auto it = impl_->active.find(d); it != impl_->active.end() && it->second.refs > 0) --it->second.refs;
 }
 
 void Journal::RetireRecovered(const std::vector<std::string>& dirs) {
   Impl& m = *impl_;
-  std::lock_guard lk(m.mu);
+  MutexLock lk(&m.mu);
   std::vector<std::string> gone;
   for (const auto& d : dirs)
     if (m.recovered.erase(d) && !m.active.count(d)) gone.push_back(d);
@@ -960,18 +988,18 @@ bool Recordable(const std::vector<Change>& changes) {
 int Journal::AddMissed(Target target, const std::vector<Change>& changes) {
   if (!Recordable(changes)) return ENAMETOOLONG;
   Impl& m = *impl_;
-  std::unique_lock lk(m.mu);
+  MutexLock lk(&m.mu);
   uint64_t seq = 0;
   for (const auto& c : changes) seq = m.AppendMissedLocked(target, c);
   if (m.failed) return m.failed;
-  return seq ? m.WaitDurableLocked(lk, seq) : 0;
+  return seq ? m.WaitDurableLocked(seq) : 0;
 }
 
 int Journal::RecordIfTouching(Target target, const std::vector<Change>& changes, bool* recorded) {
   *recorded = false;
   if (!Recordable(changes)) return ENAMETOOLONG;
   Impl& m = *impl_;
-  std::unique_lock lk(m.mu);
+  MutexLock lk(&m.mu);
   int t = TargetIndex(target);
   bool touch = false;
   for (const auto& c : changes) touch = touch || m.TouchesLocked(t, c);
@@ -983,38 +1011,38 @@ int Journal::RecordIfTouching(Target target, const std::vector<Change>& changes,
     ++m.pending[t][c.path].writers;
   }
   if (m.failed) return m.failed;
-  return m.WaitDurableLocked(lk, seq);
+  return m.WaitDurableLocked(seq);
 }
 
 bool Journal::Touches(Target target, const std::vector<Change>& changes) const {
-  std::lock_guard lk(impl_->mu);
+  MutexLock lk(&impl_->mu);
   for (const auto& c : changes)
     if (impl_->TouchesLocked(TargetIndex(target), c)) return true;
   return false;
 }
 
 void Journal::EndWrites(Target target, const std::vector<Change>& changes) {
-  std::lock_guard lk(impl_->mu);
+  MutexLock lk(&impl_->mu);
   auto& pending = impl_->pending[TargetIndex(target)];
   for (const auto& c : changes)
     if (auto it = pending.find(c.path); it != pending.end() && it->second.writers > 0) --it->second.writers;
 }
 
 std::vector<Pending> Journal::PendingFor(Target target) const {
-  std::lock_guard lk(impl_->mu);
+  MutexLock lk(&impl_->mu);
   std::vector<Pending> out;
   for (const auto& [p, e] : impl_->pending[TargetIndex(target)]) out.push_back(e);
   return out;
 }
 
 bool Journal::HasPending(Target target) const {
-  std::lock_guard lk(impl_->mu);
+  MutexLock lk(&impl_->mu);
   return !impl_->pending[TargetIndex(target)].empty();
 }
 
 bool Journal::BeginReplay(Target target, const std::string& path, Pending* out) {
   Impl& m = *impl_;
-  std::lock_guard lk(m.mu);
+  MutexLock lk(&m.mu);
   const int t = TargetIndex(target);
   auto it = m.pending[t].find(path);
   if (it == m.pending[t].end() || it->second.writers > 0) return false;
@@ -1025,7 +1053,7 @@ bool Journal::BeginReplay(Target target, const std::string& path, Pending* out) 
 
 void Journal::Done(Target target, const std::string& path, uint64_t seq) {
   Impl& m = *impl_;
-  std::lock_guard lk(m.mu);
+  MutexLock lk(&m.mu);
   int t = TargetIndex(target);
   auto it = m.pending[t].find(path);
   if (it == m.pending[t].end()) return;
@@ -1045,7 +1073,7 @@ void Journal::Done(Target target, const std::string& path, uint64_t seq) {
 }
 
 bool Journal::FinishIfEmpty(Target target, const std::function<void()>& on_empty) {
-  std::lock_guard lk(impl_->mu);
+  MutexLock lk(&impl_->mu);
   if (!impl_->pending[TargetIndex(target)].empty()) return false;
   on_empty();
   return true;
@@ -1053,7 +1081,7 @@ bool Journal::FinishIfEmpty(Target target, const std::function<void()>& on_empty
 
 int Journal::SetFullSync(Target target, bool on) {
   Impl& m = *impl_;
-  std::unique_lock lk(m.mu);
+  MutexLock lk(&m.mu);
   m.full_sync[TargetIndex(target)] = on;
   std::string p;
   Put8(&p, kFullSync);
@@ -1061,17 +1089,17 @@ int Journal::SetFullSync(Target target, bool on) {
   Put8(&p, on ? 1 : 0);
   uint64_t seq = m.AppendLocked(p);
   if (m.failed) return m.failed;
-  return m.WaitDurableLocked(lk, seq);
+  return m.WaitDurableLocked(seq);
 }
 
 bool Journal::full_sync(Target target) const {
-  std::lock_guard lk(impl_->mu);
+  MutexLock lk(&impl_->mu);
   return impl_->full_sync[TargetIndex(target)];
 }
 
 int Journal::SetPairId(const std::string& id) {
   Impl& m = *impl_;
-  std::unique_lock lk(m.mu);
+  MutexLock lk(&m.mu);
   if (m.pair_id == id) return m.failed;
   m.pair_id = id;
   std::string p;
@@ -1079,30 +1107,30 @@ int Journal::SetPairId(const std::string& id) {
   PutStr(&p, id);
   uint64_t seq = m.AppendLocked(p);
   if (m.failed) return m.failed;
-  return m.WaitDurableLocked(lk, seq);
+  return m.WaitDurableLocked(seq);
 }
 
 std::string Journal::pair_id() const {
-  std::lock_guard lk(impl_->mu);
+  MutexLock lk(&impl_->mu);
   return impl_->pair_id;
 }
 
 int Journal::Flush() {
   Impl& m = *impl_;
-  std::unique_lock lk(m.mu);
+  MutexLock lk(&m.mu);
   if (m.failed) return m.failed;
   if (m.buf.empty() && !m.writer_busy) return 0;
-  return m.WaitDurableLocked(lk, m.next_seq - 1);
+  return m.WaitDurableLocked(m.next_seq - 1);
 }
 
 int Journal::Checkpoint() {
-  std::unique_lock lk(impl_->mu);
-  return impl_->CheckpointLocked(lk);
+  MutexLock lk(&impl_->mu);
+  return impl_->CheckpointLocked();
 }
 
 void Journal::Tick() {
   Impl& m = *impl_;
-  std::unique_lock lk(m.mu);
+  MutexLock lk(&m.mu);
   if (!m.failed) (void)m.CheckDirLocked();
   if (m.failed) {
     // A directory removed or replaced under us is made again (the outer
@@ -1115,7 +1143,7 @@ void Journal::Tick() {
       }
     // A failed write is never retried as success: the whole state goes
     // into a fresh segment, and only its sync clears the failure.
-    (void)m.CheckpointLocked(lk);
+    (void)m.CheckpointLocked();
     return;
   }
   // Retire marks no write is using any more.
@@ -1125,22 +1153,25 @@ void Journal::Tick() {
   for (const auto& d : idle) m.active.erase(d);
   // A mark found at Open stays until RetireRecovered, whatever new writes
   // under it did meanwhile.
-  std::erase_if(idle, [&m](const std::string& d) { return m.recovered.count(d) > 0; });
+  std::erase_if(idle, [&m](const std::string& d) {
+    m.mu.AssertHeld();  // called by erase_if, here
+    return m.recovered.count(d) > 0;
+  });
   for (const auto& p : ListRecords(kRetire, idle)) m.AppendLocked(p);
   bool empty = m.pending[0].empty() && m.pending[1].empty() && m.active.empty() && m.recovered.empty();
   uint64_t log = m.log_bytes + m.buf.size();
   // Compact when the log is mostly dead records, or when a replay drained
   // everything and more than a checkpoint's worth is on disk.
   if ((empty && (m.segments.size() > 1 || log > 64 * 1024)) || log > 2 * m.live_bytes + (4ull << 20)) {
-    (void)m.CheckpointLocked(lk);
+    (void)m.CheckpointLocked();
     return;
   }
-  if (!m.buf.empty()) (void)m.WaitDurableLocked(lk, m.next_seq - 1);
+  if (!m.buf.empty()) (void)m.WaitDurableLocked(m.next_seq - 1);
 }
 
 Stats Journal::stats() const {
   const Impl& m = *impl_;
-  std::lock_guard lk(m.mu);
+  MutexLock lk(&m.mu);
   Stats s;
   s.ok = m.failed == 0;
   s.error = m.failed;

@@ -19,7 +19,8 @@
 #       directory (nothing is written into the repository). A crash, leak or
 #       timeout is kept under build-fuzz/fuzz-findings/<target>/; to make it
 #       a regression, copy it into tests/fuzz/regressions/<target>/ (see
-#       tests/fuzz/README.md).
+#       tests/fuzz/README.md). Being a clang build of the whole tree, it
+#       also checks the lock annotations (-Wthread-safety as errors).
 #
 # Environment:
 #   NETS_FUZZ_SECONDS=20   fuzzing time per target
@@ -155,10 +156,11 @@ net_fuzz() {
     note fuzz FAILED 0 "clang++-16 not found (scripts/setup.sh installs clang-16 libclang-rt-16-dev)"
     return
   fi
-  local exes=()
-  for t in "${FUZZ_TARGETS[@]}"; do exes+=("tests/fuzz/${t}_fuzz"); done
+  # Everything, not just the targets: under clang the build also checks
+  # the lock annotations (-Werror=thread-safety, see meson.build) over the
+  # daemon, nasfsctl and the libraries.
   if ! (export CC=clang-16 CXX=clang++-16; configure "$dir" -Dfuzz=true -Dtests=false) ||
-     ! ninja -C "$dir" -j "$JOBS" "${exes[@]}"; then
+     ! ninja -C "$dir" -j "$JOBS"; then
     note fuzz FAILED $((SECONDS - t0)) "build failed"
     return
   fi
