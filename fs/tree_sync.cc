@@ -141,7 +141,7 @@ void TreeSync::Start() {
         [&] {
           Logger("sync")->error("copy onto {} failed with an internal error: {}", target_->name(), what.c_str());
           {
-            std::lock_guard lk(status_mu_);
+            MutexLock lk(&status_mu_);
             state_ = "failed";
             error_ = std::string("internal error: ") + what.c_str();
           }
@@ -157,6 +157,7 @@ void TreeSync::Stop() {
 }
 
 bool TreeSync::Covers(const std::string& path) const {
+  sync_mu_->AssertReaderHeld();
   if (finished_) return true;
   if (!started_walk_) return false;
   if (ComparePaths(path, cursor_) <= 0) return true;
@@ -171,7 +172,7 @@ void TreeSync::SetCursor(const std::string& path, bool subtree_done) {
 }
 
 nlohmann::json TreeSync::Status() const {
-  std::lock_guard lk(status_mu_);
+  MutexLock lk(&status_mu_);
   auto n = [](const std::string& s) { return s.empty() ? nlohmann::json(nullptr) : nlohmann::json(s); };
   return {{"state", state_},
           {"source", source_->name()},
@@ -189,14 +190,14 @@ void TreeSync::Run() {
   auto log = Logger("sync");
   std::string ts = NowIso8601();
   {
-    std::lock_guard lk(status_mu_);
+    MutexLock lk(&status_mu_);
     state_ = "running";
     started_ = ts;
   }
   log->info("copying {} {} onto {} {}", source_->name(), source_->path(), target_->name(), target_->path());
   int r = 0;
   {
-    std::unique_lock lk(*sync_mu_);
+    WriterLock lk(sync_mu_);
     started_walk_ = true;
     SetCursor("", false);
     // The root's owner, mode and xattrs; its times when the walk leaves it.
@@ -211,7 +212,7 @@ void TreeSync::Run() {
     if (!fd || syncfs(fd->get()) != 0) r = EIO;
   }
   {
-    std::unique_lock lk(*sync_mu_);
+    WriterLock lk(sync_mu_);
     if (r == 0) finished_ = true;
   }
   if (r == 0)
@@ -222,7 +223,7 @@ void TreeSync::Run() {
   // The owner's part first (the target turns healthy, or goes down): status
   // says "done" only once that is settled.
   if (done_) done_(r == 0);
-  std::lock_guard lk(status_mu_);
+  MutexLock lk(&status_mu_);
   state_ = r == 0 ? "done" : "failed";
   finished_at_ = NowIso8601();
   if (r) error_ = std::strerror(r);
@@ -256,7 +257,7 @@ int TreeSync::WalkDir(const std::string& dir) {
     if (names.empty()) {
       // Leave the directory only under the lock, after a last look: a name
       // created after our listing is either in this listing or covered.
-      std::unique_lock lk(*sync_mu_);
+      WriterLock lk(sync_mu_);
       if (int r = ListUnion(dir, &names)) return r;
       if (have_last) names.erase(names.begin(), std::upper_bound(names.begin(), names.end(), last));
       if (names.empty()) {
@@ -274,13 +275,13 @@ int TreeSync::WalkDir(const std::string& dir) {
       // lock it only goes into place, if nothing changed it meanwhile.
       if (int r = Precopy(child)) return r;
       {
-        std::unique_lock lk(*sync_mu_);
+        WriterLock lk(sync_mu_);
         int r = SyncEntry(child, &is_dir);
         if (r == 0) SetCursor(child, false);
-        lk.unlock();
+        lk.Unlock();
         DropPrecopy();  // not taken: the file changed
         if (r) {
-          std::lock_guard sl(status_mu_);
+          MutexLock sl(&status_mu_);
           error_ = fmt::format("{}: {}", child, std::strerror(r));
           return r;
         }
@@ -594,10 +595,14 @@ int TreeSync::InstallTemp(const std::string& tmp, const std::string& path) {
 }
 
 void TreeSync::DropPrecopy() {
-  if (!precopied_.valid) return;
-  precopied_.valid = false;
+  std::string tmp;
+  {
+    MutexLock lk(&precopy_mu_);
+    if (!precopied_.valid) return;
+    precopied_.valid = false;
+    tmp = precopied_.tmp;
+  }
   Backend* t = target_;
-  std::string tmp = precopied_.tmp;
   (void)t->Run([t, tmp] { return unlinkat(t->Root()->get(), tmp.c_str(), 0) == 0 ? 0 : errno; });
 }
 
@@ -606,7 +611,7 @@ int TreeSync::ReconcileExclusive(const std::string& path, journal::Scope scope, 
   reconcile_began_ = Clock::now();
   int r = ExclusiveStep(path, scope, force_data, /*top=*/true);
   if (r == 0) {
-    std::unique_lock lk(*sync_mu_);
+    WriterLock lk(sync_mu_);
     r = FinishLinks();
   }
   reconciling_ = false;
@@ -620,7 +625,7 @@ int TreeSync::ExclusiveStep(const std::string& path, journal::Scope scope, bool 
   bool is_dir = false, created = false;
   int r = 0;
   {
-    std::unique_lock lk(*sync_mu_);
+    WriterLock lk(sync_mu_);
     if (top) r = EnsureAncestors(path);
     if (r == 0) r = SyncEntry(path, &is_dir, force_data, &created);
   }
@@ -636,7 +641,7 @@ int TreeSync::ExclusiveStep(const std::string& path, journal::Scope scope, bool 
     for (const auto& n : names)
       if (int e = ExclusiveStep(JoinPath(path, n), child_scope, /*force_data=*/false, /*top=*/false)) return e;
   }
-  std::unique_lock lk(*sync_mu_);
+  WriterLock lk(sync_mu_);
   return SyncDirTimes(path);
 }
 
@@ -661,11 +666,13 @@ int TreeSync::Precopy(const std::string& path, bool force_data) {
   int r = CopyToTemp(path, *s, /*in_place=*/false, &tmp);
   if (r == EAGAIN || r == ENOENT) return 0;  // changed under the copy: under the lock it is
   if (r) return r;
+  MutexLock lk(&precopy_mu_);
   precopied_ = Precopied{path, tmp, *s, *version, true};
   return 0;
 }
 
 bool TreeSync::TakePrecopy(const std::string& path, const struct stat& s, std::string* tmp) {
+  MutexLock lk(&precopy_mu_);
   if (!precopied_.valid || precopied_.path != path) return false;
   const struct stat& p = precopied_.src;
   // Still the file that was copied, unchanged: no write through the mount
@@ -683,8 +690,15 @@ int TreeSync::CopyBytes(const std::shared_ptr<UniqueFd>& sfd_owner, const std::s
                         off_t size, uint64_t* copied) {
   *copied = 0;
   const int sfd = sfd_owner->get(), tfd = tfd_owner->get();
-  if (!uring_) uring_ = std::make_unique<Uring>();
-  if (!uring_->ok) {
+  std::unique_ptr<Uring> ring_owner = TakeRing();
+  struct GiveBack {  // unless abandoned to a hung NAS (released)
+    TreeSync* ts;
+    std::unique_ptr<Uring>& r;
+    ~GiveBack() {
+      if (r) ts->ReturnRing(std::move(r));
+    }
+  } give_back{this, ring_owner};
+  if (!ring_owner->ok) {
     // No io_uring here (kernel.io_uring_disabled, a seccomp filter, an old
     // kernel): chunk by chunk, each read and write one call on its NAS's
     // worker under the deadline.
@@ -709,7 +723,7 @@ int TreeSync::CopyBytes(const std::shared_ptr<UniqueFd>& sfd_owner, const std::s
   // file shrank under us) breaks the link and cancels its write, which we
   // report rather than copy a torn file.
   int err = 0;
-  io_uring* ring = &uring_->ring;
+  io_uring* ring = &ring_owner->ring;
   off_t next = 0;
   int cqes_left = 0;
   // A buffer is free again only when the write that used it completed
@@ -730,7 +744,7 @@ int TreeSync::CopyBytes(const std::shared_ptr<UniqueFd>& sfd_owner, const std::s
       int slot = free_slots.back();
       free_slots.pop_back();
       size_t len = static_cast<size_t>(std::min<off_t>(kChunk, size - next));
-      char* buf = uring_->bufs[static_cast<size_t>(slot)].get();
+      char* buf = ring_owner->bufs[static_cast<size_t>(slot)].get();
       io_uring_sqe* r = io_uring_get_sqe(ring);
       io_uring_sqe* w = r ? io_uring_get_sqe(ring) : nullptr;
       if (!r || !w) return EAGAIN;  // cannot happen (space checked); the entry is copied again later
@@ -750,7 +764,7 @@ int TreeSync::CopyBytes(const std::shared_ptr<UniqueFd>& sfd_owner, const std::s
     if (w == -ETIME) {
       // A NAS stopped answering. Its requests still own our buffers, so
       // the ring is abandoned, not torn down.
-      (void)uring_.release();
+      (void)ring_owner.release();
       return ETIMEDOUT;
     }
     if (w < 0) return -w;
@@ -774,7 +788,7 @@ int TreeSync::CopyBytes(const std::shared_ptr<UniqueFd>& sfd_owner, const std::s
       io_uring_cqe* cqe = nullptr;
       __kernel_timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000};
       if (io_uring_wait_cqe_timeout(ring, &cqe, &ts) != 0) {
-        (void)uring_.release();
+        (void)ring_owner.release();
         break;
       }
       io_uring_cqe_seen(ring, cqe);
@@ -782,6 +796,19 @@ int TreeSync::CopyBytes(const std::shared_ptr<UniqueFd>& sfd_owner, const std::s
     }
   }
   return err;
+}
+
+std::unique_ptr<TreeSync::Uring> TreeSync::TakeRing() {
+  {
+    MutexLock lk(&rings_mu_);
+    if (spare_ring_) return std::move(spare_ring_);
+  }
+  return std::make_unique<Uring>();
+}
+
+void TreeSync::ReturnRing(std::unique_ptr<Uring> ring) {
+  MutexLock lk(&rings_mu_);
+  if (!spare_ring_) spare_ring_ = std::move(ring);
 }
 
 std::vector<std::string> TreeSync::TakeRelinked() { return std::exchange(relinked_, {}); }

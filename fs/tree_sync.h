@@ -32,7 +32,6 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <shared_mutex>
 #include <string>
@@ -90,7 +89,8 @@ class TreeSync {
   void SetWriteTracker(const WriteTracker* tracker) { tracker_ = tracker; }
 
   // Whether the walk has passed `path`. Caller holds *sync_mu (shared or
-  // exclusive).
+  // exclusive): asserted to the analysis, which cannot see that a caller's
+  // gate is this one.
   bool Covers(const std::string& path) const;
   // Makes the target's `path` (and everything under it) equal to the
   // source's, creating missing ancestors first. Caller holds *sync_mu
@@ -186,7 +186,7 @@ class TreeSync {
   // *copied.
   int CopyBytes(const std::shared_ptr<UniqueFd>& sfd, const std::shared_ptr<UniqueFd>& tfd, off_t size,
                 uint64_t* copied);
-  void SetCursor(const std::string& path, bool subtree_done);
+  void SetCursor(const std::string& path, bool subtree_done) REQUIRES(sync_mu_);
 
   // ---- hard links ----
   // A regular file the source holds under several names (s: its stat):
@@ -242,16 +242,19 @@ class TreeSync {
   std::thread thread_;
   std::atomic<bool> stop_{false};
 
-  // guarded by *sync_mu_
-  std::string cursor_;
-  bool cursor_subtree_done_ = false;
-  bool started_walk_ = false;
-  bool finished_ = false;
+  // The walk's position (see Covers).
+  std::string cursor_ GUARDED_BY(sync_mu_);
+  bool cursor_subtree_done_ GUARDED_BY(sync_mu_) = false;
+  bool started_walk_ GUARDED_BY(sync_mu_) = false;
+  bool finished_ GUARDED_BY(sync_mu_) = false;
 
   std::string displaced_dir_;  // .nasfs/displaced/<start time>, set by Run
 
-  // Hard links. Calls into a TreeSync are serialized by its owner (the
-  // copy's thread and *sync_mu_; the replay thread), so these need no lock.
+  // Hard links. The steps that touch these run one at a time: the copy's
+  // SyncEntry holds *sync_mu_ exclusively, as does a FUSE thread's
+  // ReconcileTree (Nasfs::Mutate); a replay's TreeSync is the replay
+  // thread's alone. What the walk does without the lock (Precopy) touches
+  // none of them.
   std::map<InodeKey, std::string> linked_;  // source inode -> the target name made for it
   bool reconciling_ = false;                // inside Reconcile (not the walk)
   std::vector<std::string> link_check_;      // see FinishLinks
@@ -267,14 +270,25 @@ class TreeSync {
     uint64_t version = 0;
     bool valid = false;
   };
-  Precopied precopied_;  // the walk's thread only
+  // Made by the walk's thread without the lock; taken by whichever thread
+  // then copies the path under the lock (the walk's, or a FUSE thread's
+  // ReconcileTree).
+  mutable Mutex precopy_mu_;
+  Precopied precopied_ GUARDED_BY(precopy_mu_);
+  // A ring serves one copy at a time: the walk's Precopy runs without
+  // *sync_mu_ while a FUSE thread may copy under it. Each copy takes the
+  // spare ring, or makes one, and gives it back after; a ring whose NAS
+  // hung mid-copy is leaked, never torn down (its requests own its buffers).
   struct Uring;
-  std::unique_ptr<Uring> uring_;  // sync thread only; leaked if a NAS hangs mid-copy
+  std::unique_ptr<Uring> TakeRing();
+  void ReturnRing(std::unique_ptr<Uring> ring);
+  Mutex rings_mu_;
+  std::unique_ptr<Uring> spare_ring_ GUARDED_BY(rings_mu_);
 
-  mutable std::mutex status_mu_;
-  std::string state_ = "idle";  // guarded by status_mu_
-  std::string error_;           // guarded by status_mu_
-  std::string started_, finished_at_;  // guarded by status_mu_
+  mutable Mutex status_mu_;
+  std::string state_ GUARDED_BY(status_mu_) = "idle";
+  std::string error_ GUARDED_BY(status_mu_);
+  std::string started_ GUARDED_BY(status_mu_), finished_at_ GUARDED_BY(status_mu_);
   std::atomic<uint64_t> entries_{0}, bytes_{0}, displaced_{0};
   std::shared_ptr<spdlog::logger> trace_ = Logger("sync");
 };

@@ -1000,5 +1000,69 @@ TEST_F(TreeSyncTest, DataCopiedBeforeTheLockIsKeptOnlyIfNoWriteTouchedIt) {
   ExpectSameTrees();
 }
 
+// The walk copies a file's data without the lock (Precopy) while a FUSE
+// thread may copy under it: a rename across the walk's position reconciles
+// a subtree (Nasfs::Mutate's ReconcileTree). The two copies once shared one
+// io_uring, each reaping the other's completions, and the precopied file's
+// record was read by one thread while the other wrote it. Each copy now
+// takes a ring of its own and the record has its own lock: both finish,
+// with every byte where it belongs.
+TEST_F(TreeSyncTest, AReconcileUnderTheLockRacesTheWalksUnlockedCopy) {
+  constexpr int kFiles = 24, kHot = 4;
+  for (int i = 0; i < kFiles; ++i) PutFile(S("z/f" + std::to_string(i)), std::string(2 * kMiB + i, 'a' + i % 26));
+  for (int i = 0; i < kHot; ++i) PutFile(S("a/g" + std::to_string(i)), std::string(2 * kMiB, 'A'));
+  WriteTracker tracker;
+  std::mutex done_mu;
+  std::condition_variable done_cv;
+  bool done = false, ok = false;
+  TreeSync walk(src_.get(), dst_.get(), &sync_mu_, false, /*displace=*/true, [&](bool r) {
+    std::lock_guard lk(done_mu);
+    done = true;
+    ok = r;
+    done_cv.notify_all();
+  });
+  walk.SetWriteTracker(&tracker);
+  std::atomic<bool> stop{false};
+  std::atomic<int> rounds{0}, failures{0}, last_error{0};
+  std::thread fuse([&] {
+    for (int n = 0; !stop; ++n) {
+      std::string rel = "a/g" + std::to_string(n % kHot);
+      {
+        // A write through the mount: the tracker sees it, the source gets
+        // new bytes (and a new mtime), so the reconcile copies data.
+        std::shared_lock lk(sync_mu_);
+        tracker.Begin(rel);
+        int fd = ::open(S(rel).c_str(), O_WRONLY);
+        if (fd >= 0) {
+          std::string data(2 * kMiB, static_cast<char>('A' + n % 26));
+          (void)!::pwrite(fd, data.data(), data.size(), 0);
+          ::close(fd);
+        }
+        tracker.End(rel);
+      }
+      std::unique_lock lk(sync_mu_);
+      if (int r = walk.ReconcileTree("a")) {
+        ++failures;
+        last_error = r;
+      }
+      ++rounds;
+    }
+  });
+  walk.Start();
+  bool finished;
+  {
+    std::unique_lock lk(done_mu);
+    finished = done_cv.wait_for(lk, kSyncBound, [&] { return done; });
+  }
+  stop = true;
+  fuse.join();
+  ASSERT_TRUE(finished) << "the copy did not finish within the bound";
+  walk.Stop();
+  ASSERT_TRUE(ok) << walk.Status().dump();
+  EXPECT_EQ(failures.load(), 0) << "last error: " << std::strerror(last_error.load());
+  EXPECT_GT(rounds.load(), 0);
+  ExpectSameTrees();
+}
+
 }  // namespace
 }  // namespace nasfs
