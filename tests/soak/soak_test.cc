@@ -457,6 +457,28 @@ class Model {
     return out;
   }
 
+  // Whether op takes the name p away from a regular file that lives on
+  // under another name: a rename moves it, and an unlink or a rename over p
+  // leaves its other hard links. A reader that opened p just before reads
+  // that file, and its next changes come through the other name, in that
+  // name's history, not p's: a read of p overlapping op may show any of
+  // them. Such a read is judged like one racing a data write (a mismatch is
+  // undecidable). The soak once reported it as a stale read: bytes of a
+  // write through h17008 read through r17007, its other name, unlinked 2 ms
+  // into the read.
+  bool Detaches(const Op& op, const std::string& p) const {
+    auto it = nodes_.find(p);
+    if (it == nodes_.end() || !it->second.file) return false;
+    auto other_names = [&] { return LinksOf(it->second.file.get()).size() > 1; };
+    switch (op.kind) {
+      case Op::Kind::kRename:
+      case Op::Kind::kRenameOver: return p == op.path || (p == op.to && other_names());
+      case Op::Kind::kRenameDir: return Under(p, op.path);
+      case Op::Kind::kUnlink: return p == op.path && other_names();
+      default: return false;
+    }
+  }
+
   // ---- the writer's side ----
 
   // A feasible operation drawn from rng, on paths that are not uncertain.
@@ -1310,7 +1332,8 @@ void WriterLoop(std::shared_ptr<Shared> sh, Model* m, uint64_t seed) {
       for (const auto& p : affected) {
         History& h = m->history()[p];
         h.Trim(now, sh->cfg.HistoryKeep());
-        h.events.push_back(Event{now, kNever, PathState::Of(PathState::Kind::kUnknown), op.Atomic(), op.What()});
+        h.events.push_back(Event{now, kNever, PathState::Of(PathState::Kind::kUnknown),
+                                 op.Atomic() && !m->Detaches(op, p), op.What()});
       }
     }
     const char* failed_call = "";
