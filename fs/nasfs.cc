@@ -931,8 +931,7 @@ Nasfs::RenameMark::~RenameMark() {
 
 bool Nasfs::RenamedSince(uint64_t begun) {
   MutexLock lk(&renames_mu_);
-  bool moved = renames_begun_.load() != begun || renames_done_.load() != begun;
-  if (!moved) return false;
+  if (!RenameRacing(begun)) return false;
   const auto until = Clock::now() + std::chrono::milliseconds(opts_.io_timeout_ms);
   while (renames_done_.load() != renames_begun_.load())
     if (!renames_cv_.WaitUntil(&renames_mu_, until)) break;

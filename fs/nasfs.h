@@ -135,6 +135,12 @@ class Nasfs {
   // until none is under way, so the path it resolves again is current.
   uint64_t RenamesBegun() const { return renames_begun_.load(std::memory_order_acquire); }
   bool RenamedSince(uint64_t begun);
+  // Whether a rename began since RenamesBegun() was `begun`, or one was
+  // under way then or is now (no waiting).
+  bool RenameRacing(uint64_t begun) const {
+    return renames_begun_.load(std::memory_order_acquire) != begun ||
+           renames_done_.load(std::memory_order_acquire) != begun;
+  }
   // Marks one rename, from its start to the inode table's update.
   class RenameMark {
    public:

@@ -44,29 +44,45 @@ void Init(void* userdata, fuse_conn_info* conn) {
     Logger("fuse")->warn("kernel lacks no-open support: every open costs a round trip");
 }
 
-int DoLookup(Nasfs& fs, fuse_ino_t parent, const char* name, struct stat* st) {
+int DoLookup(Nasfs& fs, fuse_ino_t parent, const char* name, struct stat* st, std::string* tried) {
   if (IsMetaName(parent, name)) return ENOENT;
-  std::string path;
   return OnResolvedPath(
       fs, [&](std::string* p) { return ChildPathOf(fs, parent, name, p); },
       [&](const std::string& p) {
         return fs.ReadInto<struct stat>([p](const Backend& b, struct stat* o) { return b.Stat(p, o); }, st);
       },
-      &path);
+      tried);
 }
 
 void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Nasfs& fs = Fs(req);
+  const uint64_t renames = fs.RenamesBegun();
   struct stat st;
-  int r = DoLookup(fs, parent, name, &st);
+  std::string tried;
+  int r = DoLookup(fs, parent, name, &st, &tried);
   if (r == ENOENT) {
     // A negative entry: the kernel caches the miss for cache_timeout.
-    // SPDLOG_LEVEL=fuse=debug traces each (the soak once saw an open fail
-    // on a name the backup held, right after a directory rename).
+    // Not when a rename through this mount began or was under way while
+    // the lookup ran: the path it tried may be one the rename took away (a
+    // directory above it moved), and a cached miss would then hide the
+    // name under its new path for cache_timeout. The soak saw that twice,
+    // each time a lookup racing a directory rename: a read 564 ms later,
+    // and an open 150 ms later, answered ENOENT for a file both NAS held.
+    // OnResolvedPath retries such a lookup once; this keeps whatever
+    // window is left from being cached. An error reply leaves the kernel
+    // a negative entry that is already stale, so the next access asks
+    // again.
+    const bool racing = fs.RenameRacing(renames);
+    // SPDLOG_LEVEL=fuse=debug traces each miss.
     if (auto log = Logger("fuse"); log->should_log(spdlog::level::debug)) {
       auto p = fs.inodes().ChildPath(parent, name);
-      log->debug("lookup '{}': no such entry on the {} (renames begun {})", p ? ShownPath(*p) : "(parent gone)",
-                 fs.router().ReadFromName(), fs.RenamesBegun());
+      log->debug("lookup '{}': no such entry on the {} (tried '{}'; renames begun {} at the start, {} now){}",
+                 p ? ShownPath(*p) : "(parent gone)", fs.router().ReadFromName(), ShownPath(tried), renames,
+                 fs.RenamesBegun(), racing ? "; not cached: a rename ran meanwhile" : "");
+    }
+    if (racing) {
+      fuse_reply_err(req, ENOENT);
+      return;
     }
     fuse_entry_param e{};
     e.entry_timeout = fs.cache_timeout();
