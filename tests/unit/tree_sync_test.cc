@@ -155,7 +155,8 @@ class TreeSyncTest : public ::testing::Test {
   std::string D(const std::string& rel) const { return rel.empty() ? dst_dir_ : dst_dir_ + "/" + rel; }
 
   // ---- running the copy ----
-  void StartSync(bool verify_content) {
+  // `tracker`: the walk copies data before the lock (see SetWriteTracker).
+  void StartSync(bool verify_content, const WriteTracker* tracker = nullptr) {
     {
       std::lock_guard lk(done_mu_);
       done_ = false;
@@ -167,6 +168,7 @@ class TreeSyncTest : public ::testing::Test {
                                          ok_ = ok;
                                          done_cv_.notify_all();
                                        });
+    sync_->SetWriteTracker(tracker);
     sync_->Start();
   }
   // Waits (bounded) for the done callback; returns whether the copy succeeded.
@@ -952,16 +954,7 @@ TEST_F(TreeSyncTest, DataCopiedBeforeTheLockIsKeptOnlyIfNoWriteTouchedIt) {
   constexpr int kFiles = 24;
   for (int i = 0; i < kFiles; ++i) PutFile(S("f" + std::to_string(i)), std::string(kMiB + i, 'a' + i % 26));
   WriteTracker tracker;
-  std::mutex done_mu;
-  std::condition_variable done_cv;
-  bool done = false, ok = false;
-  TreeSync walk(src_.get(), dst_.get(), &sync_mu_, false, /*displace=*/true, [&](bool r) {
-    std::lock_guard lk(done_mu);
-    done = true;
-    ok = r;
-    done_cv.notify_all();
-  });
-  walk.SetWriteTracker(&tracker);
+  StartSync(/*verify_content=*/false, &tracker);
   std::atomic<bool> stop{false};
   std::atomic<int> writes{0};
   std::thread writer([&] {
@@ -973,7 +966,7 @@ TEST_F(TreeSyncTest, DataCopiedBeforeTheLockIsKeptOnlyIfNoWriteTouchedIt) {
       std::shared_lock lk(sync_mu_);
       tracker.Begin(rel);
       for (const std::string& root : {src_dir_, dst_dir_}) {
-        if (root == dst_dir_ && !walk.Covers(rel)) continue;  // the walk copies it when it gets there
+        if (root == dst_dir_ && !sync_->Covers(rel)) continue;  // the walk copies it when it gets there
         int fd = ::open((root + "/" + rel).c_str(), O_WRONLY);
         if (fd >= 0) {
           (void)!::pwrite(fd, data.data(), data.size(), off);
@@ -988,14 +981,10 @@ TEST_F(TreeSyncTest, DataCopiedBeforeTheLockIsKeptOnlyIfNoWriteTouchedIt) {
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
   });
-  walk.Start();
-  {
-    std::unique_lock lk(done_mu);
-    ASSERT_TRUE(done_cv.wait_for(lk, kSyncBound, [&] { return done; }));
-  }
+  const ::testing::AssertionResult copied = WaitDone();
   stop = true;
   writer.join();
-  ASSERT_TRUE(ok) << walk.Status().dump();
+  ASSERT_TRUE(copied);
   EXPECT_GT(writes.load(), 0);
   ExpectSameTrees();
 }
@@ -1012,16 +1001,7 @@ TEST_F(TreeSyncTest, AReconcileUnderTheLockRacesTheWalksUnlockedCopy) {
   for (int i = 0; i < kFiles; ++i) PutFile(S("z/f" + std::to_string(i)), std::string(2 * kMiB + i, 'a' + i % 26));
   for (int i = 0; i < kHot; ++i) PutFile(S("a/g" + std::to_string(i)), std::string(2 * kMiB, 'A'));
   WriteTracker tracker;
-  std::mutex done_mu;
-  std::condition_variable done_cv;
-  bool done = false, ok = false;
-  TreeSync walk(src_.get(), dst_.get(), &sync_mu_, false, /*displace=*/true, [&](bool r) {
-    std::lock_guard lk(done_mu);
-    done = true;
-    ok = r;
-    done_cv.notify_all();
-  });
-  walk.SetWriteTracker(&tracker);
+  StartSync(/*verify_content=*/false, &tracker);
   std::atomic<bool> stop{false};
   std::atomic<int> rounds{0}, failures{0}, last_error{0};
   std::thread fuse([&] {
@@ -1041,24 +1021,17 @@ TEST_F(TreeSyncTest, AReconcileUnderTheLockRacesTheWalksUnlockedCopy) {
         tracker.End(rel);
       }
       std::unique_lock lk(sync_mu_);
-      if (int r = walk.ReconcileTree("a")) {
+      if (int r = sync_->ReconcileTree("a")) {
         ++failures;
         last_error = r;
       }
       ++rounds;
     }
   });
-  walk.Start();
-  bool finished;
-  {
-    std::unique_lock lk(done_mu);
-    finished = done_cv.wait_for(lk, kSyncBound, [&] { return done; });
-  }
+  const ::testing::AssertionResult copied = WaitDone();
   stop = true;
   fuse.join();
-  ASSERT_TRUE(finished) << "the copy did not finish within the bound";
-  walk.Stop();
-  ASSERT_TRUE(ok) << walk.Status().dump();
+  ASSERT_TRUE(copied);
   EXPECT_EQ(failures.load(), 0) << "last error: " << std::strerror(last_error.load());
   EXPECT_GT(rounds.load(), 0);
   ExpectSameTrees();
