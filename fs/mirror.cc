@@ -28,9 +28,18 @@ bool Mirror::Writable(const Backend& b) {
 
 bool Mirror::IsWriteFault(int e) { return IsFaultErrno(e) || e == ENOSPC || e == EDQUOT || e == EROFS; }
 
-int Mirror::Apply(Mutation kind, const std::vector<journal::Change>& changes, Targets targets, const Op& op) {
+int Mirror::Apply(Mutation kind, const std::vector<journal::Change>& changes, Targets targets, const Op& op,
+                  Targets* journaled) {
   const char* what = MutationName(kind);
   Backend* side[2] = {master_, backup_};
+  Targets none{false, false};
+  if (!journaled) journaled = &none;
+  *journaled = none;
+  auto journal = [&](int i) {
+    if (changes.empty()) return 0;
+    (i == 0 ? journaled->master : journaled->backup) = true;
+    return on_missed_(*side[i], changes);
+  };
   bool want[2] = {targets.master, targets.backup};
   bool run[2] = {false, false};
   for (int i = 0; i < 2; ++i) run[i] = want[i] && Writable(*side[i]);
@@ -41,8 +50,8 @@ int Mirror::Apply(Mutation kind, const std::vector<journal::Change>& changes, Ta
   // A change is journaled for a side only when the other side may apply
   // it, and before the first byte reaches that other side.
   for (int i = 0; i < 2; ++i)
-    if (want[i] && !run[i] && !changes.empty())
-      if (int e = on_missed_(*side[i], changes)) return e;
+    if (want[i] && !run[i])
+      if (int e = journal(i)) return e;
 
   // Both sides are submitted before either is waited on: they run in parallel.
   auto deadline = master_->Deadline();
@@ -83,7 +92,7 @@ int Mirror::Apply(Mutation kind, const std::vector<journal::Change>& changes, Ta
   divergences_.fetch_add(1, std::memory_order_relaxed);
   for (int i = 0; i < 2; ++i)
     if (fault[i]) {
-      int e = changes.empty() ? 0 : on_missed_(*side[i], changes);
+      int e = journal(i);
       on_fault_(*side[i], r[i], what);
       // Not journaled: the other NAS holds a change nothing will carry
       // over, so the application must not be told it succeeded.
@@ -104,7 +113,7 @@ int Mirror::Apply(Mutation kind, const std::vector<journal::Change>& changes, Ta
   std::string p = changes.empty() ? "" : changes.front().path;
   Logger("fuse")->warn("{} '{}': master {}, backup {}; the {} will be brought in line", what, ShownPath(p),
                        r[0] ? std::strerror(r[0]) : "ok", r[1] ? std::strerror(r[1]) : "ok", side[wrong]->name());
-  int e = changes.empty() ? 0 : on_missed_(*side[wrong], changes);
+  int e = journal(wrong);
   if (changes.empty() || side[wrong]->state() != BackendState::kRecovering)
     on_fault_(*side[wrong], r[wrong] ? r[wrong] : EIO,
               fmt::format("{} disagreed with the {}", what, side[right]->name()));

@@ -57,7 +57,9 @@ class Mirror {
   // Runs op on the targeted NAS in parallel; `op` must capture by value what
   // it uses (it may outlive the call when a NAS misses its deadline).
   // `changes` says what the op changes (journaled for a side that misses it).
-  int Apply(Mutation what, const std::vector<journal::Change>& changes, Targets targets, const Op& op);
+  // *journaled, if given, says for which sides `changes` were journaled.
+  int Apply(Mutation what, const std::vector<journal::Change>& changes, Targets targets, const Op& op,
+            Targets* journaled = nullptr);
 
   // The timestamp a mutation stamps on both NAS.
   static timespec Now();

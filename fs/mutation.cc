@@ -54,4 +54,9 @@ bool ChangesNames(Mutation m) {
   return op && (*op == journal::Op::kCreate || *op == journal::Op::kRemove || *op == journal::Op::kRename);
 }
 
+bool ChangesData(Mutation m) {
+  auto op = JournalOpOf(m);
+  return op && (*op == journal::Op::kWrite || *op == journal::Op::kTruncate);
+}
+
 }  // namespace nasfs

@@ -47,5 +47,7 @@ const char* MutationName(Mutation m);
 std::optional<journal::Op> JournalOpOf(Mutation m);
 // Whether it changes names in a directory (the directory's times move too).
 bool ChangesNames(Mutation m);
+// Whether it changes a file's bytes or size (every name of the file sees it).
+bool ChangesData(Mutation m);
 
 }  // namespace nasfs

@@ -263,9 +263,7 @@ tl::expected<void, std::string> Nasfs::AdoptOwnLogs() {
     }
     if (r->contents.entries.empty()) continue;
     std::vector<journal::Change> changes;
-    for (const auto& e : r->contents.entries)
-      for (unsigned op = 1; op <= 8; ++op)
-        if (e.ops & (1u << op)) changes.push_back({e.path, e.scope, static_cast<journal::Op>(op), 0, 0, {}});
+    for (const auto& e : r->contents.entries) journal::AppendChanges(e.path, e.scope, e.ops, e.inodes, &changes);
     if (int e = journal_->AddMissed(t, changes))
       return tl::unexpected(fmt::format("journal {}: cannot write: {}", journal_->dir(), std::strerror(e)));
     adopted_[journal::TargetIndex(t)] = r->contents.entries.size();
@@ -538,19 +536,24 @@ void Nasfs::StartReplayLocked(Backend& b) {
 int Nasfs::ReplayEntry(TreeSync& rs, const journal::Pending& e) {
   using journal::Op;
   auto has = [&e](Op op) { return (e.ops & (1u << static_cast<unsigned>(op))) != 0; };
-  if (e.data_only && !e.ranges.empty()) {
-    // Only byte ranges of a file both sides hold: copy just those.
-    int r = rs.CopyRanges(e.path, e.ranges);
-    if (r != ENOENT && r != EINVAL) return r;
-  }
-  if (has(Op::kCreate) && !e.link_from.empty()) {
-    // A hard link: link the target's copy of the existing name (brought up
-    // to date first) rather than copy the data under a second inode.
-    int r = rs.ReplayLink(e.path, e.link_from);
-    if (r != ENOENT && r != EINVAL) return r;
-  }
-  bool force = has(Op::kWrite) || has(Op::kTruncate) || has(Op::kCreate) || has(Op::kRename);
-  return rs.Reconcile(e.path, e.scope, force);
+  auto path = [&] {
+    if (e.data_only && !e.ranges.empty()) {
+      // Only byte ranges of a file both sides hold: copy just those.
+      int r = rs.CopyRanges(e.path, e.ranges);
+      if (r != ENOENT && r != EINVAL) return r;
+    }
+    if (has(Op::kCreate) && !e.link_from.empty()) {
+      // A hard link: link the target's copy of the existing name (brought
+      // up to date first) rather than copy the data under a second inode.
+      int r = rs.ReplayLink(e.path, e.link_from);
+      if (r != ENOENT && r != EINVAL) return r;
+    }
+    bool force = has(Op::kWrite) || has(Op::kTruncate) || has(Op::kCreate) || has(Op::kRename);
+    return rs.Reconcile(e.path, e.scope, force);
+  };
+  if (int r = path()) return r;
+  // Bytes written through this name live on under the file's other names.
+  return rs.ReconcileNamesOf(e.inodes);
 }
 
 void Nasfs::ReplayLoop(Backend& b) {
@@ -882,6 +885,7 @@ int Nasfs::Mutate(Mutation what, std::initializer_list<std::string> paths, const
       if (t) j->EndWrites(*t, c);
     }
   } end_writes{journal_.get(), changes, std::nullopt};
+  Mirror::Targets journaled{false, false};  // the sides that miss the change
   for (Backend* b : {master_.get(), backup_.get()}) {
     if (b->state() != BackendState::kRecovering || changes.empty()) continue;
     WaitForDrain(Tgt(*b), changes);
@@ -891,15 +895,24 @@ int Nasfs::Mutate(Mutation what, std::initializer_list<std::string> paths, const
     if (recorded) {
       end_writes.t = Tgt(*b);
       (b == master_.get() ? targets.master : targets.backup) = false;
+      (b == master_.get() ? journaled.master : journaled.backup) = true;
     }
     if (e) return JournalResult(e);
     // The other web servers must see it too before the write lands.
     if (recorded)
       if (int n = NotePeers(Tgt(*b), changes)) return n;
   }
+  // A side that missed new bytes of a file with other names.
+  auto applied = [&](int r, const Mirror::Targets& by_mirror) {
+    if (r != 0 || !ChangesData(what) || paths.size() != 1) return r;
+    journaled.master = journaled.master || by_mirror.master;
+    journaled.backup = journaled.backup || by_mirror.backup;
+    return NoteLinkedFile(*paths.begin(), journaled);
+  };
 
   std::shared_ptr<TreeSync> s = sync_ && sync_->target()->state() == BackendState::kSyncing ? sync_ : nullptr;
-  if (!s) return mirror_.Apply(what, changes, targets, op);
+  Mirror::Targets by_mirror;
+  if (!s) return applied(mirror_.Apply(what, changes, targets, op, &by_mirror), by_mirror);
 
   bool all = true, any = false;
   for (const auto& p : paths) {
@@ -908,7 +921,7 @@ int Nasfs::Mutate(Mutation what, std::initializer_list<std::string> paths, const
     any = any || c;
   }
   (s->target() == backup_.get() ? targets.backup : targets.master) = all;
-  int r = mirror_.Apply(what, changes, targets, op);
+  int r = applied(mirror_.Apply(what, changes, targets, op, &by_mirror), by_mirror);
   if (r != 0 || all || !any) return r;
   // A rename across the copy's position: the target got nothing, so bring
   // the covered side in line with the source now.
@@ -918,6 +931,24 @@ int Nasfs::Mutate(Mutation what, std::initializer_list<std::string> paths, const
     if (s->Covers(p))
       if (int e = s->ReconcileTree(p))
         Logger("fuse")->warn("could not reconcile '{}' onto {}: {}", ShownPath(p), s->target()->name(), std::strerror(e));
+  return 0;
+}
+
+int Nasfs::NoteLinkedFile(const std::string& path, const Mirror::Targets& missed) {
+  for (Backend* t : {master_.get(), backup_.get()}) {
+    if (!(t == master_.get() ? missed.master : missed.backup)) continue;
+    // The journal names the change by the path written through. A file
+    // with other names (links older than this mount are not known as one
+    // node, see InodeTable) has them all changed, and that path may be gone
+    // before the replay: its inode on the NAS that took the write lets the
+    // replay find the rest (journal::Op::kLinked).
+    struct stat st{};
+    if (Other(*t).RunStat(path, &st) != 0) continue;  // gone already, or unreachable: nothing more to say
+    if (!S_ISREG(st.st_mode) || st.st_nlink < 2) continue;
+    std::vector<journal::Change> c{{path, journal::Scope::kEntry, journal::Op::kLinked, st.st_ino, 0, {}}};
+    if (int e = journal_->AddMissed(Tgt(*t), c)) return JournalResult(e);
+    if (int e = NotePeers(Tgt(*t), c)) return e;
+  }
   return 0;
 }
 
@@ -1037,8 +1068,7 @@ nlohmann::json Nasfs::JournalList(size_t limit) const {
   for (size_t i = 0; i < all.size() && i < limit; ++i) {
     const auto& e = all[i];
     nlohmann::json ops = nlohmann::json::array();
-    for (unsigned op = 1; op <= 8; ++op)
-      if (e.ops & (1u << op)) ops.push_back(journal::OpName(static_cast<journal::Op>(op)));
+    journal::ForEachOp(e.ops, [&](journal::Op op) { ops.push_back(journal::OpName(op)); });
     nlohmann::json ranges = nlohmann::json::array();
     for (const auto& r : e.ranges) ranges.push_back({r.offset, r.length});
     static const char* kScopes[] = {"entry", "shallow", "tree"};

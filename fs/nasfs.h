@@ -102,6 +102,9 @@ class Nasfs {
   int Mutate(Mutation what, std::initializer_list<std::string> paths, const Mirror::Op& op,
              journal::Range range = {}, const std::string& link_from = {},
              const std::vector<std::string>& aliases = {});
+  // After a write or truncate of `path` that the `missed` sides did not
+  // take: if the file has other names, journals its inode (Op::kLinked).
+  int NoteLinkedFile(const std::string& path, const Mirror::Targets& missed);
   // The other names of ino (hard links) that `path` is not.
   std::vector<std::string> AliasesOf(fuse_ino_t ino, const std::string& path) const;
 

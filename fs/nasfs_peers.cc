@@ -54,20 +54,8 @@ int Nasfs::NoteAllPending(journal::Target t) {
     // Every op recorded: how a takeover or a split-brain merge treats the
     // path depends on each (a chmod is not a directory's times). An entry
     // with none known is listed all the same.
-    auto list = [&](journal::Op op) {
-      journal::Change c;
-      c.path = e.path;
-      c.scope = e.scope;
-      c.op = op;
-      changes.push_back(std::move(c));
-    };
-    bool any = false;
-    for (unsigned op = 1; op <= 8; ++op)
-      if (e.ops & (1u << op)) {
-        list(static_cast<journal::Op>(op));
-        any = true;
-      }
-    if (!any) list(journal::Op::kMeta);
+    const uint32_t meta = 1u << static_cast<unsigned>(journal::Op::kMeta);
+    journal::AppendChanges(e.path, e.scope, e.ops ? e.ops : meta, e.inodes, &changes);
   }
   return changes.empty() ? 0 : peers_->Note(t, changes);
 }
@@ -209,6 +197,7 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
     log->debug("takeover onto the {}: '{}' ops {:#x} scope {}", b.name(), ShownPath(e.path), e.ops,
                static_cast<int>(e.scope));
     if (int r = rs.ReconcileExclusive(e.path, e.scope, ForceData(e.ops))) return r;
+    if (int r = rs.ReconcileNamesOf(e.inodes)) return r;
     if (!e.path.empty()) {
       dirs.insert(ParentOf(e.path));
       settle_.insert(e.path);
@@ -410,6 +399,7 @@ int Nasfs::ResolveSplitBrain() {
         if (!fresh) {
           it->second.ops |= e.ops;
           it->second.scope = std::max(it->second.scope, e.scope);
+          for (uint64_t ino : e.inodes) journal::AddInode(&it->second.inodes, ino);
         }
       }
     }
@@ -485,8 +475,10 @@ int Nasfs::ResolveSplitBrain() {
       r = resolver.Resolve(p);
     } else if (m && !DirTimesOnly(in_m->second)) {
       r = to_master.ReconcileExclusive(p, in_m->second.scope, ForceData(in_m->second.ops));
+      if (r == 0) r = to_master.ReconcileNamesOf(in_m->second.inodes);
     } else {
       r = to_backup.ReconcileExclusive(p, in_b->second.scope, ForceData(in_b->second.ops));
+      if (r == 0) r = to_backup.ReconcileNamesOf(in_b->second.inodes);
     }
     if (r) {
       log->error("split brain: merging '{}': {}", ShownPath(p), std::strerror(r));

@@ -145,8 +145,11 @@ class Peers {
     // A change as the log tells it: path, op and scope. A path listed for
     // one op is listed again for another (a chmod after a directory's
     // times moved): a split-brain merge and a takeover act on the ops.
-    using Key = std::tuple<std::string, journal::Op, journal::Scope>;
-    static Key KeyOf(const journal::Change& c) { return {c.path, c.op, c.scope}; }
+    // A kLinked change is one per inode (its offset); others, one per op.
+    using Key = std::tuple<std::string, journal::Op, journal::Scope, uint64_t>;
+    static Key KeyOf(const journal::Change& c) {
+      return {c.path, c.op, c.scope, c.op == journal::Op::kLinked ? c.offset : 0};
+    }
     std::set<Key> listed;             // durable in the log since the last Clear
     std::map<Key, uint64_t> queued;   // in `batch` or being written: the ticket of the batch carrying it
     std::vector<journal::Change> batch;

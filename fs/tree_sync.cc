@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <set>
 #include <utility>
 
@@ -619,6 +620,28 @@ int TreeSync::ReconcileExclusive(const std::string& path, journal::Scope scope, 
   return r;
 }
 
+int TreeSync::ReconcileNamesOf(const std::vector<uint64_t>& inodes) {
+  if (inodes.empty()) return 0;
+  struct stat root{};
+  if (int r = source_->RunStat("", &root)) return r;
+  std::set<std::string> names;
+  // One file system: its files share the root's device.
+  if (int r = WalkFiles(source_, "", [&](const std::string& path, const struct stat& x) {
+        if (S_ISREG(x.st_mode) && x.st_dev == root.st_dev &&
+            std::binary_search(inodes.begin(), inodes.end(), static_cast<uint64_t>(x.st_ino)))
+          names.insert(path);
+      }))
+    return r;
+  for (const auto& n : names) {
+    Trace(n, "copied again: a name of a linked file written through another name");
+    int r = ReconcileExclusive(n, journal::Scope::kEntry, /*force_data=*/true);
+    if (r == ENOENT) continue;  // gone since: nothing left to bring
+    if (r) return r;
+    relinked_.push_back(n);
+  }
+  return 0;
+}
+
 int TreeSync::ExclusiveStep(const std::string& path, journal::Scope scope, bool force_data, bool top) {
   if (stop_) return ECANCELED;
   if (int r = Precopy(path, force_data)) return r;
@@ -1003,6 +1026,13 @@ int TreeSync::CopyAgain(const std::string& removed, const std::vector<std::strin
 }
 
 int TreeSync::IndexLinks(Backend* nas, LinkIndex& ix, const std::string& dir) {
+  return WalkFiles(nas, dir, [&ix](const std::string& path, const struct stat& x) {
+    if (S_ISREG(x.st_mode) && x.st_nlink > 1) ix.names[{x.st_dev, x.st_ino}].push_back(path);
+  });
+}
+
+int TreeSync::WalkFiles(Backend* nas, const std::string& dir,
+                        const std::function<void(const std::string&, const struct stat&)>& file) {
   if (stop_) return ECANCELED;
   auto list = std::make_shared<std::vector<DirEntry>>();
   int r = nas->Run([nas, dir, list] { return nas->ReadDir(dir, list.get()); });
@@ -1026,9 +1056,9 @@ int TreeSync::IndexLinks(Backend* nas, LinkIndex& ix, const std::string& dir) {
       std::string child = JoinPath(dir, (*batch)[k]);
       if (x.st_ino == 0) continue;  // gone meanwhile
       if (S_ISDIR(x.st_mode)) {
-        if (int e = IndexLinks(nas, ix, child)) return e;
-      } else if (S_ISREG(x.st_mode) && x.st_nlink > 1) {
-        ix.names[{x.st_dev, x.st_ino}].push_back(child);
+        if (int e = WalkFiles(nas, child, file)) return e;
+      } else {
+        file(child, x);
       }
     }
   }

@@ -110,6 +110,11 @@ class TreeSync {
   // writes it holds back wait for one entry's metadata calls only, never
   // for a large file's bytes or a renamed directory's whole copy.
   int ReconcileExclusive(const std::string& path, journal::Scope scope, bool force_data);
+  // Every name the source now gives the files with these inode numbers
+  // (journal::Op::kLinked: written through a name that may be gone, so the
+  // file may have one name left), each reconciled as ReconcileExclusive
+  // with its data. The names are found by one walk of the source's tree.
+  int ReconcileNamesOf(const std::vector<uint64_t>& inodes);
   // Copies only the given byte ranges of a regular file present on both
   // sides, then its size, xattrs and attributes. ENOENT/EINVAL when either
   // side's file is missing or not regular (reconcile it whole instead).
@@ -219,6 +224,10 @@ class TreeSync {
   // fewer are found and the index predates the Reconcile under way.
   int NamesOf(Backend* nas, LinkIndex& ix, const struct stat& s, nlink_t expect, std::vector<std::string>* out);
   int IndexLinks(Backend* nas, LinkIndex& ix, const std::string& dir);
+  // Walks dir on nas (all of it; the root's .nasfs and lost+found left
+  // out): calls file(path, stat) for each entry not a directory.
+  int WalkFiles(Backend* nas, const std::string& dir,
+                const std::function<void(const std::string&, const struct stat&)>& file);
   // `removed`, a name of a linked file on the target, was removed (or
   // replaced): `names`, the file's other names there, are copied again.
   int CopyAgain(const std::string& removed, const std::vector<std::string>& names);

@@ -300,6 +300,22 @@ std::vector<std::string> ListRecords(uint8_t kind, const std::vector<std::string
 
 const char* TargetName(Target t) { return t == kMaster ? "master" : "backup"; }
 
+void AddInode(std::vector<uint64_t>* inodes, uint64_t ino) {
+  auto at = std::lower_bound(inodes->begin(), inodes->end(), ino);
+  if (at == inodes->end() || *at != ino) inodes->insert(at, ino);
+}
+
+void AppendChanges(const std::string& path, Scope scope, uint32_t ops, const std::vector<uint64_t>& inodes,
+                   std::vector<Change>* out) {
+  ForEachOp(ops, [&](Op op) {
+    if (op != Op::kLinked) {
+      out->push_back(Change{path, scope, op, 0, 0, {}});
+      return;
+    }
+    for (uint64_t ino : inodes) out->push_back(Change{path, scope, op, ino, 0, {}});
+  });
+}
+
 const char* OpName(Op op) {
   switch (op) {
     case Op::kWrite: return "write";
@@ -310,6 +326,7 @@ const char* OpName(Op op) {
     case Op::kRename: return "rename";
     case Op::kDirTimes: return "dir-times";
     case Op::kCrash: return "crash";
+    case Op::kLinked: return "linked";
   }
   return "?";
 }
@@ -414,6 +431,7 @@ struct Journal::Impl {
     e.data_bytes = 0;
     for (const auto& r : e.ranges) e.data_bytes += r.length;
     if (op == Op::kCreate) e.link_from = from;
+    if (op == Op::kLinked) AddInode(&e.inodes, off);
     e.first_ns = std::min(e.first_ns, ns);
   }
   void ApplyMissed(int t, const std::string& path, Scope scope, Op op, uint8_t flags, int64_t ns, uint64_t seq,
@@ -668,9 +686,12 @@ struct Journal::Impl {
                          flags, e.first_ns, e.seq};
           body.push_back(EncodeMissed(m));
         };
-        for (unsigned op = 1; op <= 8; ++op)
-          if ((e.ops & (1u << op)) && op != static_cast<unsigned>(Op::kWrite))
-            missed(static_cast<Op>(op), e.data_only ? 0 : kFlagWhole, 0, 0);
+        ForEachOp(e.ops, [&](Op op) {
+          if (op == Op::kLinked)
+            for (uint64_t ino : e.inodes) missed(op, kFlagWhole, ino, 0);
+          else if (op != Op::kWrite)
+            missed(op, e.data_only ? 0 : kFlagWhole, 0, 0);
+        });
         if (e.ops & (1u << static_cast<unsigned>(Op::kWrite))) {
           if (!e.data_only || e.ranges.empty()) missed(Op::kWrite, kFlagWhole, 0, 0);
           for (const auto& r : e.ranges) missed(Op::kWrite, 0, r.offset, r.length);

@@ -77,8 +77,29 @@ enum class Op : uint8_t {
   kRename = 6,    // either side of a rename
   kDirTimes = 7,  // a directory whose entries changed
   kCrash = 8,     // marked by the activity log when nasfs stopped
+  // A write or truncate reached a file with other names, some perhaps not
+  // known to the daemon (links older than the mount): offset holds the
+  // file's inode number on the NAS that took it. Replay brings every name
+  // of that inode over, not only the path written through, which may be
+  // gone by then (the hour soak lost a write that way).
+  kLinked = 9,
 };
+constexpr unsigned kLastOp = 9;
 const char* OpName(Op op);
+// Adds ino to a sorted list of inode numbers (kLinked), once.
+void AddInode(std::vector<uint64_t>* inodes, uint64_t ino);
+struct Change;
+// Appends one Change per op in ops (kLinked: one per inode) for path, as a
+// listing of a merged entry needs them (the peer logs: no byte ranges and
+// no link names).
+void AppendChanges(const std::string& path, Scope scope, uint32_t ops, const std::vector<uint64_t>& inodes,
+                   std::vector<Change>* out);
+// Calls f(op) for each op whose bit (1 << op) is set in ops, in order.
+template <class F>
+void ForEachOp(uint32_t ops, F&& f) {
+  for (unsigned op = 1; op <= kLastOp; ++op)
+    if (ops & (1u << op)) f(static_cast<Op>(op));
+}
 
 struct Change {
   std::string path;  // relative to the NAS root, "" is the root
@@ -109,6 +130,9 @@ struct Pending {
   int64_t first_ns = 0;       // wall clock of the oldest change
   uint64_t data_bytes = 0;    // sum of ranges
   std::string link_from;      // the newest link(2) that made this name
+  // kLinked: the inode numbers (on the NAS that took the changes) of the
+  // linked files written through this name. Sorted, no duplicates.
+  std::vector<uint64_t> inodes;
   // Writes journaled by RecordIfTouching and not yet applied to the other
   // NAS (EndWrites): a replay must not copy the path meanwhile, or it could
   // copy it before the write lands and then retire it. In memory only.

@@ -35,10 +35,11 @@ PeerLogContents DecodePeerLog(std::string_view data, Target target) {
     out.last_seq = std::max(out.last_seq, rec.seq);
     if (m.target != target) continue;
     auto [it, fresh] = index.try_emplace(m.change.path, out.entries.size());
-    if (fresh) out.entries.push_back(PeerEntry{m.change.path, m.change.scope, 0});
+    if (fresh) out.entries.push_back(PeerEntry{m.change.path, m.change.scope, 0, {}});
     PeerEntry& e = out.entries[it->second];
     e.scope = std::max(e.scope, m.change.scope);
     e.ops |= 1u << static_cast<unsigned>(m.change.op);
+    if (m.change.op == Op::kLinked) AddInode(&e.inodes, m.change.offset);
   }
   return out;
 }

@@ -36,6 +36,7 @@ struct PeerEntry {
   std::string path;
   Scope scope = Scope::kEntry;  // the widest recorded
   uint32_t ops = 0;             // bit (1 << Op) per Op recorded
+  std::vector<uint64_t> inodes;  // kLinked: as in Pending
 };
 struct PeerLogContents {
   std::vector<PeerEntry> entries;  // one per path, in first-recorded order

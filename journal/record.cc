@@ -134,7 +134,7 @@ bool DecodeMissed(std::string_view payload, MissedRecord* out) {
   out->change.path = r.Str();
   out->change.link_from.clear();
   if (r.ok() && !r.done()) out->change.link_from = r.Str();  // optional: a link's existing name
-  if (!r.done() || (target != kMaster && target != kBackup) || scope > 2 || op < 1 || op > 8) return false;
+  if (!r.done() || (target != kMaster && target != kBackup) || scope > 2 || op < 1 || op > kLastOp) return false;
   out->target = static_cast<Target>(target);
   out->change.scope = static_cast<Scope>(scope);
   out->change.op = static_cast<Op>(op);

@@ -1430,6 +1430,58 @@ TEST_F(JournalTest, AHardLinkMadeDuringAnOutageIsReplayedAsALink) {
   }
 }
 
+// Issue 10 (hour soak, seed 9916408223397310835): a write through a name
+// that this mount did not know as another name of its file (a link made by
+// another web server, or older than the mount: the inode table numbers
+// names, not files) was journaled under that name alone. Once that name was
+// gone, the replay had nothing to carry the bytes by: the master kept the
+// file's old bytes under its other name, a lost write there. Here another
+// web server links a to b (and t to t2, u to u2) on the backup during the
+// master outage; this one renames b, writes it and removes it before the
+// master returns; likewise a truncate and an append.
+TEST_F(JournalTest, AWriteThroughALinkThisMountDoesNotKnowReachesTheFilesOtherNames) {
+  ASSERT_NO_FATAL_FAILURE(StartMounted());
+  const std::string v1 = RandomBytes(rng_, 9000), w1 = RandomBytes(rng_, 7000), u1 = RandomBytes(rng_, 3000);
+  Do("create a", {"a"}, [&] { return PutFile(M("a"), v1, O_CREAT | O_TRUNC); }, [&] { model_.File("a", v1, 0644); });
+  Do("create t", {"t"}, [&] { return PutFile(M("t"), w1, O_CREAT | O_TRUNC); }, [&] { model_.File("t", w1, 0644); });
+  Do("create u", {"u"}, [&] { return PutFile(M("u"), u1, O_CREAT | O_TRUNC); }, [&] { model_.File("u", u1, 0644); });
+  ASSERT_NO_FATAL_FAILURE(TakeDown("master"));
+  // The other web server's links, on the NAS it writes (its own journal
+  // holds them for the master).
+  for (auto [from, to] : {std::pair{"a", "b"}, {"t", "t2"}, {"u", "u2"}}) {
+    const std::string b = backup_->store() + "/";
+    ASSERT_EQ(link((b + from).c_str(), (b + to).c_str()), 0) << to << ": " << std::strerror(errno);
+    model_.File(to, model_.At(from).data, 0644);
+  }
+  Do("mv b c", {"b", "c"}, [&] { return Errno(rename(M("b").c_str(), M("c").c_str())); },
+     [&] { model_.Rename("b", "c"); });
+  const std::string v2 = RandomBytes(rng_, 12000);
+  Do("overwrite c", {"a", "c"}, [&] { return PutFile(M("c"), v2, O_TRUNC); }, [&] {
+    model_.At("a").data = v2;
+    model_.At("c").data = v2;
+  });
+  Do("rm c", {"c"}, [&] { return Errno(unlink(M("c").c_str())); }, [&] { model_.Remove("c"); });
+  Do("truncate t2", {"t", "t2"}, [&] { return Errno(truncate(M("t2").c_str(), 100)); }, [&] {
+    model_.At("t").data.resize(100);
+    model_.At("t2").data.resize(100);
+  });
+  Do("mv t2 t3", {"t2", "t3"}, [&] { return Errno(rename(M("t2").c_str(), M("t3").c_str())); },
+     [&] { model_.Rename("t2", "t3"); });
+  Do("rm t3", {"t3"}, [&] { return Errno(unlink(M("t3").c_str())); }, [&] { model_.Remove("t3"); });
+  const std::string more = "appended through the second name";
+  Do("append u2", {"u", "u2"}, [&] { return PutFile(M("u2"), more, O_APPEND); }, [&] {
+    model_.At("u").data += more;
+    model_.At("u2").data += more;
+  });
+  Do("rm u2", {"u2"}, [&] { return Errno(unlink(M("u2").c_str())); }, [&] { model_.Remove("u2"); });
+  ExpectOpsSucceeded("the outage");
+  ASSERT_NO_FATAL_FAILURE(BringBack("master"));
+  EXPECT_EQ(ReadFile(master_->store() + "/a").value_or("?") == v2, true) << "a is stale on the master";
+  EXPECT_EQ(ReadFile(master_->store() + "/t").value_or("?").size(), 100u) << "t is not truncated on the master";
+  EXPECT_EQ(ReadFile(master_->store() + "/u").value_or("?"), u1 + more) << "u lacks the append on the master";
+  CheckFinal("after the master returned");
+}
+
 // (c) The backup dies: reads stay on the master throughout; the backup gets
 // the operations when it returns.
 TEST_F(JournalTest, ABackupOutageIsReplayedOntoTheBackupWhileReadsStayOnTheMaster) {

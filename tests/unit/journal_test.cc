@@ -545,6 +545,7 @@ void ExpectSameEntries(const std::map<std::string, Pending>& want, const std::ma
     EXPECT_EQ(g.data_bytes, w.data_bytes) << Describe(w) << " vs " << Describe(g);
     EXPECT_EQ(g.first_ns, w.first_ns) << "first_ns of '" << path << "' changed across reopen";
     EXPECT_EQ(g.link_from, w.link_from) << "link_from of '" << path << "'";
+    EXPECT_EQ(g.inodes, w.inodes) << "inodes of '" << path << "'";
   }
 }
 
@@ -583,6 +584,11 @@ class JournalTest : public ::testing::Test {
     return o;
   }
 
+#define REOPEN_OR_RETURN() \
+  do {                       \
+    Reopen();                \
+    if (HasFatalFailure()) return; \
+  } while (0)
   // (Re)opens into j_, asserting success.
   void Reopen(Recovered* rec = nullptr) {
     j_.reset();
@@ -602,6 +608,16 @@ class JournalTest : public ::testing::Test {
     env_.DropUnsynced(undo_unsynced_removes);
     env_.ClearFailures();
     env_.SetActive(true);
+  }
+  // check(when) in memory, after a clean reopen, and after a crash.
+  void CheckAcrossReopenAndCrash(const std::function<void(const char*)>& check) {
+    check("in memory");
+    j_.reset();
+    REOPEN_OR_RETURN();
+    check("after a clean reopen");
+    Kill();
+    REOPEN_OR_RETURN();
+    check("after a crash");
   }
   // A crash that leaves the disk exactly as it is (the caller damages it).
   void StopWithoutDropping() {
@@ -816,13 +832,7 @@ TEST_F(JournalTest, AMetaOnlyEntryIsDataOnlyWithNoRanges) {
     ExpectEntry(m, "m", {Bit(Op::kMeta), Scope::kEntry, true, {}});
     ExpectEntry(m, "m2", {Bit(Op::kMeta), Scope::kEntry, true, {}});
   };
-  check("in memory");
-  j_.reset();
-  REOPEN();
-  check("after a clean reopen");
-  Kill();
-  REOPEN();
-  check("after a crash");
+  CheckAcrossReopenAndCrash(check);
 }
 
 // link(2): the entry remembers the newest existing name it was linked from.
@@ -842,13 +852,39 @@ TEST_F(JournalTest, LinkFromSurvivesReopenAndCrash) {
     ExpectEntry(m, "two", {Bit(Op::kCreate) | Bit(Op::kWrite)});
     EXPECT_FALSE(j_->HasPending(kMaster));
   };
-  check("in memory");
+  CheckAcrossReopenAndCrash(check);
+}
+
+// Op::kLinked: the inode numbers of linked files written through a path
+// are kept (sorted, once each), make the entry whole-file, and survive a
+// reopen, a crash and a checkpoint.
+TEST_F(JournalTest, LinkedInodesSurviveReopenCrashAndCheckpoint) {
+  REOPEN();
+  auto linked = [](const std::string& path, uint64_t ino) {
+    return Change{path, Scope::kEntry, Op::kLinked, ino, 0, {}};
+  };
+  ASSERT_EQ(j_->AddMissed(kMaster, {W("c", 0, 100), linked("c", 77)}), 0);
+  ASSERT_EQ(j_->AddMissed(kMaster, {W("c", 100, 100), linked("c", 12), linked("c", 77)}), 0);
+  ASSERT_EQ(j_->AddMissed(kMaster, {W("plain", 0, 10)}), 0);
+  ASSERT_EQ(j_->AddMissed(kBackup, {linked("other", (uint64_t{1} << 63) + 5)}), 0);
+  auto check = [&](const char* when) {
+    SCOPED_TRACE(when);
+    auto m = PendingMap(*j_, kMaster);
+    ASSERT_EQ(Paths(m), (std::set<std::string>{"c", "plain"}));
+    EXPECT_EQ(m.at("c").inodes, (std::vector<uint64_t>{12, 77}));
+    EXPECT_FALSE(m.at("c").data_only) << "a linked file's entry is reconciled whole";
+    ExpectEntry(m, "c", {Bit(Op::kWrite) | Bit(Op::kLinked), Scope::kEntry, false, {}});
+    EXPECT_TRUE(m.at("plain").inodes.empty());
+    auto b = PendingMap(*j_, kBackup);
+    ASSERT_EQ(Paths(b), (std::set<std::string>{"other"}));
+    EXPECT_EQ(b.at("other").inodes, (std::vector<uint64_t>{(uint64_t{1} << 63) + 5}));
+  };
+  CheckAcrossReopenAndCrash(check);
+  if (HasFatalFailure()) return;
+  ASSERT_EQ(j_->Checkpoint(), 0);
   j_.reset();
   REOPEN();
-  check("after a clean reopen");
-  Kill();
-  REOPEN();
-  check("after a crash");
+  check("after a checkpoint");
 }
 
 // ---------------------------------------------------------------------------
@@ -2148,6 +2184,20 @@ TEST(PeerLog, RoundTripMergesByPathAndKeepsTheWidestScope) {
   EXPECT_EQ(c.entries[1].path, "d");
   EXPECT_EQ(c.entries[2].path, "n\nl\tname");
   EXPECT_EQ(DecodePeerLog(log, kBackup).entries.size(), 1u);
+}
+
+TEST(PeerLog, LinkedInodesAreListedOncePerInode) {
+  uint64_t seq = 1;
+  std::vector<Change> changes;
+  AppendChanges("c", Scope::kTree, (1u << static_cast<unsigned>(Op::kWrite)) | (1u << static_cast<unsigned>(Op::kLinked)),
+                {9, 4}, &changes);
+  ASSERT_EQ(changes.size(), 3u);  // the write, and one per inode
+  changes.push_back({"c", Scope::kEntry, Op::kLinked, 9, 0, {}});  // again: kept once
+  auto c = DecodePeerLog(EncodePeerRecords(kMaster, changes, &seq), kMaster);
+  ASSERT_EQ(c.entries.size(), 1u);
+  EXPECT_EQ(c.entries[0].inodes, (std::vector<uint64_t>{4, 9}));
+  EXPECT_EQ(c.entries[0].ops, (1u << static_cast<unsigned>(Op::kWrite)) | (1u << static_cast<unsigned>(Op::kLinked)));
+  EXPECT_EQ(c.entries[0].scope, Scope::kTree);
 }
 
 TEST(PeerLog, ATornAppendLosesOnlyItsOwnRecord) {
