@@ -153,8 +153,11 @@ std::shared_ptr<const UniqueFd> Backend::Root() const {
 
 void Backend::SwapRoot(UniqueFd fd) {
   auto next = std::make_shared<const UniqueFd>(std::move(fd));
-  MutexLock lk(&root_mu_);
-  root_ = std::move(next);
+  {
+    MutexLock lk(&root_mu_);
+    root_ = std::move(next);
+  }
+  dirs_.Clear();  // (and an fd opened beneath the old root is never handed out: DirCache)
 }
 
 void Backend::SetState(BackendState s, const std::string& why) {
@@ -249,13 +252,49 @@ nlohmann::json Backend::Status() const {
   j["errors"] = errors_.load();
   j["timeouts"] = timeouts_.load();
   j["in_flight"] = pool_.InFlight();
+  j["dir_cache"] = {{"entries", dirs_.size()}, {"hits", dirs_.hits()}, {"misses", dirs_.misses()}};
   return j;
 }
 
 Result<UniqueFd> Backend::OpenBeneath(const std::string& rel, int flags, mode_t mode) const {
   auto root = Root();
   if (!root->valid()) return Err(ENOTCONN);
+  if (rel.empty() || !DirCache::InScope() || !dirs_.enabled()) return OpenBeneathAt(root->get(), rel, flags, mode);
+  if (flags == (O_PATH | O_DIRECTORY)) {
+    // A directory to act in (OpenParent): its cached fd, duplicated.
+    auto dir = DirFd(root, rel);
+    if (!dir) return Err(dir.error());
+    int fd = fcntl((*dir)->get(), F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) return ErrFromErrno();
+    return UniqueFd(fd);
+  }
+  const auto slash = rel.rfind('/');
+  if (slash == std::string::npos) return OpenBeneathAt(root->get(), rel, flags, mode);
+  // The last component beneath its parent's fd. An fd gone stale (the
+  // directory removed on an NFS server) is dropped and the path resolved
+  // from the root instead.
+  const std::string dir = rel.substr(0, slash);
+  if (auto parent = DirFd(root, dir)) {
+    auto r = OpenBeneathAt((*parent)->get(), rel.substr(slash + 1), flags, mode);
+    if (r || r.error() != ESTALE) return r;
+    dirs_.Forget(dir);
+  }
   return OpenBeneathAt(root->get(), rel, flags, mode);
+}
+
+Result<DirCache::Fd> Backend::DirFd(const DirCache::Fd& root, const std::string& dir) const {
+  if (auto fd = dirs_.Find(root, dir)) return fd;
+  // A deep path is usually met level by level (the kernel looks up each
+  // directory in turn): the parent's fd is then cached, one lookup away.
+  const auto slash = dir.rfind('/');
+  Result<UniqueFd> opened = Err(ENOENT);
+  DirCache::Fd parent = slash == std::string::npos ? nullptr : dirs_.Find(root, dir.substr(0, slash));
+  if (parent) opened = OpenBeneathAt(parent->get(), dir.substr(slash + 1), O_PATH | O_DIRECTORY);
+  if (!parent || (!opened && opened.error() == ESTALE)) opened = OpenBeneathAt(root->get(), dir, O_PATH | O_DIRECTORY);
+  if (!opened) return Err(opened.error());
+  auto fd = std::make_shared<const UniqueFd>(std::move(*opened));
+  dirs_.Put(root, dir, fd);
+  return fd;
 }
 
 namespace {
@@ -571,6 +610,7 @@ int Backend::Rmdir(const std::string& rel, const timespec& t) const {
   auto pfd = OpenParent(rel, &name);
   if (!pfd) return pfd.error();
   if (unlinkat(pfd->get(), name.c_str(), AT_REMOVEDIR) != 0) return Errno();
+  dirs_.Forget(rel);
   return StampMtimeAt(pfd->get(), ".", t, 0);
 }
 
@@ -618,6 +658,9 @@ int Backend::Rename(const std::string& old_rel, const std::string& new_rel, unsi
   auto npfd = OpenParent(new_rel, &nname);
   if (!npfd) return npfd.error();
   if (int e = RenameAt(opfd->get(), oname.c_str(), npfd->get(), nname.c_str(), flags)) return e;
+  // What was at either name (an exchange moves both) is elsewhere now.
+  dirs_.Forget(old_rel);
+  dirs_.Forget(new_rel);
   if (int e = StampMtimeAt(opfd->get(), ".", t, 0)) return e;
   return StampMtimeAt(npfd->get(), ".", t, 0);
 }
@@ -691,6 +734,7 @@ int Backend::RemoveTree(const std::string& rel) const {
   std::string name;
   auto pfd = OpenParent(rel, &name);
   if (!pfd) return pfd.error();
+  dirs_.Forget(rel);
   return RemoveAt(pfd->get(), name.c_str());
 }
 

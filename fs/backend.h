@@ -1,6 +1,9 @@
 // One NAS: its root, its role, its state, and the syscalls nasfs makes on it.
 //
-// Confinement: every access starts from root_fd_ and resolves with openat2
+// Confinement: every access starts from root_fd_, or (a read through the
+// mount) from the fd of a directory opened that way a moment ago
+// (DirCache: a deep path costs a lookup or two, not one per level), and
+// resolves with openat2
 // RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS |
 // RESOLVE_NO_XDEV. The kernel resolves symlinks seen through the mount
 // itself, so the daemon never needs to follow one on a NAS: a path that meets
@@ -29,6 +32,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fs/common.h"
+#include "fs/dir_cache.h"
 #include "fs/worker_pool.h"
 #include "util/mutex.h"
 
@@ -91,6 +95,13 @@ class Backend {
   // identity marker through CheckMarkerAt before SwapRoot.
   Result<UniqueFd> OpenPathAfresh() const;
   void SwapRoot(UniqueFd fd);
+  // How long a directory's fd serves the calls beneath it (see DirCache);
+  // 0 resolves every call from the root.
+  void SetDirCacheTtl(std::chrono::milliseconds ttl) { dirs_.SetTtl(ttl); }
+  const DirCache& dir_cache() const { return dirs_; }
+  // Forgets the cached fds of rel and beneath it (rel moved or went by a
+  // call that is not Rename, Rmdir or RemoveTree).
+  void ForgetDirs(const std::string& rel) const { dirs_.Forget(rel); }
 
   Role role() const { return role_; }
   const char* name() const { return RoleName(role_); }
@@ -202,6 +213,9 @@ class Backend {
  private:
   int FinishNew(int parent_fd, const std::string& name, int fd, bool path_only, const Caller& who, mode_t mode,
                 const timespec& t, struct stat* st) const;
+  // An O_PATH fd of directory `dir` beneath root: cached, or opened beneath
+  // its parent's cached fd, or beneath root (and then cached).
+  Result<DirCache::Fd> DirFd(const DirCache::Fd& root, const std::string& dir) const;
 
   const Role role_;
   const std::string path_;
@@ -209,6 +223,7 @@ class Backend {
   mutable Mutex root_mu_;
   std::shared_ptr<const UniqueFd> root_ GUARDED_BY(root_mu_);
   WorkerPool pool_;
+  mutable DirCache dirs_;
 
   std::atomic<BackendState> state_{BackendState::kHealthy};
   mutable Mutex status_mu_;

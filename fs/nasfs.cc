@@ -81,7 +81,11 @@ Nasfs::Nasfs(Options opts)
             return NotePeers(Tgt(b), changes);
           }),
       started_(std::chrono::steady_clock::now()),
-      peers_(std::make_unique<Peers>(master_.get(), backup_.get(), opts_.node)) {}
+      peers_(std::make_unique<Peers>(master_.get(), backup_.get(), opts_.node)) {
+  // A directory's fd serves for as long as the kernel trusts our names.
+  const auto ttl = std::chrono::milliseconds(static_cast<int64_t>(opts_.cache_timeout_s * 1000));
+  for (Backend* b : {master_.get(), backup_.get()}) b->SetDirCacheTtl(ttl);
+}
 
 Nasfs::~Nasfs() {
   stopping_ = true;

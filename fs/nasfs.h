@@ -85,7 +85,10 @@ class Nasfs {
     return ReadWithFailover([&](Backend& b) {
       auto out = std::make_shared<T>();
       Backend* nas = &b;
-      int r = nas->Run([fn, out, nas] { return fn(*nas, out.get()); });
+      int r = nas->Run([fn, out, nas] {
+        DirCache::Scope cached;  // a read through the mount: see DirCache
+        return fn(*nas, out.get());
+      });
       if (r == 0) *result = std::move(*out);
       return r;
     });

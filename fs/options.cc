@@ -364,8 +364,9 @@ nasfs options (-o):
   probe_successes=N      good probes in a row before a NAS that failed is
                          trusted again (default 3)
   cache_timeout=SECONDS  how long the kernel caches names, attributes and
-                         missing names (default 1; another web server's
-                         changes show within this time)
+                         missing names, and nasfs the directories that
+                         reads resolve beneath (default 1; another web
+                         server's changes show within this time)
   source=master|backup   first pairing of two NAS that both hold data: copy
                          this side onto the other; what would be overwritten
                          or deleted is kept under .nasfs/displaced/

@@ -342,6 +342,7 @@ int TreeSync::Displace(const std::string& path) {
     std::string name = dn;
     for (int n = 1;; ++n) {
       int e = RenameAt(opfd->get(), on.c_str(), dpfd->get(), name.c_str(), RENAME_NOREPLACE);
+      if (e == 0) t->ForgetDirs(path);
       if (e != EEXIST || n > 1000) return e;
       name = fmt::format("{}.{}", dn, n);
     }

@@ -53,7 +53,9 @@ std::string Fmt(const timespec& t) {
   return std::to_string(t.tv_sec) + "." + std::to_string(t.tv_nsec);
 }
 
-class BackendTest : public ::testing::Test {
+// Every test runs twice: each call resolved from the NAS root, and through
+// the directory fd cache (DirCache).
+class BackendTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
     root_ = MakeTemp("/tmp/nasfs-backend-nas-XXXXXX");
@@ -61,6 +63,10 @@ class BackendTest : public ::testing::Test {
     nas_ = std::make_unique<Backend>(Role::kMaster, root_, 1, std::chrono::milliseconds(1000));
     auto r = nas_->OpenRoot();
     ASSERT_TRUE(r) << std::strerror(r.error());
+    if (GetParam()) {
+      nas_->SetDirCacheTtl(std::chrono::seconds(30));
+      cached_ = std::make_unique<DirCache::Scope>();  // the test's calls are the FUSE read path's
+    }
     // A file outside the NAS that no confined call may reach.
     WriteFile(outside_ + "/file", "outside");
   }
@@ -76,6 +82,8 @@ class BackendTest : public ::testing::Test {
     ASSERT_TRUE(f.good()) << path;
   }
   std::string At(const std::string& rel) const { return root_ + "/" + rel; }
+  struct stat scratch_{};  // attributes a test does not look at
+  std::unique_ptr<DirCache::Scope> cached_;
   // Creates rel as an empty file through the backend.
   void NewFile(const std::string& rel, mode_t mode = 0644) {
     struct stat st;
@@ -88,7 +96,7 @@ class BackendTest : public ::testing::Test {
   Caller who_{1234, 5678};
 };
 
-TEST_F(BackendTest, OpenRootFailsForAMissingDirectoryOrAFile) {
+TEST_P(BackendTest, OpenRootFailsForAMissingDirectoryOrAFile) {
   Backend missing(Role::kBackup, root_ + "/nope", 1, std::chrono::milliseconds(100));
   auto r = missing.OpenRoot();
   ASSERT_FALSE(r);
@@ -100,7 +108,7 @@ TEST_F(BackendTest, OpenRootFailsForAMissingDirectoryOrAFile) {
   EXPECT_EQ(f.error(), ENOTDIR);
 }
 
-TEST_F(BackendTest, StatOfTheEmptyPathIsTheRoot) {
+TEST_P(BackendTest, StatOfTheEmptyPathIsTheRoot) {
   struct stat st, want;
   ASSERT_EQ(nas_->Stat("", &st), 0);
   ASSERT_EQ(::stat(root_.c_str(), &want), 0);
@@ -108,7 +116,7 @@ TEST_F(BackendTest, StatOfTheEmptyPathIsTheRoot) {
   EXPECT_EQ(st.st_ino, want.st_ino);
 }
 
-TEST_F(BackendTest, MkdirCreateWriteReadAndStatRoundTrip) {
+TEST_P(BackendTest, MkdirCreateWriteReadAndStatRoundTrip) {
   struct stat st;
   ASSERT_EQ(nas_->Mkdir("d", 0750, who_, Ts(1000, 1), &st), 0);
   EXPECT_TRUE(S_ISDIR(st.st_mode));
@@ -131,7 +139,7 @@ TEST_F(BackendTest, MkdirCreateWriteReadAndStatRoundTrip) {
   EXPECT_EQ(nas_->Create("d/f", O_EXCL, 0640, who_, Ts(1, 0), &st), EEXIST);
 }
 
-TEST_F(BackendTest, WriteAtAnOffsetPastTheEndLeavesAHole) {
+TEST_P(BackendTest, WriteAtAnOffsetPastTheEndLeavesAHole) {
   NewFile("f");
   ASSERT_EQ(nas_->Write("f", 10, "x", Ts(5, 0)), 0);
   std::string got;
@@ -139,7 +147,7 @@ TEST_F(BackendTest, WriteAtAnOffsetPastTheEndLeavesAHole) {
   EXPECT_EQ(got, std::string(10, '\0') + "x");
 }
 
-TEST_F(BackendTest, CreateWithoutExclOpensAnExistingFileAndTruncatesOnlyWithOTrunc) {
+TEST_P(BackendTest, CreateWithoutExclOpensAnExistingFileAndTruncatesOnlyWithOTrunc) {
   NewFile("f");
   ASSERT_EQ(nas_->Write("f", 0, "content", Ts(5, 0)), 0);
   struct stat st;
@@ -150,7 +158,7 @@ TEST_F(BackendTest, CreateWithoutExclOpensAnExistingFileAndTruncatesOnlyWithOTru
   EXPECT_TRUE(SameTime(st.st_mtim, Ts(7, 7))) << Fmt(st.st_mtim);
 }
 
-TEST_F(BackendTest, CreateGivesTheNewFileTheCallersOwner) {
+TEST_P(BackendTest, CreateGivesTheNewFileTheCallersOwner) {
   if (!IsRoot()) GTEST_SKIP() << "chown to another user needs root";
   struct stat st;
   ASSERT_EQ(nas_->Create("f", O_EXCL, 0644, who_, Ts(1000, 0), &st), 0);
@@ -168,7 +176,7 @@ TEST_F(BackendTest, CreateGivesTheNewFileTheCallersOwner) {
   EXPECT_EQ(st.st_gid, 5678u);
 }
 
-TEST_F(BackendTest, CreateKeepsTheSetuidBitThatChownClears) {
+TEST_P(BackendTest, CreateKeepsTheSetuidBitThatChownClears) {
   if (!IsRoot()) GTEST_SKIP() << "chown to another user needs root";
   struct stat st;
   ASSERT_EQ(nas_->Create("suid", O_EXCL, 04755, who_, Ts(1000, 0), &st), 0);
@@ -181,7 +189,7 @@ TEST_F(BackendTest, CreateKeepsTheSetuidBitThatChownClears) {
   EXPECT_EQ(disk.st_uid, 1234u);
 }
 
-TEST_F(BackendTest, ANewEntryInASetgidDirectoryTakesTheDirectorysGroup) {
+TEST_P(BackendTest, ANewEntryInASetgidDirectoryTakesTheDirectorysGroup) {
   if (!IsRoot()) GTEST_SKIP() << "chown to another user needs root";
   struct stat st;
   ASSERT_EQ(nas_->Mkdir("shared", 0775, Caller{0, 4242}, Ts(1000, 0), &st), 0);
@@ -191,7 +199,7 @@ TEST_F(BackendTest, ANewEntryInASetgidDirectoryTakesTheDirectorysGroup) {
   EXPECT_EQ(st.st_gid, 4242u);
 }
 
-TEST_F(BackendTest, ANewEntryAndItsParentGetTheGivenTimestampExactly) {
+TEST_P(BackendTest, ANewEntryAndItsParentGetTheGivenTimestampExactly) {
   struct stat st, parent;
   ASSERT_EQ(nas_->Mkdir("d", 0755, who_, Ts(1600000000, 123456789), &st), 0);
   EXPECT_TRUE(SameTime(st.st_mtim, Ts(1600000000, 123456789))) << Fmt(st.st_mtim);
@@ -217,7 +225,7 @@ TEST_F(BackendTest, ANewEntryAndItsParentGetTheGivenTimestampExactly) {
   EXPECT_TRUE(SameTime(parent.st_mtim, t3)) << Fmt(parent.st_mtim);
 }
 
-TEST_F(BackendTest, WriteStampsTheGivenMtime) {
+TEST_P(BackendTest, WriteStampsTheGivenMtime) {
   NewFile("f");
   const timespec t = Ts(1650000000, 424242424);
   ASSERT_EQ(nas_->Write("f", 0, "data", t), 0);
@@ -226,7 +234,7 @@ TEST_F(BackendTest, WriteStampsTheGivenMtime) {
   EXPECT_TRUE(SameTime(st.st_mtim, t)) << Fmt(st.st_mtim);
 }
 
-TEST_F(BackendTest, SetAttrTruncatesAndSetsMtime) {
+TEST_P(BackendTest, SetAttrTruncatesAndSetsMtime) {
   NewFile("f");
   ASSERT_EQ(nas_->Write("f", 0, "0123456789", Ts(5, 0)), 0);
   SetAttrArgs a;
@@ -247,7 +255,7 @@ TEST_F(BackendTest, SetAttrTruncatesAndSetsMtime) {
   EXPECT_EQ(ReadFile(At("f")), std::string("0123\0\0", 6));
 }
 
-TEST_F(BackendTest, SetAttrChangesModeOwnerAndTimesOfADirectoryAndTheRoot) {
+TEST_P(BackendTest, SetAttrChangesModeOwnerAndTimesOfADirectoryAndTheRoot) {
   struct stat st;
   ASSERT_EQ(nas_->Mkdir("d", 0755, who_, Ts(5, 0), &st), 0);
   SetAttrArgs a;
@@ -267,7 +275,7 @@ TEST_F(BackendTest, SetAttrChangesModeOwnerAndTimesOfADirectoryAndTheRoot) {
   EXPECT_EQ(nas_->SetAttr("d", size, &st), EISDIR);
 }
 
-TEST_F(BackendTest, SetAttrChmodAfterChownKeepsTheExplicitSetuidBit) {
+TEST_P(BackendTest, SetAttrChmodAfterChownKeepsTheExplicitSetuidBit) {
   if (!IsRoot()) GTEST_SKIP() << "chown to another user needs root";
   NewFile("f", 0755);
   SetAttrArgs a;
@@ -282,7 +290,7 @@ TEST_F(BackendTest, SetAttrChmodAfterChownKeepsTheExplicitSetuidBit) {
   EXPECT_EQ(st.st_mode & 07777, 04755u);
 }
 
-TEST_F(BackendTest, RenameWithNoreplaceOntoAnExistingNameFailsWithEexist) {
+TEST_P(BackendTest, RenameWithNoreplaceOntoAnExistingNameFailsWithEexist) {
   NewFile("a");
   NewFile("b");
   ASSERT_EQ(nas_->Write("a", 0, "A", Ts(5, 0)), 0);
@@ -295,7 +303,7 @@ TEST_F(BackendTest, RenameWithNoreplaceOntoAnExistingNameFailsWithEexist) {
   EXPECT_EQ(ReadFile(At("c")), "A");
 }
 
-TEST_F(BackendTest, RenameExchangeSwapsTwoEntries) {
+TEST_P(BackendTest, RenameExchangeSwapsTwoEntries) {
   struct stat st;
   ASSERT_EQ(nas_->Mkdir("d", 0755, who_, Ts(5, 0), &st), 0);
   NewFile("d/inner");
@@ -306,7 +314,7 @@ TEST_F(BackendTest, RenameExchangeSwapsTwoEntries) {
   EXPECT_TRUE(Exists(At("f/inner")));
 }
 
-TEST_F(BackendTest, RenameMovesAcrossDirectoriesAndStampsBothParents) {
+TEST_P(BackendTest, RenameMovesAcrossDirectoriesAndStampsBothParents) {
   struct stat st;
   ASSERT_EQ(nas_->Mkdir("src", 0755, who_, Ts(5, 0), &st), 0);
   ASSERT_EQ(nas_->Mkdir("dst", 0755, who_, Ts(5, 0), &st), 0);
@@ -322,7 +330,7 @@ TEST_F(BackendTest, RenameMovesAcrossDirectoriesAndStampsBothParents) {
   EXPECT_EQ(nas_->Rename("src/missing", "dst/x", 0, t), ENOENT);
 }
 
-TEST_F(BackendTest, UnlinkRemovesAFileAndStampsTheParent) {
+TEST_P(BackendTest, UnlinkRemovesAFileAndStampsTheParent) {
   struct stat st;
   ASSERT_EQ(nas_->Mkdir("d", 0755, who_, Ts(5, 0), &st), 0);
   NewFile("d/f");
@@ -335,7 +343,7 @@ TEST_F(BackendTest, UnlinkRemovesAFileAndStampsTheParent) {
   EXPECT_EQ(nas_->Unlink("d", t), EISDIR);
 }
 
-TEST_F(BackendTest, RmdirRemovesOnlyAnEmptyDirectory) {
+TEST_P(BackendTest, RmdirRemovesOnlyAnEmptyDirectory) {
   struct stat st;
   ASSERT_EQ(nas_->Mkdir("d", 0755, who_, Ts(5, 0), &st), 0);
   NewFile("d/f");
@@ -348,7 +356,7 @@ TEST_F(BackendTest, RmdirRemovesOnlyAnEmptyDirectory) {
   EXPECT_TRUE(SameTime(st.st_mtim, t)) << Fmt(st.st_mtim);
 }
 
-TEST_F(BackendTest, SymlinkAndReadLinkRoundTrip) {
+TEST_P(BackendTest, SymlinkAndReadLinkRoundTrip) {
   struct stat st;
   ASSERT_EQ(nas_->Symlink("../some/where else", "l", who_, Ts(5, 0), &st), 0);
   EXPECT_TRUE(S_ISLNK(st.st_mode));
@@ -361,7 +369,7 @@ TEST_F(BackendTest, SymlinkAndReadLinkRoundTrip) {
   EXPECT_NE(nas_->ReadLink("f", &target), 0);
 }
 
-TEST_F(BackendTest, LinkAddsASecondNameForTheSameInode) {
+TEST_P(BackendTest, LinkAddsASecondNameForTheSameInode) {
   NewFile("f");
   struct stat st, orig;
   ASSERT_EQ(nas_->Stat("f", &orig), 0);
@@ -378,7 +386,7 @@ TEST_F(BackendTest, LinkAddsASecondNameForTheSameInode) {
   EXPECT_EQ(nas_->Link("f", "d/g", t, &st), EEXIST);
 }
 
-TEST_F(BackendTest, UserXattrsCanBeSetReadListedAndRemoved) {
+TEST_P(BackendTest, UserXattrsCanBeSetReadListedAndRemoved) {
   NewFile("f");
   int r = nas_->SetXattr("f", "user.color", "blue", 0);
   if (r == EOPNOTSUPP) GTEST_SKIP() << "no user xattrs on " << root_;
@@ -407,7 +415,7 @@ TEST_F(BackendTest, UserXattrsCanBeSetReadListedAndRemoved) {
   EXPECT_EQ(nas_->RemoveXattr("f", "user.color"), ENODATA);
 }
 
-TEST_F(BackendTest, ReadDirListsEveryEntryWithItsType) {
+TEST_P(BackendTest, ReadDirListsEveryEntryWithItsType) {
   struct stat st;
   ASSERT_EQ(nas_->Mkdir("d", 0755, who_, Ts(5, 0), &st), 0);
   NewFile("d/file");
@@ -427,7 +435,7 @@ TEST_F(BackendTest, ReadDirListsEveryEntryWithItsType) {
   EXPECT_EQ(nas_->ReadDir("nope", &out), ENOENT);
 }
 
-TEST_F(BackendTest, StatChildrenMarksMissingNamesWithInodeZero) {
+TEST_P(BackendTest, StatChildrenMarksMissingNamesWithInodeZero) {
   NewFile("here");
   std::vector<struct stat> out;
   ASSERT_EQ(nas_->StatChildren("", {"here", "gone"}, &out), 0);
@@ -436,7 +444,7 @@ TEST_F(BackendTest, StatChildrenMarksMissingNamesWithInodeZero) {
   EXPECT_EQ(out[1].st_ino, 0u);
 }
 
-TEST_F(BackendTest, ReadReturnsShortOnlyAtEndOfFile) {
+TEST_P(BackendTest, ReadReturnsShortOnlyAtEndOfFile) {
   // Large enough that the kernel may split the read.
   const size_t size = (3 << 20) + 12345;
   std::string data(size, '\0');
@@ -460,7 +468,7 @@ TEST_F(BackendTest, ReadReturnsShortOnlyAtEndOfFile) {
   EXPECT_EQ(got, "");
 }
 
-TEST_F(BackendTest, HashIsTheSameForEqualContentAndDiffersOtherwise) {
+TEST_P(BackendTest, HashIsTheSameForEqualContentAndDiffersOtherwise) {
   WriteFile(At("a"), "same content");
   WriteFile(At("b"), "same content");
   WriteFile(At("c"), "same contenT");
@@ -474,7 +482,7 @@ TEST_F(BackendTest, HashIsTheSameForEqualContentAndDiffersOtherwise) {
 
 // ---- confinement ----
 
-TEST_F(BackendTest, StatThroughASymlinkedDirectoryLeavingTheNasFails) {
+TEST_P(BackendTest, StatThroughASymlinkedDirectoryLeavingTheNasFails) {
   ASSERT_EQ(::symlink(outside_.c_str(), At("link").c_str()), 0);
   struct stat st;
   int r = nas_->Stat("link/file", &st);
@@ -488,7 +496,7 @@ TEST_F(BackendTest, StatThroughASymlinkedDirectoryLeavingTheNasFails) {
   EXPECT_NE(nas_->Hash("link/file", &h), 0);
 }
 
-TEST_F(BackendTest, CreatingThroughASymlinkedDirectoryFailsAndCreatesNothingOutside) {
+TEST_P(BackendTest, CreatingThroughASymlinkedDirectoryFailsAndCreatesNothingOutside) {
   ASSERT_EQ(::symlink(outside_.c_str(), At("link").c_str()), 0);
   struct stat st;
   int r = nas_->Create("link/new", O_EXCL, 0644, who_, Ts(5, 0), &st);
@@ -505,7 +513,7 @@ TEST_F(BackendTest, CreatingThroughASymlinkedDirectoryFailsAndCreatesNothingOuts
     EXPECT_FALSE(Exists(outside_ + "/" + n)) << n << " was created outside the NAS";
 }
 
-TEST_F(BackendTest, ChangingAFileThroughASymlinkedDirectoryLeavesItAlone) {
+TEST_P(BackendTest, ChangingAFileThroughASymlinkedDirectoryLeavesItAlone) {
   ASSERT_EQ(::symlink(outside_.c_str(), At("link").c_str()), 0);
   struct stat before;
   ASSERT_EQ(::stat((outside_ + "/file").c_str(), &before), 0);
@@ -528,7 +536,7 @@ TEST_F(BackendTest, ChangingAFileThroughASymlinkedDirectoryLeavesItAlone) {
   EXPECT_FALSE(Exists(At("stolen")));
 }
 
-TEST_F(BackendTest, ARelativeSymlinkClimbingOutOfTheNasIsNotFollowed) {
+TEST_P(BackendTest, ARelativeSymlinkClimbingOutOfTheNasIsNotFollowed) {
   std::string out_name = std::filesystem::path(outside_).filename();
   ASSERT_EQ(::symlink(("../" + out_name).c_str(), At("up").c_str()), 0);
   struct stat st;
@@ -537,7 +545,7 @@ TEST_F(BackendTest, ARelativeSymlinkClimbingOutOfTheNasIsNotFollowed) {
   EXPECT_FALSE(Exists(outside_ + "/new"));
 }
 
-TEST_F(BackendTest, PathsWithDotDotThatLeaveTheNasFail) {
+TEST_P(BackendTest, PathsWithDotDotThatLeaveTheNasFail) {
   std::string out_name = std::filesystem::path(outside_).filename();
   struct stat st;
   ASSERT_EQ(nas_->Mkdir("sub", 0755, who_, Ts(5, 0), &st), 0);
@@ -562,7 +570,7 @@ TEST_F(BackendTest, PathsWithDotDotThatLeaveTheNasFail) {
   EXPECT_FALSE(Exists(At("stolen")));
 }
 
-TEST_F(BackendTest, AnAbsoluteSymlinkAsTheLastComponentIsStatedButNeverFollowed) {
+TEST_P(BackendTest, AnAbsoluteSymlinkAsTheLastComponentIsStatedButNeverFollowed) {
   const std::string target = outside_ + "/file";
   ASSERT_EQ(::symlink(target.c_str(), At("abs").c_str()), 0);
   struct stat st;
@@ -599,7 +607,7 @@ TEST_F(BackendTest, AnAbsoluteSymlinkAsTheLastComponentIsStatedButNeverFollowed)
   EXPECT_LT(::getxattr(target.c_str(), "user.x", v, sizeof v), 0);
 }
 
-TEST_F(BackendTest, ChangingTheOwnerOfASymlinkLeavesItsTargetAlone) {
+TEST_P(BackendTest, ChangingTheOwnerOfASymlinkLeavesItsTargetAlone) {
   if (!IsRoot()) GTEST_SKIP() << "chown to another user needs root";
   const std::string target = outside_ + "/file";
   ASSERT_EQ(::symlink(target.c_str(), At("abs").c_str()), 0);
@@ -623,7 +631,7 @@ TEST_F(BackendTest, ChangingTheOwnerOfASymlinkLeavesItsTargetAlone) {
   EXPECT_TRUE(SameTime(after.st_mtim, before.st_mtim));
 }
 
-TEST_F(BackendTest, CreatingOverADanglingSymlinkDoesNotCreateItsTarget) {
+TEST_P(BackendTest, CreatingOverADanglingSymlinkDoesNotCreateItsTarget) {
   const std::string target = outside_ + "/created-through-link";
   ASSERT_EQ(::symlink(target.c_str(), At("dangling").c_str()), 0);
   struct stat st;
@@ -633,7 +641,7 @@ TEST_F(BackendTest, CreatingOverADanglingSymlinkDoesNotCreateItsTarget) {
   EXPECT_FALSE(Exists(target));
 }
 
-TEST_F(BackendTest, ADirectorySwappedForASymlinkBehindOurBackIsNotFollowed) {
+TEST_P(BackendTest, ADirectorySwappedForASymlinkBehindOurBackIsNotFollowed) {
   struct stat st;
   ASSERT_EQ(nas_->Mkdir("www", 0755, who_, Ts(5, 0), &st), 0);
   NewFile("www/index.html");
@@ -646,7 +654,7 @@ TEST_F(BackendTest, ADirectorySwappedForASymlinkBehindOurBackIsNotFollowed) {
   EXPECT_FALSE(Exists(outside_ + "/index.html"));
 }
 
-TEST_F(BackendTest, JoinPathAndIsFaultErrnoBehaveAsDocumented) {
+TEST_P(BackendTest, JoinPathAndIsFaultErrnoBehaveAsDocumented) {
   EXPECT_EQ(JoinPath("", "c"), "c");
   EXPECT_EQ(JoinPath("a/b", "c"), "a/b/c");
   EXPECT_TRUE(IsFaultErrno(EIO));
@@ -672,7 +680,7 @@ bool ReturnsWithin(std::function<void()> fn, std::chrono::milliseconds limit) {
 
 // A FIFO or a device where a file should be is never opened for data:
 // opening a FIFO blocks until a peer comes, and a device is this machine's.
-TEST_F(BackendTest, AFifoOrDeviceOnTheNasIsNeverOpenedForData) {
+TEST_P(BackendTest, AFifoOrDeviceOnTheNasIsNeverOpenedForData) {
   ASSERT_EQ(::mkfifo(At("fifo").c_str(), 0666), 0);
   std::vector<std::string> names = {"fifo"};
   if (IsRoot() && ::mknod(At("null").c_str(), S_IFCHR | 0666, makedev(1, 3)) == 0) names.push_back("null");
@@ -710,7 +718,7 @@ TEST_F(BackendTest, AFifoOrDeviceOnTheNasIsNeverOpenedForData) {
 // chmod used to follow it and made the outside root-owned file 6777. The
 // new entry is finished through its own fd, so the outside file never
 // changes, whatever the timing.
-TEST_F(BackendTest, ASymlinkSwappedOverANewNameNeverRedirectsItsChmodOrChown) {
+TEST_P(BackendTest, ASymlinkSwappedOverANewNameNeverRedirectsItsChmodOrChown) {
   if (!IsRoot()) GTEST_SKIP() << "needs root (the daemon's chown)";
   const std::string target = outside_ + "/file";
   ASSERT_EQ(::chmod(target.c_str(), 0600), 0);
@@ -745,6 +753,87 @@ TEST_F(BackendTest, ASymlinkSwappedOverANewNameNeverRedirectsItsChmodOrChown) {
   EXPECT_GT(swaps.load(), 0) << "the racer never swapped a name: the test proves nothing";
   std::printf("%d creates, %ld swaps\n", created, swaps.load());
 }
+
+// ---- the directory fd cache ----
+
+// Deep paths are served from the cache: each level is opened beneath the
+// one above it, once.
+TEST_P(BackendTest, ADeepPathIsResolvedFromTheCachedParent) {
+  if (!GetParam()) GTEST_SKIP() << "cache off";
+  std::string dir;
+  for (int i = 0; i < 40; ++i) {
+    dir = JoinPath(dir, "d" + std::to_string(i));
+    ASSERT_EQ(nas_->Mkdir(dir, 0755, Caller{}, Ts(1, 0), &scratch_), 0) << dir;
+  }
+  NewFile(dir + "/f");
+  ASSERT_EQ(nas_->Write(dir + "/f", 0, "deep", Ts(2, 0)), 0);
+  const uint64_t hits = nas_->dir_cache().hits();
+  std::string out;
+  for (int i = 0; i < 10; ++i) ASSERT_EQ(nas_->Read(dir + "/f", 0, 10, &out), 0);
+  EXPECT_EQ(out, "deep");
+  EXPECT_GE(nas_->dir_cache().hits() - hits, 10u);
+  EXPECT_LE(nas_->dir_cache().size(), 256u);
+  // Outside a Scope (a change, the replay, the copy): from the root.
+  const uint64_t before = nas_->dir_cache().hits() + nas_->dir_cache().misses();
+  std::thread([&] { EXPECT_EQ(nas_->Read(dir + "/f", 0, 10, &out), 0); }).join();
+  EXPECT_EQ(nas_->dir_cache().hits() + nas_->dir_cache().misses(), before) << "a call outside a Scope used the cache";
+}
+
+// This server's renames and removals take effect at once: the old path is
+// gone, the new one works, a directory made again at the old name is the
+// new one.
+TEST_P(BackendTest, OwnRenamesAndRemovalsForgetTheCachedDirectories) {
+  if (!GetParam()) GTEST_SKIP() << "cache off";
+  ASSERT_EQ(nas_->Mkdir("a", 0755, Caller{}, Ts(1, 0), &scratch_), 0);
+  ASSERT_EQ(nas_->Mkdir("a/b", 0755, Caller{}, Ts(1, 0), &scratch_), 0);
+  NewFile("a/b/f");
+  struct stat st;
+  ASSERT_EQ(nas_->Stat("a/b/f", &st), 0);
+  ASSERT_EQ(nas_->Rename("a", "z", 0, Ts(2, 0)), 0);
+  EXPECT_EQ(nas_->Stat("a/b/f", &st), ENOENT);
+  EXPECT_EQ(nas_->Stat("z/b/f", &st), 0);
+  // Made again under the old name: the new directory, not the moved one.
+  ASSERT_EQ(nas_->Mkdir("a", 0755, Caller{}, Ts(3, 0), &scratch_), 0);
+  ASSERT_EQ(nas_->Mkdir("a/b", 0755, Caller{}, Ts(3, 0), &scratch_), 0);
+  NewFile("a/b/g");
+  EXPECT_TRUE(Exists(At("a/b/g")));
+  EXPECT_FALSE(Exists(At("z/b/g")));
+  // rmdir, then a file where the directory was.
+  ASSERT_EQ(nas_->Unlink("a/b/g", Ts(4, 0)), 0);
+  ASSERT_EQ(nas_->Rmdir("a/b", Ts(4, 0)), 0);
+  EXPECT_EQ(nas_->Stat("a/b/g", &st), ENOENT);
+  NewFile("a/b");
+  EXPECT_EQ(nas_->Stat("a/b/g", &st), ENOTDIR);
+  // A whole tree removed.
+  ASSERT_EQ(nas_->Stat("z/b/f", &st), 0);
+  ASSERT_EQ(nas_->RemoveTree("z"), 0);
+  EXPECT_EQ(nas_->Stat("z/b/f", &st), ENOENT);
+}
+
+// Another web server moves a directory: the cached fd follows it for at
+// most the ttl, then the path is resolved afresh. A directory swapped for
+// a symlink leading out of the NAS is never followed, cached or not.
+TEST_P(BackendTest, ADirectoryMovedByAnotherServerIsSeenWhereItIsOnceTheTtlPasses) {
+  if (!GetParam()) GTEST_SKIP() << "cache off";
+  nas_->SetDirCacheTtl(std::chrono::milliseconds(200));
+  ASSERT_EQ(nas_->Mkdir("a", 0755, Caller{}, Ts(1, 0), &scratch_), 0);
+  ASSERT_EQ(nas_->Mkdir("a/b", 0755, Caller{}, Ts(1, 0), &scratch_), 0);
+  NewFile("a/b/f");
+  struct stat st;
+  ASSERT_EQ(nas_->Stat("a/b/f", &st), 0);
+  // The other server: a/b moved to c, and a symlink to the outside put in
+  // its place.
+  ASSERT_EQ(::rename(At("a/b").c_str(), At("c").c_str()), 0);
+  ASSERT_EQ(::symlink(outside_.c_str(), At("a/b").c_str()), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(nas_->Stat("a/b/f", &st), ELOOP);
+  EXPECT_EQ(nas_->Stat("a/b/file", &st), ELOOP) << "the symlink out of the NAS was followed";
+  EXPECT_EQ(nas_->Stat("c/f", &st), 0);
+  EXPECT_EQ(ReadFile(outside_ + "/file"), "outside");
+}
+
+INSTANTIATE_TEST_SUITE_P(DirCache, BackendTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "Cached" : "FromRoot"; });
 
 }  // namespace
 }  // namespace nasfs
