@@ -5,11 +5,13 @@
 // (and mount(8) through it) exits non-zero with a reason instead of leaving
 // a half-made mount. Threads start only after daemonizing: fork keeps none.
 #include <fuse_lowlevel.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -84,6 +86,14 @@ int main(int argc, char** argv) {
 
   SetUpLogging(opts.foreground, opts.debug);
   umask(0);  // the kernel already applied the caller's umask to every mode
+  // Each NAS keeps up to 256 directory fds (DirCache), beside the workers',
+  // the orphans' and the journal's: the soft limit (often 1024) goes up to
+  // the hard one, as passthrough_hp does.
+  if (struct rlimit lim; getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &lim) != 0)
+      spdlog::warn("cannot raise the open-file limit to {}: {}", lim.rlim_max, std::strerror(errno));
+  }
 
   if (std::string t = MountedTypeAt(opts.mountpoint); !t.empty() && t.starts_with("fuse"))
     return Fail("mount point " + opts.mountpoint + " is already mounted (" + t + ")");
