@@ -557,7 +557,7 @@ int Nasfs::ReplayEntry(TreeSync& rs, const journal::Pending& e) {
   };
   if (int r = path()) return r;
   // Bytes written through this name live on under the file's other names.
-  return rs.ReconcileNamesOf(e.inodes);
+  return ReconcileNamesOf(rs, *rs.source(), e.inodes);
 }
 
 void Nasfs::ReplayLoop(Backend& b) {

@@ -236,6 +236,12 @@ class Nasfs {
   // Returns whether it did.
   bool ServeAloneIfOnlyPeersPending(Backend& b);
   int ReplayEntry(TreeSync& rs, const journal::Pending& e);
+  // What nas lacks by any web server's account: this server's journal and
+  // every server's log of it on the other NAS, merged by path.
+  int LackedBy(Backend& nas, std::map<std::string, journal::PeerEntry>* out);
+  // rs.ReconcileNamesOf (source: the NAS rs copies from), leaving out the
+  // names the source itself lacks a change to.
+  int ReconcileNamesOf(TreeSync& rs, Backend& source, const std::vector<uint64_t>& inodes);
   // Starts ReplayLoop(b) (b is recovering).
   void StartReplayLocked(Backend& b) REQUIRES(recover_mu_);
 

@@ -36,7 +36,54 @@ bool ForceData(uint32_t ops) {
   return Has(ops, Op::kWrite) || Has(ops, Op::kTruncate) || Has(ops, Op::kCreate) || Has(ops, Op::kRename);
 }
 
+// Whether p, a directory above it or a path beneath it is listed in
+// `lacked` for a change other than directory times.
+bool TouchesAny(const std::string& p, const std::map<std::string, journal::PeerEntry>& lacked) {
+  if (auto it = lacked.find(p); it != lacked.end() && !DirTimesOnly(it->second)) return true;
+  for (std::string a = p; !a.empty();) {
+    a = ParentOf(a);
+    if (auto it = lacked.find(a); it != lacked.end() && !DirTimesOnly(it->second)) return true;
+  }
+  std::string prefix = p.empty() ? "" : p + "/";
+  for (auto it = lacked.lower_bound(prefix); it != lacked.end() && it->first.compare(0, prefix.size(), prefix) == 0;
+       ++it)
+    if (!DirTimesOnly(it->second)) return true;
+  return false;
+}
+
 }  // namespace
+
+int Nasfs::LackedBy(Backend& nas, std::map<std::string, journal::PeerEntry>* out) {
+  out->clear();
+  const journal::Target t = Tgt(nas);
+  auto add = [out](const journal::PeerEntry& e) {
+    auto [it, fresh] = out->try_emplace(e.path, e);
+    if (!fresh) it->second.ops |= e.ops;
+  };
+  for (const auto& e : journal_->PendingFor(t)) add(journal::PeerEntry{e.path, e.scope, e.ops, {}});
+  // Every server's log of what nas lacks is on the other NAS.
+  Backend& holder = Other(nas);
+  NasView view;
+  if (int e = peers_->Scan(holder, &view)) return e;
+  for (const auto& [node, seen] : view.peers) {
+    if (!seen.lacks[journal::TargetIndex(t)]) continue;
+    journal::PeerLogContents c;
+    uint64_t bytes = 0;
+    if (int e = peers_->ReadLog(holder, node, t, &c, &bytes)) return e;
+    for (const auto& e : c.entries) add(e);
+  }
+  return 0;
+}
+
+int Nasfs::ReconcileNamesOf(TreeSync& rs, Backend& source, const std::vector<uint64_t>& inodes) {
+  if (inodes.empty()) return 0;
+  // A name the source itself lacks a change to (another web server wrote
+  // it on the target alone, and its own replay brings that over) holds no
+  // bytes the target lacks: copied, it would undo that server's change.
+  std::map<std::string, journal::PeerEntry> lacked;
+  if (int e = LackedBy(source, &lacked)) return e;
+  return rs.ReconcileNamesOf(inodes, [&lacked](const std::string& n) { return TouchesAny(n, lacked); });
+}
 
 int Nasfs::NotePeers(journal::Target t, const std::vector<journal::Change>& changes) {
   if (changes.empty()) return 0;
@@ -197,7 +244,7 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
     log->debug("takeover onto the {}: '{}' ops {:#x} scope {}", b.name(), ShownPath(e.path), e.ops,
                static_cast<int>(e.scope));
     if (int r = rs.ReconcileExclusive(e.path, e.scope, ForceData(e.ops))) return r;
-    if (int r = rs.ReconcileNamesOf(e.inodes)) return r;
+    if (int r = ReconcileNamesOf(rs, o, e.inodes)) return r;
     if (!e.path.empty()) {
       dirs.insert(ParentOf(e.path));
       settle_.insert(e.path);
@@ -407,17 +454,7 @@ int Nasfs::ResolveSplitBrain() {
   // A path both sides changed, or one inside (or holding) a path the other
   // side changed, has two versions: the resolver picks the newest and keeps
   // the other. Directory times alone are settled last.
-  auto touches = [](const std::string& p, const std::map<std::string, journal::PeerEntry>& other) {
-    if (auto it = other.find(p); it != other.end() && !DirTimesOnly(it->second)) return true;
-    for (std::string a = p; !a.empty();) {
-      a = ParentOf(a);
-      if (auto it = other.find(a); it != other.end() && !DirTimesOnly(it->second)) return true;
-    }
-    std::string prefix = p.empty() ? "" : p + "/";
-    for (auto it = other.lower_bound(prefix); it != other.end() && it->first.compare(0, prefix.size(), prefix) == 0; ++it)
-      if (!DirTimesOnly(it->second)) return true;
-    return false;
-  };
+  const auto& touches = TouchesAny;
   std::vector<std::string> paths;
   for (int i = 0; i < 2; ++i)
     for (const auto& [p, e] : lacks[i]) paths.push_back(p);
@@ -475,10 +512,14 @@ int Nasfs::ResolveSplitBrain() {
       r = resolver.Resolve(p);
     } else if (m && !DirTimesOnly(in_m->second)) {
       r = to_master.ReconcileExclusive(p, in_m->second.scope, ForceData(in_m->second.ops));
-      if (r == 0) r = to_master.ReconcileNamesOf(in_m->second.inodes);
+      // The file's other names, but none the other side changed: those
+      // have two versions, and the resolver takes them path by path.
+      if (r == 0)
+        r = to_master.ReconcileNamesOf(in_m->second.inodes, [&](const std::string& n) { return touches(n, lacks[1]); });
     } else {
       r = to_backup.ReconcileExclusive(p, in_b->second.scope, ForceData(in_b->second.ops));
-      if (r == 0) r = to_backup.ReconcileNamesOf(in_b->second.inodes);
+      if (r == 0)
+        r = to_backup.ReconcileNamesOf(in_b->second.inodes, [&](const std::string& n) { return touches(n, lacks[0]); });
     }
     if (r) {
       log->error("split brain: merging '{}': {}", ShownPath(p), std::strerror(r));

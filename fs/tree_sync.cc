@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
 #include <set>
 #include <utility>
 
@@ -621,7 +620,8 @@ int TreeSync::ReconcileExclusive(const std::string& path, journal::Scope scope, 
   return r;
 }
 
-int TreeSync::ReconcileNamesOf(const std::vector<uint64_t>& inodes) {
+int TreeSync::ReconcileNamesOf(const std::vector<uint64_t>& inodes,
+                               const std::function<bool(const std::string&)>& skip) {
   if (inodes.empty()) return 0;
   struct stat root{};
   if (int r = source_->RunStat("", &root)) return r;
@@ -634,10 +634,26 @@ int TreeSync::ReconcileNamesOf(const std::vector<uint64_t>& inodes) {
       }))
     return r;
   for (const auto& n : names) {
+    if (skip && skip(n)) continue;
+    // Only a name the target holds as a file may hold bytes it lacks. A
+    // name it lacks is made by its own entry (a link, a rename), or was
+    // taken away there by a change the source itself still lacks (another
+    // server's rename, during a split brain's merge): made here, it would
+    // bring back what that change removed.
+    struct stat d{};
+    int rd = target_->RunStat(n, &d);
+    if (rd == ENOENT || rd == ENOTDIR || (rd == 0 && !S_ISREG(d.st_mode))) continue;
+    if (rd) return rd;
     Trace(n, "copied again: a name of a linked file written through another name");
     int r = ReconcileExclusive(n, journal::Scope::kEntry, /*force_data=*/true);
     if (r == ENOENT) continue;  // gone since: nothing left to bring
     if (r) return r;
+    {
+      // The copy moved the times of n's directory, which nothing else
+      // visits: they go back to the source's.
+      WriterLock lk(sync_mu_);
+      if (int e = SyncDirTimes(ParentOf(n)); e && e != ENOENT) return e;
+    }
     relinked_.push_back(n);
   }
   return 0;

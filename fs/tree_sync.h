@@ -112,9 +112,11 @@ class TreeSync {
   int ReconcileExclusive(const std::string& path, journal::Scope scope, bool force_data);
   // Every name the source now gives the files with these inode numbers
   // (journal::Op::kLinked: written through a name that may be gone, so the
-  // file may have one name left), each reconciled as ReconcileExclusive
-  // with its data. The names are found by one walk of the source's tree.
-  int ReconcileNamesOf(const std::vector<uint64_t>& inodes);
+  // file may have one name left) and the target holds as a file, each
+  // reconciled as ReconcileExclusive with its data, unless skip(name). The
+  // names are found by one walk of the source's tree.
+  int ReconcileNamesOf(const std::vector<uint64_t>& inodes,
+                       const std::function<bool(const std::string&)>& skip = {});
   // Copies only the given byte ranges of a regular file present on both
   // sides, then its size, xattrs and attributes. ENOENT/EINVAL when either
   // side's file is missing or not regular (reconcile it whole instead).
@@ -127,6 +129,7 @@ class TreeSync {
   // replay changed what it holds). Caller holds *sync_mu exclusively.
   int ReconcileDirTimes(const std::string& path) { return SyncDirTimes(path); }
 
+  Backend* source() const { return source_; }
   Backend* target() const { return target_; }
 
   // Names (besides those it was asked for) a Reconcile made the target

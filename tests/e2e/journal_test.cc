@@ -1442,13 +1442,19 @@ TEST_F(JournalTest, AHardLinkMadeDuringAnOutageIsReplayedAsALink) {
 TEST_F(JournalTest, AWriteThroughALinkThisMountDoesNotKnowReachesTheFilesOtherNames) {
   ASSERT_NO_FATAL_FAILURE(StartMounted());
   const std::string v1 = RandomBytes(rng_, 9000), w1 = RandomBytes(rng_, 7000), u1 = RandomBytes(rng_, 3000);
-  Do("create a", {"a"}, [&] { return PutFile(M("a"), v1, O_CREAT | O_TRUNC); }, [&] { model_.File("a", v1, 0644); });
-  Do("create t", {"t"}, [&] { return PutFile(M("t"), w1, O_CREAT | O_TRUNC); }, [&] { model_.File("t", w1, 0644); });
-  Do("create u", {"u"}, [&] { return PutFile(M("u"), u1, O_CREAT | O_TRUNC); }, [&] { model_.File("u", u1, 0644); });
+  // The names that live on are in a directory of their own, which nothing
+  // else changes: its times must come back the same on both NAS.
+  Do("mkdir keep", {"keep"}, [&] { return Errno(mkdir(M("keep").c_str(), 0755)); }, [&] { model_.Dir("keep"); });
+  Do("create a", {"keep/a"}, [&] { return PutFile(M("keep/a"), v1, O_CREAT | O_TRUNC); },
+     [&] { model_.File("keep/a", v1, 0644); });
+  Do("create t", {"keep/t"}, [&] { return PutFile(M("keep/t"), w1, O_CREAT | O_TRUNC); },
+     [&] { model_.File("keep/t", w1, 0644); });
+  Do("create u", {"keep/u"}, [&] { return PutFile(M("keep/u"), u1, O_CREAT | O_TRUNC); },
+     [&] { model_.File("keep/u", u1, 0644); });
   ASSERT_NO_FATAL_FAILURE(TakeDown("master"));
   // The other web server's links, on the NAS it writes (its own journal
   // holds them for the master).
-  for (auto [from, to] : {std::pair{"a", "b"}, {"t", "t2"}, {"u", "u2"}}) {
+  for (auto [from, to] : {std::pair{"keep/a", "b"}, {"keep/t", "t2"}, {"keep/u", "u2"}}) {
     const std::string b = backup_->store() + "/";
     ASSERT_EQ(link((b + from).c_str(), (b + to).c_str()), 0) << to << ": " << std::strerror(errno);
     model_.File(to, model_.At(from).data, 0644);
@@ -1456,29 +1462,35 @@ TEST_F(JournalTest, AWriteThroughALinkThisMountDoesNotKnowReachesTheFilesOtherNa
   Do("mv b c", {"b", "c"}, [&] { return Errno(rename(M("b").c_str(), M("c").c_str())); },
      [&] { model_.Rename("b", "c"); });
   const std::string v2 = RandomBytes(rng_, 12000);
-  Do("overwrite c", {"a", "c"}, [&] { return PutFile(M("c"), v2, O_TRUNC); }, [&] {
-    model_.At("a").data = v2;
+  Do("overwrite c", {"keep/a", "c"}, [&] { return PutFile(M("c"), v2, O_TRUNC); }, [&] {
+    model_.At("keep/a").data = v2;
     model_.At("c").data = v2;
   });
   Do("rm c", {"c"}, [&] { return Errno(unlink(M("c").c_str())); }, [&] { model_.Remove("c"); });
-  Do("truncate t2", {"t", "t2"}, [&] { return Errno(truncate(M("t2").c_str(), 100)); }, [&] {
-    model_.At("t").data.resize(100);
+  Do("truncate t2", {"keep/t", "t2"}, [&] { return Errno(truncate(M("t2").c_str(), 100)); }, [&] {
+    model_.At("keep/t").data.resize(100);
     model_.At("t2").data.resize(100);
   });
   Do("mv t2 t3", {"t2", "t3"}, [&] { return Errno(rename(M("t2").c_str(), M("t3").c_str())); },
      [&] { model_.Rename("t2", "t3"); });
   Do("rm t3", {"t3"}, [&] { return Errno(unlink(M("t3").c_str())); }, [&] { model_.Remove("t3"); });
   const std::string more = "appended through the second name";
-  Do("append u2", {"u", "u2"}, [&] { return PutFile(M("u2"), more, O_APPEND); }, [&] {
-    model_.At("u").data += more;
+  Do("append u2", {"keep/u", "u2"}, [&] { return PutFile(M("u2"), more, O_APPEND); }, [&] {
+    model_.At("keep/u").data += more;
     model_.At("u2").data += more;
   });
   Do("rm u2", {"u2"}, [&] { return Errno(unlink(M("u2").c_str())); }, [&] { model_.Remove("u2"); });
   ExpectOpsSucceeded("the outage");
   ASSERT_NO_FATAL_FAILURE(BringBack("master"));
-  EXPECT_EQ(ReadFile(master_->store() + "/a").value_or("?") == v2, true) << "a is stale on the master";
-  EXPECT_EQ(ReadFile(master_->store() + "/t").value_or("?").size(), 100u) << "t is not truncated on the master";
-  EXPECT_EQ(ReadFile(master_->store() + "/u").value_or("?"), u1 + more) << "u lacks the append on the master";
+  EXPECT_EQ(ReadFile(master_->store() + "/keep/a").value_or("?") == v2, true) << "a is stale on the master";
+  EXPECT_EQ(ReadFile(master_->store() + "/keep/t").value_or("?").size(), 100u) << "t is not truncated on the master";
+  EXPECT_EQ(ReadFile(master_->store() + "/keep/u").value_or("?"), u1 + more) << "u lacks the append on the master";
+  struct stat km{}, kb{};
+  ASSERT_EQ(stat((master_->store() + "/keep").c_str(), &km), 0);
+  ASSERT_EQ(stat((backup_->store() + "/keep").c_str(), &kb), 0);
+  EXPECT_TRUE(km.st_mtim.tv_sec == kb.st_mtim.tv_sec && km.st_mtim.tv_nsec == kb.st_mtim.tv_nsec)
+      << "keep's mtime differs: master " << km.st_mtim.tv_sec << "." << km.st_mtim.tv_nsec << ", backup "
+      << kb.st_mtim.tv_sec << "." << kb.st_mtim.tv_nsec;
   CheckFinal("after the master returned");
 }
 

@@ -772,6 +772,38 @@ TEST_F(TreeSyncTest, RemovingADirectoryCopiesTheOutsideNamesOfLinkedFilesInIt) {
   ExpectSameTrees();
 }
 
+// journal::Op::kLinked: the names the source gives a written inode are
+// brought over with their data, with the times of their directories, but
+// only names the target holds as files, and none the caller says the
+// source itself lacks a change to. (CI's soak: a name copied into a
+// directory that another server had renamed away brought the directory
+// back on both NAS; a name another server had just written on the target
+// alone got the source's older bytes.)
+TEST_F(TreeSyncTest, TheNamesOfAWrittenInodeAreCopiedOnlyWhereTheTargetHoldsThemAndNotSkipped) {
+  PutFile(S("keep/a"), "new bytes written through a name now gone");
+  ASSERT_TRUE(std::filesystem::create_directories(S("moved/sub")));
+  ASSERT_EQ(::link(S("keep/a").c_str(), S("moved/sub/b").c_str()), 0);
+  PutFile(S("keep/c"), "older on the source");
+  PutFile(D("keep/a"), "old");
+  PutFile(D("keep/c"), "newer on the target alone");
+  ASSERT_TRUE(std::filesystem::create_directories(D("moved")));  // "sub" renamed away there
+  struct stat a{}, c{}, keep_src{};
+  ASSERT_EQ(::stat(S("keep/a").c_str(), &a), 0);
+  ASSERT_EQ(::stat(S("keep/c").c_str(), &c), 0);
+  ASSERT_EQ(::stat(S("keep").c_str(), &keep_src), 0);
+  TreeSync rs(src_.get(), dst_.get(), &sync_mu_, false, false, nullptr);
+  std::vector<uint64_t> inodes{static_cast<uint64_t>(a.st_ino), static_cast<uint64_t>(c.st_ino)};
+  std::sort(inodes.begin(), inodes.end());
+  ASSERT_EQ(rs.ReconcileNamesOf(inodes, [](const std::string& n) { return n == "keep/c"; }), 0);
+  EXPECT_EQ(ReadFile(D("keep/a")), "new bytes written through a name now gone");
+  EXPECT_FALSE(std::filesystem::exists(D("moved/sub"))) << "a directory the target lacks was made";
+  EXPECT_EQ(ReadFile(D("keep/c")), "newer on the target alone") << "a skipped name was copied";
+  struct stat keep_dst{};
+  ASSERT_EQ(::stat(D("keep").c_str(), &keep_dst), 0);
+  EXPECT_EQ(keep_dst.st_mtim.tv_sec, keep_src.st_mtim.tv_sec);
+  EXPECT_EQ(keep_dst.st_mtim.tv_nsec, keep_src.st_mtim.tv_nsec) << "keep's times moved with the copy";
+}
+
 // A file renamed over one name of a linked file: on the source that name
 // is now another file (linked elsewhere); the target's is still the old
 // group's. The new data must not go into the target's old file, whose
