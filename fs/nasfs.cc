@@ -537,7 +537,7 @@ void Nasfs::StartReplayLocked(Backend& b) {
   });
 }
 
-int Nasfs::ReplayEntry(TreeSync& rs, const journal::Pending& e) {
+int Nasfs::ReplayEntry(TreeSync& rs, const journal::Pending& e, LinkedRound* round) {
   using journal::Op;
   auto has = [&e](Op op) { return (e.ops & (1u << static_cast<unsigned>(op))) != 0; };
   auto path = [&] {
@@ -557,7 +557,7 @@ int Nasfs::ReplayEntry(TreeSync& rs, const journal::Pending& e) {
   };
   if (int r = path()) return r;
   // Bytes written through this name live on under the file's other names.
-  return ReconcileNamesOf(rs, *rs.source(), e.inodes);
+  return ReconcileNamesOf(rs, *rs.source(), e.path, e.inodes, round);
 }
 
 void Nasfs::ReplayLoop(Backend& b) {
@@ -719,6 +719,18 @@ void Nasfs::ReplayLoop(Backend& b) {
     }
     std::set<std::string> parents;
     std::vector<journal::Pending> replayed;  // each as BeginReplay found it
+    // The names of the inodes the round's kLinked entries wrote: one walk
+    // of the source for all of them (a walk each cost the soak's settle).
+    LinkedRound linked;
+    {
+      std::vector<uint64_t> inodes;
+      for (const auto& e : entries) inodes.insert(inodes.end(), e.inodes.begin(), e.inodes.end());
+      std::sort(inodes.begin(), inodes.end());
+      inodes.erase(std::unique(inodes.begin(), inodes.end()), inodes.end());
+      if (int r = rs.IndexInodes(inodes))  // an entry that needs it walks again
+        log->warn("replay onto the {}: cannot walk the {} for linked files' names: {}", b.name(), o.name(),
+                  std::strerror(r));
+    }
     int err = 0;
     std::string failed;
     for (const auto& e : entries) {
@@ -735,7 +747,7 @@ void Nasfs::ReplayLoop(Backend& b) {
       log->debug("replay onto the {}: '{}' ops {:#x} scope {} seq {}{}{}", b.name(), ShownPath(cur.path), cur.ops,
                  static_cast<int>(cur.scope), cur.seq, cur.link_from.empty() ? "" : " link from " + ShownPath(cur.link_from),
                  cur.data_only ? fmt::format(" ranges {}", cur.ranges.size()) : "");
-      if (int r = ReplayEntry(rs, cur)) {
+      if (int r = ReplayEntry(rs, cur, &linked)) {
         err = r;
         failed = cur.path;
         break;

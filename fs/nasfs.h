@@ -235,13 +235,21 @@ class Nasfs {
   // would had the other failed a moment before b was taken out of reads.
   // Returns whether it did.
   bool ServeAloneIfOnlyPeersPending(Backend& b);
-  int ReplayEntry(TreeSync& rs, const journal::Pending& e);
+  // What a replay round (or a takeover) knows for its journal::Op::kLinked
+  // entries: what the source lacks, read once, when the first needs it.
+  struct LinkedRound {
+    bool have_lacked = false;
+    std::map<std::string, journal::PeerEntry> lacked;
+  };
+  int ReplayEntry(TreeSync& rs, const journal::Pending& e, LinkedRound* round);
   // What nas lacks by any web server's account: this server's journal and
   // every server's log of it on the other NAS, merged by path.
   int LackedBy(Backend& nas, std::map<std::string, journal::PeerEntry>* out);
-  // rs.ReconcileNamesOf (source: the NAS rs copies from), leaving out the
-  // names the source itself lacks a change to.
-  int ReconcileNamesOf(TreeSync& rs, Backend& source, const std::vector<uint64_t>& inodes);
+  // rs.ReconcileNamesOf (source: the NAS rs copies from) for an entry
+  // written through `written`, leaving out that name (the entry copied it)
+  // and the names the source itself lacks a change to.
+  int ReconcileNamesOf(TreeSync& rs, Backend& source, const std::string& written,
+                       const std::vector<uint64_t>& inodes, LinkedRound* round);
   // Starts ReplayLoop(b) (b is recovering).
   void StartReplayLocked(Backend& b) REQUIRES(recover_mu_);
 

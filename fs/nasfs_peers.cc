@@ -75,14 +75,21 @@ int Nasfs::LackedBy(Backend& nas, std::map<std::string, journal::PeerEntry>* out
   return 0;
 }
 
-int Nasfs::ReconcileNamesOf(TreeSync& rs, Backend& source, const std::vector<uint64_t>& inodes) {
+int Nasfs::ReconcileNamesOf(TreeSync& rs, Backend& source, const std::string& written,
+                            const std::vector<uint64_t>& inodes, LinkedRound* round) {
   if (inodes.empty()) return 0;
   // A name the source itself lacks a change to (another web server wrote
   // it on the target alone, and its own replay brings that over) holds no
   // bytes the target lacks: copied, it would undo that server's change.
-  std::map<std::string, journal::PeerEntry> lacked;
-  if (int e = LackedBy(source, &lacked)) return e;
-  return rs.ReconcileNamesOf(inodes, [&lacked](const std::string& n) { return TouchesAny(n, lacked); });
+  // Read once per round; a write on the target alone since then leaves the
+  // target's file newer, which TreeSync leaves alone.
+  if (!round->have_lacked) {
+    if (int e = LackedBy(source, &round->lacked)) return e;
+    round->have_lacked = true;
+  }
+  const auto& lacked = round->lacked;
+  return rs.ReconcileNamesOf(
+      inodes, [&](const std::string& n) { return n == written || TouchesAny(n, lacked); }, /*exclusive=*/false);
 }
 
 int Nasfs::NotePeers(journal::Target t, const std::vector<journal::Change>& changes) {
@@ -233,6 +240,7 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
   std::sort(entries.begin(), entries.end(),
             [](const journal::PeerEntry& x, const journal::PeerEntry& y) { return ComparePaths(x.path, y.path) < 0; });
   std::set<std::string> dirs;
+  LinkedRound linked;
   for (const auto& e : entries) {
     if (stopping_ || b.state() != BackendState::kRecovering || o.state() != BackendState::kHealthy) return ECANCELED;
     if (DirTimesOnly(e)) {
@@ -244,7 +252,7 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
     log->debug("takeover onto the {}: '{}' ops {:#x} scope {}", b.name(), ShownPath(e.path), e.ops,
                static_cast<int>(e.scope));
     if (int r = rs.ReconcileExclusive(e.path, e.scope, ForceData(e.ops))) return r;
-    if (int r = ReconcileNamesOf(rs, o, e.inodes)) return r;
+    if (int r = ReconcileNamesOf(rs, o, e.path, e.inodes, &linked)) return r;
     if (!e.path.empty()) {
       dirs.insert(ParentOf(e.path));
       settle_.insert(e.path);
@@ -515,11 +523,13 @@ int Nasfs::ResolveSplitBrain() {
       // The file's other names, but none the other side changed: those
       // have two versions, and the resolver takes them path by path.
       if (r == 0)
-        r = to_master.ReconcileNamesOf(in_m->second.inodes, [&](const std::string& n) { return touches(n, lacks[1]); });
+        r = to_master.ReconcileNamesOf(
+            in_m->second.inodes, [&](const std::string& n) { return n == p || touches(n, lacks[1]); }, true);
     } else {
       r = to_backup.ReconcileExclusive(p, in_b->second.scope, ForceData(in_b->second.ops));
       if (r == 0)
-        r = to_backup.ReconcileNamesOf(in_b->second.inodes, [&](const std::string& n) { return touches(n, lacks[0]); });
+        r = to_backup.ReconcileNamesOf(
+            in_b->second.inodes, [&](const std::string& n) { return n == p || touches(n, lacks[0]); }, true);
     }
     if (r) {
       log->error("split brain: merging '{}': {}", ShownPath(p), std::strerror(r));

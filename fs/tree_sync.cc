@@ -620,40 +620,67 @@ int TreeSync::ReconcileExclusive(const std::string& path, journal::Scope scope, 
   return r;
 }
 
-int TreeSync::ReconcileNamesOf(const std::vector<uint64_t>& inodes,
-                               const std::function<bool(const std::string&)>& skip) {
+int TreeSync::IndexInodes(const std::vector<uint64_t>& inodes) {
+  inode_names_.clear();
   if (inodes.empty()) return 0;
   struct stat root{};
   if (int r = source_->RunStat("", &root)) return r;
-  std::set<std::string> names;
+  for (uint64_t ino : inodes) inode_names_[ino];
   // One file system: its files share the root's device.
-  if (int r = WalkFiles(source_, "", [&](const std::string& path, const struct stat& x) {
-        if (S_ISREG(x.st_mode) && x.st_dev == root.st_dev &&
-            std::binary_search(inodes.begin(), inodes.end(), static_cast<uint64_t>(x.st_ino)))
-          names.insert(path);
-      }))
-    return r;
+  int r = WalkFiles(source_, "", [&](const std::string& path, const struct stat& x) {
+    if (!S_ISREG(x.st_mode) || x.st_dev != root.st_dev) return;
+    if (auto it = inode_names_.find(static_cast<uint64_t>(x.st_ino)); it != inode_names_.end())
+      it->second.push_back(path);
+  });
+  if (r) inode_names_.clear();  // half a walk names nothing for sure
+  return r;
+}
+
+int TreeSync::ReconcileNamesOf(const std::vector<uint64_t>& inodes,
+                               const std::function<bool(const std::string&)>& skip, bool exclusive) {
+  if (inodes.empty()) return 0;
+  bool indexed = std::all_of(inodes.begin(), inodes.end(), [&](uint64_t i) { return inode_names_.count(i) > 0; });
+  if (!indexed)
+    if (int r = IndexInodes(inodes)) return r;
+  std::set<std::string> names;
+  for (uint64_t ino : inodes)
+    if (auto it = inode_names_.find(ino); it != inode_names_.end()) names.insert(it->second.begin(), it->second.end());
   for (const auto& n : names) {
     if (skip && skip(n)) continue;
+    // Still a name of one of them on the source (the walk may be older).
+    struct stat s{}, d{};
+    int rs = source_->RunStat(n, &s);
+    if (rs == ENOENT || rs == ENOTDIR) continue;
+    if (rs) return rs;
+    if (!S_ISREG(s.st_mode) || !std::binary_search(inodes.begin(), inodes.end(), static_cast<uint64_t>(s.st_ino)))
+      continue;
     // Only a name the target holds as a file may hold bytes it lacks. A
     // name it lacks is made by its own entry (a link, a rename), or was
     // taken away there by a change the source itself still lacks (another
     // server's rename, during a split brain's merge): made here, it would
-    // bring back what that change removed.
-    struct stat d{};
+    // bring back what that change removed. And a target file newer than
+    // the source's holds a write the source lacks (another server's, on
+    // the target alone): copied over, it would be lost.
     int rd = target_->RunStat(n, &d);
     if (rd == ENOENT || rd == ENOTDIR || (rd == 0 && !S_ISREG(d.st_mode))) continue;
     if (rd) return rd;
+    if (d.st_mtim.tv_sec > s.st_mtim.tv_sec ||
+        (d.st_mtim.tv_sec == s.st_mtim.tv_sec && d.st_mtim.tv_nsec > s.st_mtim.tv_nsec))
+      continue;
     Trace(n, "copied again: a name of a linked file written through another name");
-    int r = ReconcileExclusive(n, journal::Scope::kEntry, /*force_data=*/true);
+    int r = exclusive ? ReconcileExclusive(n, journal::Scope::kEntry, /*force_data=*/true)
+                      : Reconcile(n, journal::Scope::kEntry, /*force_data=*/true);
     if (r == ENOENT) continue;  // gone since: nothing left to bring
     if (r) return r;
-    {
-      // The copy moved the times of n's directory, which nothing else
-      // visits: they go back to the source's.
+    // The copy moved the times of n's directory, which nothing else
+    // visits: they go back to the source's.
+    if (exclusive) {
       WriterLock lk(sync_mu_);
-      if (int e = SyncDirTimes(ParentOf(n)); e && e != ENOENT) return e;
+      r = SyncDirTimes(ParentOf(n));
+    } else {
+      r = SyncDirTimes(ParentOf(n));
     }
+    if (r && r != ENOENT) return r;
     relinked_.push_back(n);
   }
   return 0;

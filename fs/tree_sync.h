@@ -113,10 +113,18 @@ class TreeSync {
   // Every name the source now gives the files with these inode numbers
   // (journal::Op::kLinked: written through a name that may be gone, so the
   // file may have one name left) and the target holds as a file, each
-  // reconciled as ReconcileExclusive with its data, unless skip(name). The
-  // names are found by one walk of the source's tree.
-  int ReconcileNamesOf(const std::vector<uint64_t>& inodes,
-                       const std::function<bool(const std::string&)>& skip = {});
+  // reconciled with its data, unless skip(name).
+  // A name whose target file is newer than the source's (a write the
+  // source lacks) is left alone too. Names come from IndexInodes when it
+  // covered the inode; otherwise from a walk made here.
+  // exclusive: each name as ReconcileExclusive; otherwise as Reconcile,
+  // without the lock (the replay and a takeover, whose Settle looks at
+  // each name again under the lock: see TakeRelinked).
+  int ReconcileNamesOf(const std::vector<uint64_t>& inodes, const std::function<bool(const std::string&)>& skip,
+                       bool exclusive);
+  // One walk of the source recording the names of these inodes (sorted),
+  // for the ReconcileNamesOf calls that follow (a replay round's).
+  int IndexInodes(const std::vector<uint64_t>& inodes);
   // Copies only the given byte ranges of a regular file present on both
   // sides, then its size, xattrs and attributes. ENOENT/EINVAL when either
   // side's file is missing or not regular (reconcile it whole instead).
@@ -271,6 +279,8 @@ class TreeSync {
   bool reconciling_ = false;                // inside Reconcile (not the walk)
   std::vector<std::string> link_check_;      // see FinishLinks
   LinkIndex source_links_, target_links_;
+  // IndexInodes: the source's names of the inodes it was asked for.
+  std::map<uint64_t, std::vector<std::string>> inode_names_;
   Clock::time_point reconcile_began_{};       // of the outermost Reconcile
   std::vector<std::string> relinked_;
   std::vector<std::string> copied_;

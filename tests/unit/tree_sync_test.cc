@@ -778,26 +778,36 @@ TEST_F(TreeSyncTest, RemovingADirectoryCopiesTheOutsideNamesOfLinkedFilesInIt) {
 // source itself lacks a change to. (CI's soak: a name copied into a
 // directory that another server had renamed away brought the directory
 // back on both NAS; a name another server had just written on the target
-// alone got the source's older bytes.)
+// alone got the source's older bytes.) A target file newer than the
+// source's is left alone too.
 TEST_F(TreeSyncTest, TheNamesOfAWrittenInodeAreCopiedOnlyWhereTheTargetHoldsThemAndNotSkipped) {
   PutFile(S("keep/a"), "new bytes written through a name now gone");
   ASSERT_TRUE(std::filesystem::create_directories(S("moved/sub")));
   ASSERT_EQ(::link(S("keep/a").c_str(), S("moved/sub/b").c_str()), 0);
   PutFile(S("keep/c"), "older on the source");
+  PutFile(S("keep/n"), "older on the source too");
   PutFile(D("keep/a"), "old");
-  PutFile(D("keep/c"), "newer on the target alone");
+  PutFile(D("keep/c"), "skipped by the caller");
+  PutFile(D("keep/n"), "newer on the target alone");
   ASSERT_TRUE(std::filesystem::create_directories(D("moved")));  // "sub" renamed away there
-  struct stat a{}, c{}, keep_src{};
+  // The target's a and c are older than the source's, n newer.
+  const timespec old_times[2] = {{1000, 0}, {1000, 0}};
+  for (const char* f : {"keep/a", "keep/c"}) ASSERT_EQ(::utimensat(AT_FDCWD, D(f).c_str(), old_times, 0), 0);
+  ASSERT_EQ(::utimensat(AT_FDCWD, S("keep/n").c_str(), old_times, 0), 0);
+  struct stat a{}, c{}, n{}, keep_src{};
   ASSERT_EQ(::stat(S("keep/a").c_str(), &a), 0);
   ASSERT_EQ(::stat(S("keep/c").c_str(), &c), 0);
+  ASSERT_EQ(::stat(S("keep/n").c_str(), &n), 0);
   ASSERT_EQ(::stat(S("keep").c_str(), &keep_src), 0);
   TreeSync rs(src_.get(), dst_.get(), &sync_mu_, false, false, nullptr);
-  std::vector<uint64_t> inodes{static_cast<uint64_t>(a.st_ino), static_cast<uint64_t>(c.st_ino)};
+  std::vector<uint64_t> inodes{static_cast<uint64_t>(a.st_ino), static_cast<uint64_t>(c.st_ino),
+                               static_cast<uint64_t>(n.st_ino)};
   std::sort(inodes.begin(), inodes.end());
-  ASSERT_EQ(rs.ReconcileNamesOf(inodes, [](const std::string& n) { return n == "keep/c"; }), 0);
+  ASSERT_EQ(rs.ReconcileNamesOf(inodes, [](const std::string& n) { return n == "keep/c"; }, /*exclusive=*/false), 0);
   EXPECT_EQ(ReadFile(D("keep/a")), "new bytes written through a name now gone");
   EXPECT_FALSE(std::filesystem::exists(D("moved/sub"))) << "a directory the target lacks was made";
-  EXPECT_EQ(ReadFile(D("keep/c")), "newer on the target alone") << "a skipped name was copied";
+  EXPECT_EQ(ReadFile(D("keep/c")), "skipped by the caller") << "a skipped name was copied";
+  EXPECT_EQ(ReadFile(D("keep/n")), "newer on the target alone") << "a newer target file was copied over";
   struct stat keep_dst{};
   ASSERT_EQ(::stat(D("keep").c_str(), &keep_dst), 0);
   EXPECT_EQ(keep_dst.st_mtim.tv_sec, keep_src.st_mtim.tv_sec);
