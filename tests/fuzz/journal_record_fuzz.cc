@@ -40,7 +40,7 @@ void CheckMissed(std::string_view payload) {
   if (!DecodeMissed(payload, &m)) return;
   FUZZ_CHECK(m.target == kMaster || m.target == kBackup, "target %d", m.target);
   FUZZ_CHECK(static_cast<uint8_t>(m.change.scope) <= 2, "scope %d", static_cast<int>(m.change.scope));
-  FUZZ_CHECK(static_cast<uint8_t>(m.change.op) >= 1 && static_cast<uint8_t>(m.change.op) <= 8, "op %d",
+  FUZZ_CHECK(static_cast<uint8_t>(m.change.op) >= 1 && static_cast<uint8_t>(m.change.op) <= kLastOp, "op %d",
              static_cast<int>(m.change.op));
   std::string again = EncodeMissed(m);
   MissedRecord m2;

@@ -23,14 +23,13 @@
 namespace nasfs::journal {
 namespace {
 
-constexpr uint32_t kAllOps = 0x1fe;  // bits 1..8
+constexpr uint32_t kAllOps = ((1u << (kLastOp + 1)) - 1) & ~1u;  // bits 1..kLastOp
 
-// The changes that make `entries` again: one per op, at the entry's scope.
+// The changes that make `entries` again: one per op (per inode for a
+// linked one), at the entry's scope.
 std::vector<Change> ChangesOf(const std::vector<PeerEntry>& entries) {
   std::vector<Change> out;
-  for (const auto& e : entries)
-    for (unsigned op = 1; op <= 8; ++op)
-      if (e.ops & (1u << op)) out.push_back(Change{e.path, e.scope, static_cast<Op>(op), 0, 0, {}});
+  for (const auto& e : entries) AppendChanges(e.path, e.scope, e.ops, e.inodes, &out);
   return out;
 }
 
@@ -46,7 +45,7 @@ void CheckEntries(const PeerLogContents& log) {
 }
 
 bool SameEntry(const PeerEntry& a, const PeerEntry& b) {
-  return a.path == b.path && a.scope == b.scope && a.ops == b.ops;
+  return a.path == b.path && a.scope == b.scope && a.ops == b.ops && a.inodes == b.inodes;
 }
 
 void CheckTarget(std::string_view data, Target target) {
