@@ -245,6 +245,9 @@ class Nasfs {
   // What nas lacks by any web server's account: this server's journal and
   // every server's log of it on the other NAS, merged by path.
   int LackedBy(Backend& nas, std::map<std::string, journal::PeerEntry>* out);
+  // Every server's log of what t lacks (on the other NAS), merged by path
+  // into *out (the split-brain merge, LackedBy).
+  int ReadLacksLogs(journal::Target t, std::map<std::string, journal::PeerEntry>* out);
   // rs.ReconcileNamesOf (source: the NAS rs copies from) for an entry
   // written through `written`, leaving out that name (the entry copied it)
   // and the names the source itself lacks a change to.

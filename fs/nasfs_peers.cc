@@ -53,16 +53,22 @@ bool TouchesAny(const std::string& p, const std::map<std::string, journal::PeerE
 
 }  // namespace
 
-int Nasfs::LackedBy(Backend& nas, std::map<std::string, journal::PeerEntry>* out) {
-  out->clear();
-  const journal::Target t = Tgt(nas);
-  auto add = [out](const journal::PeerEntry& e) {
-    auto [it, fresh] = out->try_emplace(e.path, e);
-    if (!fresh) it->second.ops |= e.ops;
-  };
-  for (const auto& e : journal_->PendingFor(t)) add(journal::PeerEntry{e.path, e.scope, e.ops, {}});
-  // Every server's log of what nas lacks is on the other NAS.
-  Backend& holder = Other(nas);
+namespace {
+
+// Merges e into the entry for its path in *into: ops, widest scope, inodes.
+void MergeEntry(const journal::PeerEntry& e, std::map<std::string, journal::PeerEntry>* into) {
+  auto [it, fresh] = into->try_emplace(e.path, e);
+  if (fresh) return;
+  it->second.ops |= e.ops;
+  it->second.scope = std::max(it->second.scope, e.scope);
+  for (uint64_t ino : e.inodes) journal::AddInode(&it->second.inodes, ino);
+}
+
+}  // namespace
+
+int Nasfs::ReadLacksLogs(journal::Target t, std::map<std::string, journal::PeerEntry>* out) {
+  // Every server's log of what t lacks is on the other NAS.
+  Backend& holder = t == journal::kMaster ? *backup_ : *master_;
   NasView view;
   if (int e = peers_->Scan(holder, &view)) return e;
   for (const auto& [node, seen] : view.peers) {
@@ -70,9 +76,18 @@ int Nasfs::LackedBy(Backend& nas, std::map<std::string, journal::PeerEntry>* out
     journal::PeerLogContents c;
     uint64_t bytes = 0;
     if (int e = peers_->ReadLog(holder, node, t, &c, &bytes)) return e;
-    for (const auto& e : c.entries) add(e);
+    Logger("replay")->debug("{}'s log on the {}: {} paths the {} lacks", node, holder.name(), c.entries.size(),
+                            journal::TargetName(t));
+    for (const auto& e : c.entries) MergeEntry(e, out);
   }
   return 0;
+}
+
+int Nasfs::LackedBy(Backend& nas, std::map<std::string, journal::PeerEntry>* out) {
+  out->clear();
+  const journal::Target t = Tgt(nas);
+  for (const auto& e : journal_->PendingFor(t)) MergeEntry(journal::PeerEntry{e.path, e.scope, e.ops, e.inodes}, out);
+  return ReadLacksLogs(t, out);
 }
 
 int Nasfs::ReconcileNamesOf(TreeSync& rs, Backend& source, const std::string& written,
@@ -437,28 +452,8 @@ int Nasfs::ResolveSplitBrain() {
   auto log = Logger("replay");
   // What each NAS lacks, by every server's log on the other.
   std::map<std::string, journal::PeerEntry> lacks[2];  // [0]: the master lacks (logs on the backup)
-  for (journal::Target t : {journal::kMaster, journal::kBackup}) {
-    Backend& holder = t == journal::kMaster ? *backup_ : *master_;
-    NasView view;
-    if (int e = peers_->Scan(holder, &view)) return e;
-    int ti = journal::TargetIndex(t);
-    for (const auto& [node, seen] : view.peers) {
-      if (!seen.lacks[ti]) continue;
-      journal::PeerLogContents c;
-      uint64_t bytes;
-      if (int e = peers_->ReadLog(holder, node, t, &c, &bytes)) return e;
-      log->debug("split brain: {}'s log on the {}: {} paths the {} lacks", node, holder.name(), c.entries.size(),
-                 t == journal::kMaster ? "master" : "backup");
-      for (const auto& e : c.entries) {
-        auto [it, fresh] = lacks[ti].try_emplace(e.path, e);
-        if (!fresh) {
-          it->second.ops |= e.ops;
-          it->second.scope = std::max(it->second.scope, e.scope);
-          for (uint64_t ino : e.inodes) journal::AddInode(&it->second.inodes, ino);
-        }
-      }
-    }
-  }
+  for (journal::Target t : {journal::kMaster, journal::kBackup})
+    if (int e = ReadLacksLogs(t, &lacks[journal::TargetIndex(t)])) return e;
   // A path both sides changed, or one inside (or holding) a path the other
   // side changed, has two versions: the resolver picks the newest and keeps
   // the other. Directory times alone are settled last.
