@@ -7,6 +7,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -191,8 +192,20 @@ void Backend::RecordProbe(bool ok, double latency_ms) {
   probe_latency_ms_ = latency_ms;
 }
 
+namespace {
+thread_local Clock::time_point t_step_deadline = Clock::time_point::max();
+}  // namespace
+
+StepDeadline::StepDeadline(std::chrono::milliseconds budget) : saved_(t_step_deadline) {
+  t_step_deadline = std::min(saved_, Clock::now() + budget);
+}
+StepDeadline::~StepDeadline() { t_step_deadline = saved_; }
+Clock::time_point StepDeadline::Current() { return t_step_deadline; }
+StepDeadline::Lift::Lift() : saved_(t_step_deadline) { t_step_deadline = Clock::time_point::max(); }
+StepDeadline::Lift::~Lift() { t_step_deadline = saved_; }
+
 int Backend::Run(WorkerPool::Fn fn) {
-  auto deadline = Deadline();
+  auto deadline = std::min(Deadline(), StepDeadline::Current());
   int r = Submit(std::move(fn), deadline)->Wait(deadline);
   Account(r);
   return r;

@@ -25,6 +25,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -76,6 +77,72 @@ struct Caller {
   gid_t gid = 0;
 };
 
+// One deadline for every call a thread runs through Backend::Run in a
+// scope. A step that holds Nasfs::sync_mu_ exclusively (one entry of a
+// copy, a replay or a split brain's merge) makes several NAS calls, and
+// every write through the mount waits for the step: one io_timeout for
+// them all keeps that wait within the promise that no request waits on a
+// sick NAS past io_timeout. With one each, a deep path on a NAS 20 ms late
+// per lookup held the soak's writes 1.2 s. A step that misses it fails
+// with ETIMEDOUT, as a call does, and is tried again later.
+// Scopes nest (the earlier deadline holds); not shared across threads.
+class StepDeadline {
+ public:
+  explicit StepDeadline(std::chrono::milliseconds budget);
+  ~StepDeadline();
+  StepDeadline(const StepDeadline&) = delete;
+  StepDeadline& operator=(const StepDeadline&) = delete;
+  // This thread's deadline; Clock::time_point::max() outside any scope.
+  static Clock::time_point Current();
+
+  // Lifts it for a scope: a file's bytes move chunk by chunk at the NAS's
+  // pace, each chunk under its own io_timeout. A large file copied under
+  // the lock (its copy before the lock was undone by a write) is slow,
+  // not sick; cut off, it would fail the same way on every try.
+  class Lift {
+   public:
+    Lift();
+    ~Lift();
+    Lift(const Lift&) = delete;
+    Lift& operator=(const Lift&) = delete;
+
+   private:
+    Clock::time_point saved_;
+  };
+
+ private:
+  Clock::time_point saved_;
+};
+
+// Holds a gate exclusively for one step (Nasfs::sync_mu_, for one entry of
+// a copy, a replay or a merge), and gives the step's NAS calls one budget
+// (StepDeadline), counted from when the lock is held.
+class SCOPED_CAPABILITY StepLock {
+ public:
+  StepLock(SharedGate* mu, std::chrono::milliseconds budget) ACQUIRE(mu) : mu_(mu) {
+    mu_->lock();
+    deadline_.emplace(budget);
+  }
+  ~StepLock() RELEASE() {
+    if (!held_) return;
+    deadline_.reset();
+    mu_->unlock();
+  }
+  StepLock(const StepLock&) = delete;
+  StepLock& operator=(const StepLock&) = delete;
+
+  void Unlock() RELEASE() {
+    deadline_.reset();
+    mu_->unlock();
+    held_ = false;
+  }
+
+ private:
+  SharedGate* const mu_;
+  std::optional<StepDeadline> deadline_;
+  bool held_ = true;
+};
+
 class Backend {
  public:
   Backend(Role role, std::string path, int threads, std::chrono::milliseconds io_timeout);
@@ -123,7 +190,8 @@ class Backend {
   void RecordProbe(bool ok, double latency_ms);
   int probe_streak() const { return probe_streak_.load(); }
 
-  // Runs fn on this NAS's workers under the io_timeout deadline, and counts it.
+  // Runs fn on this NAS's workers under the io_timeout deadline (or the
+  // thread's StepDeadline, if sooner), and counts it.
   int Run(WorkerPool::Fn fn);
   // Stat(rel) run that way: *out is filled only on success (a call that
   // misses its deadline writes into its own copy, never into *out).

@@ -725,9 +725,7 @@ void Nasfs::ReplayLoop(Backend& b) {
     {
       std::vector<uint64_t> inodes;
       for (const auto& e : entries) inodes.insert(inodes.end(), e.inodes.begin(), e.inodes.end());
-      std::sort(inodes.begin(), inodes.end());
-      inodes.erase(std::unique(inodes.begin(), inodes.end()), inodes.end());
-      if (int r = rs.IndexInodes(inodes))  // an entry that needs it walks again
+      if (int r = rs.IndexInodes(std::move(inodes)))  // an entry that needs it walks again
         log->warn("replay onto the {}: cannot walk the {} for linked files' names: {}", b.name(), o.name(),
                   std::strerror(r));
     }

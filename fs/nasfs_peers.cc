@@ -256,6 +256,11 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
             [](const journal::PeerEntry& x, const journal::PeerEntry& y) { return ComparePaths(x.path, y.path) < 0; });
   std::set<std::string> dirs;
   LinkedRound linked;
+  {
+    std::vector<uint64_t> inodes;
+    for (const auto& e : entries) inodes.insert(inodes.end(), e.inodes.begin(), e.inodes.end());
+    if (int r = rs.IndexInodes(std::move(inodes))) return r;
+  }
   for (const auto& e : entries) {
     if (stopping_ || b.state() != BackendState::kRecovering || o.state() != BackendState::kHealthy) return ECANCELED;
     if (DirTimesOnly(e)) {
@@ -280,7 +285,7 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
     }
   }
   for (const auto& d : dirs) {
-    WriterLock x(&sync_mu_);
+    StepLock x(&sync_mu_, std::chrono::milliseconds(opts_.io_timeout_ms));
     if (int r = rs.ReconcileDirTimes(d); r && r != ENOENT) return r;
   }
   // Only the log we replayed: one that grew has a live owner after all.
@@ -347,7 +352,7 @@ void Nasfs::Settle(Backend& b, Backend& o, TreeSync& rs) {
     // The copy goes through a new name: its directory's times follow.
     int r = rs.ReconcileExclusive(p, journal::Scope::kEntry, /*force_data=*/true);
     if (r == 0) {
-      WriterLock x(&sync_mu_);
+      StepLock x(&sync_mu_, std::chrono::milliseconds(opts_.io_timeout_ms));
       r = rs.ReconcileDirTimes(ParentOf(p));
     }
     if (r) {
@@ -487,6 +492,12 @@ int Nasfs::ResolveSplitBrain() {
   TreeSync to_backup(master_.get(), backup_.get(), &sync_mu_, false, false, nullptr);
   to_master.SetWriteTracker(&writes_);
   to_backup.SetWriteTracker(&writes_);
+  // The names of the files written through a name: one walk of each NAS.
+  for (int i = 0; i < 2; ++i) {
+    std::vector<uint64_t> inodes;
+    for (const auto& [p, e] : lacks[i]) inodes.insert(inodes.end(), e.inodes.begin(), e.inodes.end());
+    if (int r = (i == 0 ? to_master : to_backup).IndexInodes(std::move(inodes))) return r;
+  }
   std::set<std::string> dirs;
   uint64_t conflicted = 0;
   auto renewed = Clock::now();
@@ -511,7 +522,7 @@ int Nasfs::ResolveSplitBrain() {
     int r;
     if ((m && !DirTimesOnly(in_m->second) && touches(p, lacks[1])) || (bk && !DirTimesOnly(in_b->second) && touches(p, lacks[0]))) {
       ++conflicted;
-      WriterLock x(&sync_mu_);
+      StepLock x(&sync_mu_, std::chrono::milliseconds(opts_.io_timeout_ms));
       r = resolver.Resolve(p);
     } else if (m && !DirTimesOnly(in_m->second)) {
       r = to_master.ReconcileExclusive(p, in_m->second.scope, ForceData(in_m->second.ops));
@@ -539,7 +550,7 @@ int Nasfs::ResolveSplitBrain() {
     if (rm || rb) continue;  // gone on a side: its parent's times were settled with it
     bool backup_newer = sb.st_mtim.tv_sec > sm.st_mtim.tv_sec ||
                         (sb.st_mtim.tv_sec == sm.st_mtim.tv_sec && sb.st_mtim.tv_nsec > sm.st_mtim.tv_nsec);
-    WriterLock x(&sync_mu_);
+    StepLock x(&sync_mu_, std::chrono::milliseconds(opts_.io_timeout_ms));
     int r = backup_newer ? to_master.ReconcileDirTimes(d) : to_backup.ReconcileDirTimes(d);
     if (r && r != ENOENT) return r;
   }

@@ -316,6 +316,7 @@ int SplitBrainResolver::CopyAttributes(const std::string& path, Backend* source,
 
 int SplitBrainResolver::SameContent(const std::string& path, off_t size, bool* same) {
   *same = false;
+  StepDeadline::Lift bulk;  // bytes at the NAS's pace, each chunk under its own deadline
   Backend* ma = master_;
   Backend* ba = backup_;
   for (off_t off = 0; off < size; off += static_cast<off_t>(kCompareChunk)) {

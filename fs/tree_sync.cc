@@ -197,7 +197,7 @@ void TreeSync::Run() {
   log->info("copying {} {} onto {} {}", source_->name(), source_->path(), target_->name(), target_->path());
   int r = 0;
   {
-    WriterLock lk(sync_mu_);
+    StepLock lk(sync_mu_, target_->io_timeout());
     started_walk_ = true;
     SetCursor("", false);
     // The root's owner, mode and xattrs; its times when the walk leaves it.
@@ -257,7 +257,7 @@ int TreeSync::WalkDir(const std::string& dir) {
     if (names.empty()) {
       // Leave the directory only under the lock, after a last look: a name
       // created after our listing is either in this listing or covered.
-      WriterLock lk(sync_mu_);
+      StepLock lk(sync_mu_, target_->io_timeout());
       if (int r = ListUnion(dir, &names)) return r;
       if (have_last) names.erase(names.begin(), std::upper_bound(names.begin(), names.end(), last));
       if (names.empty()) {
@@ -275,7 +275,7 @@ int TreeSync::WalkDir(const std::string& dir) {
       // lock it only goes into place, if nothing changed it meanwhile.
       if (int r = Precopy(child)) return r;
       {
-        WriterLock lk(sync_mu_);
+        StepLock lk(sync_mu_, target_->io_timeout());
         int r = SyncEntry(child, &is_dir);
         if (r == 0) SetCursor(child, false);
         lk.Unlock();
@@ -612,7 +612,7 @@ int TreeSync::ReconcileExclusive(const std::string& path, journal::Scope scope, 
   reconcile_began_ = Clock::now();
   int r = ExclusiveStep(path, scope, force_data, /*top=*/true);
   if (r == 0) {
-    WriterLock lk(sync_mu_);
+    StepLock lk(sync_mu_, target_->io_timeout());
     r = FinishLinks();
   }
   reconciling_ = false;
@@ -620,9 +620,11 @@ int TreeSync::ReconcileExclusive(const std::string& path, journal::Scope scope, 
   return r;
 }
 
-int TreeSync::IndexInodes(const std::vector<uint64_t>& inodes) {
+int TreeSync::IndexInodes(std::vector<uint64_t> inodes) {
   inode_names_.clear();
   if (inodes.empty()) return 0;
+  std::sort(inodes.begin(), inodes.end());
+  inodes.erase(std::unique(inodes.begin(), inodes.end()), inodes.end());
   struct stat root{};
   if (int r = source_->RunStat("", &root)) return r;
   for (uint64_t ino : inodes) inode_names_[ino];
@@ -675,7 +677,7 @@ int TreeSync::ReconcileNamesOf(const std::vector<uint64_t>& inodes,
     // The copy moved the times of n's directory, which nothing else
     // visits: they go back to the source's.
     if (exclusive) {
-      WriterLock lk(sync_mu_);
+      StepLock lk(sync_mu_, target_->io_timeout());
       r = SyncDirTimes(ParentOf(n));
     } else {
       r = SyncDirTimes(ParentOf(n));
@@ -692,7 +694,7 @@ int TreeSync::ExclusiveStep(const std::string& path, journal::Scope scope, bool 
   bool is_dir = false, created = false;
   int r = 0;
   {
-    WriterLock lk(sync_mu_);
+    StepLock lk(sync_mu_, target_->io_timeout());
     if (top) r = EnsureAncestors(path);
     if (r == 0) r = SyncEntry(path, &is_dir, force_data, &created);
   }
@@ -708,7 +710,7 @@ int TreeSync::ExclusiveStep(const std::string& path, journal::Scope scope, bool 
     for (const auto& n : names)
       if (int e = ExclusiveStep(JoinPath(path, n), child_scope, /*force_data=*/false, /*top=*/false)) return e;
   }
-  WriterLock lk(sync_mu_);
+  StepLock lk(sync_mu_, target_->io_timeout());
   return SyncDirTimes(path);
 }
 
@@ -756,6 +758,7 @@ bool TreeSync::TakePrecopy(const std::string& path, const struct stat& s, std::s
 int TreeSync::CopyBytes(const std::shared_ptr<UniqueFd>& sfd_owner, const std::shared_ptr<UniqueFd>& tfd_owner,
                         off_t size, uint64_t* copied) {
   *copied = 0;
+  StepDeadline::Lift bulk;  // bytes move at the NAS's pace, each chunk under its own deadline
   const int sfd = sfd_owner->get(), tfd = tfd_owner->get();
   std::unique_ptr<Uring> ring_owner = TakeRing();
   struct GiveBack {  // unless abandoned to a hung NAS (released)
@@ -1094,7 +1097,9 @@ int TreeSync::WalkFiles(Backend* nas, const std::string& dir,
         names.begin() + static_cast<std::ptrdiff_t>(i),
         names.begin() + static_cast<std::ptrdiff_t>(std::min(names.size(), i + kBatch)));
     auto st = std::make_shared<std::vector<struct stat>>();
-    if (int e = nas->Run([nas, dir, batch, st] { return nas->StatChildren(dir, *batch, st.get()); })) return e;
+    int e = nas->Run([nas, dir, batch, st] { return nas->StatChildren(dir, *batch, st.get()); });
+    if (e == ENOENT || e == ENOTDIR) return 0;  // removed since it was listed: as if never listed
+    if (e) return e;
     for (size_t k = 0; k < batch->size(); ++k) {
       const struct stat& x = (*st)[k];
       std::string child = JoinPath(dir, (*batch)[k]);

@@ -122,9 +122,11 @@ class TreeSync {
   // each name again under the lock: see TakeRelinked).
   int ReconcileNamesOf(const std::vector<uint64_t>& inodes, const std::function<bool(const std::string&)>& skip,
                        bool exclusive);
-  // One walk of the source recording the names of these inodes (sorted),
-  // for the ReconcileNamesOf calls that follow (a replay round's).
-  int IndexInodes(const std::vector<uint64_t>& inodes);
+  // One walk of the source recording the names of these inodes (in any
+  // order, repeats allowed), for the ReconcileNamesOf calls that follow: a
+  // replay round's, a takeover's, a merge's. One walk for all of them; a
+  // walk per entry cost the soak's settle limit.
+  int IndexInodes(std::vector<uint64_t> inodes);
   // Copies only the given byte ranges of a regular file present on both
   // sides, then its size, xattrs and attributes. ENOENT/EINVAL when either
   // side's file is missing or not regular (reconcile it whole instead).

@@ -11,6 +11,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -834,6 +835,67 @@ TEST_P(BackendTest, ADirectoryMovedByAnotherServerIsSeenWhereItIsOnceTheTtlPasse
 
 INSTANTIATE_TEST_SUITE_P(DirCache, BackendTest, ::testing::Bool(),
                          [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "Cached" : "FromRoot"; });
+
+// A step that holds the copy's lock exclusively makes several NAS calls;
+// each write through the mount waits for it. StepDeadline gives the calls
+// one budget between them: past it, a call fails with ETIMEDOUT at once and
+// never runs (a step must not write after its lock is gone).
+TEST(StepDeadlineTest, CallsInAScopeShareOneBudgetAndLateOnesNeverRun) {
+  std::string root = MakeTemp("/tmp/nasfs-backend-nas-XXXXXX");
+  Backend nas(Role::kMaster, root, 2, std::chrono::milliseconds(5000));
+  ASSERT_TRUE(nas.OpenRoot());
+  nas.Start();
+  std::atomic<int> ran{0};
+  auto slow = [&ran] {
+    ++ran;
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    return 0;
+  };
+  std::vector<int> results;
+  {
+    StepDeadline step(std::chrono::milliseconds(400));
+    EXPECT_LE(StepDeadline::Current(), Clock::now() + std::chrono::milliseconds(400));
+    for (int i = 0; i < 6; ++i) results.push_back(nas.Run(slow));
+    {
+      // A file's bytes under the lock: each chunk its own io_timeout.
+      StepDeadline::Lift bulk;
+      EXPECT_EQ(StepDeadline::Current(), Clock::time_point::max());
+      EXPECT_EQ(nas.Run(slow), 0) << "a lifted call was cut off by the step's budget";
+    }
+    EXPECT_EQ(nas.Run(slow), ETIMEDOUT) << "the Lift outlived its scope";
+  }
+  EXPECT_EQ(StepDeadline::Current(), Clock::time_point::max());
+  EXPECT_EQ(nas.Run(slow), 0) << "the step's budget outlived its scope";
+  // 150 ms each in a 400 ms budget: two or three ran (the third cut off at
+  // the deadline), and none after one failed.
+  int ok = static_cast<int>(std::count(results.begin(), results.end(), 0));
+  EXPECT_GE(ok, 1);
+  EXPECT_LE(ok, 3);
+  for (size_t i = static_cast<size_t>(ok); i < results.size(); ++i) EXPECT_EQ(results[i], ETIMEDOUT) << "call " << i;
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // an abandoned call finishes
+  EXPECT_LE(ran.load(), ok + 1 + 2) << "calls past the budget ran";
+  std::error_code ec;
+  std::filesystem::remove_all(root, ec);
+}
+
+// A StepLock's budget starts once the lock is held, not while it waits.
+TEST(StepDeadlineTest, AStepLocksBudgetStartsOnceTheLockIsHeld) {
+  SharedGate gate;
+  Clock::time_point got{};
+  std::thread other;
+  {
+    WriterLock held(&gate);
+    other = std::thread([&] {
+      StepLock step(&gate, std::chrono::milliseconds(1000));
+      got = StepDeadline::Current();
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  other.join();
+  auto released = Clock::now();
+  EXPECT_GT(got, released + std::chrono::milliseconds(600)) << "the wait for the lock was counted";
+  EXPECT_EQ(StepDeadline::Current(), Clock::time_point::max());
+}
 
 }  // namespace
 }  // namespace nasfs

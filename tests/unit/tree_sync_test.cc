@@ -814,6 +814,43 @@ TEST_F(TreeSyncTest, TheNamesOfAWrittenInodeAreCopiedOnlyWhereTheTargetHoldsThem
   EXPECT_EQ(keep_dst.st_mtim.tv_nsec, keep_src.st_mtim.tv_nsec) << "keep's times moved with the copy";
 }
 
+// Writes go on while the replay or a split brain's merge walks the source
+// for a written file's other names: a directory moved or removed between
+// its listing and the stat of its entries is as if never listed. The
+// soak's merge failed on it, and each failure set the master down again.
+TEST_F(TreeSyncTest, AWalkForLinkedNamesOutlivesDirectoriesMovedUnderIt) {
+  PutFile(S("keep/a"), "linked");
+  ASSERT_EQ(::link(S("keep/a").c_str(), S("keep/b").c_str()), 0);
+  struct stat a{};
+  ASSERT_EQ(::stat(S("keep/a").c_str(), &a), 0);
+  std::atomic<bool> stop{false};
+  std::atomic<int> churned{0};
+  // A directory of more than one stat batch (256 names), moved away and
+  // back as fast as it goes: half the time its name is gone.
+  for (int i = 0; i < 600; ++i) PutFile(S("churn/d/f" + std::to_string(i)), "");
+  std::thread writer([&] {
+    while (!stop) {
+      if (::rename(S("churn/d").c_str(), S("churn/e").c_str()) == 0 &&
+          ::rename(S("churn/e").c_str(), S("churn/d").c_str()) == 0)
+        ++churned;
+    }
+  });
+  TreeSync rs(src_.get(), dst_.get(), &sync_mu_, false, false, nullptr);
+  int failures = 0, last = 0, walks = 0;
+  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (std::chrono::steady_clock::now() < end) {
+    ++walks;
+    if (int r = rs.IndexInodes({static_cast<uint64_t>(a.st_ino)})) {
+      ++failures;
+      last = r;
+    }
+  }
+  stop = true;
+  writer.join();
+  EXPECT_EQ(failures, 0) << failures << " of " << walks << " walks failed, the last with " << std::strerror(last);
+  EXPECT_GT(churned.load(), 0);
+}
+
 // A file renamed over one name of a linked file: on the source that name
 // is now another file (linked elsewhere); the target's is still the old
 // group's. The new data must not go into the target's old file, whose
