@@ -278,6 +278,31 @@ tl::expected<void, std::string> Nasfs::AdoptOwnLogs() {
   return {};
 }
 
+void Nasfs::PeersBehindAtStart(std::string behind[2]) {
+  for (Backend* holder : {master_.get(), backup_.get()}) {
+    // The logs of what a NAS lacks are on the other one.
+    Backend& nas = Other(*holder);
+    auto root = holder->Root();
+    if (!root || !root->valid()) continue;  // not open: nothing to read (it is out)
+    Backend* h = holder;
+    auto view = RunBounded<std::pair<int, NasView>>(std::chrono::milliseconds(opts_.io_timeout_ms), [h] {
+      std::pair<int, NasView> r;
+      r.first = Peers::ScanAt(*h, &r.second);
+      return r;
+    });
+    if (!view || view->first) {
+      // Unknown: the probes read them again once the mount serves.
+      Logger("replay")->warn("cannot read the other web servers' logs on the {} at start: {}", holder->name(),
+                             view ? std::strerror(view->first) : "no answer in time");
+      continue;
+    }
+    for (const auto& d : view->second.damaged) ReportDamage(*holder, d);
+    std::string& who = behind[journal::TargetIndex(Tgt(nas))];
+    for (const auto& [node, seen] : view->second.peers)
+      if (node != opts_.node && seen.lacks[journal::TargetIndex(Tgt(nas))]) who += (who.empty() ? "" : ", ") + node;
+  }
+}
+
 tl::expected<void, std::string> Nasfs::AdoptJournal() {
   auto log = Logger("journal");
   auto st = journal_->stats();
@@ -322,12 +347,19 @@ tl::expected<void, std::string> Nasfs::AdoptJournal() {
                   fmt::format("{} journaled changes to replay first", journal_->stats().pending[journal::TargetIndex(t)]));
     }
   }
+  // What the other web servers' logs say each NAS lacks (their writes to
+  // the other NAS alone): such a NAS serves no read until they are
+  // replayed, from the first request on. The probes would find the logs
+  // too, but only after the mount serves: the hour soak's b, restarted,
+  // read from a master that a's log listed 1,146 paths behind.
+  std::string behind[2];
+  PeersBehindAtStart(behind);
   // Directories being written when nasfs stopped may differ between the NAS.
   // The side that carried writes alone (if any) is the source; otherwise the
-  // master is.
+  // master is, unless other servers' writes are missing on it.
   if (!recovered_.unfinished_dirs.empty()) {
     bool master_behind = master_->state() != BackendState::kHealthy || master_->needs_full_sync() ||
-                         journal_->HasPending(journal::kMaster);
+                         journal_->HasPending(journal::kMaster) || !behind[0].empty();
     Backend& target = master_behind ? *master_ : *backup_;
     if (!target.needs_full_sync()) {
       std::vector<journal::Change> changes;
@@ -342,6 +374,18 @@ tl::expected<void, std::string> Nasfs::AdoptJournal() {
                 changes.size(), target.name(), Other(target).name());
     }
     journal_->RetireRecovered(recovered_.unfinished_dirs);
+  }
+  // Only while the other NAS serves, and is not itself behind (a split
+  // brain: the probes find it and merge); a NAS that alone can serve
+  // does, as ServeAloneIfOnlyPeersPending rules later.
+  for (Backend* b : {master_.get(), backup_.get()}) {
+    int i = journal::TargetIndex(Tgt(*b)), o = 1 - i;
+    if (b->state() != BackendState::kHealthy || behind[i].empty() || !behind[o].empty() ||
+        Other(*b).state() != BackendState::kHealthy)
+      continue;
+    log->warn("web servers {} hold writes the {} lacks: reads stay off it until they are replayed", behind[i],
+              b->name());
+    b->SetState(BackendState::kDown, fmt::format("web servers {} hold writes it lacks: replayed first", behind[i]));
   }
   if (master_->state() != BackendState::kHealthy && backup_->state() != BackendState::kHealthy)
     return tl::unexpected(fmt::format("neither NAS can serve: master {}, backup {}", StateName(master_->state()),
@@ -974,9 +1018,9 @@ Nasfs::RenameMark::~RenameMark() {
   fs_.renames_cv_.SignalAll();
 }
 
-bool Nasfs::RenamedSince(uint64_t begun) {
+bool Nasfs::RenamedSince(uint64_t snapshot) {
   MutexLock lk(&renames_mu_);
-  if (!RenameRacing(begun)) return false;
+  if (!RenameRacing(snapshot)) return false;
   const auto until = Clock::now() + std::chrono::milliseconds(opts_.io_timeout_ms);
   while (renames_done_.load() != renames_begun_.load())
     if (!renames_cv_.WaitUntil(&renames_mu_, until)) break;

@@ -313,6 +313,9 @@ class Nasfs {
   // before that NAS serves reads. A log that cannot be read leaves its NAS
   // down for a whole-tree copy.
   tl::expected<void, std::string> AdoptOwnLogs();
+  // At start (blocking, bounded): behind[i] lists the other web servers
+  // whose logs on the other NAS say NAS i (master, backup) lacks writes.
+  void PeersBehindAtStart(std::string behind[2]);
   tl::expected<void, std::string> PrepareSides();
   // Refuses nested NAS, and a mount point or journal inside a NAS (or the
   // journal inside the mount point), by inode. `*_open`: that NAS's root

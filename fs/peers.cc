@@ -309,62 +309,66 @@ int Peers::Clear(journal::Target target, bool present) {
 
 int Peers::Scan(Backend& nas, NasView* out) {
   auto view = std::make_shared<NasView>();
-  Backend* n = &nas;
-  int r = nas.Run([n, view] {
-    int root = n->Root()->get();
-    // The generation first: see peers.h.
-    if (int e = ReadGenerationAt(*n, &view->gen, &view->damaged)) return e;
-    std::vector<DirEntry> names;
-    if (int e = n->ReadDir(kMetaDir, &names)) return e;
-    for (const auto& d : names) {
-      if (d.name.rfind("heartbeat.", 0) != 0 || d.name.size() <= 10 || d.name.find(".tmp") != std::string::npos ||
-          d.name.find(".junk.") != std::string::npos)
-        continue;  // temp files, and what a probe moved off its heartbeat's name
-      if (d.name.size() > 10 + kMaxNodeName) {
-        view->damaged.push_back(fmt::format("{}/{}: not a web server's heartbeat", kMetaDir, d.name.substr(0, 80)));
-        continue;
-      }
-      auto beat = ReadSmallFileAt(root, std::string(kMetaDir) + "/" + d.name);
-      if (!beat && beat.error() != ENOENT)
-        view->damaged.push_back(fmt::format("{}/{}: {}", kMetaDir, d.name, std::strerror(beat.error())));
-      view->peers[d.name.substr(10)].beat = beat ? *beat : "";
-    }
-    std::vector<DirEntry> nodes;
-    int e = n->ReadDir(kPeersDir, &nodes);
-    if (e && e != ENOENT) return e;
-    for (const auto& d : nodes) {
-      if (d.name == "." || d.name == "..") continue;
-      if (d.name.empty() || d.name[0] == '.' || d.name.size() > kMaxNodeName) {
-        view->damaged.push_back(fmt::format("{}/{}: not a web server's name", kPeersDir, d.name.substr(0, 80)));
-        continue;
-      }
-      PeerSeen& p = view->peers[d.name];
-      for (journal::Target t : {journal::kMaster, journal::kBackup}) {
-        // open + fstat, not stat: an NFS client revalidates a file's size
-        // on open (close-to-open), while a stat may answer from its cache.
-        struct stat st{};
-        auto f = n->OpenBeneath(LogPath(d.name, t), O_RDONLY);
-        if (f && fstat(f->get(), &st) == 0 && st.st_size > 0) {
-          p.lacks[journal::TargetIndex(t)] = true;
-          p.lacks_bytes[journal::TargetIndex(t)] = static_cast<uint64_t>(st.st_size);
-        } else if (!f && f.error() != ENOENT) {
-          // Something that is not a log sits at its name: whatever it held
-          // is unknown, so it counts as listing something (nothing switches
-          // back past it) until an operator looks.
-          p.lacks[journal::TargetIndex(t)] = true;
-          view->damaged.push_back(fmt::format("{}: {}", LogPath(d.name, t), std::strerror(f.error())));
-        }
-      }
-      uint64_t step = 0;
-      std::optional<ClaimRecord> rec;
-      std::string damaged;
-      if (ReadClaimAt(*n, ClaimPath(d.name) + ".d", &step, &rec, &damaged) == 0 && rec) p.claimed_by = rec->holder;
-      if (!damaged.empty()) view->damaged.push_back(damaged);
-    }
-    return 0;
-  });
+  const Backend* n = &nas;
+  int r = nas.Run([n, view] { return ScanAt(*n, view.get()); });
   if (r == 0) *out = *view;
   return r;
+}
+
+int Peers::ScanAt(const Backend& nas, NasView* view) {
+  *view = {};
+  const Backend* n = &nas;
+  int root = n->Root()->get();
+  // The generation first: see peers.h.
+  if (int e = ReadGenerationAt(*n, &view->gen, &view->damaged)) return e;
+  std::vector<DirEntry> names;
+  if (int e = n->ReadDir(kMetaDir, &names)) return e;
+  for (const auto& d : names) {
+    if (d.name.rfind("heartbeat.", 0) != 0 || d.name.size() <= 10 || d.name.find(".tmp") != std::string::npos ||
+        d.name.find(".junk.") != std::string::npos)
+      continue;  // temp files, and what a probe moved off its heartbeat's name
+    if (d.name.size() > 10 + kMaxNodeName) {
+      view->damaged.push_back(fmt::format("{}/{}: not a web server's heartbeat", kMetaDir, d.name.substr(0, 80)));
+      continue;
+    }
+    auto beat = ReadSmallFileAt(root, std::string(kMetaDir) + "/" + d.name);
+    if (!beat && beat.error() != ENOENT)
+      view->damaged.push_back(fmt::format("{}/{}: {}", kMetaDir, d.name, std::strerror(beat.error())));
+    view->peers[d.name.substr(10)].beat = beat ? *beat : "";
+  }
+  std::vector<DirEntry> nodes;
+  int e = n->ReadDir(kPeersDir, &nodes);
+  if (e && e != ENOENT) return e;
+  for (const auto& d : nodes) {
+    if (d.name == "." || d.name == "..") continue;
+    if (d.name.empty() || d.name[0] == '.' || d.name.size() > kMaxNodeName) {
+      view->damaged.push_back(fmt::format("{}/{}: not a web server's name", kPeersDir, d.name.substr(0, 80)));
+      continue;
+    }
+    PeerSeen& p = view->peers[d.name];
+    for (journal::Target t : {journal::kMaster, journal::kBackup}) {
+      // open + fstat, not stat: an NFS client revalidates a file's size
+      // on open (close-to-open), while a stat may answer from its cache.
+      struct stat st{};
+      auto f = n->OpenBeneath(LogPath(d.name, t), O_RDONLY);
+      if (f && fstat(f->get(), &st) == 0 && st.st_size > 0) {
+        p.lacks[journal::TargetIndex(t)] = true;
+        p.lacks_bytes[journal::TargetIndex(t)] = static_cast<uint64_t>(st.st_size);
+      } else if (!f && f.error() != ENOENT) {
+        // Something that is not a log sits at its name: whatever it held
+        // is unknown, so it counts as listing something (nothing switches
+        // back past it) until an operator looks.
+        p.lacks[journal::TargetIndex(t)] = true;
+        view->damaged.push_back(fmt::format("{}: {}", LogPath(d.name, t), std::strerror(f.error())));
+      }
+    }
+    uint64_t step = 0;
+    std::optional<ClaimRecord> rec;
+    std::string damaged;
+    if (ReadClaimAt(*n, ClaimPath(d.name) + ".d", &step, &rec, &damaged) == 0 && rec) p.claimed_by = rec->holder;
+    if (!damaged.empty()) view->damaged.push_back(damaged);
+  }
+  return 0;
 }
 
 int Peers::ReadLogAt(const Backend& nas, const std::string& node, journal::Target target,

@@ -103,6 +103,9 @@ class Peers {
   // Reads the generation first, then heartbeats, logs and claims: marking a
   // NAS in step depends on that order (see above).
   int Scan(Backend& nas, NasView* out);
+  // The same, blocking on the caller's thread (start-up, before the pools
+  // run).
+  static int ScanAt(const Backend& nas, NasView* out);
   int ReadLog(Backend& nas, const std::string& node, journal::Target target, journal::PeerLogContents* out,
               uint64_t* bytes);
   // The same, blocking on the caller's thread (start-up, before the pools
