@@ -135,17 +135,25 @@ class Nasfs {
   // 0 for an inode the kernel does not know (nothing to guard).
   NameLock LockNames(fuse_ino_t a, fuse_ino_t b = 0);
   // Renames through the mount, begun and finished (the inode table
-  // updated). An operation that resolved a path when RenamesBegun() was n
-  // and then found nothing there asks RenamedSince(n): whether a rename
-  // began since (or was under way), after waiting (bounded by io_timeout)
-  // until none is under way, so the path it resolves again is current.
-  uint64_t RenamesBegun() const { return renames_begun_.load(std::memory_order_acquire); }
-  bool RenamedSince(uint64_t begun);
-  // Whether a rename began since RenamesBegun() was `begun`, or one was
-  // under way then or is now (no waiting).
-  bool RenameRacing(uint64_t begun) const {
-    return renames_begun_.load(std::memory_order_acquire) != begun ||
-           renames_done_.load(std::memory_order_acquire) != begun;
+  // updated). An operation takes RenameSnapshot() before it resolves a
+  // path; one that then found nothing there asks RenamedSince(snapshot):
+  // whether a rename was under way then or began since, after waiting
+  // (bounded by io_timeout) until none is under way, so the path it
+  // resolves again is current.
+  // The snapshot is the count of renames finished: one under way when it
+  // was taken has begun but not finished, so the count begun differs from
+  // it even once that rename is over. (It was the count begun, which
+  // missed a rename under way at the start and over by the end; the hour
+  // soak's lookup of a file in a directory renamed 4 ms before tried the
+  // old path with that count the same at its start and end, and answered
+  // ENOENT for a file both NAS held.)
+  uint64_t RenameSnapshot() const { return renames_done_.load(std::memory_order_acquire); }
+  bool RenamedSince(uint64_t snapshot);
+  // Whether a rename was under way at RenameSnapshot(), began since, or is
+  // under way now (no waiting).
+  bool RenameRacing(uint64_t snapshot) const {
+    return renames_begun_.load(std::memory_order_acquire) != snapshot ||
+           renames_done_.load(std::memory_order_acquire) != snapshot;
   }
   // Marks one rename, from its start to the inode table's update.
   class RenameMark {

@@ -91,12 +91,12 @@ struct FileRef {
   std::string path;
   std::shared_ptr<Orphan> orphan;
   std::shared_lock<SharedGate> name;
-  uint64_t renames = 0;  // Nasfs::RenamesBegun() when it was resolved
+  uint64_t renames = 0;  // Nasfs::RenameSnapshot() when it was resolved
 };
 inline int RefOf(Nasfs& fs, fuse_ino_t ino, FileRef* out) {
   out->ino = ino;
   out->name = fs.ShareName(ino);
-  out->renames = fs.RenamesBegun();
+  out->renames = fs.RenameSnapshot();
   if (PathOf(fs, ino, &out->path) == 0) return 0;
   out->orphan = fs.FindOrphan(ino);
   return out->orphan ? 0 : ENOENT;
@@ -121,7 +121,7 @@ inline bool RefOrReply(fuse_req_t req, Nasfs& fs, fuse_ino_t ino, FileRef* out) 
 // errno; `op` acts on the path.
 template <typename Resolve, typename Op>
 int OnResolvedPath(Nasfs& fs, Resolve resolve, Op op, std::string* path) {
-  const uint64_t renames = fs.RenamesBegun();
+  const uint64_t renames = fs.RenameSnapshot();
   if (int e = resolve(path)) return e;
   int r = op(*path);
   if (r != ENOENT || !fs.RenamedSince(renames)) return r;

@@ -56,7 +56,7 @@ int DoLookup(Nasfs& fs, fuse_ino_t parent, const char* name, struct stat* st, st
 
 void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Nasfs& fs = Fs(req);
-  const uint64_t renames = fs.RenamesBegun();
+  const uint64_t renames = fs.RenameSnapshot();
   struct stat st;
   std::string tried;
   int r = DoLookup(fs, parent, name, &st, &tried);
@@ -76,9 +76,9 @@ void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     // SPDLOG_LEVEL=fuse=debug traces each miss.
     if (auto log = Logger("fuse"); log->should_log(spdlog::level::debug)) {
       auto p = fs.inodes().ChildPath(parent, name);
-      log->debug("lookup '{}': no such entry on the {} (tried '{}'; renames begun {} at the start, {} now){}",
+      log->debug("lookup '{}': no such entry on the {} (tried '{}'; renames finished {} at the start, {} now){}",
                  p ? ShownPath(*p) : "(parent gone)", fs.router().ReadFromName(), ShownPath(tried), renames,
-                 fs.RenamesBegun(), racing ? "; not cached: a rename ran meanwhile" : "");
+                 fs.RenameSnapshot(), racing ? "; not cached: a rename ran meanwhile" : "");
     }
     if (racing) {
       fuse_reply_err(req, ENOENT);
