@@ -31,6 +31,8 @@
 
 namespace nasfs {
 
+class SplitBrainResolver;  // fs/split_brain.h
+
 // A regular file whose name went away (unlink, or a rename over it) while
 // the kernel still knew its inode, so it may be open: one fd per NAS,
 // opened just before the name went, keeps it readable and writable until
@@ -220,7 +222,9 @@ class Nasfs {
   void MaybeRecover(Backend& b, bool forced = false);
   // The replay thread: rounds over the journal's pending entries for b
   // until none is left, then b serves again (see docs/ARCHITECTURE.md).
+  // Its steps are Replayer's (fs/replayer.cc).
   void ReplayLoop(Backend& b);
+  class Replayer;
   // The replay's drain round (see ReplayLoop) comes once at most this many
   // entries are left, or from this round on; it works at most kDrainBudget
   // with the writes to pending paths held back.
@@ -298,7 +302,21 @@ class Nasfs {
   // Waits for, or (holding the claim) runs, the merge of a split brain.
   // 0 once the pair is back in step; an errno if it failed.
   int HandleSplitBrain();
+  // The merge, in steps: plan (what each side lacks, the paths in walk
+  // order), wire the resolver's view of the logs, merge each path, then
+  // the directories' times, then mark both NAS in step.
   int ResolveSplitBrain();
+  struct MergePlan {
+    std::map<std::string, journal::PeerEntry> lacks[2];  // [0]: the master lacks (logs on the backup)
+    std::vector<std::string> paths;                      // both sides' paths, ComparePaths order, once each
+  };
+  int PlanMerge(MergePlan* plan);
+  static void WireResolver(const MergePlan& plan, SplitBrainResolver* resolver);
+  // One path: its two versions to the resolver, or the one side's change
+  // copied onto the other; *dirs gets the directories whose times follow.
+  int MergePath(const MergePlan& plan, const std::string& p, SplitBrainResolver& resolver, TreeSync& to_master,
+                TreeSync& to_backup, std::set<std::string>* dirs, uint64_t* conflicted);
+  int MergeDirTimes(const std::set<std::string>& dirs, TreeSync& to_master, TreeSync& to_backup);
   // The merge is over (r: 0 or the errno it failed with; by: who merged):
   // status and its history say so.
   void EndSplitBrain(int r, const std::string& by);

@@ -455,24 +455,71 @@ void Nasfs::SplitBrainMergedElsewhere(Backend& b, Backend& o) {
 
 int Nasfs::ResolveSplitBrain() {
   auto log = Logger("replay");
+  MergePlan plan;
+  if (int e = PlanMerge(&plan)) return e;
+  SplitBrainResolver resolver(master_.get(), backup_.get(), opts_.node);
+  WireResolver(plan, &resolver);
+  TreeSync to_master(backup_.get(), master_.get(), &sync_mu_, false, false, nullptr);
+  TreeSync to_backup(master_.get(), backup_.get(), &sync_mu_, false, false, nullptr);
+  to_master.SetWriteTracker(&writes_);
+  to_backup.SetWriteTracker(&writes_);
+  // The names of the files written through a name: one walk of each NAS.
+  for (int i = 0; i < 2; ++i) {
+    std::vector<uint64_t> inodes;
+    for (const auto& [p, e] : plan.lacks[i]) inodes.insert(inodes.end(), e.inodes.begin(), e.inodes.end());
+    if (int r = (i == 0 ? to_master : to_backup).IndexInodes(std::move(inodes))) return r;
+  }
+  std::set<std::string> dirs;
+  uint64_t conflicted = 0;
+  auto renewed = Clock::now();
+  for (const auto& p : plan.paths) {
+    if (stopping_) return ECANCELED;
+    if (Clock::now() - renewed > std::chrono::seconds(1)) {  // keep the claim while the merge runs
+      bool got = false;
+      peers_->Claim(*master_, kSplitBrainClaim, std::chrono::seconds(opts_.peer_timeout_s), &got);
+      if (!got) return EBUSY;
+      renewed = Clock::now();
+    }
+    if (int r = MergePath(plan, p, resolver, to_master, to_backup, &dirs, &conflicted)) {
+      log->error("split brain: merging '{}': {}", ShownPath(p), std::strerror(r));
+      return r;
+    }
+  }
+  if (int r = MergeDirTimes(dirs, to_master, to_backup)) return r;
+  // In step again: every later one-sided write moves a generation ahead anew.
+  for (Backend* nas : {master_.get(), backup_.get()}) {
+    Generation g;
+    if (int e = peers_->ReadGeneration(*nas, &g)) return e;
+    if (int e = peers_->MarkInStep(*nas, g.generation)) return e;
+  }
+  {
+    MutexLock lk(&peers_mu_);
+    split_.paths = plan.paths.size();
+    split_.conflicts = resolver.kept().size();
+  }
+  log->warn("split brain merged: {} paths, {} with two versions, {} versions kept under .nasfs/conflicts/ "
+            "(nasfsctl conflicts lists them)",
+            plan.paths.size(), conflicted, resolver.kept().size());
+  return 0;
+}
+
+int Nasfs::PlanMerge(MergePlan* plan) {
   // What each NAS lacks, by every server's log on the other.
-  std::map<std::string, journal::PeerEntry> lacks[2];  // [0]: the master lacks (logs on the backup)
   for (journal::Target t : {journal::kMaster, journal::kBackup})
-    if (int e = ReadLacksLogs(t, &lacks[journal::TargetIndex(t)])) return e;
-  // A path both sides changed, or one inside (or holding) a path the other
-  // side changed, has two versions: the resolver picks the newest and keeps
-  // the other. Directory times alone are settled last.
-  const auto& touches = TouchesAny;
-  std::vector<std::string> paths;
+    if (int e = ReadLacksLogs(t, &plan->lacks[journal::TargetIndex(t)])) return e;
   for (int i = 0; i < 2; ++i)
-    for (const auto& [p, e] : lacks[i]) paths.push_back(p);
+    for (const auto& [p, e] : plan->lacks[i]) plan->paths.push_back(p);
+  auto& paths = plan->paths;
   std::sort(paths.begin(), paths.end(), [](const std::string& x, const std::string& y) { return ComparePaths(x, y) < 0; });
   paths.erase(std::unique(paths.begin(), paths.end()), paths.end());
+  return 0;
+}
 
-  SplitBrainResolver resolver(master_.get(), backup_.get(), opts_.node);
+void Nasfs::WireResolver(const MergePlan& plan, SplitBrainResolver* resolver) {
+  const auto& lacks = plan.lacks;
   // A server writing one NAS alone logged a removal there as something the
   // other NAS lacks: whatever else one side lacks is new on the other.
-  resolver.SetRemovedFn([&lacks](const std::string& p, Role side) {
+  resolver->SetRemovedFn([&lacks](const std::string& p, Role side) {
     const auto& log = lacks[side == Role::kMaster ? 1 : 0];
     for (std::string a = p;; a = ParentOf(a)) {
       if (auto it = log.find(a);
@@ -483,66 +530,51 @@ int Nasfs::ResolveSplitBrain() {
   });
   // A side changed a path's owner, mode or xattrs: its log lists the path
   // with a meta change among what the other side lacks.
-  resolver.SetMetaChangedFn([&lacks](const std::string& p, Role side) {
+  resolver->SetMetaChangedFn([&lacks](const std::string& p, Role side) {
     const auto& log = lacks[side == Role::kMaster ? 1 : 0];
     auto it = log.find(p);
     return it != log.end() && Has(it->second.ops, journal::Op::kMeta);
   });
-  TreeSync to_master(backup_.get(), master_.get(), &sync_mu_, false, false, nullptr);
-  TreeSync to_backup(master_.get(), backup_.get(), &sync_mu_, false, false, nullptr);
-  to_master.SetWriteTracker(&writes_);
-  to_backup.SetWriteTracker(&writes_);
-  // The names of the files written through a name: one walk of each NAS.
-  for (int i = 0; i < 2; ++i) {
-    std::vector<uint64_t> inodes;
-    for (const auto& [p, e] : lacks[i]) inodes.insert(inodes.end(), e.inodes.begin(), e.inodes.end());
-    if (int r = (i == 0 ? to_master : to_backup).IndexInodes(std::move(inodes))) return r;
+}
+
+int Nasfs::MergePath(const MergePlan& plan, const std::string& p, SplitBrainResolver& resolver, TreeSync& to_master,
+                     TreeSync& to_backup, std::set<std::string>* dirs, uint64_t* conflicted) {
+  const auto& lacks = plan.lacks;
+  auto in_m = lacks[0].find(p), in_b = lacks[1].find(p);
+  bool m = in_m != lacks[0].end(), bk = in_b != lacks[1].end();
+  Logger("replay")->debug(
+      "split brain: '{}': master lacks {}, backup lacks {}", ShownPath(p),
+      m ? fmt::format("ops {:#x} scope {}", in_m->second.ops, static_cast<int>(in_m->second.scope)) : "nothing",
+      bk ? fmt::format("ops {:#x} scope {}", in_b->second.ops, static_cast<int>(in_b->second.scope)) : "nothing");
+  // Directory times alone are settled last (MergeDirTimes).
+  if ((!m || DirTimesOnly(in_m->second)) && (!bk || DirTimesOnly(in_b->second))) {
+    dirs->insert(p);
+    return 0;
   }
-  std::set<std::string> dirs;
-  uint64_t conflicted = 0;
-  auto renewed = Clock::now();
-  for (const auto& p : paths) {
-    if (stopping_) return ECANCELED;
-    if (Clock::now() - renewed > std::chrono::seconds(1)) {  // keep the claim while the merge runs
-      bool got = false;
-      peers_->Claim(*master_, kSplitBrainClaim, std::chrono::seconds(opts_.peer_timeout_s), &got);
-      if (!got) return EBUSY;
-      renewed = Clock::now();
-    }
-    auto in_m = lacks[0].find(p), in_b = lacks[1].find(p);
-    bool m = in_m != lacks[0].end(), bk = in_b != lacks[1].end();
-    log->debug("split brain: '{}': master lacks {}, backup lacks {}", ShownPath(p),
-               m ? fmt::format("ops {:#x} scope {}", in_m->second.ops, static_cast<int>(in_m->second.scope)) : "nothing",
-               bk ? fmt::format("ops {:#x} scope {}", in_b->second.ops, static_cast<int>(in_b->second.scope)) : "nothing");
-    if ((!m || DirTimesOnly(in_m->second)) && (!bk || DirTimesOnly(in_b->second))) {
-      dirs.insert(p);
-      continue;
-    }
-    if (!p.empty()) dirs.insert(ParentOf(p));
-    int r;
-    if ((m && !DirTimesOnly(in_m->second) && touches(p, lacks[1])) || (bk && !DirTimesOnly(in_b->second) && touches(p, lacks[0]))) {
-      ++conflicted;
-      StepLock x(&sync_mu_, std::chrono::milliseconds(opts_.io_timeout_ms));
-      r = resolver.Resolve(p);
-    } else if (m && !DirTimesOnly(in_m->second)) {
-      r = to_master.ReconcileExclusive(p, in_m->second.scope, ForceData(in_m->second.ops));
-      // The file's other names, but none the other side changed: those
-      // have two versions, and the resolver takes them path by path.
-      if (r == 0)
-        r = to_master.ReconcileNamesOf(
-            in_m->second.inodes, [&](const std::string& n) { return n == p || touches(n, lacks[1]); }, true);
-    } else {
-      r = to_backup.ReconcileExclusive(p, in_b->second.scope, ForceData(in_b->second.ops));
-      if (r == 0)
-        r = to_backup.ReconcileNamesOf(
-            in_b->second.inodes, [&](const std::string& n) { return n == p || touches(n, lacks[0]); }, true);
-    }
-    if (r) {
-      log->error("split brain: merging '{}': {}", ShownPath(p), std::strerror(r));
-      return r;
-    }
+  if (!p.empty()) dirs->insert(ParentOf(p));
+  // A path both sides changed, or one inside (or holding) a path the other
+  // side changed, has two versions: the resolver picks the newest and keeps
+  // the other.
+  if ((m && !DirTimesOnly(in_m->second) && TouchesAny(p, lacks[1])) ||
+      (bk && !DirTimesOnly(in_b->second) && TouchesAny(p, lacks[0]))) {
+    ++*conflicted;
+    StepLock x(&sync_mu_, std::chrono::milliseconds(opts_.io_timeout_ms));
+    return resolver.Resolve(p);
   }
-  // Directory times: the newer side's.
+  // One side changed it: copied onto the side that lacks it, with the
+  // file's other names, but none the other side changed: those have two
+  // versions, and the resolver takes them path by path.
+  const bool onto_master = m && !DirTimesOnly(in_m->second);
+  TreeSync& rs = onto_master ? to_master : to_backup;
+  const journal::PeerEntry& e = onto_master ? in_m->second : in_b->second;
+  const auto& other_changed = lacks[onto_master ? 1 : 0];
+  if (int r = rs.ReconcileExclusive(p, e.scope, ForceData(e.ops))) return r;
+  return rs.ReconcileNamesOf(
+      e.inodes, [&](const std::string& n) { return n == p || TouchesAny(n, other_changed); }, /*exclusive=*/true);
+}
+
+int Nasfs::MergeDirTimes(const std::set<std::string>& dirs, TreeSync& to_master, TreeSync& to_backup) {
+  // The newer side's.
   for (const auto& d : dirs) {
     struct stat sm{}, sb{};
     int rm = master_->RunStat(d, &sm);
@@ -554,20 +586,6 @@ int Nasfs::ResolveSplitBrain() {
     int r = backup_newer ? to_master.ReconcileDirTimes(d) : to_backup.ReconcileDirTimes(d);
     if (r && r != ENOENT) return r;
   }
-  // In step again: every later one-sided write moves a generation ahead anew.
-  for (Backend* nas : {master_.get(), backup_.get()}) {
-    Generation g;
-    if (int e = peers_->ReadGeneration(*nas, &g)) return e;
-    if (int e = peers_->MarkInStep(*nas, g.generation)) return e;
-  }
-  {
-    MutexLock lk(&peers_mu_);
-    split_.paths = paths.size();
-    split_.conflicts = resolver.kept().size();
-  }
-  log->warn("split brain merged: {} paths, {} with two versions, {} versions kept under .nasfs/conflicts/ "
-            "(nasfsctl conflicts lists them)",
-            paths.size(), conflicted, resolver.kept().size());
   return 0;
 }
 

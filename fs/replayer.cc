@@ -1,0 +1,299 @@
+// The replay onto a returning NAS, in named steps: prepare (a split brain
+// merged, the shared log complete), rounds over the journal's pending
+// entries (each perhaps a drain round), settle, switch back, finish. See
+// docs/ARCHITECTURE.md, "Replay".
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "fs/log.h"
+#include "fs/nasfs.h"
+
+namespace nasfs {
+
+class Nasfs::Replayer {
+ public:
+  Replayer(Nasfs& fs, Backend& b)
+      : fs_(fs),
+        b_(b),
+        o_(fs.Other(b)),
+        t_(Tgt(b)),
+        log_(Logger("replay")),
+        rs_(&o_, &b_, &fs.sync_mu_, /*verify_content=*/false, /*displace=*/false, nullptr),
+        t0_(Clock::now()),
+        share_(fs.opts_.replay_share / 100.0) {
+    rs_.SetWriteTracker(&fs_.writes_);  // Settle and takeovers copy data before their lock
+    fs_.settle_.clear();
+    MutexLock lk(&fs_.replay_mu_);
+    fs_.replay_ = ReplayProgress{};
+    fs_.replay_.target = b_.name();
+    fs_.replay_.started = NowIso8601();
+    fs_.replay_.t0 = t0_;
+  }
+
+  void Run() {
+    if (!Prepare()) return;
+    while (!fs_.stopping_) {
+      if (!SidesStillUp()) return;
+      auto entries = PendingSorted();
+      if (entries.empty()) {
+        fs_.Settle(b_, o_, rs_);
+        if (SwitchBack(/*takeover=*/true)) return;
+        // Other servers still replay what they hold (or a write re-pended):
+        // look again shortly.
+        for (int i = 0; i < 4 && !fs_.stopping_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        continue;
+      }
+      if (!Round(std::move(entries))) return;
+    }
+    Finish("stopped: nasfs is stopping");
+  }
+
+ private:
+  // Ends a drain round, releasing the writes it held back.
+  struct Drain {
+    Nasfs& fs;
+    int ti;
+    bool on = false;
+    void Start() {
+      MutexLock lk(&fs.drain_mu_);
+      fs.draining_[ti] = on = true;
+    }
+    void End() {
+      if (!on) return;
+      {
+        MutexLock lk(&fs.drain_mu_);
+        fs.draining_[ti] = on = false;
+      }
+      fs.drain_cv_.SignalAll();
+    }
+    ~Drain() { End(); }
+  };
+
+  // The progress status shows, once the replay ends.
+  void Finish(const std::string& result) {
+    uint64_t bytes = rs_.Status().value("bytes_copied", uint64_t{0});
+    MutexLock lk(&fs_.replay_mu_);
+    fs_.replay_.bytes = bytes;
+    fs_.replay_.result = result;
+    fs_.replay_.finished = NowIso8601();
+    fs_.replay_.seconds = std::chrono::duration<double>(Clock::now() - t0_).count();
+  }
+
+  std::string DoneMessage() {
+    uint64_t done;
+    {
+      MutexLock lk(&fs_.replay_mu_);
+      done = fs_.replay_.done;
+    }
+    return fmt::format("replayed {} changes from {} in {:.2f} s", done, o_.name(),
+                       std::chrono::duration<double>(Clock::now() - t0_).count());
+  }
+
+  // A split brain is merged before anything is replayed (a plain replay
+  // would copy one side's versions over the other's), and the log on the
+  // shared NAS lists everything the journal holds for b. False: stopped.
+  bool Prepare() {
+    if (fs_.SplitBrainDetected(b_, o_)) {
+      if (int e = fs_.HandleSplitBrain()) {
+        b_.SetState(BackendState::kDown, fmt::format("split brain not resolved: {}", std::strerror(e)));
+        Finish(fmt::format("stopped: split brain: {}", std::strerror(e)));
+        return false;
+      }
+    } else {
+      fs_.SplitBrainMergedElsewhere(b_, o_);
+    }
+    if (int e = fs_.NoteAllPending(t_)) {
+      b_.SetState(BackendState::kDown,
+                  fmt::format("cannot list what it lacks on the {}: {}", o_.name(), std::strerror(e)));
+      Finish(fmt::format("stopped: listing what it lacks: {}", std::strerror(e)));
+      return false;
+    }
+    return true;
+  }
+
+  // b is still being replayed onto, from a healthy o. False: stopped.
+  bool SidesStillUp() {
+    if (b_.state() != BackendState::kRecovering) {
+      Finish(fmt::format("stopped: {} is {}", b_.name(), StateName(b_.state())));
+      return false;
+    }
+    if (o_.state() == BackendState::kHealthy) return true;
+    // b holds every write of this server (nothing of ours is pending for
+    // it) and lacks only what other web servers wrote to o alone: it is
+    // what this server would read had o failed a moment earlier, so it
+    // serves rather than leave no NAS at all. The other servers' writes
+    // come back by their replays, or the split-brain merge if this server
+    // writes b alone meanwhile.
+    if (fs_.ServeAloneIfOnlyPeersPending(b_)) {
+      Finish("stopped: the source went out; serving alone");
+      return false;
+    }
+    b_.SetState(BackendState::kDown, fmt::format("replay stopped: {} is {}", o_.name(), StateName(o_.state())));
+    Finish("stopped: the source went out");
+    return false;
+  }
+
+  // Parents before what they hold.
+  std::vector<journal::Pending> PendingSorted() {
+    auto entries = fs_.journal_->PendingFor(t_);
+    std::sort(entries.begin(), entries.end(),
+              [](const journal::Pending& x, const journal::Pending& y) { return ComparePaths(x.path, y.path) < 0; });
+    return entries;
+  }
+
+  // b serves again if nothing is pending for it, here or in any other web
+  // server's log, atomically with every write's routing (FinishIfEmpty runs
+  // under the journal's lock, where RecordIfTouching decides): nothing it
+  // lacks is then pending or in flight. `takeover`: dead servers' logs may
+  // be replayed now (not while draining: that takes time).
+  bool SwitchBack(bool takeover) {
+    std::vector<std::string> waiting;
+    bool done = fs_.PeersDone(b_, o_, rs_, takeover, &waiting);
+    {
+      MutexLock lk(&fs_.peers_mu_);
+      fs_.waiting_for_ = waiting;
+    }
+    if (!done) return false;
+    if (fs_.journal_->HasPending(t_)) return false;
+    // Our own log goes first. A write missing b meanwhile lists its path
+    // in a log that this removes; but it pends the path here too, so the
+    // switch-back below fails, and everything pending is listed again.
+    if (int e = fs_.peers_->Clear(t_)) {
+      log_->warn("cannot remove this server's log of what the {} lacks: {}", b_.name(), std::strerror(e));
+      return false;
+    }
+    if (!fs_.journal_->FinishIfEmpty(t_, [&] { b_.SetState(BackendState::kHealthy, DoneMessage()); })) {
+      if (int e = fs_.NoteAllPending(t_))
+        log_->warn("cannot list again what the {} lacks: {}", b_.name(), std::strerror(e));
+      return false;
+    }
+    Finish("done");
+    if (&b_ == fs_.master_.get()) log_->info("reads return to the master {}", b_.path());
+    fs_.MarkInStep(o_);
+    return true;
+  }
+
+  // One round over the pending entries. False: the replay stopped (b
+  // serves again, or it failed).
+  bool Round(std::vector<journal::Pending> entries) {
+    uint64_t round;
+    {
+      MutexLock lk(&fs_.replay_mu_);
+      fs_.replay_.total += entries.size();
+      round = ++fs_.replay_.rounds;
+    }
+    // A steady stream of writes keeps re-pending what it touches (a
+    // directory taking new files): once little is left, or after many
+    // rounds, a drain round holds back the writes to pending paths (only
+    // those, for kDrainBudget and at most kMaxDrainWait), so the set can
+    // empty and the switch-back comes. What the budget leaves is the next
+    // round's.
+    Drain drain{fs_, journal::TargetIndex(t_)};
+    const bool draining = entries.size() <= kDrainEntries || round >= kMaxRounds;
+    Clock::time_point drain_end{};
+    if (draining) {
+      fs_.Settle(b_, o_, rs_);
+      drain.Start();
+      drain_end = Clock::now() + kDrainBudget;
+      entries = PendingSorted();
+    }
+    std::vector<journal::Pending> replayed;  // each as BeginReplay found it
+    std::string failed;
+    int err = ReplayEntries(entries, draining, drain_end, &replayed, &failed);
+    if (err == ECANCELED) return true;
+    // The source changed under the copy (EAGAIN), or a path or its parent
+    // went away on the source meanwhile (a write of this or another web
+    // server): the next round takes it again. Not the NAS's fault.
+    if (err == EAGAIN || err == ENOENT || err == ENOTDIR) return true;
+    if (err) {
+      fs_.OnFault(b_, fmt::format("replay of '{}': {}", ShownPath(failed), std::strerror(err)));
+      Finish(fmt::format("stopped: replay of '{}': {}", ShownPath(failed), std::strerror(err)));
+      return false;
+    }
+    for (const auto& e : replayed) {
+      fs_.journal_->Done(t_, e.path, e.seq);
+      if (!e.path.empty()) fs_.settle_.insert(e.path);
+    }
+    // Names outside the entries that the replay linked to keep a hard link:
+    // a write through the mount does not wait for those.
+    for (auto& p : rs_.TakeRelinked()) fs_.settle_.insert(std::move(p));
+    for (auto& p : rs_.TakeCopied()) fs_.settle_.insert(std::move(p));
+    fs_.replayed_paths_.fetch_add(replayed.size(), std::memory_order_relaxed);
+    if (draining && SwitchBack(/*takeover=*/false)) return false;
+    drain.End();
+    return true;
+  }
+
+  // Copies each entry as the journal has it now onto b, then the times of
+  // the directories they changed; *replayed gets what was copied. 0, or
+  // the errno that stopped it (*failed: the path).
+  int ReplayEntries(const std::vector<journal::Pending>& entries, bool draining, Clock::time_point drain_end,
+                    std::vector<journal::Pending>* replayed, std::string* failed) {
+    std::set<std::string> parents;
+    // The names of the inodes the round's kLinked entries wrote: one walk
+    // of the source for all of them (a walk each cost the soak's settle).
+    LinkedRound linked;
+    {
+      std::vector<uint64_t> inodes;
+      for (const auto& e : entries) inodes.insert(inodes.end(), e.inodes.begin(), e.inodes.end());
+      if (int r = rs_.IndexInodes(std::move(inodes)))  // an entry that needs it walks again
+        log_->warn("replay onto the {}: cannot walk the {} for linked files' names: {}", b_.name(), o_.name(),
+                   std::strerror(r));
+    }
+    for (const auto& e : entries) {
+      if (fs_.stopping_ || b_.state() != BackendState::kRecovering || o_.state() != BackendState::kHealthy)
+        return ECANCELED;
+      if (draining && Clock::now() >= drain_end) break;  // the rest is the next round's
+      // The entry as of now (the snapshot may be older); none if a write
+      // journaled for b has not landed on o yet: take it next round.
+      journal::Pending cur;
+      if (!fs_.journal_->BeginReplay(t_, e.path, &cur)) continue;
+      auto w0 = Clock::now();
+      log_->debug("replay onto the {}: '{}' ops {:#x} scope {} seq {}{}{}", b_.name(), ShownPath(cur.path), cur.ops,
+                  static_cast<int>(cur.scope), cur.seq,
+                  cur.link_from.empty() ? "" : " link from " + ShownPath(cur.link_from),
+                  cur.data_only ? fmt::format(" ranges {}", cur.ranges.size()) : "");
+      if (int r = fs_.ReplayEntry(rs_, cur, &linked)) {
+        *failed = cur.path;
+        return r;
+      }
+      if (!cur.path.empty()) parents.insert(ParentOf(cur.path));
+      replayed->push_back(std::move(cur));
+      {
+        MutexLock lk(&fs_.replay_mu_);
+        ++fs_.replay_.done;
+      }
+      // Throttle: work at most `share` of the time, so the website keeps
+      // the NAS it reads from (not while writes wait on the drain).
+      if (share_ < 1.0 && !draining) std::this_thread::sleep_for((Clock::now() - w0) * ((1.0 - share_) / share_));
+    }
+    // Entries created or removed by the replay moved their directories' times.
+    for (const auto& p : parents)
+      if (int r = rs_.ReconcileDirTimes(p)) {
+        *failed = p;
+        return r;
+      }
+    return 0;
+  }
+
+  Nasfs& fs_;
+  Backend& b_;  // replayed onto
+  Backend& o_;  // the source
+  const journal::Target t_;
+  std::shared_ptr<spdlog::logger> log_;
+  TreeSync rs_;
+  const Clock::time_point t0_;
+  const double share_;
+};
+
+void Nasfs::ReplayLoop(Backend& b) { Replayer(*this, b).Run(); }
+
+}  // namespace nasfs
