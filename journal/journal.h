@@ -85,6 +85,8 @@ enum class Op : uint8_t {
   kLinked = 9,
 };
 constexpr unsigned kLastOp = 9;
+// Every op's bit (1 << Op): what an entry's ops may hold.
+constexpr uint32_t kAllOps = ((1u << (kLastOp + 1)) - 1) & ~1u;
 const char* OpName(Op op);
 // Adds ino to a sorted list of inode numbers (kLinked), once.
 void AddInode(std::vector<uint64_t>* inodes, uint64_t ino);

@@ -42,7 +42,6 @@ namespace nasfs::journal {
 namespace {
 
 constexpr const char* kDir = "/j";
-constexpr uint32_t kAllOps = 0x1fe;  // bits 1..8
 constexpr uint32_t kDataOps = (1u << static_cast<unsigned>(Op::kWrite)) | (1u << static_cast<unsigned>(Op::kMeta));
 constexpr size_t kMaxSegments = 8;
 
@@ -249,6 +248,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* bytes, size_t size) {
   const std::vector<Change> to_backup = {Change{"a/b/f", Scope::kEntry, Op::kWrite, 4096, 100, {}},
                                          Change{"a/b/f", Scope::kEntry, Op::kWrite, 0, 4096, {}},
                                          Change{"a/b/f", Scope::kEntry, Op::kMeta, 0, 0, {}},
+                                         Change{"a/b/f", Scope::kEntry, Op::kLinked, 7340033, 0, {}},
                                          Change{"a/c", Scope::kTree, Op::kRename, 0, 0, {}}};
   errors.push_back(j->AddMissed(kBackup, to_backup));
   if (errors.back() == 0) CheckMissedIsDurable(env, kBackup, to_backup);

@@ -26,7 +26,6 @@
 namespace nasfs::journal {
 namespace {
 
-constexpr uint32_t kAllOps = 0x1fe;  // bits 1..8
 
 bool SameMissed(const MissedRecord& a, const MissedRecord& b) {
   return a.target == b.target && a.flags == b.flags && a.ns == b.ns && a.entry_seq == b.entry_seq &&

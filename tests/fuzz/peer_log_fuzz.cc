@@ -23,7 +23,6 @@
 namespace nasfs::journal {
 namespace {
 
-constexpr uint32_t kAllOps = ((1u << (kLastOp + 1)) - 1) & ~1u;  // bits 1..kLastOp
 
 // The changes that make `entries` again: one per op (per inode for a
 // linked one), at the entry's scope.
