@@ -66,10 +66,8 @@ Side ReadSide(Backend& nas, std::chrono::milliseconds timeout) {
 
 Nasfs::Nasfs(Options opts)
     : opts_(std::move(opts)),
-      master_(std::make_unique<Backend>(Role::kMaster, opts_.master, opts_.backend_threads,
-                                        std::chrono::milliseconds(opts_.io_timeout_ms))),
-      backup_(std::make_unique<Backend>(Role::kBackup, opts_.backup, opts_.backend_threads,
-                                        std::chrono::milliseconds(opts_.io_timeout_ms))),
+      master_(std::make_unique<Backend>(Role::kMaster, opts_.master, opts_.backend_threads, io_timeout())),
+      backup_(std::make_unique<Backend>(Role::kBackup, opts_.backup, opts_.backend_threads, io_timeout())),
       router_(master_.get(), backup_.get()),
       mirror_(
           master_.get(), backup_.get(),
@@ -121,7 +119,7 @@ tl::expected<void, std::string> Nasfs::Prepare() {
 }
 
 tl::expected<void, std::string> Nasfs::PrepareSides() {
-  auto timeout = std::chrono::milliseconds(opts_.io_timeout_ms);
+  auto timeout = io_timeout();
   Side side[2] = {ReadSide(*master_, timeout), ReadSide(*backup_, timeout)};
   Backend* nas[2] = {master_.get(), backup_.get()};
   if (!side[0].ok && !side[1].ok)
@@ -242,7 +240,7 @@ tl::expected<void, std::string> Nasfs::AdoptOwnLogs() {
     };
     Backend* h = &holder;
     std::string node = opts_.node;
-    auto r = RunBounded<Read>(std::chrono::milliseconds(opts_.io_timeout_ms), [h, node, t] {
+    auto r = RunBounded<Read>(io_timeout(), [h, node, t] {
       Read x;
       x.err = Peers::ReadLogAt(*h, node, t, &x.contents, &x.bytes);
       return x;
@@ -285,7 +283,7 @@ void Nasfs::PeersBehindAtStart(std::string behind[2]) {
     auto root = holder->Root();
     if (!root || !root->valid()) continue;  // not open: nothing to read (it is out)
     Backend* h = holder;
-    auto view = RunBounded<std::pair<int, NasView>>(std::chrono::milliseconds(opts_.io_timeout_ms), [h] {
+    auto view = RunBounded<std::pair<int, NasView>>(io_timeout(), [h] {
       std::pair<int, NasView> r;
       r.first = Peers::ScanAt(*h, &r.second);
       return r;
@@ -297,9 +295,7 @@ void Nasfs::PeersBehindAtStart(std::string behind[2]) {
       continue;
     }
     for (const auto& d : view->second.damaged) ReportDamage(*holder, d);
-    std::string& who = behind[journal::TargetIndex(Tgt(nas))];
-    for (const auto& [node, seen] : view->second.peers)
-      if (node != opts_.node && seen.lacks[journal::TargetIndex(Tgt(nas))]) who += (who.empty() ? "" : ", ") + node;
+    behind[journal::TargetIndex(Tgt(nas))] = OthersLacking(view->second, Tgt(nas));
   }
 }
 
@@ -632,8 +628,7 @@ void Nasfs::WaitForDrain(journal::Target t, const std::vector<journal::Change>& 
   MutexLock lk(&drain_mu_);
   if (!draining_[ti] || !journal_->Touches(t, changes)) return;
   // Bounded whatever the replay does (a large copy in the drain).
-  const auto bound = std::min<std::chrono::milliseconds>(
-      kMaxDrainWait, kDrainBudget + std::chrono::milliseconds(opts_.io_timeout_ms));
+  const auto bound = std::min<std::chrono::milliseconds>(kMaxDrainWait, kDrainBudget + io_timeout());
   const auto until = Clock::now() + bound;
   while (draining_[ti])
     if (!drain_cv_.WaitUntil(&drain_mu_, until)) break;
@@ -788,7 +783,7 @@ Nasfs::RenameMark::~RenameMark() {
 bool Nasfs::RenamedSince(uint64_t snapshot) {
   MutexLock lk(&renames_mu_);
   if (!RenameRacing(snapshot)) return false;
-  const auto until = Clock::now() + std::chrono::milliseconds(opts_.io_timeout_ms);
+  const auto until = Clock::now() + io_timeout();
   while (renames_done_.load() != renames_begun_.load())
     if (!renames_cv_.WaitUntil(&renames_mu_, until)) break;
   return true;

@@ -179,6 +179,8 @@ class Nasfs {
   int MutateOrphan(Mutation what, const Mirror::Op& op);
 
   double cache_timeout() const { return opts_.cache_timeout_s; }
+  // How long one NAS call, or one step under the exclusive lock, may take.
+  std::chrono::milliseconds io_timeout() const { return std::chrono::milliseconds(opts_.io_timeout_ms); }
   // A request or a thread of the daemon failed with an exception (it was
   // answered EIO or stopped cleanly): counted for status.
   void CountInternalError() { internal_errors_.fetch_add(1, std::memory_order_relaxed); }
@@ -281,6 +283,9 @@ class Nasfs {
   // other NAS lacks writes, that NAS must not serve our reads until the
   // log is gone (a partition only that server saw): it turns recovering.
   void WatchPeers(Backend& nas, const NasView& view);
+  // The other web servers whose logs in view list writes the NAS that is
+  // target lacks, as "a, b" ("": none).
+  std::string OthersLacking(const NasView& view, journal::Target target) const;
   // Whether no other server's log on o says b lacks something, taking over
   // (TakeOver) the logs of servers that are dead or named by nasfsctl
   // replay --node when `takeover`. *waiting: the servers still holding some.

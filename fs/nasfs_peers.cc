@@ -165,9 +165,7 @@ void Nasfs::WatchPeers(Backend& nas, const NasView& view) {
         Logger("replay")->warn("cannot remove this server's old log of what the {} lacked: {}", y.name(),
                                     std::strerror(e));
   }
-  std::string who;
-  for (const auto& [node, seen] : view.peers)
-    if (node != opts_.node && seen.lacks[yi]) who += (who.empty() ? "" : ", ") + node;
+  std::string who = OthersLacking(view, Tgt(y));
   if (who.empty()) return;
   MutexLock rlk(&recover_mu_);
   if (replay_running_ || y.state() != BackendState::kHealthy) return;
@@ -175,6 +173,13 @@ void Nasfs::WatchPeers(Backend& nas, const NasView& view) {
                               y.name());
   y.SetState(BackendState::kRecovering, fmt::format("web servers {} hold writes it lacks", who));
   StartReplayLocked(y);
+}
+
+std::string Nasfs::OthersLacking(const NasView& view, journal::Target target) const {
+  std::string who;
+  for (const auto& [node, seen] : view.peers)
+    if (node != opts_.node && seen.lacks[journal::TargetIndex(target)]) who += (who.empty() ? "" : ", ") + node;
+  return who;
 }
 
 bool Nasfs::PeerSilent(const std::string& node, std::chrono::milliseconds silence) const {
@@ -256,11 +261,7 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
             [](const journal::PeerEntry& x, const journal::PeerEntry& y) { return ComparePaths(x.path, y.path) < 0; });
   std::set<std::string> dirs;
   LinkedRound linked;
-  {
-    std::vector<uint64_t> inodes;
-    for (const auto& e : entries) inodes.insert(inodes.end(), e.inodes.begin(), e.inodes.end());
-    if (int r = rs.IndexInodes(std::move(inodes))) return r;
-  }
+  if (int r = rs.IndexInodesOf(entries)) return r;
   for (const auto& e : entries) {
     if (stopping_ || b.state() != BackendState::kRecovering || o.state() != BackendState::kHealthy) return ECANCELED;
     if (DirTimesOnly(e)) {
@@ -285,7 +286,7 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
     }
   }
   for (const auto& d : dirs) {
-    StepLock x(&sync_mu_, std::chrono::milliseconds(opts_.io_timeout_ms));
+    StepLock x(&sync_mu_, io_timeout());
     if (int r = rs.ReconcileDirTimes(d); r && r != ENOENT) return r;
   }
   // Only the log we replayed: one that grew has a live owner after all.
@@ -352,7 +353,7 @@ void Nasfs::Settle(Backend& b, Backend& o, TreeSync& rs) {
     // The copy goes through a new name: its directory's times follow.
     int r = rs.ReconcileExclusive(p, journal::Scope::kEntry, /*force_data=*/true);
     if (r == 0) {
-      StepLock x(&sync_mu_, std::chrono::milliseconds(opts_.io_timeout_ms));
+      StepLock x(&sync_mu_, io_timeout());
       r = rs.ReconcileDirTimes(ParentOf(p));
     }
     if (r) {
@@ -464,11 +465,9 @@ int Nasfs::ResolveSplitBrain() {
   to_master.SetWriteTracker(&writes_);
   to_backup.SetWriteTracker(&writes_);
   // The names of the files written through a name: one walk of each NAS.
-  for (int i = 0; i < 2; ++i) {
-    std::vector<uint64_t> inodes;
-    for (const auto& [p, e] : plan.lacks[i]) inodes.insert(inodes.end(), e.inodes.begin(), e.inodes.end());
-    if (int r = (i == 0 ? to_master : to_backup).IndexInodes(std::move(inodes))) return r;
-  }
+  auto entry = [](const auto& path_entry) -> const journal::PeerEntry& { return path_entry.second; };
+  for (int i = 0; i < 2; ++i)
+    if (int r = (i == 0 ? to_master : to_backup).IndexInodesOf(plan.lacks[i], entry)) return r;
   std::set<std::string> dirs;
   uint64_t conflicted = 0;
   auto renewed = Clock::now();
@@ -558,7 +557,7 @@ int Nasfs::MergePath(const MergePlan& plan, const std::string& p, SplitBrainReso
   if ((m && !DirTimesOnly(in_m->second) && TouchesAny(p, lacks[1])) ||
       (bk && !DirTimesOnly(in_b->second) && TouchesAny(p, lacks[0]))) {
     ++*conflicted;
-    StepLock x(&sync_mu_, std::chrono::milliseconds(opts_.io_timeout_ms));
+    StepLock x(&sync_mu_, io_timeout());
     return resolver.Resolve(p);
   }
   // One side changed it: copied onto the side that lacks it, with the
@@ -582,7 +581,7 @@ int Nasfs::MergeDirTimes(const std::set<std::string>& dirs, TreeSync& to_master,
     if (rm || rb) continue;  // gone on a side: its parent's times were settled with it
     bool backup_newer = sb.st_mtim.tv_sec > sm.st_mtim.tv_sec ||
                         (sb.st_mtim.tv_sec == sm.st_mtim.tv_sec && sb.st_mtim.tv_nsec > sm.st_mtim.tv_nsec);
-    StepLock x(&sync_mu_, std::chrono::milliseconds(opts_.io_timeout_ms));
+    StepLock x(&sync_mu_, io_timeout());
     int r = backup_newer ? to_master.ReconcileDirTimes(d) : to_backup.ReconcileDirTimes(d);
     if (r && r != ENOENT) return r;
   }

@@ -241,13 +241,9 @@ class Nasfs::Replayer {
     // The names of the inodes the round's kLinked entries wrote: one walk
     // of the source for all of them (a walk each cost the soak's settle).
     LinkedRound linked;
-    {
-      std::vector<uint64_t> inodes;
-      for (const auto& e : entries) inodes.insert(inodes.end(), e.inodes.begin(), e.inodes.end());
-      if (int r = rs_.IndexInodes(std::move(inodes)))  // an entry that needs it walks again
-        log_->warn("replay onto the {}: cannot walk the {} for linked files' names: {}", b_.name(), o_.name(),
-                   std::strerror(r));
-    }
+    if (int r = rs_.IndexInodesOf(entries))  // an entry that needs it walks again
+      log_->warn("replay onto the {}: cannot walk the {} for linked files' names: {}", b_.name(), o_.name(),
+                 std::strerror(r));
     for (const auto& e : entries) {
       if (fs_.stopping_ || b_.state() != BackendState::kRecovering || o_.state() != BackendState::kHealthy)
         return ECANCELED;

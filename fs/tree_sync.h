@@ -127,6 +127,17 @@ class TreeSync {
   // replay round's, a takeover's, a merge's. One walk for all of them; a
   // walk per entry cost the soak's settle limit.
   int IndexInodes(std::vector<uint64_t> inodes);
+  // IndexInodes over the inode numbers of entries' kLinked changes
+  // (entry(x).inodes for each x: a replay round's, a takeover's, a merge's).
+  template <class Entries, class Entry = std::identity>
+  int IndexInodesOf(const Entries& entries, Entry entry = {}) {
+    std::vector<uint64_t> inodes;
+    for (const auto& x : entries) {
+      const auto& e = entry(x);
+      inodes.insert(inodes.end(), e.inodes.begin(), e.inodes.end());
+    }
+    return IndexInodes(std::move(inodes));
+  }
   // Copies only the given byte ranges of a regular file present on both
   // sides, then its size, xattrs and attributes. ENOENT/EINVAL when either
   // side's file is missing or not regular (reconcile it whole instead).
