@@ -9,22 +9,22 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <spdlog/cfg/env.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/sinks/syslog_sink.h>
 #include <spdlog/spdlog.h>
 
+#include "fs/commands.h"
 #include "fs/control_protocol.h"
 #include "fs/control_server.h"
 #include "fs/log.h"
 #include "fs/nasfs.h"
-#include "fs/verify.h"
 
 namespace {
 
@@ -64,6 +64,105 @@ int Fail(const std::string& msg) {
   return 1;
 }
 
+// Each NAS keeps up to 256 directory fds (DirCache), beside the workers',
+// the orphans' and the journal's: the soft limit (often 1024) goes up to
+// the hard one, as passthrough_hp does.
+void RaiseOpenFileLimit() {
+  if (struct rlimit lim; getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &lim) != 0)
+      spdlog::warn("cannot raise the open-file limit to {}: {}", lim.rlim_max, std::strerror(errno));
+  }
+}
+
+// The FUSE session: made, its signal handlers installed, mounted, and
+// undone in the reverse order (unmount, handlers, session) by whichever
+// step failed, or at the end.
+class FuseSession {
+ public:
+  FuseSession() = default;
+  FuseSession(const FuseSession&) = delete;
+  FuseSession& operator=(const FuseSession&) = delete;
+  ~FuseSession() {
+    if (mounted_) fuse_session_unmount(se_);
+    if (handlers_) fuse_remove_signal_handlers(se_);
+    if (se_) fuse_session_destroy(se_);
+  }
+
+  // "" once mounted on opts.mountpoint, else why not.
+  std::string Mount(const nasfs::Options& opts, const char* argv0, nasfs::Nasfs* fs) {
+    std::string mount_opts =
+        "allow_other,default_permissions,subtype=nasfs,fsname=" + EscapeOptValue(opts.source_spec);
+    for (const auto& o : opts.fuse_mount_opts) mount_opts += "," + o;
+    args_s_ = {argv0, "-o", mount_opts};
+    if (opts.debug) args_s_.push_back("-d");
+    for (auto& s : args_s_) args_v_.push_back(s.data());
+    fuse_args args = FUSE_ARGS_INIT(static_cast<int>(args_v_.size()), args_v_.data());
+
+    const fuse_lowlevel_ops& ops = nasfs::Operations();
+    se_ = fuse_session_new(&args, &ops, sizeof ops, fs);
+    if (!se_) return "bad FUSE mount option in '" + mount_opts + "' (see nasfs --help)";
+    if (fuse_set_signal_handlers(se_) != 0) return "cannot install signal handlers";
+    handlers_ = true;
+    if (fuse_session_mount(se_, opts.mountpoint.c_str()) != 0) return "cannot mount on " + opts.mountpoint;
+    mounted_ = true;
+    return "";
+  }
+
+  // Serves until unmounted or signalled; 0 on a clean end.
+  int Loop(int threads) {
+    fuse_loop_config* cfg = fuse_loop_cfg_create();
+    fuse_loop_cfg_set_max_threads(cfg, static_cast<unsigned>(threads));
+    fuse_loop_cfg_set_idle_threads(cfg, 8);
+    int ret = fuse_session_loop_mt(se_, cfg);
+    fuse_loop_cfg_destroy(cfg);
+    return ret;
+  }
+
+ private:
+  // The arguments live as long as the session, as they did in main.
+  std::vector<std::string> args_s_;
+  std::vector<char*> args_v_;
+  fuse_session* se_ = nullptr;
+  bool handlers_ = false, mounted_ = false;
+};
+
+// The registry entry for the mount, with this process's pid.
+tl::expected<void, int> Register(const nasfs::Options& opts) {
+  return nasfs::control::WriteRegistry({opts.mountpoint, opts.control_socket, static_cast<long>(getpid())});
+}
+
+// From a prepared Nasfs to the end of the mount: the control socket, the
+// mount, daemonizing, then serving. 0, or 1 with the reason on stderr.
+int Serve(const nasfs::Options& opts, const char* argv0, nasfs::Nasfs& fs) {
+  std::unique_ptr<nasfs::control::ControlServer> control = nasfs::NewControlServer(opts, fs);
+  if (auto r = control->Listen(); !r) return Fail(r.error());
+  FuseSession session;
+  if (std::string error = session.Mount(opts, argv0, &fs); !error.empty()) return Fail(error);
+  // The registry entry must exist when `nasfs` returns (an operator's
+  // `nasfsctl status` right after the mount must find the socket), and
+  // fuse_daemonize lets the parent return before the child runs on: write
+  // it now, and again with the daemon's pid once it runs.
+  (void)Register(opts);
+  // From here the mount exists: the parent returns only after this point.
+  if (fuse_daemonize(opts.foreground) != 0) {
+    nasfs::control::RemoveRegistry(opts.mountpoint);
+    return Fail("cannot daemonize");
+  }
+  if (auto r = Register(opts); !r)
+    nasfs::Logger("control")->warn("cannot write the registry entry for {}: nasfsctl finds the socket only at its default path",
+                                 opts.mountpoint);
+  control->Start();
+  fs.StartBackground();
+  nasfs::Logger("fuse")->info("mounted {} on {} (node {}, io_timeout {} ms)", opts.source_spec,
+                            opts.mountpoint, opts.node, opts.io_timeout_ms);
+  int ret = session.Loop(opts.fuse_threads);
+  nasfs::Logger("fuse")->info("unmounting {}", opts.mountpoint);
+  control->Stop();
+  nasfs::control::RemoveRegistry(opts.mountpoint);
+  return ret == 0 ? 0 : 1;  // the session unmounts on its way out
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -86,125 +185,11 @@ int main(int argc, char** argv) {
 
   SetUpLogging(opts.foreground, opts.debug);
   umask(0);  // the kernel already applied the caller's umask to every mode
-  // Each NAS keeps up to 256 directory fds (DirCache), beside the workers',
-  // the orphans' and the journal's: the soft limit (often 1024) goes up to
-  // the hard one, as passthrough_hp does.
-  if (struct rlimit lim; getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
-    lim.rlim_cur = lim.rlim_max;
-    if (setrlimit(RLIMIT_NOFILE, &lim) != 0)
-      spdlog::warn("cannot raise the open-file limit to {}: {}", lim.rlim_max, std::strerror(errno));
-  }
-
+  RaiseOpenFileLimit();
   if (std::string t = MountedTypeAt(opts.mountpoint); !t.empty() && t.starts_with("fuse"))
     return Fail("mount point " + opts.mountpoint + " is already mounted (" + t + ")");
 
   nasfs::Nasfs fs(opts);
   if (auto r = fs.Prepare(); !r) return Fail(r.error());
-
-  // status is answered on the control thread from snapshots; journal, replay
-  // and verify may wait on locks or on the NAS (verify for minutes), so each
-  // runs on a thread of its own and never holds up a status.
-  using ControlServer = nasfs::control::ControlServer;
-  auto control_failure = [](std::string error) {
-    return nlohmann::json{{"ok", false}, {"error", std::move(error)}};
-  };
-  ControlServer control(opts.control_socket, opts.control_gid, [&fs, control_failure](const nlohmann::json& req) {
-    const auto cmd = req.find("cmd");
-    if (cmd == req.end() || !cmd->is_string()) return control_failure("bad request: no \"cmd\" string");
-    if (*cmd == "status") return fs.Status();
-    return control_failure("unknown command '" + cmd->get<std::string>() + "'");
-  });
-  control.AddLongCommand("journal", [&fs, control_failure](const nlohmann::json& req, std::stop_token) {
-    auto limit = ControlServer::CountArgument(req, "limit", 100, 1000000);
-    if (!limit) return control_failure(limit.error());
-    nlohmann::json answer = fs.JournalList(*limit);
-    ControlServer::TrimToFit(answer, "entries");
-    return answer;
-  });
-  control.AddLongCommand("replay", [&fs, control_failure](const nlohmann::json& req, std::stop_token) {
-    auto node = req.find("node");
-    if (node == req.end()) return fs.ReplayNow();
-    if (!node->is_string() || node->get<std::string>().empty()) return control_failure("\"node\" must be a name");
-    return fs.ReplayNode(node->get<std::string>());
-  });
-  control.AddLongCommand("conflicts", [&fs, control_failure](const nlohmann::json& req, std::stop_token) {
-    auto id = req.find("restore");
-    if (id == req.end()) {
-      nlohmann::json answer = fs.Conflicts();
-      ControlServer::TrimToFit(answer, "conflicts");
-      return answer;
-    }
-    if (!id->is_string()) return control_failure("\"restore\" must be a conflict id");
-    return fs.RestoreConflict(id->get<std::string>());
-  });
-  control.AddLongCommand("verify", [&fs, control_failure, running = std::make_shared<std::atomic<bool>>(false)](
-                                       const nlohmann::json& req, std::stop_token stop) {
-    auto max = ControlServer::CountArgument(req, "max", 1000, 100000);
-    if (!max) return control_failure(max.error());
-    // Two walks at once would only double the load on both NAS.
-    if (running->exchange(true)) return control_failure("a verify is already running on this mount; try again once it has finished");
-    struct Release {
-      std::atomic<bool>& flag;
-      ~Release() { flag = false; }
-    } release{*running};
-    return nasfs::VerifyTrees(fs.master(), fs.backup(), *max, std::move(stop));
-  });
-  if (auto r = control.Listen(); !r) return Fail(r.error());
-
-  std::string mount_opts = "allow_other,default_permissions,subtype=nasfs,fsname=" +
-                           EscapeOptValue(opts.source_spec);
-  for (const auto& o : opts.fuse_mount_opts) mount_opts += "," + o;
-  std::vector<std::string> args_s = {argv[0], "-o", mount_opts};
-  if (opts.debug) args_s.push_back("-d");
-  std::vector<char*> args_v;
-  for (auto& s : args_s) args_v.push_back(s.data());
-  fuse_args args = FUSE_ARGS_INIT(static_cast<int>(args_v.size()), args_v.data());
-
-  const fuse_lowlevel_ops& ops = nasfs::Operations();
-  fuse_session* se = fuse_session_new(&args, &ops, sizeof ops, &fs);
-  if (!se) return Fail("bad FUSE mount option in '" + mount_opts + "' (see nasfs --help)");
-  if (fuse_set_signal_handlers(se) != 0) {
-    fuse_session_destroy(se);
-    return Fail("cannot install signal handlers");
-  }
-  if (fuse_session_mount(se, opts.mountpoint.c_str()) != 0) {
-    fuse_remove_signal_handlers(se);
-    fuse_session_destroy(se);
-    return Fail("cannot mount on " + opts.mountpoint);
-  }
-  // The registry entry must exist when `nasfs` returns (an operator's
-  // `nasfsctl status` right after the mount must find the socket), and
-  // fuse_daemonize lets the parent return before the child runs on: write
-  // it now, and again with the daemon's pid once it runs.
-  (void)nasfs::control::WriteRegistry({opts.mountpoint, opts.control_socket, static_cast<long>(getpid())});
-  // From here the mount exists: the parent returns only after this point.
-  if (fuse_daemonize(opts.foreground) != 0) {
-    nasfs::control::RemoveRegistry(opts.mountpoint);
-    fuse_session_unmount(se);
-    fuse_remove_signal_handlers(se);
-    fuse_session_destroy(se);
-    return Fail("cannot daemonize");
-  }
-
-  if (auto r = nasfs::control::WriteRegistry({opts.mountpoint, opts.control_socket, static_cast<long>(getpid())}); !r)
-    nasfs::Logger("control")->warn("cannot write the registry entry for {}: nasfsctl finds the socket only at its default path",
-                                 opts.mountpoint);
-  control.Start();
-  fs.StartBackground();
-  nasfs::Logger("fuse")->info("mounted {} on {} (node {}, io_timeout {} ms)", opts.source_spec,
-                            opts.mountpoint, opts.node, opts.io_timeout_ms);
-
-  fuse_loop_config* cfg = fuse_loop_cfg_create();
-  fuse_loop_cfg_set_max_threads(cfg, static_cast<unsigned>(opts.fuse_threads));
-  fuse_loop_cfg_set_idle_threads(cfg, 8);
-  int ret = fuse_session_loop_mt(se, cfg);
-  fuse_loop_cfg_destroy(cfg);
-
-  nasfs::Logger("fuse")->info("unmounting {}", opts.mountpoint);
-  control.Stop();
-  nasfs::control::RemoveRegistry(opts.mountpoint);
-  fuse_session_unmount(se);
-  fuse_remove_signal_handlers(se);
-  fuse_session_destroy(se);
-  return ret == 0 ? 0 : 1;
+  return Serve(opts, argv[0], fs);
 }

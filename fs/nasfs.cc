@@ -300,18 +300,8 @@ void Nasfs::PeersBehindAtStart(std::string behind[2]) {
 }
 
 tl::expected<void, std::string> Nasfs::AdoptJournal() {
-  auto log = Logger("journal");
-  auto st = journal_->stats();
   std::string owner = journal_->pair_id();
-  if (!owner.empty() && owner != pair_id_) {
-    if (st.pending[0] + st.pending[1] > 0 || st.full_sync[0] || st.full_sync[1])
-      return tl::unexpected(fmt::format(
-          "journal {} holds {} changes for NAS pair {}, not for this pair {}: it belongs to other NAS; move it "
-          "away (or give -o journal=) to start",
-          journal_->dir(), st.pending[0] + st.pending[1], owner, pair_id_));
-    log->warn("journal {} belonged to NAS pair {} and holds nothing: it now serves pair {}", journal_->dir(), owner,
-              pair_id_);
-  }
+  if (auto r = CheckJournalPair(owner); !r) return r;
   // A journal that saw every change since this pair was last in step: a NAS
   // that is out now lacks exactly what it lists.
   bool continuous = !recovered_.fresh && recovered_.damage.empty() && owner == pair_id_;
@@ -322,27 +312,7 @@ tl::expected<void, std::string> Nasfs::AdoptJournal() {
   vouched_ = !recovered_.fresh && recovered_.damage.empty();
   if (!vouched_)
     if (auto r = AdoptOwnLogs(); !r) return r;
-  for (Backend* b : {master_.get(), backup_.get()}) {
-    journal::Target t = Tgt(*b);
-    if (b->state() == BackendState::kDown) {
-      bool full = !continuous || journal_->full_sync(t);
-      SetFullSync(*b, full);
-      if (!full)
-        log->info("{} is out; the journal lists the {} changes it lacks", b->name(), journal_->stats().pending[journal::TargetIndex(t)]);
-    } else if (b->state() == BackendState::kSyncing) {
-      SetFullSync(*b, true);
-    } else if ((continuous && journal_->full_sync(t)) || (!recovered_.damage.empty() && journal_->HasPending(t))) {
-      // An unfinished copy, or a damaged journal that may have lost more of
-      // what this NAS lacks than it still lists.
-      SetFullSync(*b, true);
-      b->SetState(BackendState::kDown, journal_->full_sync(t) && recovered_.damage.empty()
-                                           ? "a whole-tree copy onto it never finished"
-                                           : "the journal of what it lacks is damaged: it is copied afresh");
-    } else if ((continuous || adopted_[journal::TargetIndex(t)] > 0) && journal_->HasPending(t)) {
-      b->SetState(BackendState::kDown,
-                  fmt::format("{} journaled changes to replay first", journal_->stats().pending[journal::TargetIndex(t)]));
-    }
-  }
+  for (Backend* b : {master_.get(), backup_.get()}) SetStateFromJournal(*b, continuous);
   // What the other web servers' logs say each NAS lacks (their writes to
   // the other NAS alone): such a NAS serves no read until they are
   // replayed, from the first request on. The probes would find the logs
@@ -350,27 +320,75 @@ tl::expected<void, std::string> Nasfs::AdoptJournal() {
   // read from a master that a's log listed 1,146 paths behind.
   std::string behind[2];
   PeersBehindAtStart(behind);
+  if (auto r = ReconcileUnfinishedDirs(behind); !r) return r;
+  KeepBehindOutOfReads(behind);
+  if (master_->state() != BackendState::kHealthy && backup_->state() != BackendState::kHealthy)
+    return tl::unexpected(fmt::format("neither NAS can serve: master {}, backup {}", StateName(master_->state()),
+                                      StateName(backup_->state())));
+  return {};
+}
+
+tl::expected<void, std::string> Nasfs::CheckJournalPair(const std::string& owner) {
+  if (owner.empty() || owner == pair_id_) return {};
+  auto st = journal_->stats();
+  if (st.pending[0] + st.pending[1] > 0 || st.full_sync[0] || st.full_sync[1])
+    return tl::unexpected(fmt::format(
+        "journal {} holds {} changes for NAS pair {}, not for this pair {}: it belongs to other NAS; move it "
+        "away (or give -o journal=) to start",
+        journal_->dir(), st.pending[0] + st.pending[1], owner, pair_id_));
+  Logger("journal")->warn("journal {} belonged to NAS pair {} and holds nothing: it now serves pair {}",
+                          journal_->dir(), owner, pair_id_);
+  return {};
+}
+
+void Nasfs::SetStateFromJournal(Backend& b, bool continuous) {
+  journal::Target t = Tgt(b);
+  if (b.state() == BackendState::kDown) {
+    bool full = !continuous || journal_->full_sync(t);
+    SetFullSync(b, full);
+    if (!full)
+      Logger("journal")->info("{} is out; the journal lists the {} changes it lacks", b.name(),
+                              journal_->stats().pending[journal::TargetIndex(t)]);
+  } else if (b.state() == BackendState::kSyncing) {
+    SetFullSync(b, true);
+  } else if ((continuous && journal_->full_sync(t)) || (!recovered_.damage.empty() && journal_->HasPending(t))) {
+    // An unfinished copy, or a damaged journal that may have lost more of
+    // what this NAS lacks than it still lists.
+    SetFullSync(b, true);
+    b.SetState(BackendState::kDown, journal_->full_sync(t) && recovered_.damage.empty()
+                                        ? "a whole-tree copy onto it never finished"
+                                        : "the journal of what it lacks is damaged: it is copied afresh");
+  } else if ((continuous || adopted_[journal::TargetIndex(t)] > 0) && journal_->HasPending(t)) {
+    b.SetState(BackendState::kDown,
+               fmt::format("{} journaled changes to replay first", journal_->stats().pending[journal::TargetIndex(t)]));
+  }
+}
+
+tl::expected<void, std::string> Nasfs::ReconcileUnfinishedDirs(const std::string behind[2]) {
   // Directories being written when nasfs stopped may differ between the NAS.
   // The side that carried writes alone (if any) is the source; otherwise the
   // master is, unless other servers' writes are missing on it.
-  if (!recovered_.unfinished_dirs.empty()) {
-    bool master_behind = master_->state() != BackendState::kHealthy || master_->needs_full_sync() ||
-                         journal_->HasPending(journal::kMaster) || !behind[0].empty();
-    Backend& target = master_behind ? *master_ : *backup_;
-    if (!target.needs_full_sync()) {
-      std::vector<journal::Change> changes;
-      for (const auto& d : recovered_.unfinished_dirs)
-        changes.push_back({d, journal::Scope::kShallow, journal::Op::kCrash, 0, 0, {}});
-      if (int e = journal_->AddMissed(Tgt(target), changes))
-        return tl::unexpected(fmt::format("journal {}: cannot write: {}", journal_->dir(), std::strerror(e)));
-      if (target.state() == BackendState::kHealthy)
-        target.SetState(BackendState::kDown,
-                        fmt::format("{} directories written when nasfs stopped are reconciled first", changes.size()));
-      log->warn("nasfs stopped while {} directories were being written: {} is reconciled to {} there",
-                changes.size(), target.name(), Other(target).name());
-    }
-    journal_->RetireRecovered(recovered_.unfinished_dirs);
+  if (recovered_.unfinished_dirs.empty()) return {};
+  bool master_behind = master_->state() != BackendState::kHealthy || master_->needs_full_sync() ||
+                       journal_->HasPending(journal::kMaster) || !behind[0].empty();
+  Backend& target = master_behind ? *master_ : *backup_;
+  if (!target.needs_full_sync()) {
+    std::vector<journal::Change> changes;
+    for (const auto& d : recovered_.unfinished_dirs)
+      changes.push_back({d, journal::Scope::kShallow, journal::Op::kCrash, 0, 0, {}});
+    if (int e = journal_->AddMissed(Tgt(target), changes))
+      return tl::unexpected(fmt::format("journal {}: cannot write: {}", journal_->dir(), std::strerror(e)));
+    if (target.state() == BackendState::kHealthy)
+      target.SetState(BackendState::kDown,
+                      fmt::format("{} directories written when nasfs stopped are reconciled first", changes.size()));
+    Logger("journal")->warn("nasfs stopped while {} directories were being written: {} is reconciled to {} there",
+                            changes.size(), target.name(), Other(target).name());
   }
+  journal_->RetireRecovered(recovered_.unfinished_dirs);
+  return {};
+}
+
+void Nasfs::KeepBehindOutOfReads(const std::string behind[2]) {
   // Only while the other NAS serves, and is not itself behind (a split
   // brain: the probes find it and merge); a NAS that alone can serve
   // does, as ServeAloneIfOnlyPeersPending rules later.
@@ -379,14 +397,10 @@ tl::expected<void, std::string> Nasfs::AdoptJournal() {
     if (b->state() != BackendState::kHealthy || behind[i].empty() || !behind[o].empty() ||
         Other(*b).state() != BackendState::kHealthy)
       continue;
-    log->warn("web servers {} hold writes the {} lacks: reads stay off it until they are replayed", behind[i],
-              b->name());
+    Logger("journal")->warn("web servers {} hold writes the {} lacks: reads stay off it until they are replayed",
+                            behind[i], b->name());
     b->SetState(BackendState::kDown, fmt::format("web servers {} hold writes it lacks: replayed first", behind[i]));
   }
-  if (master_->state() != BackendState::kHealthy && backup_->state() != BackendState::kHealthy)
-    return tl::unexpected(fmt::format("neither NAS can serve: master {}, backup {}", StateName(master_->state()),
-                                      StateName(backup_->state())));
-  return {};
 }
 
 void Nasfs::StartBackground() {
@@ -642,42 +656,82 @@ std::vector<std::string> Nasfs::AliasesOf(fuse_ino_t ino, const std::string& pat
   return names;
 }
 
+namespace {
+
+// What the journal must know of a mutation: each path, and for a change of
+// names the directory holding it (its times move; *dirs gets each once). A
+// rename moves a whole subtree.
+std::vector<journal::Change> ChangesOf(Mutation what, std::initializer_list<std::string> paths, journal::Range range,
+                                       const std::string& link_from, const std::vector<std::string>& aliases,
+                                       std::vector<std::string>* dirs) {
+  std::vector<journal::Change> changes;
+  auto kind = JournalOpOf(what);
+  if (!kind) return changes;
+  bool names = ChangesNames(what);
+  auto scope = *kind == journal::Op::kRename ? journal::Scope::kTree : journal::Scope::kEntry;
+  if (!names)
+    for (const auto& a : aliases) changes.push_back({a, scope, *kind, range.offset, range.length, {}});
+  for (const auto& p : paths) {
+    changes.push_back({p, scope, *kind, range.offset, range.length, link_from});
+    std::string parent = ParentOf(p);
+    if (p.empty() || std::find(dirs->begin(), dirs->end(), parent) != dirs->end()) continue;
+    dirs->push_back(parent);
+    if (names) changes.push_back({parent, journal::Scope::kEntry, journal::Op::kDirTimes, 0, 0, {}});
+  }
+  return changes;
+}
+
+// Marks a change's paths and aliases as being written, for its life: a
+// copy made without the lock (TreeSync::Precopy) then knows to copy again.
+class TrackedWrite {
+ public:
+  TrackedWrite(WriteTracker& t, std::initializer_list<std::string> paths, const std::vector<std::string>& aliases)
+      : t_(t), paths_(paths) {
+    paths_.insert(paths_.end(), aliases.begin(), aliases.end());
+    for (const auto& x : paths_) t_.Begin(x);
+  }
+  ~TrackedWrite() {
+    for (const auto& x : paths_) t_.End(x);
+  }
+  TrackedWrite(const TrackedWrite&) = delete;
+  TrackedWrite& operator=(const TrackedWrite&) = delete;
+
+ private:
+  WriteTracker& t_;
+  std::vector<std::string> paths_;
+};
+
+}  // namespace
+
+int Nasfs::RouteAroundReplays(const std::vector<journal::Change>& changes, Mirror::Targets* targets,
+                              Mirror::Targets* journaled, std::optional<journal::Target>* writing) {
+  for (Backend* b : {master_.get(), backup_.get()}) {
+    if (b->state() != BackendState::kRecovering || changes.empty()) continue;
+    WaitForDrain(Tgt(*b), changes);
+    if (b->state() != BackendState::kRecovering) continue;  // the drain ended in the switch-back
+    bool recorded = false;
+    int e = journal_->RecordIfTouching(Tgt(*b), changes, &recorded);
+    if (recorded) {
+      *writing = Tgt(*b);
+      (b == master_.get() ? targets->master : targets->backup) = false;
+      (b == master_.get() ? journaled->master : journaled->backup) = true;
+    }
+    if (e) return JournalResult(e);
+    // The other web servers must see it too before the write lands.
+    if (recorded)
+      if (int n = NotePeers(Tgt(*b), changes)) return n;
+  }
+  return 0;
+}
+
 int Nasfs::Mutate(Mutation what, std::initializer_list<std::string> paths, const Mirror::Op& op,
                   journal::Range range, const std::string& link_from, const std::vector<std::string>& aliases) {
-  // What the journal must know: each path, and for a change of names the
-  // directory holding it (its times move). A rename moves a whole subtree.
-  std::vector<journal::Change> changes;
   std::vector<std::string> dirs;
-  if (auto kind = JournalOpOf(what)) {
-    bool names = ChangesNames(what);
-    auto scope = *kind == journal::Op::kRename ? journal::Scope::kTree : journal::Scope::kEntry;
-    if (!names)
-      for (const auto& a : aliases) changes.push_back({a, scope, *kind, range.offset, range.length, {}});
-    for (const auto& p : paths) {
-      changes.push_back({p, scope, *kind, range.offset, range.length, link_from});
-      std::string parent = ParentOf(p);
-      if (p.empty() || std::find(dirs.begin(), dirs.end(), parent) != dirs.end()) continue;
-      dirs.push_back(parent);
-      if (names) changes.push_back({parent, journal::Scope::kEntry, journal::Op::kDirTimes, 0, 0, {}});
-    }
-  }
+  const std::vector<journal::Change> changes = ChangesOf(what, paths, range, link_from, aliases, &dirs);
 
   ReaderLock lk(&sync_mu_);
   // A copy made without the lock (TreeSync::Precopy) sees this write.
-  struct Tracked {
-    WriteTracker& t;
-    std::vector<std::string> paths;
-    Tracked(WriteTracker& tr, std::vector<std::string> p) : t(tr), paths(std::move(p)) {
-      for (const auto& x : paths) t.Begin(x);
-    }
-    ~Tracked() {
-      for (const auto& x : paths) t.End(x);
-    }
-  } tracked{writes_, [&] {
-              std::vector<std::string> all(paths);
-              all.insert(all.end(), aliases.begin(), aliases.end());
-              return all;
-            }()};
+  TrackedWrite tracked(writes_, paths, aliases);
   // Activity log: durable before the first byte reaches a NAS, so a crash
   // of nasfs leaves no directory silently different on the two NAS.
   if (!dirs.empty())
@@ -706,22 +760,7 @@ int Nasfs::Mutate(Mutation what, std::initializer_list<std::string> paths, const
     }
   } end_writes{journal_.get(), changes, std::nullopt};
   Mirror::Targets journaled{false, false};  // the sides that miss the change
-  for (Backend* b : {master_.get(), backup_.get()}) {
-    if (b->state() != BackendState::kRecovering || changes.empty()) continue;
-    WaitForDrain(Tgt(*b), changes);
-    if (b->state() != BackendState::kRecovering) continue;  // the drain ended in the switch-back
-    bool recorded = false;
-    int e = journal_->RecordIfTouching(Tgt(*b), changes, &recorded);
-    if (recorded) {
-      end_writes.t = Tgt(*b);
-      (b == master_.get() ? targets.master : targets.backup) = false;
-      (b == master_.get() ? journaled.master : journaled.backup) = true;
-    }
-    if (e) return JournalResult(e);
-    // The other web servers must see it too before the write lands.
-    if (recorded)
-      if (int n = NotePeers(Tgt(*b), changes)) return n;
-  }
+  if (int e = RouteAroundReplays(changes, &targets, &journaled, &end_writes.t)) return e;
   // A side that missed new bytes of a file with other names.
   auto applied = [&](int r, const Mirror::Targets& by_mirror) {
     if (r != 0 || !ChangesData(what) || paths.size() != 1) return r;
@@ -819,113 +858,6 @@ int Nasfs::MutateOrphan(Mutation what, const Mirror::Op& op) {
   return mirror_.Apply(what, {}, {}, op);
 }
 
-namespace {
-
-nlohmann::json IsoFromNs(int64_t ns) {
-  if (ns == 0) return nullptr;
-  time_t secs = static_cast<time_t>(ns / 1000000000);
-  struct tm tm;
-  gmtime_r(&secs, &tm);
-  char buf[40];
-  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
-}  // namespace
-
-nlohmann::json Nasfs::JournalStatus() const {
-  auto st = journal_->stats();
-  nlohmann::json j;
-  j["dir"] = journal_->dir();
-  j["state"] = st.ok ? "ok" : "failed";
-  j["error"] = st.error_text;
-  j["pending"] = st.pending[0] + st.pending[1];
-  j["pending_master"] = st.pending[0];
-  j["pending_backup"] = st.pending[1];
-  j["bytes"] = st.data_bytes[0] + st.data_bytes[1];
-  int64_t oldest = st.oldest_ns[0] && st.oldest_ns[1] ? std::min(st.oldest_ns[0], st.oldest_ns[1])
-                                                      : std::max(st.oldest_ns[0], st.oldest_ns[1]);
-  j["oldest"] = IsoFromNs(oldest);
-  j["log_bytes"] = st.log_bytes;
-  j["segments"] = st.segments;
-  j["active_dirs"] = st.active_dirs;
-  j["syncs"] = st.syncs;
-  j["records"] = st.records;
-  j["at_start"] = {{"torn_bytes", recovered_.torn_bytes},
-                   {"damaged_records", recovered_.damaged_records},
-                   {"damage", recovered_.damage},
-                   {"unfinished_dirs", recovered_.unfinished_dirs.size()},
-                   {"fresh", recovered_.fresh},
-                   {"vouched", vouched_},
-                   {"adopted_from_own_logs", {{"master", adopted_[0]}, {"backup", adopted_[1]}}}};
-  MutexLock lk(&replay_mu_);
-  nlohmann::json r;
-  r["state"] = replay_running_ ? "running" : "idle";
-  r["target"] = replay_.target;
-  r["done"] = replay_.done;
-  r["total"] = replay_.total;
-  r["rounds"] = replay_.rounds;
-  r["bytes_copied"] = replay_.bytes;  // file data copied, set when the replay ends
-  r["started"] = replay_.started;
-  r["finished"] = replay_.finished;
-  r["result"] = replay_.result;
-  double secs = replay_running_ ? std::chrono::duration<double>(Clock::now() - replay_.t0).count() : replay_.seconds;
-  r["seconds"] = secs;
-  r["rate_per_s"] = secs > 0 ? static_cast<double>(replay_.done) / secs : 0.0;
-  j["replay"] = r;
-  return j;
-}
-
-nlohmann::json Nasfs::JournalList(size_t limit) const {
-  std::vector<journal::Pending> all = journal_->PendingFor(journal::kMaster);
-  for (auto& e : journal_->PendingFor(journal::kBackup)) all.push_back(std::move(e));
-  std::sort(all.begin(), all.end(), [](const journal::Pending& a, const journal::Pending& b) {
-    return a.first_ns != b.first_ns ? a.first_ns < b.first_ns : a.seq < b.seq;
-  });
-  nlohmann::json out;
-  out["total"] = all.size();
-  out["entries"] = nlohmann::json::array();
-  for (size_t i = 0; i < all.size() && i < limit; ++i) {
-    const auto& e = all[i];
-    nlohmann::json ops = nlohmann::json::array();
-    journal::ForEachOp(e.ops, [&](journal::Op op) { ops.push_back(journal::OpName(op)); });
-    nlohmann::json ranges = nlohmann::json::array();
-    for (const auto& r : e.ranges) ranges.push_back({r.offset, r.length});
-    static const char* kScopes[] = {"entry", "shallow", "tree"};
-    out["entries"].push_back({{"path", e.path},
-                              {"target", journal::TargetName(e.target)},
-                              {"ops", ops},
-                              {"scope", kScopes[static_cast<int>(e.scope)]},
-                              {"whole_file", !e.data_only},
-                              {"ranges", ranges},
-                              {"data_bytes", e.data_bytes},
-                              {"seq", e.seq},
-                              {"since", IsoFromNs(e.first_ns)}});
-  }
-  return out;
-}
-
-nlohmann::json Nasfs::ReplayNow() {
-  for (Backend* b : {master_.get(), backup_.get()})
-    if (b->state() == BackendState::kRecovering || (b->state() == BackendState::kSyncing))
-      return {{"started", false}, {"message", fmt::format("already running onto the {}", b->name())}};
-  std::string why = "nothing to replay: both NAS are in step";
-  for (Backend* b : {master_.get(), backup_.get()}) {
-    if (b->state() != BackendState::kDown) continue;
-    Backend& o = Other(*b);
-    if (o.state() != BackendState::kHealthy)
-      return {{"ok", false}, {"error", fmt::format("cannot replay onto the {}: the {} is {}", b->name(), o.name(), StateName(o.state()))}};
-    if (b->probe_streak() == 0)
-      return {{"ok", false}, {"error", fmt::format("the {} {} does not answer probes yet", b->name(), b->path())}};
-    MaybeRecover(*b, /*forced=*/true);
-    auto st = b->state();
-    if (st == BackendState::kDown)
-      return {{"ok", false}, {"error", fmt::format("the {} still has calls in flight from its outage; try again", b->name())}};
-    return {{"started", true}, {"target", b->name()}, {"state", StateName(st)}};
-  }
-  return {{"ok", false}, {"error", why}};
-}
-
 void Nasfs::ReportDamage(const Backend& nas, const std::string& what) {
   auto now = Clock::now();
   std::string iso = NowIso8601();
@@ -946,62 +878,6 @@ void Nasfs::ReportDamage(const Backend& nas, const std::string& what) {
     }
   }
   if (fresh) Logger("health")->warn("{} {}: {}", nas.name(), nas.path(), what);
-}
-
-// sync_ is written holding sync_mu_ and sync_ptr_mu_ both, so holding
-// either reads it safely; the analysis knows one guard per field only.
-std::shared_ptr<TreeSync> Nasfs::SyncForStatus() const NO_THREAD_SAFETY_ANALYSIS {
-  MutexLock p(&sync_ptr_mu_);  // not sync_mu_: a replay holds that for seconds
-  return sync_;
-}
-
-nlohmann::json Nasfs::Status() const {
-  nlohmann::json j;
-  j["version"] = NASFS_VERSION;
-  j["mountpoint"] = opts_.mountpoint;
-  j["node"] = opts_.node;
-  j["pair_id"] = pair_id_;
-  j["pid"] = static_cast<long>(getpid());
-  j["uptime_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
-  j["read_from"] = router_.ReadFromName();
-  j["io_timeout_ms"] = opts_.io_timeout_ms;
-  j["probe_interval_ms"] = opts_.probe_interval_ms;
-  j["cache_timeout_s"] = opts_.cache_timeout_s;
-  j["backends"] = nlohmann::json::array({master_->Status(), backup_->Status()});
-  std::shared_ptr<TreeSync> s = SyncForStatus();
-  j["sync"] = s ? s->Status() : nlohmann::json{{"state", "none"}};
-  j["journal"] = JournalStatus();
-  j["peers"] = PeersStatus();
-  {
-    MutexLock lk(&peers_mu_);
-    j["split_brain"] = {{"state", split_.state},
-                        {"count", split_.count},
-                        {"last", split_.count ? SplitBrainJson() : nlohmann::json(nullptr)},
-                        {"history", split_.history}};
-    j["coordination"] = {{"waiting_for", waiting_for_},
-                         {"generation", {{"master", {{"generation", gens_[0].generation}, {"in_step", gens_[0].in_step}}},
-                                         {"backup", {{"generation", gens_[1].generation}, {"in_step", gens_[1].in_step}}}}}};
-  }
-  for (int i = 0; i < 2; ++i) j["backends"][i]["missed"]["count"] = j["journal"][i == 0 ? "pending_master" : "pending_backup"];
-  {
-    MutexLock lk(&damage_mu_);
-    j["damage"] = nlohmann::json::array();
-    for (const auto& [key, d] : damage_)
-      j["damage"].push_back({{"nas", key.first}, {"what", key.second}, {"first_seen", d.first_seen},
-                             {"last_seen", d.last_seen}, {"count", d.count}});
-  }
-  size_t orphans;
-  {
-    MutexLock lk(&orphans_mu_);
-    orphans = orphans_.size();
-  }
-  j["counters"] = {{"mirrored_ops", mirror_.mirrored_ops()}, {"divergences", mirror_.divergences()},
-                   {"failovers", failovers_.load()},     {"retried_ops", retried_ops_.load()},
-                   {"replayed_paths", replayed_paths_.load()}, {"settled_paths", settled_.load()},
-                   {"internal_errors", internal_errors_.load()},
-                   {"inodes", inodes_.size()},
-                   {"open_unlinked", orphans}};
-  return j;
 }
 
 }  // namespace nasfs

@@ -9,6 +9,7 @@
 #include <memory>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <vector>
 #include <string>
@@ -107,6 +108,15 @@ class Nasfs {
   int Mutate(Mutation what, std::initializer_list<std::string> paths, const Mirror::Op& op,
              journal::Range range = {}, const std::string& link_from = {},
              const std::vector<std::string>& aliases = {});
+  // Mutate's rule for a NAS being replayed onto: it takes the change only
+  // if the change touches nothing still pending there; otherwise the
+  // change is journaled for it (its side cleared in *targets, set in
+  // *journaled, *writing = it, for EndWrites) and told to the other web
+  // servers, and is replayed after what came before (never an older copy
+  // over a newer). 0, or the errno to answer.
+  int RouteAroundReplays(const std::vector<journal::Change>& changes, Mirror::Targets* targets,
+                         Mirror::Targets* journaled, std::optional<journal::Target>* writing)
+      REQUIRES_SHARED(sync_mu_);
   // After a write or truncate of `path` that the `missed` sides did not
   // take: if the file has other names, journals its inode (Op::kLinked).
   int NoteLinkedFile(const std::string& path, const Mirror::Targets& missed);
@@ -291,6 +301,13 @@ class Nasfs {
   // replay --node when `takeover`. *waiting: the servers still holding some.
   bool PeersDone(Backend& b, Backend& o, TreeSync& rs, bool takeover, std::vector<std::string>* waiting);
   int TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& rs);
+  // TakeOver's steps: node's log of what b lacks, read from o (ECANCELED,
+  // with b down for a whole-tree copy, when it is damaged or no log); its
+  // entries replayed onto b, each under the lock, then their directories'
+  // times.
+  int ReadTakenLog(const std::string& node, Backend& b, Backend& o, journal::PeerLogContents* contents,
+                   uint64_t* bytes);
+  int ReplayTakenEntries(const std::vector<journal::PeerEntry>& entries, Backend& b, Backend& o, TreeSync& rs);
   // Another web server may write a path while this replay copies it (its
   // writes go to both NAS; nothing orders them against our copy), and the
   // copy can then leave b with an older version. Every path replayed since
@@ -337,6 +354,17 @@ class Nasfs {
   // state from it (pending changes, an unfinished whole copy, directories
   // written when nasfs stopped).
   tl::expected<void, std::string> AdoptJournal();
+  // AdoptJournal's steps. A journal of another NAS pair is refused unless
+  // it holds nothing.
+  tl::expected<void, std::string> CheckJournalPair(const std::string& owner);
+  // b's state and whole-copy mark from what the journal lists for it.
+  void SetStateFromJournal(Backend& b, bool continuous);
+  // The directories being written when nasfs stopped, journaled for the NAS
+  // that may lack their changes, which reconciles them before it serves.
+  tl::expected<void, std::string> ReconcileUnfinishedDirs(const std::string behind[2]);
+  // A NAS other servers' logs list behind serves no read while the other
+  // NAS serves and is not itself behind.
+  void KeepBehindOutOfReads(const std::string behind[2]);
   // The journal cannot vouch for what each NAS lacks (it was lost, replaced
   // or damaged): this server's own pending log on each NAS lists, durably,
   // every path the other NAS missed while this server wrote without it

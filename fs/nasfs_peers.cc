@@ -219,7 +219,6 @@ bool Nasfs::PeersDone(Backend& b, Backend& o, TreeSync& rs, bool takeover, std::
 }
 
 int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& rs) {
-  auto log = Logger("replay");
   journal::Target t = Tgt(b);
   bool got = false;
   if (int e = peers_->Claim(o, Peers::ClaimPath(node), std::chrono::seconds(opts_.peer_timeout_s), &got)) return e;
@@ -232,26 +231,9 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
   } unclaim{peers_.get(), o, Peers::ClaimPath(node)};
   journal::PeerLogContents contents;
   uint64_t bytes = 0;
-  int read = peers_->ReadLog(o, node, t, &contents, &bytes);
-  // Something that is no log at its name (a FIFO, a directory, a symlink).
-  bool junk = read == EINVAL || read == EISDIR || read == ELOOP;
-  if (read && !junk) return read;
-  if (junk || contents.damaged > 0) {
-    // What the unreadable records named is unknown: only a whole-tree copy
-    // (which displaces nothing it need not) brings b back. The log goes
-    // once that is recorded; the copy starts on b's next good probes.
-    ReportDamage(o, fmt::format("{}: {}; the {} is copied afresh from the {}", Peers::LogPath(node, t),
-                                junk ? std::string("not a log: ") + std::strerror(read)
-                                     : fmt::format("{} unreadable records", contents.damaged),
-                                b.name(), o.name()));
-    SetFullSync(b, true);
-    b.SetState(BackendState::kDown, fmt::format("web server {}'s log of what it lacks is damaged", node));
-    // Whatever it holds now: the whole-tree copy carries every path anyway.
-    (void)peers_->RemoveLog(o, node, t, Peers::kAnyLog);  // failing, the next takeover finds it again
-    return ECANCELED;
-  }
-  log->warn("web server {} is silent with {} paths the {} lacks: this server replays them", node,
-            contents.entries.size(), b.name());
+  if (int e = ReadTakenLog(node, b, o, &contents, &bytes)) return e;
+  Logger("replay")->warn("web server {} is silent with {} paths the {} lacks: this server replays them", node,
+                         contents.entries.size(), b.name());
   auto entries = contents.entries;
   {
     MutexLock lk(&replay_mu_);
@@ -259,6 +241,42 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
   }
   std::sort(entries.begin(), entries.end(),
             [](const journal::PeerEntry& x, const journal::PeerEntry& y) { return ComparePaths(x.path, y.path) < 0; });
+  if (int r = ReplayTakenEntries(entries, b, o, rs)) return r;
+  // Only the log we replayed: one that grew has a live owner after all.
+  if (int e = peers_->RemoveLog(o, node, t, bytes)) return e;
+  {
+    MutexLock lk(&peers_mu_);
+    takeover_now_.erase(node);
+  }
+  replayed_paths_.fetch_add(entries.size(), std::memory_order_relaxed);
+  Logger("replay")->info("replayed web server {}'s {} paths onto the {}", node, entries.size(), b.name());
+  return 0;
+}
+
+int Nasfs::ReadTakenLog(const std::string& node, Backend& b, Backend& o, journal::PeerLogContents* contents,
+                        uint64_t* bytes) {
+  journal::Target t = Tgt(b);
+  int read = peers_->ReadLog(o, node, t, contents, bytes);
+  // Something that is no log at its name (a FIFO, a directory, a symlink).
+  bool junk = read == EINVAL || read == EISDIR || read == ELOOP;
+  if (read && !junk) return read;
+  if (!junk && contents->damaged == 0) return 0;
+  // What the unreadable records named is unknown: only a whole-tree copy
+  // (which displaces nothing it need not) brings b back. The log goes
+  // once that is recorded; the copy starts on b's next good probes.
+  ReportDamage(o, fmt::format("{}: {}; the {} is copied afresh from the {}", Peers::LogPath(node, t),
+                              junk ? std::string("not a log: ") + std::strerror(read)
+                                   : fmt::format("{} unreadable records", contents->damaged),
+                              b.name(), o.name()));
+  SetFullSync(b, true);
+  b.SetState(BackendState::kDown, fmt::format("web server {}'s log of what it lacks is damaged", node));
+  // Whatever it holds now: the whole-tree copy carries every path anyway.
+  (void)peers_->RemoveLog(o, node, t, Peers::kAnyLog);  // failing, the next takeover finds it again
+  return ECANCELED;
+}
+
+int Nasfs::ReplayTakenEntries(const std::vector<journal::PeerEntry>& entries, Backend& b, Backend& o,
+                              TreeSync& rs) {
   std::set<std::string> dirs;
   LinkedRound linked;
   if (int r = rs.IndexInodesOf(entries)) return r;
@@ -270,8 +288,8 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
     }
     // Per entry, like a copy: no write of ours races it (its data copied
     // before the lock).
-    log->debug("takeover onto the {}: '{}' ops {:#x} scope {}", b.name(), ShownPath(e.path), e.ops,
-               static_cast<int>(e.scope));
+    Logger("replay")->debug("takeover onto the {}: '{}' ops {:#x} scope {}", b.name(), ShownPath(e.path), e.ops,
+                            static_cast<int>(e.scope));
     if (int r = rs.ReconcileExclusive(e.path, e.scope, ForceData(e.ops))) return r;
     if (int r = ReconcileNamesOf(rs, o, e.path, e.inodes, &linked)) return r;
     if (!e.path.empty()) {
@@ -289,14 +307,6 @@ int Nasfs::TakeOver(const std::string& node, Backend& b, Backend& o, TreeSync& r
     StepLock x(&sync_mu_, io_timeout());
     if (int r = rs.ReconcileDirTimes(d); r && r != ENOENT) return r;
   }
-  // Only the log we replayed: one that grew has a live owner after all.
-  if (int e = peers_->RemoveLog(o, node, t, bytes)) return e;
-  {
-    MutexLock lk(&peers_mu_);
-    takeover_now_.erase(node);
-  }
-  replayed_paths_.fetch_add(entries.size(), std::memory_order_relaxed);
-  log->info("replayed web server {}'s {} paths onto the {}", node, entries.size(), b.name());
   return 0;
 }
 
