@@ -360,6 +360,14 @@ bool ControlServer::ServeOnce() {
   }
 
   now = Clock::now();
+  ExpireConnections(now);
+  if (pfds[0].revents & POLLIN) AcceptConnections(now);
+
+  connections_.remove_if([](const Connection& c) { return c.phase == Connection::Phase::kDone; });
+  return true;
+}
+
+void ControlServer::ExpireConnections(Clock::time_point now) {
   for (auto& c : connections_) {
     if (c.phase == Connection::Phase::kDone || c.deadline > now) continue;
     Guarded(path_, [&] {
@@ -374,11 +382,6 @@ bool ControlServer::ServeOnce() {
       }
     }, [&] { Close(c); });
   }
-
-  if (pfds[0].revents & POLLIN) AcceptConnections(now);
-
-  connections_.remove_if([](const Connection& c) { return c.phase == Connection::Phase::kDone; });
-  return true;
 }
 
 void ControlServer::AcceptConnections(Clock::time_point now) {

@@ -139,6 +139,9 @@ class ControlServer {
   void ServeLoop();
   // One poll and what it found ready or overdue. False once Stop() was called.
   bool ServeOnce();
+  // A connection past its deadline: a request cut off is answered "bad
+  // request"; an answer not taken is dropped with its connection.
+  void ExpireConnections(Clock::time_point now);
   // Takes the connections waiting on the listener, making room for them.
   void AcceptConnections(Clock::time_point now);
   // Closes the oldest connection that has not sent a complete request (read

@@ -75,6 +75,38 @@ std::vector<std::string_view> SplitOn(std::string_view s, char sep) {
   return out;
 }
 
+tl::expected<void, std::string> SetControlGroup(Options& o, std::string_view val) {
+  std::string name(val);
+  struct group gr, *res = nullptr;
+  char buf[4096];
+  if (getgrnam_r(name.c_str(), &gr, buf, sizeof buf, &res) != 0 || !res)
+    return tl::unexpected(fmt::format("control_group: no such group '{}'", name));
+  o.control_gid = gr.gr_gid;
+  return {};
+}
+
+tl::expected<void, std::string> SetNode(Options& o, std::string_view val) {
+  for (char c : val)
+    if (!(isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'))
+      return tl::unexpected(fmt::format("node name '{}' may hold only letters, digits, '-', '_', '.'", val));
+  if (val.front() == '.')
+    return tl::unexpected(fmt::format("node name '{}' may not start with '.'", val));
+  if (val.size() > kMaxNodeName)
+    return tl::unexpected(fmt::format("node name '{}' is longer than {} characters", val, kMaxNodeName));
+  o.node = val;
+  return {};
+}
+
+tl::expected<void, std::string> SetCacheTimeout(Options& o, std::string_view val) {
+  std::string s(val);
+  char* end = nullptr;
+  double d = std::strtod(s.c_str(), &end);
+  if (*end != '\0' || !(d >= 0 && d <= 3600))
+    return tl::unexpected(fmt::format("bad value for cache_timeout: '{}' (seconds, 0 to 3600)", s));
+  o.cache_timeout_s = d;
+  return {};
+}
+
 tl::expected<void, std::string> ApplyOption(Options& o, std::string_view opt) {
   auto eq = opt.find('=');
   std::string_view key = opt.substr(0, eq);
@@ -118,30 +150,13 @@ tl::expected<void, std::string> ApplyOption(Options& o, std::string_view opt) {
     o.control_socket = val;
   } else if (key == "control_group") {
     if (auto r = need_val(); !r) return r;
-    std::string name(val);
-    struct group gr, *res = nullptr;
-    char buf[4096];
-    if (getgrnam_r(name.c_str(), &gr, buf, sizeof buf, &res) != 0 || !res)
-      return tl::unexpected(fmt::format("control_group: no such group '{}'", name));
-    o.control_gid = gr.gr_gid;
+    return SetControlGroup(o, val);
   } else if (key == "node") {
     if (auto r = need_val(); !r) return r;
-    for (char c : val)
-      if (!(isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'))
-        return tl::unexpected(fmt::format("node name '{}' may hold only letters, digits, '-', '_', '.'", val));
-    if (val.front() == '.')
-      return tl::unexpected(fmt::format("node name '{}' may not start with '.'", val));
-    if (val.size() > kMaxNodeName)
-      return tl::unexpected(fmt::format("node name '{}' is longer than {} characters", val, kMaxNodeName));
-    o.node = val;
+    return SetNode(o, val);
   } else if (key == "cache_timeout") {
     if (auto r = need_val(); !r) return r;
-    std::string s(val);
-    char* end = nullptr;
-    double d = std::strtod(s.c_str(), &end);
-    if (*end != '\0' || !(d >= 0 && d <= 3600))
-      return tl::unexpected(fmt::format("bad value for cache_timeout: '{}' (seconds, 0 to 3600)", s));
-    o.cache_timeout_s = d;
+    return SetCacheTimeout(o, val);
   } else if (key == "source") {
     if (val != "master" && val != "backup")
       return tl::unexpected(std::string("source= must be 'master' or 'backup'"));
@@ -160,11 +175,8 @@ tl::expected<void, std::string> ApplyOption(Options& o, std::string_view opt) {
   return {};
 }
 
-}  // namespace
-
-tl::expected<Options, std::string> ParseOptions(int argc, char** argv) {
-  Options o;
-  std::vector<std::string> positional;
+// The command line's flags and -o lists into o; the rest into *positional.
+tl::expected<void, std::string> ParseArgv(int argc, char** argv, Options& o, std::vector<std::string>* positional) {
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
     if (a == "-h" || a == "--help") {
@@ -191,14 +203,15 @@ tl::expected<Options, std::string> ParseOptions(int argc, char** argv) {
     } else if (a.starts_with("-")) {
       return tl::unexpected(fmt::format("unknown argument '{}' (see nasfs --help)", a));
     } else {
-      positional.emplace_back(a);
+      positional->emplace_back(a);
     }
   }
-  if (o.show_help || o.show_version) return o;
-  if (positional.size() != 2)
-    return tl::unexpected(std::string("usage: nasfs MASTER:BACKUP MOUNTPOINT [-f] [-o OPTIONS] (see nasfs --help)"));
+  return {};
+}
 
-  o.source_spec = positional[0];
+// MASTER:BACKUP and MOUNTPOINT: absolute directories, none inside another.
+tl::expected<void, std::string> SetPlaces(Options& o, const std::string& sources, const std::string& mountpoint) {
+  o.source_spec = sources;
   auto colon = o.source_spec.find(':');
   if (colon == std::string::npos || o.source_spec.find(':', colon + 1) != std::string::npos)
     return tl::unexpected(fmt::format("'{}' is not MASTER:BACKUP (two directories joined by one ':')",
@@ -207,7 +220,7 @@ tl::expected<Options, std::string> ParseOptions(int argc, char** argv) {
   if (!m) return tl::unexpected(m.error());
   auto b = AbsoluteDir("backup", o.source_spec.substr(colon + 1));
   if (!b) return tl::unexpected(b.error());
-  auto mp = AbsoluteDir("mount point", positional[1]);
+  auto mp = AbsoluteDir("mount point", mountpoint);
   if (!mp) return tl::unexpected(mp.error());
   o.master = *m;
   o.backup = *b;
@@ -227,7 +240,15 @@ tl::expected<Options, std::string> ParseOptions(int argc, char** argv) {
     if (Nested(o.mountpoint, *nas) || Nested(*nas, o.mountpoint))
       return tl::unexpected(fmt::format("mount point {} and NAS {} must not contain each other",
                                         o.mountpoint, *nas));
+  return {};
+}
 
+// The node name, the journal and the control socket, by default where not
+// given. The journal and the socket belong on this web server's own disk:
+// inside the mount, nasfs would wait on itself; on a NAS, the journal
+// would be lost with the NAS it is meant to outlive (and be seen through
+// the mount).
+tl::expected<void, std::string> SetLocalPlaces(Options& o) {
   if (o.node.empty()) {
     char host[HOST_NAME_MAX + 1] = {};
     gethostname(host, sizeof host - 1);
@@ -236,9 +257,6 @@ tl::expected<Options, std::string> ParseOptions(int argc, char** argv) {
   std::string id = control::MountId(o.mountpoint);
   if (o.journal_dir.empty()) o.journal_dir = "/var/lib/nasfs/" + id;
   if (o.control_socket.empty()) o.control_socket = control::DefaultControlSocket(o.mountpoint);
-  // The journal and the socket belong on this web server's own disk: inside
-  // the mount, nasfs would wait on itself; on a NAS, the journal would be
-  // lost with the NAS it is meant to outlive (and be seen through the mount).
   struct Local {
     const char* what;
     std::string* path;
@@ -252,6 +270,20 @@ tl::expected<Options, std::string> ParseOptions(int argc, char** argv) {
         return tl::unexpected(fmt::format("{} {} is inside {} {}: it must be on this web server's own disk", l.what,
                                           *l.path, where, *dir));
   }
+  return {};
+}
+
+}  // namespace
+
+tl::expected<Options, std::string> ParseOptions(int argc, char** argv) {
+  Options o;
+  std::vector<std::string> positional;
+  if (auto r = ParseArgv(argc, argv, o, &positional); !r) return tl::unexpected(r.error());
+  if (o.show_help || o.show_version) return o;
+  if (positional.size() != 2)
+    return tl::unexpected(std::string("usage: nasfs MASTER:BACKUP MOUNTPOINT [-f] [-o OPTIONS] (see nasfs --help)"));
+  if (auto r = SetPlaces(o, positional[0], positional[1]); !r) return tl::unexpected(r.error());
+  if (auto r = SetLocalPlaces(o); !r) return tl::unexpected(r.error());
   return o;
 }
 

@@ -388,110 +388,128 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
     have = false;
   }
   if (created) *created = !have;
-  Caller owner{s->st_uid, s->st_gid};
-  timespec now = s->st_mtim;
-  auto scratch = std::make_shared<struct stat>();
+  int made = 0;
   switch (s->st_mode & S_IFMT) {
     case S_IFDIR:
       *is_dir = true;
-      if (!have)
-        if (int r = t->Run([t, path, s, owner, now, scratch] {
-              return t->Mkdir(path, s->st_mode & 07777, owner, now, scratch.get());
-            }))
-          return r;
-      // times are set when the walk leaves the directory
-      if (int r = t->Run([src, t, path] { return CopyXattrs(*src, *t, path); })) return r;
-      Trace(path, "dir{} mode {:o} owner {}:{}", have ? "" : " made", s->st_mode & 07777, s->st_uid, s->st_gid);
-      return t->Run([t, path, s] {
-        SetAttrArgs a;
-        a.set_uid = a.set_gid = a.set_mode = true;
-        a.uid = s->st_uid;
-        a.gid = s->st_gid;
-        a.mode = s->st_mode;
-        struct stat out;
-        return t->SetAttr(path, a, &out);
-      });
-    case S_IFREG: {
-      if (s->st_nlink > 1) {
-        bool handled = false;
-        if (int r = SyncLinked(path, *s, have, *d, force_data, &handled)) return r;
-        if (handled) {
-          Trace(path, "file as linked (size {})", s->st_size);
-          break;
-        }
-      }
-      // A target file that shares its inode with names the source does not
-      // link to is split from them by a new file renamed over this name.
-      bool split = have && d->st_nlink > 1 && s->st_nlink == 1;
-      bool copied = false;
-      std::string pre;
-      if (TakePrecopy(path, *s, &pre)) {
-        // Copied before the lock was taken, and unchanged since: into place
-        // (renamed over the old file: the name is never missing).
-        if (have && displace_)
-          if (int r = Displace(path)) return r;
-        if (int r = InstallTemp(pre, path)) return r;
-        copied = true;
-      } else if (!have || force_data || split || d->st_size != s->st_size || !SameTime(d->st_mtim, s->st_mtim) ||
-                 (verify_content_ && !SameContent(path))) {
-        // Both sides linked: the data goes into the target's file itself,
-        // so its other names keep seeing the same file.
-        bool in_place = have && !displace_ && !split && s->st_nlink > 1 && d->st_nlink > 1;
-        // Only if the target's file is the same file as the source's by
-        // every other name too: after a rename over one name, the target's
-        // file there is still the old group's, and writing the new data
-        // into it changed the old file's other names (the soak found
-        // f1406 and h1781 holding f1756's bytes on the master).
-        if (in_place)
-          if (int r = SameLinkGroup(path, *s, *d, &in_place)) return r;
-        // A new copy is renamed over the old file, so the name is never
-        // missing: another server replaying the same path the other way
-        // (both do, after a split brain) once found it gone and removed it
-        // from its own target, and then the first did the same.
-        if (have && !in_place && displace_)
-          if (int r = Displace(path)) return r;
-        if (int r = CopyFileData(path, *s, in_place)) return r;
-        copied = true;
-      }
-      // Bounded: a TreeSync whose caller never takes them (the copier's
-      // own) must not grow without end; Settle is a net, not the record.
-      if (copied && reconciling_ && copied_.size() < 65536) copied_.push_back(path);
-      Trace(path, "file {} size {} mode {:o} nlink {}{}", copied ? "copied" : "unchanged", s->st_size,
-            s->st_mode & 07777, s->st_nlink, have ? "" : " (new)");
-      if (s->st_nlink > 1) {
-        linked_[{s->st_dev, s->st_ino}] = path;
-        // Its other names may lie outside what this Reconcile visits: looked
-        // at once it is over (see FinishLinks).
-        if (reconciling_ && (copied || !have || d->st_nlink != s->st_nlink)) link_check_.push_back(path);
-      }
+      return SyncDir(path, s, have);  // its times are set when the walk leaves it
+    case S_IFREG:
+      made = SyncFile(path, *s, have, *d, force_data);
       break;
-    }
-    case S_IFLNK: {
-      auto st = std::make_shared<std::string>();
-      auto dt = std::make_shared<std::string>();
-      if (int r = src->Run([src, path, st] { return src->ReadLink(path, st.get()); })) return r;
-      if (have && t->Run([t, path, dt] { return t->ReadLink(path, dt.get()); }) == 0 && *dt == *st) break;
-      if (have)
-        if (int r = Displace(path)) return r;
-      if (int r = t->Run([t, path, st, owner, now, scratch] {
-            return t->Symlink(*st, path, owner, now, scratch.get());
-          }))
-        return r;
-      break;
-    }
     default:
-      if (have && d->st_rdev == s->st_rdev) break;
-      if (have)
-        if (int r = Displace(path)) return r;
-      if (int r = t->Run([t, path, s, owner, now, scratch] {
-            return t->Mknod(path, s->st_mode, s->st_rdev, owner, now, scratch.get());
-          }))
-        return r;
+      made = SyncSpecial(path, s, have, *d);
       break;
   }
+  if (made) return made;
   if (!S_ISLNK(s->st_mode))
     if (int r = t->Run([src, t, path] { return CopyXattrs(*src, *t, path); })) return r;
   return t->Run([t, path, s] { return CopyMeta(*t, path, *s); });
+}
+
+int TreeSync::SyncDir(const std::string& path, const std::shared_ptr<struct stat>& s, bool have) {
+  Backend* src = source_;
+  Backend* t = target_;
+  Caller owner{s->st_uid, s->st_gid};
+  timespec now = s->st_mtim;
+  auto scratch = std::make_shared<struct stat>();
+  if (!have)
+    if (int r = t->Run([t, path, s, owner, now, scratch] {
+          return t->Mkdir(path, s->st_mode & 07777, owner, now, scratch.get());
+        }))
+      return r;
+  // times are set when the walk leaves the directory
+  if (int r = t->Run([src, t, path] { return CopyXattrs(*src, *t, path); })) return r;
+  Trace(path, "dir{} mode {:o} owner {}:{}", have ? "" : " made", s->st_mode & 07777, s->st_uid, s->st_gid);
+  return t->Run([t, path, s] {
+    SetAttrArgs a;
+    a.set_uid = a.set_gid = a.set_mode = true;
+    a.uid = s->st_uid;
+    a.gid = s->st_gid;
+    a.mode = s->st_mode;
+    struct stat out;
+    return t->SetAttr(path, a, &out);
+  });
+}
+
+int TreeSync::SyncFile(const std::string& path, const struct stat& s, bool have, const struct stat& d,
+                       bool force_data) {
+  if (s.st_nlink > 1) {
+    bool handled = false;
+    if (int r = SyncLinked(path, s, have, d, force_data, &handled)) return r;
+    if (handled) {
+      Trace(path, "file as linked (size {})", s.st_size);
+      return 0;
+    }
+  }
+  // A target file that shares its inode with names the source does not
+  // link to is split from them by a new file renamed over this name.
+  bool split = have && d.st_nlink > 1 && s.st_nlink == 1;
+  bool copied = false;
+  std::string pre;
+  if (TakePrecopy(path, s, &pre)) {
+    // Copied before the lock was taken, and unchanged since: into place
+    // (renamed over the old file: the name is never missing).
+    if (have && displace_)
+      if (int r = Displace(path)) return r;
+    if (int r = InstallTemp(pre, path)) return r;
+    copied = true;
+  } else if (!have || force_data || split || d.st_size != s.st_size || !SameTime(d.st_mtim, s.st_mtim) ||
+             (verify_content_ && !SameContent(path))) {
+    // Both sides linked: the data goes into the target's file itself,
+    // so its other names keep seeing the same file.
+    bool in_place = have && !displace_ && !split && s.st_nlink > 1 && d.st_nlink > 1;
+    // Only if the target's file is the same file as the source's by
+    // every other name too: after a rename over one name, the target's
+    // file there is still the old group's, and writing the new data
+    // into it changed the old file's other names (the soak found
+    // f1406 and h1781 holding f1756's bytes on the master).
+    if (in_place)
+      if (int r = SameLinkGroup(path, s, d, &in_place)) return r;
+    // A new copy is renamed over the old file, so the name is never
+    // missing: another server replaying the same path the other way
+    // (both do, after a split brain) once found it gone and removed it
+    // from its own target, and then the first did the same.
+    if (have && !in_place && displace_)
+      if (int r = Displace(path)) return r;
+    if (int r = CopyFileData(path, s, in_place)) return r;
+    copied = true;
+  }
+  // Bounded: a TreeSync whose caller never takes them (the copier's
+  // own) must not grow without end; Settle is a net, not the record.
+  if (copied && reconciling_ && copied_.size() < 65536) copied_.push_back(path);
+  Trace(path, "file {} size {} mode {:o} nlink {}{}", copied ? "copied" : "unchanged", s.st_size,
+        s.st_mode & 07777, s.st_nlink, have ? "" : " (new)");
+  if (s.st_nlink > 1) {
+    linked_[{s.st_dev, s.st_ino}] = path;
+    // Its other names may lie outside what this Reconcile visits: looked
+    // at once it is over (see FinishLinks).
+    if (reconciling_ && (copied || !have || d.st_nlink != s.st_nlink)) link_check_.push_back(path);
+  }
+  return 0;
+}
+
+int TreeSync::SyncSpecial(const std::string& path, const std::shared_ptr<struct stat>& s, bool have,
+                          const struct stat& d) {
+  Backend* src = source_;
+  Backend* t = target_;
+  Caller owner{s->st_uid, s->st_gid};
+  timespec now = s->st_mtim;
+  auto scratch = std::make_shared<struct stat>();
+  if (S_ISLNK(s->st_mode)) {
+    auto st = std::make_shared<std::string>();
+    auto dt = std::make_shared<std::string>();
+    if (int r = src->Run([src, path, st] { return src->ReadLink(path, st.get()); })) return r;
+    if (have && t->Run([t, path, dt] { return t->ReadLink(path, dt.get()); }) == 0 && *dt == *st) return 0;
+    if (have)
+      if (int r = Displace(path)) return r;
+    return t->Run([t, path, st, owner, now, scratch] { return t->Symlink(*st, path, owner, now, scratch.get()); });
+  }
+  if (have && d.st_rdev == s->st_rdev) return 0;
+  if (have)
+    if (int r = Displace(path)) return r;
+  return t->Run([t, path, s, owner, now, scratch] {
+    return t->Mknod(path, s->st_mode, s->st_rdev, owner, now, scratch.get());
+  });
 }
 
 namespace {

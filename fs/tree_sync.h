@@ -174,6 +174,15 @@ class TreeSync {
   // force_data: see Reconcile. *created: the target lacked it (or had
   // another type), so a directory must be copied whole.
   int SyncEntry(const std::string& path, bool* is_dir, bool force_data = false, bool* created = nullptr);
+  // SyncEntry's steps once the path's two sides are known (s: the source's,
+  // d: the target's when `have`): a directory (made, xattrs, owner and mode;
+  // its times when the walk leaves it), a regular file (its data, linked or
+  // not), a symlink or device (made again when it differs). The caller
+  // copies xattrs and the rest of the attributes after SyncFile and
+  // SyncSpecial.
+  int SyncDir(const std::string& path, const std::shared_ptr<struct stat>& s, bool have);
+  int SyncFile(const std::string& path, const struct stat& s, bool have, const struct stat& d, bool force_data);
+  int SyncSpecial(const std::string& path, const std::shared_ptr<struct stat>& s, bool have, const struct stat& d);
   int ListUnion(const std::string& dir, std::vector<std::string>* names);
   int SyncDirTimes(const std::string& path);
   // Moves aside (displace_) or removes the target's entry at path.

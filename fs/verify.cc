@@ -158,6 +158,9 @@ class Verifier {
   // Appends what differs between the two sides of rel; true when both are
   // directories (to be walked).
   bool Compare(const std::string& rel, const Sides& s, std::vector<Difference>* out);
+  // Both sides' xattrs of rel, each name that differs (or one side could
+  // not list them).
+  void CompareXattrs(const std::string& rel, std::vector<Difference>* out);
   std::array<int, 2> HashBoth(const std::string& rel, off_t size, std::array<uint64_t, 2>* digest);
   // Hard links: on each NAS, the first name (in walk order) of rel's inode
   // when it has several; two NAS whose names are grouped differently into
@@ -398,39 +401,29 @@ std::array<int, 2> Verifier::HashBoth(const std::string& rel, off_t size,
   return err;
 }
 
-bool Verifier::Compare(const std::string& rel, const Sides& s, std::vector<Difference>* out) {
-  const std::string path = Display(rel);
-  auto add = [&](std::string what, std::optional<std::string> m, std::optional<std::string> b) {
-    out->push_back(Difference{path, std::move(what), {std::move(m), std::move(b)}});
-  };
-  // Side i could not give `what`: an "unreadable" difference naming why.
-  auto unreadable = [&](const char* what, const std::array<int, 2>& r) {
-    Difference d{path, "unreadable", {}};
-    for (int i : {0, 1}) {
-      if (r[i]) d.value[i] = fmt::format("{}: {}", what, std::strerror(r[i]));
-    }
-    out->push_back(std::move(d));
-  };
+// What differs, as one Difference per field: master's value, backup's.
+void AddDifference(std::vector<Difference>* out, const std::string& path, std::string what,
+                   std::optional<std::string> m, std::optional<std::string> b) {
+  out->push_back(Difference{path, std::move(what), {std::move(m), std::move(b)}});
+}
 
-  if ((s[0].err && s[0].err != ENOENT) || (s[1].err && s[1].err != ENOENT)) {
-    unreadable("stat", {s[0].err == ENOENT ? 0 : s[0].err, s[1].err == ENOENT ? 0 : s[1].err});
-    return false;
-  }
-  if (s[0].err && s[1].err) return false;  // gone from both
+// Side i could not give `what`: an "unreadable" difference naming why.
+void AddUnreadable(std::vector<Difference>* out, const std::string& path, const char* what,
+                   const std::array<int, 2>& r) {
+  Difference d{path, "unreadable", {}};
   for (int i : {0, 1}) {
-    if (s[1 - i].err) {
-      std::array<std::optional<std::string>, 2> v;
-      v[i] = TypeName(s[i].st.st_mode);
-      out->push_back(Difference{path, fmt::format("only on {}", kSideName[i]), std::move(v)});
-      return false;
-    }
+    if (r[i]) d.value[i] = fmt::format("{}: {}", what, std::strerror(r[i]));
   }
-  const struct stat& m = s[0].st;
-  const struct stat& b = s[1].st;
-  if ((m.st_mode & S_IFMT) != (b.st_mode & S_IFMT)) {
-    add("type", TypeName(m.st_mode), TypeName(b.st_mode));
-    return false;
-  }
+  out->push_back(std::move(d));
+}
+
+// The attributes a stat shows of two entries of one type: mode, owner,
+// link count and size (not of directories), device, mtime (not the root's).
+void CompareAttrs(const std::string& rel, const struct stat& m, const struct stat& b, std::vector<Difference>* out) {
+  const std::string path = Display(rel);
+  auto add = [&](std::string what, std::optional<std::string> mv, std::optional<std::string> bv) {
+    AddDifference(out, path, std::move(what), std::move(mv), std::move(bv));
+  };
   if ((m.st_mode & 07777) != (b.st_mode & 07777)) {
     add("mode", fmt::format("{:04o}", m.st_mode & 07777), fmt::format("{:04o}", b.st_mode & 07777));
   }
@@ -451,16 +444,39 @@ bool Verifier::Compare(const std::string& rel, const Sides& s, std::vector<Diffe
       (m.st_mtim.tv_sec != b.st_mtim.tv_sec || m.st_mtim.tv_nsec != b.st_mtim.tv_nsec)) {
     add("mtime", TimeText(m.st_mtim), TimeText(b.st_mtim));
   }
+}
 
+bool Verifier::Compare(const std::string& rel, const Sides& s, std::vector<Difference>* out) {
+  const std::string path = Display(rel);
+  if ((s[0].err && s[0].err != ENOENT) || (s[1].err && s[1].err != ENOENT)) {
+    AddUnreadable(out, path, "stat", {s[0].err == ENOENT ? 0 : s[0].err, s[1].err == ENOENT ? 0 : s[1].err});
+    return false;
+  }
+  if (s[0].err && s[1].err) return false;  // gone from both
+  for (int i : {0, 1}) {
+    if (s[1 - i].err) {
+      std::array<std::optional<std::string>, 2> v;
+      v[i] = TypeName(s[i].st.st_mode);
+      out->push_back(Difference{path, fmt::format("only on {}", kSideName[i]), std::move(v)});
+      return false;
+    }
+  }
+  const struct stat& m = s[0].st;
+  const struct stat& b = s[1].st;
+  if ((m.st_mode & S_IFMT) != (b.st_mode & S_IFMT)) {
+    AddDifference(out, path, "type", TypeName(m.st_mode), TypeName(b.st_mode));
+    return false;
+  }
+  CompareAttrs(rel, m, b, out);
   if (S_ISLNK(m.st_mode)) {
     std::array<std::string, 2> target;
     auto r = OnBoth<std::string>(
         "readlink", rel, [rel](const Backend& nas, int, std::string* o) { return nas.ReadLink(rel, o); },
         &target);
     if (r[0] || r[1]) {
-      unreadable("readlink", r);
+      AddUnreadable(out, path, "readlink", r);
     } else if (target[0] != target[1]) {
-      add("symlink target", target[0], target[1]);
+      AddDifference(out, path, "symlink target", target[0], target[1]);
     }
     return false;  // nasfs keeps no xattrs on symlinks
   }
@@ -468,30 +484,36 @@ bool Verifier::Compare(const std::string& rel, const Sides& s, std::vector<Diffe
     std::array<uint64_t, 2> digest{};
     auto r = HashBoth(rel, m.st_size, &digest);
     if (r[0] || r[1]) {
-      unreadable("read", r);
+      AddUnreadable(out, path, "read", r);
     } else if (digest[0] != digest[1]) {
-      add("content", fmt::format("xxh3:{:016x}", digest[0]), fmt::format("xxh3:{:016x}", digest[1]));
+      AddDifference(out, path, "content", fmt::format("xxh3:{:016x}", digest[0]),
+                    fmt::format("xxh3:{:016x}", digest[1]));
     }
   }
+  CompareXattrs(rel, out);
+  return S_ISDIR(m.st_mode);
+}
 
+void Verifier::CompareXattrs(const std::string& rel, std::vector<Difference>* out) {
+  const std::string path = Display(rel);
   std::array<Xattrs, 2> x;
   auto r = OnBoth<Xattrs>(
       "read the xattrs of", rel,
       [rel](const Backend& nas, int, Xattrs* o) { return ReadXattrs(nas, rel, o); }, &x);
   if (r[0] || r[1]) {
-    unreadable("xattrs", r);
-  } else if (x[0] != x[1]) {
-    std::map<std::string, std::array<std::optional<std::string>, 2>> by_name;
-    for (int i : {0, 1}) {
-      for (const auto& [name, value] : x[i]) by_name[name][i] = value;
-    }
-    for (const auto& [name, v] : by_name) {
-      if (v[0] == v[1]) continue;
-      add("xattr " + name, v[0] ? std::optional(ValueText(*v[0])) : std::nullopt,
-          v[1] ? std::optional(ValueText(*v[1])) : std::nullopt);
-    }
+    AddUnreadable(out, path, "xattrs", r);
+    return;
   }
-  return dir;
+  if (x[0] == x[1]) return;
+  std::map<std::string, std::array<std::optional<std::string>, 2>> by_name;
+  for (int i : {0, 1}) {
+    for (const auto& [name, value] : x[i]) by_name[name][i] = value;
+  }
+  for (const auto& [name, v] : by_name) {
+    if (v[0] == v[1]) continue;
+    AddDifference(out, path, "xattr " + name, v[0] ? std::optional(ValueText(*v[0])) : std::nullopt,
+                  v[1] ? std::optional(ValueText(*v[1])) : std::nullopt);
+  }
 }
 
 std::vector<Difference> Verifier::Recheck() {

@@ -166,6 +166,29 @@ CheckpointKind CheckpointOf(const ScanResult& scan, bool older_segments) {
   return r.size() > 1 ? CheckpointKind::kDamaged : CheckpointKind::kCutOff;
 }
 
+// One segment as Open read it.
+struct SegmentRead {
+  uint64_t num;
+  ScanResult scan;
+  CheckpointKind kind = CheckpointKind::kNone;
+};
+
+// Scans every segment once (contents[i] is segment segs[i]). The tail that
+// may be torn is the end of the last segment holding anything: a crash can
+// leave an empty segment (or a checkpoint cut off) after it.
+std::vector<SegmentRead> ScanSegments(const std::vector<uint64_t>& segs, const std::vector<std::string>& contents) {
+  size_t tail = 0;
+  for (size_t i = 0; i < segs.size(); ++i)
+    if (!contents[i].empty() && CheckpointOf(Scan(contents[i], true), i > 0) != CheckpointKind::kCutOff) tail = i;
+  std::vector<SegmentRead> read;
+  for (size_t i = 0; i < segs.size(); ++i) {
+    SegmentRead s{segs[i], Scan(contents[i], i >= tail)};
+    s.kind = CheckpointOf(s.scan, /*older_segments=*/i > 0);
+    read.push_back(std::move(s));
+  }
+  return read;
+}
+
 // ---- POSIX Env ----
 class PosixFile : public Env::WritableFile {
  public:
@@ -493,6 +516,35 @@ struct Journal::Impl {
     pair_id.clear();
     recovered.clear();
     live_bytes = 0;
+  }
+
+  // Applies the records of the segments Open read, from `first` (the last
+  // whole or damaged checkpoint) on; a checkpoint cut off is skipped.
+  // Counts them and the damage in *rec, the activity marks in *marks, the
+  // names of damaged segments in *damaged. Returns the highest seq read in
+  // any segment.
+  uint64_t ApplySegments(const std::vector<SegmentRead>& read, size_t first, Recovered* rec,
+                         std::set<std::string>* marks, std::vector<std::string>* damaged) REQUIRES(mu) {
+    uint64_t max_seq = 0;
+    for (size_t i = 0; i < read.size(); ++i) {
+      const SegmentRead& s = read[i];
+      for (const auto& x : s.scan.records)
+        if (x.seq <= kMaxSeq) max_seq = std::max(max_seq, x.seq);
+      if (i < first || s.kind == CheckpointKind::kCutOff) continue;
+      uint64_t bad = s.scan.damaged;
+      // A damaged checkpoint lacks state records that were there.
+      if (s.kind == CheckpointKind::kDamaged) bad += std::max<uint64_t>(1, MissingCheckpointRecords(s.scan));
+      for (const auto& x : s.scan.records) {
+        // A seq no journal reaches (2^62 records) would wrap the counter, and
+        // every later record would count as durable before it is written.
+        if (x.seq <= kMaxSeq && ApplyRecord(x.seq, x.payload, marks)) ++rec->records;
+        else ++bad;  // a well-framed record that makes no sense
+      }
+      rec->torn_bytes += s.scan.torn_bytes;
+      rec->damaged_records += bad;
+      if (bad) damaged->push_back(SegmentName(s.num));
+    }
+    return max_seq;
   }
 
   // Applies one record read back from disk; false if it makes no sense.
@@ -859,54 +911,19 @@ tl::expected<std::unique_ptr<Journal>, std::string> Journal::Open(const Options&
   // crash is ignored: the segments it was to replace are still there, since
   // they are deleted only after it is synced. Anything else that breaks a
   // checkpoint is damage (see CheckpointOf).
-  struct Seg {
-    uint64_t num;
-    ScanResult scan;
-    CheckpointKind kind = CheckpointKind::kNone;
-  };
-  std::vector<Seg> read;
   std::vector<std::string> contents;
   for (uint64_t n : segs) {
     auto d = env->ReadFile(m.Path(n));
     if (!d) return fail("cannot read " + SegmentName(n), d.error());
     contents.push_back(std::move(*d));
   }
-  // The tail that may be torn is the end of the last segment holding
-  // anything: a crash can leave an empty segment (or a checkpoint cut off)
-  // after it.
-  size_t tail = 0;
-  for (size_t i = 0; i < segs.size(); ++i)
-    if (!contents[i].empty() && CheckpointOf(Scan(contents[i], true), i > 0) != CheckpointKind::kCutOff) tail = i;
-  for (size_t i = 0; i < segs.size(); ++i) {
-    Seg s{segs[i], Scan(contents[i], i >= tail)};
-    s.kind = CheckpointOf(s.scan, /*older_segments=*/i > 0);
-    read.push_back(std::move(s));
-  }
+  std::vector<SegmentRead> read = ScanSegments(segs, contents);
   size_t first = 0;
   for (size_t i = 0; i < read.size(); ++i)
     if (read[i].kind == CheckpointKind::kWhole || read[i].kind == CheckpointKind::kDamaged) first = i;
-
   std::set<std::string> marks;
-  uint64_t max_seq = 0;
   std::vector<std::string> damaged;
-  for (size_t i = 0; i < read.size(); ++i) {
-    const Seg& s = read[i];
-    for (const auto& x : s.scan.records)
-      if (x.seq <= kMaxSeq) max_seq = std::max(max_seq, x.seq);
-    if (i < first || s.kind == CheckpointKind::kCutOff) continue;
-    uint64_t bad = s.scan.damaged;
-    // A damaged checkpoint lacks state records that were there.
-    if (s.kind == CheckpointKind::kDamaged) bad += std::max<uint64_t>(1, MissingCheckpointRecords(s.scan));
-    for (const auto& x : s.scan.records) {
-      // A seq no journal reaches (2^62 records) would wrap the counter, and
-      // every later record would count as durable before it is written.
-      if (x.seq <= kMaxSeq && m.ApplyRecord(x.seq, x.payload, &marks)) ++rec.records;
-      else ++bad;  // a well-framed record that makes no sense
-    }
-    rec.torn_bytes += s.scan.torn_bytes;
-    rec.damaged_records += bad;
-    if (bad) damaged.push_back(SegmentName(s.num));
-  }
+  uint64_t max_seq = m.ApplySegments(read, first, &rec, &marks, &damaged);
   if (!damaged.empty())
     rec.damage = std::to_string(rec.damaged_records) + " unreadable record(s) in " + std::to_string(damaged.size()) +
                  " segment(s) of " + opts.dir + "; what they named is unknown (kept as *.damaged)";
