@@ -269,12 +269,16 @@ std::string Encode(const nlohmann::json& message) {
 
 }  // namespace wire
 
-tl::expected<nlohmann::json, std::string> Call(const std::string& socket_path,
-                                               const nlohmann::json& request, int timeout_ms) {
-  using Unexpected = tl::unexpected<std::string>;
-  timeout_ms = std::max(timeout_ms, 1);
-  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+namespace {
 
+// A connection to the control socket, by deadline. A non-blocking unix
+// connect either completes at once (the connection waits in the
+// listener's backlog until accepted) or fails with EAGAIN when that
+// backlog is full; there is no EINPROGRESS to poll for, so it retries
+// briefly.
+tl::expected<UniqueFd, std::string> Connect(const std::string& socket_path, Clock::time_point deadline,
+                                            int timeout_ms) {
+  using Unexpected = tl::unexpected<std::string>;
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (socket_path.empty() || socket_path.size() >= sizeof addr.sun_path) {
@@ -286,9 +290,6 @@ tl::expected<nlohmann::json, std::string> Call(const std::string& socket_path,
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd) return Unexpected(fmt::format("cannot create a unix socket: {}", ErrnoText(errno)));
 
-  // A non-blocking unix connect either completes at once (the connection waits
-  // in the listener's backlog until accepted) or fails with EAGAIN when that
-  // backlog is full; there is no EINPROGRESS to poll for, so retry briefly.
   for (;;) {
     if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0) break;
     int e = errno;
@@ -307,6 +308,20 @@ tl::expected<nlohmann::json, std::string> Call(const std::string& socket_path,
     if (e == EACCES || e == EPERM) hint = " (run as root or as a member of the control group)";
     return Unexpected(fmt::format("cannot connect to {}: {}{}", socket_path, ErrnoText(e), hint));
   }
+  return fd;
+}
+
+}  // namespace
+
+tl::expected<nlohmann::json, std::string> Call(const std::string& socket_path,
+                                               const nlohmann::json& request, int timeout_ms) {
+  using Unexpected = tl::unexpected<std::string>;
+  timeout_ms = std::max(timeout_ms, 1);
+  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+
+  auto connected = Connect(socket_path, deadline, timeout_ms);
+  if (!connected) return Unexpected(connected.error());
+  UniqueFd fd = std::move(*connected);
 
   std::string out = wire::Encode(request);
   if (out.size() > kMaxMessageBytes) {

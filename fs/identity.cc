@@ -107,6 +107,33 @@ tl::expected<SideFacts, std::string> ReadSideFacts(const Backend& nas) {
   return f;
 }
 
+namespace {
+
+// One NAS carries the pair's marker (as `role`), the other none: it looks
+// unmounted or new, and is adopted (marked and copied onto from the marked
+// one) only with -o source=<role>.
+tl::expected<PairingPlan, std::string> AdoptUnmarked(const SideFacts& marked, const SideFacts& unmarked, Role role,
+                                                     const std::string& source, const std::string& marked_path,
+                                                     const std::string& unmarked_path) {
+  const Role other = role == Role::kMaster ? Role::kBackup : Role::kMaster;
+  if (marked.marker->role != role)
+    return tl::unexpected(fmt::format("{} is marked {}, not {}", marked_path, RoleName(other), RoleName(role)));
+  if (source != RoleName(role))
+    return tl::unexpected(fmt::format(
+        "{} has no nasfs marker but {} belongs to pair {}: the {} looks unmounted or new. "
+        "Mount the NAS there, or to adopt it as a new {} mount once with -o source={}",
+        unmarked_path, marked_path, Short(marked.marker->pair_id), RoleName(other), RoleName(other),
+        RoleName(role)));
+  PairingPlan p;
+  p.pair_id = marked.marker->pair_id;
+  (other == Role::kBackup ? p.write_backup_marker : p.write_master_marker) = true;
+  p.copy_from = role;
+  p.displace = !unmarked.empty;
+  return p;
+}
+
+}  // namespace
+
 tl::expected<PairingPlan, std::string> DecidePairing(const SideFacts& m, const SideFacts& b,
                                                      const std::string& source,
                                                      const std::string& mp, const std::string& bp) {
@@ -131,34 +158,10 @@ tl::expected<PairingPlan, std::string> DecidePairing(const SideFacts& m, const S
     }
     return p;
   }
-  if (m.marker && !b.marker) {
-    if (m.marker->role != Role::kMaster)
-      return tl::unexpected(fmt::format("{} is marked backup, not master", mp));
-    if (source != "master")
-      return tl::unexpected(fmt::format(
-          "{} has no nasfs marker but {} belongs to pair {}: the backup looks unmounted or new. "
-          "Mount the NAS there, or to adopt it as a new backup mount once with -o source=master",
-          bp, mp, Short(m.marker->pair_id)));
-    p.pair_id = m.marker->pair_id;
-    p.write_backup_marker = true;
-    p.copy_from = Role::kMaster;
-    p.displace = !b.empty;
-    return p;
-  }
-  if (!m.marker && b.marker) {
-    if (b.marker->role != Role::kBackup)
-      return tl::unexpected(fmt::format("{} is marked master, not backup", bp));
-    if (source != "backup")
-      return tl::unexpected(fmt::format(
-          "{} has no nasfs marker but {} belongs to pair {}: the master looks unmounted or new. "
-          "Mount the NAS there, or to adopt it as a new master mount once with -o source=backup",
-          mp, bp, Short(b.marker->pair_id)));
-    p.pair_id = b.marker->pair_id;
-    p.write_master_marker = true;
-    p.copy_from = Role::kBackup;
-    p.displace = !m.empty;
-    return p;
-  }
+  // One side marked: it is the source of a copy onto the other, if the
+  // operator said so.
+  if (m.marker && !b.marker) return AdoptUnmarked(m, b, Role::kMaster, source, mp, bp);
+  if (!m.marker && b.marker) return AdoptUnmarked(b, m, Role::kBackup, source, bp, mp);
   // Never paired.
   p.pair_id = NewPairId();
   p.write_master_marker = p.write_backup_marker = true;

@@ -28,18 +28,18 @@ bool Mirror::Writable(const Backend& b) {
 
 bool Mirror::IsWriteFault(int e) { return IsFaultErrno(e) || e == ENOSPC || e == EDQUOT || e == EROFS; }
 
+int Mirror::JournalFor(int i, const std::vector<journal::Change>& changes, Targets* journaled) {
+  if (changes.empty()) return 0;
+  (i == 0 ? journaled->master : journaled->backup) = true;
+  return on_missed_(i == 0 ? *master_ : *backup_, changes);
+}
+
 int Mirror::Apply(Mutation kind, const std::vector<journal::Change>& changes, Targets targets, const Op& op,
                   Targets* journaled) {
-  const char* what = MutationName(kind);
   Backend* side[2] = {master_, backup_};
   Targets none{false, false};
   if (!journaled) journaled = &none;
   *journaled = none;
-  auto journal = [&](int i) {
-    if (changes.empty()) return 0;
-    (i == 0 ? journaled->master : journaled->backup) = true;
-    return on_missed_(*side[i], changes);
-  };
   bool want[2] = {targets.master, targets.backup};
   bool run[2] = {false, false};
   for (int i = 0; i < 2; ++i) run[i] = want[i] && Writable(*side[i]);
@@ -51,7 +51,7 @@ int Mirror::Apply(Mutation kind, const std::vector<journal::Change>& changes, Ta
   // it, and before the first byte reaches that other side.
   for (int i = 0; i < 2; ++i)
     if (want[i] && !run[i])
-      if (int e = journal(i)) return e;
+      if (int e = JournalFor(i, changes, journaled)) return e;
 
   // Both sides are submitted before either is waited on: they run in parallel.
   auto deadline = master_->Deadline();
@@ -65,7 +65,12 @@ int Mirror::Apply(Mutation kind, const std::vector<journal::Change>& changes, Ta
       side[i]->Account(r[i]);
     }
   mirrored_.fetch_add(1, std::memory_order_relaxed);
+  return Judge(MutationName(kind), changes, run, r, journaled);
+}
 
+int Mirror::Judge(const char* what, const std::vector<journal::Change>& changes, const bool run[2], const int r[2],
+                  Targets* journaled) {
+  Backend* side[2] = {master_, backup_};
   // 1. Agreement.
   if (run[0] && run[1] && r[0] == r[1] && !IsFaultErrno(r[0])) return r[0];
   if (!run[0] || !run[1]) {
@@ -92,7 +97,7 @@ int Mirror::Apply(Mutation kind, const std::vector<journal::Change>& changes, Ta
   divergences_.fetch_add(1, std::memory_order_relaxed);
   for (int i = 0; i < 2; ++i)
     if (fault[i]) {
-      int e = journal(i);
+      int e = JournalFor(i, changes, journaled);
       on_fault_(*side[i], r[i], what);
       // Not journaled: the other NAS holds a change nothing will carry
       // over, so the application must not be told it succeeded.
@@ -113,7 +118,7 @@ int Mirror::Apply(Mutation kind, const std::vector<journal::Change>& changes, Ta
   std::string p = changes.empty() ? "" : changes.front().path;
   Logger("fuse")->warn("{} '{}': master {}, backup {}; the {} will be brought in line", what, ShownPath(p),
                        r[0] ? std::strerror(r[0]) : "ok", r[1] ? std::strerror(r[1]) : "ok", side[wrong]->name());
-  int e = journal(wrong);
+  int e = JournalFor(wrong, changes, journaled);
   if (changes.empty() || side[wrong]->state() != BackendState::kRecovering)
     on_fault_(*side[wrong], r[wrong] ? r[wrong] : EIO,
               fmt::format("{} disagreed with the {}", what, side[right]->name()));

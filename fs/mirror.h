@@ -72,6 +72,15 @@ class Mirror {
   uint64_t divergences() const { return divergences_.load(); }
 
  private:
+  // Journals changes for side i (0 master, 1 backup), noted in *journaled;
+  // nothing for an empty list. 0 or the journal's errno.
+  int JournalFor(int i, const std::vector<journal::Change>& changes, Targets* journaled);
+  // Apply's verdict on the two sides' results r (run[i]: side i was
+  // sent the op): agreement, faults, or a disagreement whose wrong side
+  // is journaled and faulted. The errno for the application.
+  int Judge(const char* what, const std::vector<journal::Change>& changes, const bool run[2], const int r[2],
+            Targets* journaled);
+
   Backend* master_;
   Backend* backup_;
   FaultFn on_fault_;

@@ -195,6 +195,30 @@ TEST(DecidePairingTest, ABackupMarkedMasterWithAnUnmarkedMasterIsRefused) {
   EXPECT_FALSE(Decide(Unmarked(true), Marked(kP, Role::kMaster), "backup"));
 }
 
+// The one-marker refusals say, in the same words either way round, which
+// NAS looks new and which option adopts it (one helper serves both rows).
+TEST(DecidePairingTest, OneMarkerRefusalsNameTheNewSideAndTheOptionThatAdoptsIt) {
+  const std::string id = kP.substr(0, 8);
+  auto unmarked_backup = Decide(Marked(kP, Role::kMaster), Unmarked(false));
+  ASSERT_FALSE(unmarked_backup);
+  EXPECT_EQ(unmarked_backup.error(),
+            kBp + " has no nasfs marker but " + kMp + " belongs to pair " + id +
+                ": the backup looks unmounted or new. Mount the NAS there, or to adopt it as a new backup mount "
+                "once with -o source=master");
+  auto unmarked_master = Decide(Unmarked(false), Marked(kP, Role::kBackup), "master");
+  ASSERT_FALSE(unmarked_master);
+  EXPECT_EQ(unmarked_master.error(),
+            kMp + " has no nasfs marker but " + kBp + " belongs to pair " + id +
+                ": the master looks unmounted or new. Mount the NAS there, or to adopt it as a new master mount "
+                "once with -o source=backup");
+  auto wrong_master = Decide(Marked(kP, Role::kBackup), Unmarked(true), "master");
+  ASSERT_FALSE(wrong_master);
+  EXPECT_EQ(wrong_master.error(), kMp + " is marked backup, not master");
+  auto wrong_backup = Decide(Unmarked(true), Marked(kP, Role::kMaster), "backup");
+  ASSERT_FALSE(wrong_backup);
+  EXPECT_EQ(wrong_backup.error(), kBp + " is marked master, not backup");
+}
+
 // ---- row 5: no marker, any / no marker, empty: pair, copy master onto backup ----
 
 TEST(DecidePairingTest, TwoEmptyUnmarkedSidesPairWithoutACopy) {
