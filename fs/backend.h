@@ -317,6 +317,8 @@ std::string ParentOf(const std::string& path);
 std::string JoinPath(const std::string& dir, const std::string& name);
 // Whether an errno means the NAS itself is sick rather than the request wrong.
 bool IsFaultErrno(int e);
+// 0 for the master, 1 for the backup.
+inline int RoleIndex(const Backend& b) { return b.role() == Role::kMaster ? 0 : 1; }
 // UTC now as ISO 8601.
 std::string NowIso8601();
 

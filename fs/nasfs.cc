@@ -83,6 +83,11 @@ Nasfs::Nasfs(Options opts)
   // A directory's fd serves for as long as the kernel trusts our names.
   const auto ttl = std::chrono::milliseconds(static_cast<int64_t>(opts_.cache_timeout_s * 1000));
   for (Backend* b : {master_.get(), backup_.get()}) b->SetDirCacheTtl(ttl);
+  // Hedged after twice the p99 but never sooner than kHedgeFloor (a
+  // healthy NAS on a busy host jitters by milliseconds) nor later than
+  // hedge_delay.
+  const auto cap = std::chrono::milliseconds(std::max(opts_.hedge_delay_ms, 1));
+  for (auto& l : read_latency_) l = std::make_shared<ReadLatency>(kHedgeFloor, cap);
 }
 
 Nasfs::~Nasfs() {
@@ -614,19 +619,81 @@ int Nasfs::ReplayEntry(TreeSync& rs, const journal::Pending& e, LinkedRound* rou
   return ReconcileNamesOf(rs, *rs.source(), e.path, e.inodes, round);
 }
 
-int Nasfs::ReadWithFailover(const std::function<int(Backend&)>& attempt) {
+std::shared_ptr<Call> Nasfs::SubmitRead(Backend& b, WorkerPool::Fn fn, Clock::time_point deadline) {
+  return b.Submit(
+      [fn = std::move(fn), latency = read_latency_[RoleIndex(b)], start = Clock::now()] {
+        int r = fn();
+        if (!IsFaultErrno(r)) latency->Record(Clock::now() - start);
+        return r;
+      },
+      deadline);
+}
+
+int Nasfs::ReadHedged(const std::function<WorkerPool::Fn(const Backend&)>& make, int* from) {
   Backend* b = router_.Pick();
   if (!b) return EIO;
-  int r = attempt(*b);
+  Backend& o = Other(*b);
+  const auto start = Clock::now();
+  const auto step = StepDeadline::Current();
+  Clock::time_point deadlines[2] = {std::min(start + b->io_timeout(), step), {}};
+  std::shared_ptr<Call> calls[2] = {SubmitRead(*b, make(*b), deadlines[0]), nullptr};
+  const auto hedge_at = start + read_latency_[RoleIndex(*b)]->HedgeDelay();
+  if (opts_.hedge_delay_ms > 0 && hedge_at < deadlines[0]) {
+    (void)calls[0]->Wait(hedge_at);
+    if (!calls[0]->done() && o.state() == BackendState::kHealthy) {
+      hedged_reads_.fetch_add(1, std::memory_order_relaxed);
+      deadlines[1] = std::min(Clock::now() + o.io_timeout(), step);
+      calls[1] = SubmitRead(o, make(o), deadlines[1]);
+      return AwaitFirstAnswer(*b, calls, deadlines, from);
+    }
+  }
+  int r = calls[0]->Wait(deadlines[0]);
+  b->Account(r);
+  *from = RoleIndex(*b);
   if (!IsFaultErrno(r)) return r;
   OnFault(*b, fmt::format("read: {}", std::strerror(r)));
-  Backend& o = Other(*b);
   if (o.state() != BackendState::kHealthy) return EIO;
   retried_ops_.fetch_add(1, std::memory_order_relaxed);
-  r = attempt(o);
+  const auto deadline = std::min(Clock::now() + o.io_timeout(), step);
+  r = SubmitRead(o, make(o), deadline)->Wait(deadline);
+  o.Account(r);
+  *from = RoleIndex(o);
   if (!IsFaultErrno(r)) return r;
   OnFault(o, fmt::format("read: {}", std::strerror(r)));
   return EIO;
+}
+
+int Nasfs::AwaitFirstAnswer(Backend& b, const std::shared_ptr<Call> calls[2], const Clock::time_point deadlines[2],
+                            int* from) {
+  Backend* nas[2] = {&b, &Other(b)};
+  auto waker = std::make_shared<Waker>();
+  for (int i = 0; i < 2; ++i) calls[i]->WakeOnFinish(waker);
+  bool failed[2] = {false, false};
+  for (;;) {
+    const uint64_t seen = waker->fired();  // before looking: no finish is missed
+    const auto now = Clock::now();
+    auto until = Clock::time_point::max();
+    for (int i = 0; i < 2; ++i) {
+      if (failed[i]) continue;
+      int r = ETIMEDOUT;
+      if (calls[i]->done()) {
+        r = calls[i]->result();
+      } else if (now < deadlines[i]) {
+        until = std::min(until, deadlines[i]);
+        continue;
+      }
+      nas[i]->Account(r);
+      if (!IsFaultErrno(r)) {
+        *from = RoleIndex(*nas[i]);
+        if (i == 1) hedge_wins_.fetch_add(1, std::memory_order_relaxed);
+        return r;
+      }
+      failed[i] = true;
+      OnFault(*nas[i], fmt::format("read: {}", std::strerror(r)));
+    }
+    if (failed[0] && failed[1]) return EIO;
+    waker->WaitPast(seen, until);
+  }
 }
 
 int Nasfs::JournalResult(int e) {

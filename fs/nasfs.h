@@ -78,23 +78,26 @@ class Nasfs {
   InodeTable& inodes() { return inodes_; }
   ReadRouter& router() { return router_; }
 
-  // Runs a read-only call on the NAS the router picks; on a fault or a
-  // missed deadline that NAS goes down and the call is retried once on the
-  // other. EIO when neither can serve. Each attempt writes into its own T:
-  // an abandoned attempt may still finish later, so *result is filled only
-  // from an attempt that completed.
+  // Runs a read-only call on the NAS the router picks, hedged to the other
+  // (see ReadHedged); on a fault or a missed deadline that NAS goes down and
+  // the call is retried once on the other. EIO when neither can serve. Each
+  // attempt writes into its own T: an abandoned attempt may still finish
+  // later, so *result is filled only from the attempt whose answer is used.
   template <typename T>
   int ReadInto(std::function<int(const Backend&, T*)> fn, T* result) {
-    return ReadWithFailover([&](Backend& b) {
-      auto out = std::make_shared<T>();
-      Backend* nas = &b;
-      int r = nas->Run([fn, out, nas] {
-        DirCache::Scope cached;  // a read through the mount: see DirCache
-        return fn(*nas, out.get());
-      });
-      if (r == 0) *result = std::move(*out);
-      return r;
-    });
+    std::shared_ptr<T> out[2];
+    int from = -1;
+    int r = ReadHedged(
+        [&](const Backend& b) -> WorkerPool::Fn {
+          auto o = out[RoleIndex(b)] = std::make_shared<T>();
+          return [fn, o, nas = &b] {
+            DirCache::Scope cached;  // a read through the mount: see DirCache
+            return fn(*nas, o.get());
+          };
+        },
+        &from);
+    if (r == 0) *result = std::move(*out[from]);
+    return r;
   }
   // Applies a mutation touching `paths` (1 or 2) to both NAS (see Mirror),
   // honouring a running copy (see TreeSync) and a running replay (the
@@ -223,7 +226,21 @@ class Nasfs {
 
  private:
   Backend& Other(const Backend& b) { return &b == master_.get() ? *backup_ : *master_; }
-  int ReadWithFailover(const std::function<int(Backend&)>& attempt);
+  // A read: make(b) builds the call for NAS b. The router's NAS gets it
+  // first; if it has not answered within its hedge delay and the other NAS
+  // is healthy, the other gets it too and the first answer that is not a
+  // fault wins (a fault sends that NAS down, and the other's answer is
+  // awaited). Unhedged, a fault or a missed deadline sends the NAS down and
+  // the read is tried once on the other. *from: the role index answering.
+  int ReadHedged(const std::function<WorkerPool::Fn(const Backend&)>& make, int* from);
+  static constexpr std::chrono::milliseconds kHedgeFloor{10};
+  // Waits for the first of a read's two calls (first on b, hedge on Other(b))
+  // to answer without a fault; each call's fault or missed deadline sends its
+  // NAS down. EIO when both fail.
+  int AwaitFirstAnswer(Backend& b, const std::shared_ptr<Call> calls[2], const Clock::time_point deadlines[2],
+                       int* from);
+  // Submits a read to b, recording its latency when it finishes.
+  std::shared_ptr<Call> SubmitRead(Backend& b, WorkerPool::Fn fn, Clock::time_point deadline);
   // A NAS failed (in band or by probe): it goes down.
   void OnFault(Backend& b, const std::string& why);
   void OnProbe(Backend& b, bool ok, const std::string& error, double latency_ms);
@@ -429,6 +446,10 @@ class Nasfs {
   std::vector<std::shared_ptr<TreeSync>> old_syncs_ GUARDED_BY(sync_ptr_mu_);  // joined at exit
 
   std::atomic<uint64_t> failovers_{0}, retried_ops_{0}, replayed_paths_{0}, internal_errors_{0};
+  std::atomic<uint64_t> hedged_reads_{0}, hedge_wins_{0};
+  // Each NAS's read latency (by role index), shared with the calls that
+  // record into it: a call abandoned on a hung NAS may finish after we go.
+  std::shared_ptr<ReadLatency> read_latency_[2];
 
   std::unique_ptr<journal::Journal> journal_;
   journal::Recovered recovered_;  // what the journal's Open found

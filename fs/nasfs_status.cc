@@ -155,7 +155,12 @@ nlohmann::json Nasfs::Status() const {
                          {"generation", {{"master", {{"generation", gens_[0].generation}, {"in_step", gens_[0].in_step}}},
                                          {"backup", {{"generation", gens_[1].generation}, {"in_step", gens_[1].in_step}}}}}};
   }
-  for (int i = 0; i < 2; ++i) j["backends"][i]["missed"]["count"] = j["journal"][i == 0 ? "pending_master" : "pending_backup"];
+  for (int i = 0; i < 2; ++i) {
+    j["backends"][i]["missed"]["count"] = j["journal"][i == 0 ? "pending_master" : "pending_backup"];
+    const auto p99 = read_latency_[i]->P99();
+    j["backends"][i]["read_p99_ms"] = p99.count() ? nlohmann::json(p99.count() / 1000.0) : nlohmann::json(nullptr);
+    j["backends"][i]["hedge_delay_ms"] = opts_.hedge_delay_ms ? nlohmann::json(read_latency_[i]->HedgeDelay().count() / 1000.0) : nlohmann::json(nullptr);
+  }
   {
     MutexLock lk(&damage_mu_);
     j["damage"] = nlohmann::json::array();
@@ -170,6 +175,7 @@ nlohmann::json Nasfs::Status() const {
   }
   j["counters"] = {{"mirrored_ops", mirror_.mirrored_ops()}, {"divergences", mirror_.divergences()},
                    {"failovers", failovers_.load()},     {"retried_ops", retried_ops_.load()},
+                   {"hedged_reads", hedged_reads_.load()}, {"hedge_wins", hedge_wins_.load()},
                    {"replayed_paths", replayed_paths_.load()}, {"settled_paths", settled_.load()},
                    {"internal_errors", internal_errors_.load()},
                    {"inodes", inodes_.size()},

@@ -40,7 +40,6 @@ struct StatPair {
   // The stat of the side whose result the mirror returned.
   const struct stat& Result() const { return st[0].st_ino ? st[0] : st[1]; }
 };
-inline int RoleIndex(const Backend& b) { return b.role() == Role::kMaster ? 0 : 1; }
 
 // Attributes as the kernel sees them: nasfs's inode number, and no caching
 // of a hard-linked file's attributes, whose nlink and ctime another name can

@@ -125,6 +125,7 @@ tl::expected<void, std::string> ApplyOption(Options& o, std::string_view opt) {
   };
   static constexpr IntOption kIntOptions[] = {
       {"io_timeout", &Options::io_timeout_ms, 10, 600000},
+      {"hedge_delay", &Options::hedge_delay_ms, 0, 600000},
       {"probe_interval", &Options::probe_interval_ms, 50, 60000},
       {"probe_successes", &Options::probe_successes, 1, 100},
       {"threads", &Options::fuse_threads, 2, 1024},
@@ -392,6 +393,11 @@ nasfs options (-o):
   io_timeout=MS          deadline for every NAS call, in milliseconds
                          (default 1000, 10 to 600000); a NAS that misses
                          it is taken out and the call retried on the other
+  hedge_delay=MS         a read the serving NAS has not answered within
+                         twice its recent 99th percentile (at least 10 ms,
+                         at most MS) is sent to the other NAS too, if that
+                         one is healthy; the first answer is used
+                         (default 100; 0 turns hedging off)
   probe_interval=MS      how often each NAS is probed (default 500)
   probe_successes=N      good probes in a row before a NAS that failed is
                          trusted again (default 3)

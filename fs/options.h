@@ -28,6 +28,7 @@ struct Options {
   gid_t control_gid = static_cast<gid_t>(-1);  // control_group=, resolved
   std::string node;            // default: host name
   int io_timeout_ms = 1000;
+  int hedge_delay_ms = 100;  // longest wait before a read also goes to the other NAS; 0: never
   int probe_interval_ms = 500;
   int probe_successes = 3;  // good probes in a row before a NAS is trusted again
   double cache_timeout_s = 1.0;

@@ -41,13 +41,51 @@ bool Call::done() const {
   return done_;
 }
 
+int Call::result() const {
+  MutexLock lk(&mu_);
+  return done_ ? result_ : ETIMEDOUT;
+}
+
+void Call::WakeOnFinish(std::shared_ptr<Waker> w) {
+  {
+    MutexLock lk(&mu_);
+    if (!done_) {
+      wakers_.push_back(std::move(w));
+      return;
+    }
+  }
+  w->Fire();
+}
+
 void Call::Finish(int result) {
+  std::vector<std::shared_ptr<Waker>> wakers;
   {
     MutexLock lk(&mu_);
     done_ = true;
     result_ = result;
+    wakers.swap(wakers_);
   }
   cv_.SignalAll();
+  for (auto& w : wakers) w->Fire();
+}
+
+uint64_t Waker::fired() const {
+  MutexLock lk(&mu_);
+  return fired_;
+}
+
+void Waker::Fire() {
+  {
+    MutexLock lk(&mu_);
+    ++fired_;
+  }
+  cv_.SignalAll();
+}
+
+void Waker::WaitPast(uint64_t seen, Clock::time_point deadline) {
+  MutexLock lk(&mu_);
+  while (fired_ <= seen)
+    if (!cv_.WaitUntil(&mu_, deadline)) return;
 }
 
 WorkerPool::WorkerPool(std::string name, int threads, size_t max_queue)

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -25,6 +26,23 @@ namespace nasfs {
 
 using Clock = std::chrono::steady_clock;
 
+// Wakes one waiter when any of the calls it watches finishes: a hedged
+// read waits on two calls at once (Nasfs::ReadHedged). A counter, not a
+// flag, so that no finish between a look at the calls and the wait is lost:
+// the waiter notes fired(), looks, then waits for fired() to move past it.
+class Waker {
+ public:
+  uint64_t fired() const;
+  void Fire();
+  // Waits until fired() > seen or deadline passed.
+  void WaitPast(uint64_t seen, Clock::time_point deadline);
+
+ private:
+  mutable Mutex mu_;
+  CondVar cv_;
+  uint64_t fired_ GUARDED_BY(mu_) = 0;
+};
+
 // The outcome of one submitted call.
 class Call {
  public:
@@ -33,6 +51,10 @@ class Call {
   int Wait(Clock::time_point deadline);
   // True once the worker finished it (result is then final).
   bool done() const;
+  // The result once done() (0 or a positive errno); ETIMEDOUT before.
+  int result() const;
+  // Fires w when the call finishes (at once if it has).
+  void WakeOnFinish(std::shared_ptr<Waker> w);
 
  private:
   friend class WorkerPool;
@@ -42,6 +64,7 @@ class Call {
   CondVar cv_;
   bool done_ GUARDED_BY(mu_) = false;
   int result_ GUARDED_BY(mu_) = 0;
+  std::vector<std::shared_ptr<Waker>> wakers_ GUARDED_BY(mu_);
 };
 
 class WorkerPool {

@@ -150,7 +150,7 @@ class Block {
 void RenderBackends(Block& out, const json& backends) {
   static const std::vector<std::string> kKnown = {"role",     "path",   "state",    "state_since",
                                                   "last_error", "ops", "errors",   "timeouts",
-                                                  "missed",  "probe_latency_ms"};
+                                                  "missed",  "probe_latency_ms", "read_p99_ms", "hedge_delay_ms"};
   size_t w_role = 0, w_path = 0, w_state = 0;
   for (const auto& b : backends) {
     w_role = std::max(w_role, Text(b, "role").size());
@@ -167,6 +167,8 @@ void RenderBackends(Block& out, const json& backends) {
     }
     if (!counts.empty()) row += "  " + counts;
     if (auto ms = Number(b, "probe_latency_ms")) row += fmt::format("  probe {:.1f} ms", *ms);
+    if (auto ms = Number(b, "read_p99_ms")) row += fmt::format("  reads p99 {:.1f} ms", *ms);
+    if (auto ms = Number(b, "hedge_delay_ms")) row += fmt::format("  hedged after {:.0f} ms", *ms);
     if (const json* m = Field(b, "missed"); m && m->is_object()) {
       if (Flag(*m, "full_copy_needed"))
         row += "  missed: unknown (full copy on return)";

@@ -990,5 +990,128 @@ TEST_F(FailoverTest, AMissWhileARenameRunsIsNotCached) {
   }
 }
 
+// ---- hedged reads -------------------------------------------------------------
+
+// A master that answers, but late, costs a read the hedge delay, not the
+// deadline: each call (lookup, getattr, read) not answered within
+// hedge_delay goes to the in-step backup too, and the backup's answer is
+// used. The master stays in the set (it misses no deadline), and with
+// hedging off the same reads wait for the master.
+class HedgeTest : public FailoverTest {
+ protected:
+  // The master a faultfs, nasfs mounted with `options`, both healthy, and
+  // `files` planted.
+  void StartWith(const std::string& options, int files) {
+    ASSERT_NO_FATAL_FAILURE(StartNas(Faulty::kMaster));
+    MountSpec spec;
+    spec.extra_options = options;
+    ASSERT_NO_FATAL_FAILURE(MountNasfs(spec));
+    json s;
+    ASSERT_TRUE(WaitForStatus(BothHealthy, Clock::now() + 10s, &s)) << s.dump(2);
+    ASSERT_NO_FATAL_FAILURE(PlantFiles(files));
+  }
+  // Files made on both stores behind nasfs's back, so that no name or
+  // attribute of them is cached by the kernel: each read through the mount
+  // then costs a lookup, a getattr and a read.
+  void PlantFiles(int n) {
+    for (int i = 0; i < n; ++i) {
+      const std::string rel = fmt::format("h/f{}", i), data = RandomBytes(rng_, 3000 + i);
+      for (const FuseNas* nas : {master_.get(), backup_.get()}) {
+        fsys::create_directories(nas->store() + "/h");
+        ASSERT_TRUE(WriteFile(nas->store() + "/" + rel, data)) << nas->name();
+        // The same mtime on both, as nasfs's own writes leave them.
+        struct timespec ts[2] = {{1700000000, 0}, {1700000000, 0}};
+        ASSERT_EQ(utimensat(AT_FDCWD, (nas->store() + "/" + rel).c_str(), ts, 0), 0);
+      }
+      expected_[rel] = data;
+    }
+  }
+  // Reads each planted file through the mount; returns the slowest, in ms.
+  double ReadPlanted(const std::string& when) {
+    double slowest = 0;
+    for (const auto& [rel, data] : expected_) {
+      const auto t0 = Clock::now();
+      const auto got = ReadDirect(M(rel));
+      slowest = std::max(slowest, MsSince(t0));
+      EXPECT_TRUE(got == data) << when << ": " << rel << " read back "
+                               << (got ? fmt::format("{} other bytes", got->size())
+                                       : std::string("nothing: ") + std::strerror(errno));
+    }
+    return slowest;
+  }
+  // Reads the planted files while the master has `faults`; then clears
+  // them. Returns status as it is then; *slowest: the slowest file read.
+  json ReadUnder(const std::string& faults, const std::string& when, double* slowest) {
+    EXPECT_TRUE(faultfs_->SetFaults(faults));
+    *slowest = ReadPlanted(when);
+    EXPECT_TRUE(faultfs_->SetFaults(""));
+    return StatusNow();
+  }
+  int64_t Counter(const json& s, const char* name) {
+    const json& v = Get(s, std::string("/counters/") + name);
+    return v.is_number() ? v.get<int64_t>() : -1;
+  }
+};
+
+TEST_F(HedgeTest, AMasterLateByMoreThanTheHedgeDelayCostsReadsTheDelayNotTheDeadline) {
+  ASSERT_NO_FATAL_FAILURE(StartWith("io_timeout=8000,hedge_delay=50", 6));
+  double slowest;
+  json s = ReadUnder("delay_ms=1500", "master 1.5 s late", &slowest);
+  const int64_t hedged = Counter(s, "hedged_reads"), wins = Counter(s, "hedge_wins");
+  std::printf("[hedge figures] master 1.5 s late, hedge_delay=50: slowest file read %.0f ms, hedged_reads=%lld "
+              "hedge_wins=%lld failovers=%s master=%s\n",
+              slowest, static_cast<long long>(hedged), static_cast<long long>(wins),
+              Get(s, "/counters/failovers").dump().c_str(), StateOf(s, "master").c_str());
+  // Unhedged, each file's lookup and read wait 1.5 s each on the master.
+  EXPECT_LT(slowest, 1500) << "a read waited for the late master";
+  EXPECT_GE(hedged, 6 * 2) << s.dump(2);
+  EXPECT_GE(wins, 6 * 2) << s.dump(2);
+  EXPECT_EQ(Counter(s, "failovers"), 0) << "the master answered within io_timeout: it must stay in: " << s.dump(2);
+  ASSERT_TRUE(WaitForStatus(BothHealthy, Clock::now() + 15s, &s)) << s.dump(2);
+  ExpectIdentical("after the master's delay ended");
+}
+
+TEST_F(HedgeTest, WithHedgingOffReadsWaitForALateMaster) {
+  ASSERT_NO_FATAL_FAILURE(StartWith("io_timeout=8000,hedge_delay=0", 2));
+  double slowest;
+  const json s = ReadUnder("delay_ms=400", "master 400 ms late, hedging off", &slowest);
+  EXPECT_GE(slowest, 400) << "the control: without hedging a read waits for the master";
+  EXPECT_EQ(Counter(s, "hedged_reads"), 0) << s.dump(2);
+  EXPECT_TRUE(Get(BackendOf(s, "master"), "/hedge_delay_ms").is_null()) << s.dump(2);
+  ExpectIdentical("hedging off");
+}
+
+// A NAS that is back but not yet replayed onto is behind: a late master's
+// reads must not be hedged to it, or they would read what the outage
+// writes replaced. The backup is held out (probe_successes is high) while
+// the master is slow.
+TEST_F(HedgeTest, AReadIsNeverHedgedToABackupThatIsBehind) {
+  ASSERT_NO_FATAL_FAILURE(StartWith("io_timeout=8000,hedge_delay=20,probe_interval=100,probe_successes=100", 4));
+  json s;
+  backup_->Kill();
+  // The outage writes, through the mount: only the master has them.
+  for (auto& [rel, data] : expected_) {
+    data = RandomBytes(rng_, 2000);
+    ASSERT_TRUE(WriteFile(M(rel), *data)) << rel << ": " << std::strerror(errno);
+  }
+  ASSERT_TRUE(WaitForStatus(BackupOut, Clock::now() + 5s, &s)) << s.dump(2);
+  ASSERT_EQ(backup_->Remount(), "");
+  ASSERT_TRUE(faultfs_->SetFaults("delay_ms=300"));
+  // The backup answers again but is held out for ~10 s of good probes.
+  std::this_thread::sleep_for(1s);
+  s = StatusNow();
+  EXPECT_NE(StateOf(s, "backup"), "healthy") << "the test needs the backup held out: " << s.dump(2);
+  // What the kernel cached from the writes (names, attributes for
+  // cache_timeout, and the pages) would spare the NAS the reads: drop it.
+  ASSERT_TRUE(WriteFile("/proc/sys/vm/drop_caches", "3\n")) << std::strerror(errno);
+  const double slowest = ReadPlanted("backup behind, master late");
+  ASSERT_TRUE(faultfs_->SetFaults(""));
+  s = StatusNow();
+  EXPECT_EQ(Counter(s, "hedged_reads"), 0) << "a read was hedged to a NAS that is behind: " << s.dump(2);
+  std::printf("[hedge figures] backup behind, master 300 ms late: slowest file read %.0f ms\n", slowest);
+  ASSERT_TRUE(WaitForStatus(BothHealthy, Clock::now() + 30s, &s)) << s.dump(2);
+  ExpectIdentical("after the backup was replayed onto");
+}
+
 }  // namespace
 }  // namespace nasfs::e2e

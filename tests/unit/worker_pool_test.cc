@@ -282,5 +282,48 @@ TEST_F(WorkerPoolTest, ManyShortCallsFromManyThreadsAllComplete) {
   EXPECT_TRUE(InFlightReaches(pool, 0)) << pool.InFlight() << " still in flight";
 }
 
+// A hedged read waits on two calls at once: whichever finishes first wakes
+// it, a finish before the waker was attached counts, and a finish between
+// the waiter's look and its wait is not lost.
+TEST_F(WorkerPoolTest, AWakerWakesOnTheFirstOfTwoCallsToFinish) {
+  WorkerPool a("a", 1, 8), b("b", 1, 8);
+  a.Start();
+  b.Start();
+  auto slow = NewGate(), quick = NewGate();
+  auto first = a.Submit([slow] { return slow->Pass() == 0 ? 1 : -1; }, Far());
+  auto second = b.Submit([quick] { return quick->Pass() == 0 ? 2 : -1; }, Far());
+  ASSERT_TRUE(slow->WaitArrived(1));
+  ASSERT_TRUE(quick->WaitArrived(1));
+  auto waker = std::make_shared<Waker>();
+  const uint64_t seen = waker->fired();
+  first->WakeOnFinish(waker);
+  second->WakeOnFinish(waker);
+  EXPECT_EQ(waker->fired(), seen) << "fired before either call finished";
+  quick->Open();  // may finish before WaitPast starts: the count keeps it
+  const auto start = Clock::now();
+  waker->WaitPast(seen, Far());
+  EXPECT_LT(MsSince(start), 2000) << "the waiter was not woken by the call that finished";
+  EXPECT_TRUE(second->done());
+  EXPECT_EQ(second->result(), 2);
+  EXPECT_FALSE(first->done());
+  EXPECT_EQ(first->result(), ETIMEDOUT) << "an unfinished call's result must read as not there";
+  // A waker attached to a call that finished already fires at once.
+  auto late = std::make_shared<Waker>();
+  second->WakeOnFinish(late);
+  EXPECT_EQ(late->fired(), 1u);
+  slow->Open();
+  EXPECT_EQ(first->Wait(Far()), 1);
+  EXPECT_EQ(waker->fired(), seen + 2);
+}
+
+TEST_F(WorkerPoolTest, WaitPastReturnsAtItsDeadlineWhenNothingFinishes) {
+  Waker w;
+  const auto start = Clock::now();
+  w.WaitPast(w.fired(), Clock::now() + milliseconds(50));
+  const auto took = MsSince(start);
+  EXPECT_GE(took, 50);
+  EXPECT_LT(took, 50 + 400);
+}
+
 }  // namespace
 }  // namespace nasfs
