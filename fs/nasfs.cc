@@ -629,7 +629,7 @@ std::shared_ptr<Call> Nasfs::SubmitRead(Backend& b, WorkerPool::Fn fn, Clock::ti
       deadline);
 }
 
-int Nasfs::ReadHedged(const std::function<WorkerPool::Fn(const Backend&)>& make, int* from) {
+int Nasfs::ReadHedged(const std::function<WorkerPool::Fn(const Backend&)>& make, int* from, bool hedge) {
   Backend* b = router_.Pick();
   if (!b) return EIO;
   Backend& o = Other(*b);
@@ -638,7 +638,7 @@ int Nasfs::ReadHedged(const std::function<WorkerPool::Fn(const Backend&)>& make,
   Clock::time_point deadlines[2] = {std::min(start + b->io_timeout(), step), {}};
   std::shared_ptr<Call> calls[2] = {SubmitRead(*b, make(*b), deadlines[0]), nullptr};
   const auto hedge_at = start + read_latency_[RoleIndex(*b)]->HedgeDelay();
-  if (opts_.hedge_delay_ms > 0 && hedge_at < deadlines[0]) {
+  if (hedge && opts_.hedge_delay_ms > 0 && hedge_at < deadlines[0]) {
     (void)calls[0]->Wait(hedge_at);
     if (!calls[0]->done() && o.state() == BackendState::kHealthy) {
       hedged_reads_.fetch_add(1, std::memory_order_relaxed);

@@ -83,8 +83,11 @@ class Nasfs {
   // the call is retried once on the other. EIO when neither can serve. Each
   // attempt writes into its own T: an abandoned attempt may still finish
   // later, so *result is filled only from the attempt whose answer is used.
+  // `hedge` false: never sent to both NAS (a read through an unlinked
+  // file's fds: the fd of a NAS that was out while the file was written
+  // holds old bytes, and no replay reaches a file without a name).
   template <typename T>
-  int ReadInto(std::function<int(const Backend&, T*)> fn, T* result) {
+  int ReadInto(std::function<int(const Backend&, T*)> fn, T* result, bool hedge = true) {
     std::shared_ptr<T> out[2];
     int from = -1;
     int r = ReadHedged(
@@ -95,7 +98,7 @@ class Nasfs {
             return fn(*nas, o.get());
           };
         },
-        &from);
+        &from, hedge);
     if (r == 0) *result = std::move(*out[from]);
     return r;
   }
@@ -232,7 +235,7 @@ class Nasfs {
   // fault wins (a fault sends that NAS down, and the other's answer is
   // awaited). Unhedged, a fault or a missed deadline sends the NAS down and
   // the read is tried once on the other. *from: the role index answering.
-  int ReadHedged(const std::function<WorkerPool::Fn(const Backend&)>& make, int* from);
+  int ReadHedged(const std::function<WorkerPool::Fn(const Backend&)>& make, int* from, bool hedge);
   static constexpr std::chrono::milliseconds kHedgeFloor{10};
   // Waits for the first of a read's two calls (first on b, hedge on Other(b))
   // to answer without a fault; each call's fault or missed deadline sends its

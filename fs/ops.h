@@ -163,7 +163,7 @@ int ReadRef(Nasfs& fs, FileRef& ref, P by_path, F by_fd, T* result) {
         int fd = o->Fd(b.role());
         return fd < 0 ? ENOENT : by_fd(b, fd, out);
       },
-      result);
+      result, /*hedge=*/false);
 }
 
 // The same for a change, applied to both NAS.
