@@ -317,6 +317,10 @@ std::string ParentOf(const std::string& path);
 std::string JoinPath(const std::string& dir, const std::string& name);
 // Whether an errno means the NAS itself is sick rather than the request wrong.
 bool IsFaultErrno(int e);
+// A read's answer (never an errno, never sent to the kernel) for "this NAS
+// holds no copy to read": an unlinked file's fd it never had, or a copy
+// that missed a write. The read goes to the other NAS; not a fault.
+inline constexpr int kNotOnThisNas = -1;
 // 0 for the master, 1 for the backup.
 inline int RoleIndex(const Backend& b) { return b.role() == Role::kMaster ? 0 : 1; }
 // UTC now as ISO 8601.

@@ -650,14 +650,18 @@ int Nasfs::ReadHedged(const std::function<WorkerPool::Fn(const Backend&)>& make,
   int r = calls[0]->Wait(deadlines[0]);
   b->Account(r);
   *from = RoleIndex(*b);
-  if (!IsFaultErrno(r)) return r;
-  OnFault(*b, fmt::format("read: {}", std::strerror(r)));
+  const bool not_here = r == kNotOnThisNas;
+  if (!IsFaultErrno(r) && !not_here) return r;
+  if (!not_here) OnFault(*b, fmt::format("read: {}", std::strerror(r)));
+  // No copy here, and the one that has it cannot serve: EIO, not ENOENT
+  // (the file exists) and not old bytes.
   if (o.state() != BackendState::kHealthy) return EIO;
   retried_ops_.fetch_add(1, std::memory_order_relaxed);
   const auto deadline = std::min(Clock::now() + o.io_timeout(), step);
   r = SubmitRead(o, make(o), deadline)->Wait(deadline);
   o.Account(r);
   *from = RoleIndex(o);
+  if (r == kNotOnThisNas) return not_here ? ENOENT : EIO;  // neither holds it
   if (!IsFaultErrno(r)) return r;
   OnFault(o, fmt::format("read: {}", std::strerror(r)));
   return EIO;
@@ -683,6 +687,10 @@ int Nasfs::AwaitFirstAnswer(Backend& b, const std::shared_ptr<Call> calls[2], co
         continue;
       }
       nas[i]->Account(r);
+      if (r == kNotOnThisNas) {  // never hedged (orphans are not): not a fault, not an answer
+        failed[i] = true;
+        continue;
+      }
       if (!IsFaultErrno(r)) {
         *from = RoleIndex(*nas[i]);
         if (i == 1) hedge_wins_.fetch_add(1, std::memory_order_relaxed);
@@ -920,9 +928,34 @@ void Nasfs::DropOrphan(fuse_ino_t ino) {
   orphans_.erase(ino);
 }
 
-int Nasfs::MutateOrphan(Mutation what, const Mirror::Op& op) {
-  ReaderLock lk(&sync_mu_);
-  return mirror_.Apply(what, {}, {}, op);
+int Nasfs::MutateOrphan(Mutation what, const std::shared_ptr<Orphan>& o,
+                         const std::function<int(const Backend&, int fd)>& op) {
+  // Only the NAS whose copy is in step: one without the file, or stale,
+  // is left out rather than asked (its ENOENT would be a disagreement that
+  // takes a NAS down).
+  const Mirror::Targets targets{o->Fd(Role::kMaster) >= 0, o->Fd(Role::kBackup) >= 0};
+  if (!targets.master && !targets.backup) return ENOENT;
+  auto took = std::make_shared<std::array<std::atomic<bool>, 2>>();
+  int r;
+  {
+    ReaderLock lk(&sync_mu_);
+    r = mirror_.Apply(what, {}, targets, [o, op, took](const Backend& b) {
+      const int fd = o->Fd(b.role());
+      const int e = fd < 0 ? ENOENT : op(b, fd);
+      if (e == 0) (*took)[RoleIndex(b)].store(true);
+      return e;
+    });
+  }
+  // A call still running on a NAS past its deadline counts as missed.
+  for (Role role : {Role::kMaster, Role::kBackup}) {
+    const int i = role == Role::kMaster ? 0 : 1;
+    if ((*took)[1 - i].load() && !(*took)[i].load() && o->Fd(role) >= 0) {
+      Logger("fuse")->warn("an unlinked file still open missed a {} on the {}: reads use the {}'s copy from now on",
+                           MutationName(what), RoleName(role), RoleName(role == Role::kMaster ? Role::kBackup : Role::kMaster));
+      o->MarkStale(role);
+    }
+  }
+  return r;
 }
 
 void Nasfs::ReportDamage(const Backend& nas, const std::string& what) {

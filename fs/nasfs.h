@@ -45,15 +45,26 @@ class Orphan {
     MutexLock lk(&mu_);
     fd_[r == Role::kMaster ? 0 : 1] = std::move(fd);
   }
-  // -1 when this NAS had no such file.
+  // -1 when this NAS had no such file, or missed one of its writes.
   int Fd(Role r) const {
     MutexLock lk(&mu_);
-    return fd_[r == Role::kMaster ? 0 : 1].get();
+    const int i = r == Role::kMaster ? 0 : 1;
+    return stale_[i] ? -1 : fd_[i].get();
+  }
+  // NAS r missed a write the other took (it was out, or failed or timed
+  // out on it): nothing replays a file without a name, so its copy holds
+  // old bytes for good, and neither reads nor writes use it again. Its fd
+  // stays open until the orphan goes: a call abandoned on that NAS may
+  // still be using the number.
+  void MarkStale(Role r) {
+    MutexLock lk(&mu_);
+    stale_[r == Role::kMaster ? 0 : 1] = true;
   }
 
  private:
   mutable Mutex mu_;
   UniqueFd fd_[2] GUARDED_BY(mu_);
+  bool stale_[2] GUARDED_BY(mu_) = {false, false};
 };
 
 class Nasfs {
@@ -189,10 +200,12 @@ class Nasfs {
   std::shared_ptr<Orphan> FindOrphan(fuse_ino_t ino) const;
   void AdoptOrphan(fuse_ino_t ino, std::shared_ptr<Orphan> o);
   void DropOrphan(fuse_ino_t ino);
-  // Applies a change to an orphan on both NAS (no path, so no copy
-  // coverage to honour and nothing to replay: a file without a name is
-  // never copied).
-  int MutateOrphan(Mutation what, const Mirror::Op& op);
+  // Applies a change to an orphan on each NAS that holds it in step (no
+  // path, so no copy coverage to honour and nothing to replay: a file
+  // without a name is never copied). A NAS that misses it while the other
+  // takes it is marked stale in the orphan. op(b, fd) acts on b's fd.
+  int MutateOrphan(Mutation what, const std::shared_ptr<Orphan>& o,
+                   const std::function<int(const Backend&, int fd)>& op);
 
   double cache_timeout() const { return opts_.cache_timeout_s; }
   // How long one NAS call, or one step under the exclusive lock, may take.

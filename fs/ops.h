@@ -161,7 +161,7 @@ int ReadRef(Nasfs& fs, FileRef& ref, P by_path, F by_fd, T* result) {
   return fs.ReadInto<T>(
       [o = ref.orphan, by_fd](const Backend& b, T* out) {
         int fd = o->Fd(b.role());
-        return fd < 0 ? ENOENT : by_fd(b, fd, out);
+        return fd < 0 ? kNotOnThisNas : by_fd(b, fd, out);
       },
       result, /*hedge=*/false);
 }
@@ -174,10 +174,7 @@ int MutateRef(Nasfs& fs, Mutation what, FileRef& ref, P by_path, F by_fd, journa
       return fs.Mutate(what, {path}, [path, by_path](const Backend& b) { return by_path(b, path); }, range, {},
                        fs.AliasesOf(ref.ino, path));
     });
-  return fs.MutateOrphan(what, [o = ref.orphan, by_fd](const Backend& b) {
-    int fd = o->Fd(b.role());
-    return fd < 0 ? ENOENT : by_fd(b, fd);
-  });
+  return fs.MutateOrphan(what, ref.orphan, by_fd);
 }
 
 // Registers parent/name in the inode table and replies with its entry.

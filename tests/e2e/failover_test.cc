@@ -990,6 +990,53 @@ TEST_F(FailoverTest, AMissWhileARenameRunsIsNotCached) {
   }
 }
 
+// A file unlinked while open lives on in the fds nasfs opened on each NAS
+// before the name went; a write to it while the master fails writes
+// reaches the backup alone, and nothing can replay a file without a name.
+// Once the master serves again, reads through the open fd must not come
+// from the master's copy, which missed the write.
+// The backup is the plain directory: faultfs (hard_remove) cannot fstat an
+// unlinked open file, which a write through nasfs does; NFS can (it keeps
+// the file under a .nfs name).
+TEST_F(FailoverTest, AnUnlinkedFileWrittenWhileTheMasterFailedIsNotReadFromTheMastersOldCopy) {
+  auto faulty = std::make_unique<FaultfsNas>(ws_, "master");
+  ASSERT_TRUE(faulty->ok()) << faulty->error();
+  faultfs_ = faulty.get();
+  master_ = std::move(faulty);
+  ASSERT_NO_FATAL_FAILURE(MountAndWaitHealthy());
+  const std::string before(8192, 'a'), after(8192, 'b');
+  ASSERT_TRUE(WriteFile(M("unlinked"), before));
+  const int fd = open(M("unlinked").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  struct CloseFd {
+    int fd;
+    ~CloseFd() { close(fd); }
+  } closer{fd};
+  ASSERT_EQ(unlink(M("unlinked").c_str()), 0) << std::strerror(errno);
+  ASSERT_TRUE(faultfs_->SetFaults("eio_writes"));
+  ASSERT_EQ(pwrite(fd, after.data(), after.size(), 0), static_cast<ssize_t>(after.size())) << std::strerror(errno);
+  json s;
+  EXPECT_TRUE(WaitForStatus(MasterOut, Clock::now() + 5s, &s)) << s.dump(2);
+  ASSERT_TRUE(faultfs_->SetFaults(""));
+  ASSERT_TRUE(WaitForStatus(BothHealthy, Clock::now() + 15s, &s)) << "the master did not return: " << s.dump(2);
+  // The pages the write left in the kernel would answer the read itself.
+  ASSERT_TRUE(WriteFile("/proc/sys/vm/drop_caches", "3\n")) << std::strerror(errno);
+  std::string got(after.size(), '\0');
+  ASSERT_EQ(pread(fd, got.data(), got.size(), 0), static_cast<ssize_t>(got.size())) << std::strerror(errno);
+  EXPECT_TRUE(got == after) << "the open file read back its bytes from before the write (the master's copy, which "
+                               "missed it): " << got.substr(0, 8);
+  // Later writes still reach the copy that is in step, and reads see them.
+  ASSERT_EQ(pwrite(fd, "cc", 2, 0), 2) << std::strerror(errno);
+  ASSERT_TRUE(WriteFile("/proc/sys/vm/drop_caches", "3\n")) << std::strerror(errno);
+  ASSERT_EQ(pread(fd, got.data(), 4, 0), 4) << std::strerror(errno);
+  EXPECT_EQ(got.substr(0, 4), "ccbb");
+  s = StatusNow();
+  EXPECT_EQ(StateOf(s, "master"), "healthy") << "a write to the unlinked file took a NAS down: " << s.dump(2);
+  EXPECT_EQ(StateOf(s, "backup"), "healthy") << "a write to the unlinked file took a NAS down: " << s.dump(2);
+  const auto diffs = CompareTrees(master_->store(), ws_.backup());
+  EXPECT_TRUE(diffs.empty()) << FormatDiffs(diffs);
+}
+
 // ---- hedged reads -------------------------------------------------------------
 
 // A master that answers, but late, costs a read the hedge delay, not the
