@@ -41,6 +41,9 @@ namespace nasfs {
 
 enum class Role { kMaster, kBackup };
 const char* RoleName(Role r);
+// 0 for the master, 1 for the backup.
+inline int RoleIndex(Role r) { return r == Role::kMaster ? 0 : 1; }
+inline Role OtherRole(Role r) { return r == Role::kMaster ? Role::kBackup : Role::kMaster; }
 
 enum class BackendState {
   kHealthy,     // serves reads and takes writes
@@ -321,8 +324,7 @@ bool IsFaultErrno(int e);
 // holds no copy to read": an unlinked file's fd it never had, or a copy
 // that missed a write. The read goes to the other NAS; not a fault.
 inline constexpr int kNotOnThisNas = -1;
-// 0 for the master, 1 for the backup.
-inline int RoleIndex(const Backend& b) { return b.role() == Role::kMaster ? 0 : 1; }
+inline int RoleIndex(const Backend& b) { return RoleIndex(b.role()); }
 // UTC now as ISO 8601.
 std::string NowIso8601();
 

@@ -115,7 +115,7 @@ namespace {
 tl::expected<PairingPlan, std::string> AdoptUnmarked(const SideFacts& marked, const SideFacts& unmarked, Role role,
                                                      const std::string& source, const std::string& marked_path,
                                                      const std::string& unmarked_path) {
-  const Role other = role == Role::kMaster ? Role::kBackup : Role::kMaster;
+  const Role other = OtherRole(role);
   if (marked.marker->role != role)
     return tl::unexpected(fmt::format("{} is marked {}, not {}", marked_path, RoleName(other), RoleName(role)));
   if (source != RoleName(role))

@@ -948,10 +948,10 @@ int Nasfs::MutateOrphan(Mutation what, const std::shared_ptr<Orphan>& o,
   }
   // A call still running on a NAS past its deadline counts as missed.
   for (Role role : {Role::kMaster, Role::kBackup}) {
-    const int i = role == Role::kMaster ? 0 : 1;
+    const int i = RoleIndex(role);
     if ((*took)[1 - i].load() && !(*took)[i].load() && o->Fd(role) >= 0) {
       Logger("fuse")->warn("an unlinked file still open missed a {} on the {}: reads use the {}'s copy from now on",
-                           MutationName(what), RoleName(role), RoleName(role == Role::kMaster ? Role::kBackup : Role::kMaster));
+                           MutationName(what), RoleName(role), RoleName(OtherRole(role)));
       o->MarkStale(role);
     }
   }

@@ -43,12 +43,12 @@ class Orphan {
  public:
   void Set(Role r, UniqueFd fd) {
     MutexLock lk(&mu_);
-    fd_[r == Role::kMaster ? 0 : 1] = std::move(fd);
+    fd_[RoleIndex(r)] = std::move(fd);
   }
   // -1 when this NAS had no such file, or missed one of its writes.
   int Fd(Role r) const {
     MutexLock lk(&mu_);
-    const int i = r == Role::kMaster ? 0 : 1;
+    const int i = RoleIndex(r);
     return stale_[i] ? -1 : fd_[i].get();
   }
   // NAS r missed a write the other took (it was out, or failed or timed
@@ -58,7 +58,7 @@ class Orphan {
   // still be using the number.
   void MarkStale(Role r) {
     MutexLock lk(&mu_);
-    stale_[r == Role::kMaster ? 0 : 1] = true;
+    stale_[RoleIndex(r)] = true;
   }
 
  private:
