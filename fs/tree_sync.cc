@@ -318,6 +318,7 @@ int TreeSync::SyncDirTimes(const std::string& path) {
 
 int TreeSync::Displace(const std::string& path) {
   Trace(path, "{}", displace_ ? "displaced" : "removed");
+  ForgetTargetDirs(path);
   Backend* t = target_;
   if (!displace_) return t->Run([t, path] { return t->RemoveTree(path); });
   std::string dest = displaced_dir_ + "/" + path;
@@ -358,6 +359,8 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
   if (created) *created = false;
   Backend* src = source_;
   Backend* t = target_;
+  // Taken before the source is looked at: see CopiedSince.
+  const std::optional<uint64_t> version = round_ && tracker_ ? tracker_->Quiet(path) : std::nullopt;
   auto s = std::make_shared<struct stat>();
   auto d = std::make_shared<struct stat>();
   int rs = src->Run([src, path, s] { return src->Stat(path, s.get()); });
@@ -365,6 +368,10 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
   if (rs && rs != ENOENT) return rs;
   if (rd && rd != ENOENT) return rd;
   bool have = rd == 0;
+  if (plain_only_) {
+    auto plain = [](const struct stat& st) { return !S_ISDIR(st.st_mode) && !(S_ISREG(st.st_mode) && st.st_nlink > 1); };
+    if ((rs == 0 && !plain(*s)) || (have && !plain(*d))) return kNotPlain;
+  }
   // A linked file on the target losing this name in a Reconcile: its other
   // names follow (a walk visits them anyway). They are looked up first:
   // once this name goes, the file may have one name left, and an index no
@@ -388,13 +395,21 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
     have = false;
   }
   if (created) *created = !have;
+  // The target's entry was made, or its data copied, from the source as it
+  // was after `version`.
+  auto note_copied = [&] {
+    if (version && fresh_.size() < kMaxFresh) fresh_[path] = *version;
+  };
   int made = 0;
+  bool copied = false;  // a new copy of the data: it has s's owner, mode and times already
   switch (s->st_mode & S_IFMT) {
     case S_IFDIR:
       *is_dir = true;
-      return SyncDir(path, s, have);  // its times are set when the walk leaves it
+      made = SyncDir(path, s, have);  // its times are set when the walk leaves it
+      if (made == 0 && !have) note_copied();
+      return made;
     case S_IFREG:
-      made = SyncFile(path, *s, have, *d, force_data);
+      made = SyncFile(path, *s, have, *d, force_data, &copied);
       break;
     default:
       made = SyncSpecial(path, s, have, *d);
@@ -403,7 +418,10 @@ int TreeSync::SyncEntry(const std::string& path, bool* is_dir, bool force_data, 
   if (made) return made;
   if (!S_ISLNK(s->st_mode))
     if (int r = t->Run([src, t, path] { return CopyXattrs(*src, *t, path); })) return r;
-  return t->Run([t, path, s] { return CopyMeta(*t, path, *s); });
+  if (!copied)  // else it has them, and extended attributes leave the times alone
+    if (int r = t->Run([t, path, s] { return CopyMeta(*t, path, *s); })) return r;
+  if (copied || !have) note_copied();
+  return 0;
 }
 
 int TreeSync::SyncDir(const std::string& path, const std::shared_ptr<struct stat>& s, bool have) {
@@ -432,7 +450,7 @@ int TreeSync::SyncDir(const std::string& path, const std::shared_ptr<struct stat
 }
 
 int TreeSync::SyncFile(const std::string& path, const struct stat& s, bool have, const struct stat& d,
-                       bool force_data) {
+                       bool force_data, bool* copied_out) {
   if (s.st_nlink > 1) {
     bool handled = false;
     if (int r = SyncLinked(path, s, have, d, force_data, &handled)) return r;
@@ -476,6 +494,7 @@ int TreeSync::SyncFile(const std::string& path, const struct stat& s, bool have,
   }
   // Bounded: a TreeSync whose caller never takes them (the copier's
   // own) must not grow without end; Settle is a net, not the record.
+  *copied_out = copied;
   if (copied && reconciling_ && copied_.size() < 65536) copied_.push_back(path);
   Trace(path, "file {} size {} mode {:o} nlink {}{}", copied ? "copied" : "unchanged", s.st_size,
         s.st_mode & 07777, s.st_nlink, have ? "" : " (new)");
@@ -554,12 +573,24 @@ int TreeSync::CopyToTemp(const std::string& path, const struct stat& st, bool in
         return 0;
       }))
     return r;
-  if (int r = t->Run([t, tmp, tfd, in_place, path] {
+  if (int r = t->Run([t, tmp, tfd, in_place, path, made = &tmp_dir_made_] {
         if (in_place) {
           auto f = t->OpenBeneath(path, O_WRONLY);
           if (!f) return f.error();
           *tfd = std::move(*f);
           return 0;
+        }
+        // .nasfs/tmp is made once, and the temp name is new: one create.
+        // Made again if it went (ENOENT); a leftover at the name (EEXIST)
+        // is truncated below.
+        if (made->load(std::memory_order_relaxed)) {
+          auto f = t->OpenBeneath(tmp, O_WRONLY | O_CREAT | O_EXCL, 0600);
+          if (f) {
+            *tfd = std::move(*f);
+            return 0;
+          }
+          if (f.error() != ENOENT && f.error() != EEXIST) return f.error();
+          made->store(false, std::memory_order_relaxed);
         }
         mkdirat(t->Root()->get(), kMetaDir, 0700);
         auto meta = t->OpenBeneath(kMetaDir, O_PATH | O_DIRECTORY);
@@ -568,6 +599,7 @@ int TreeSync::CopyToTemp(const std::string& path, const struct stat& st, bool in
         auto f = t->OpenBeneath(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         if (!f) return f.error();
         *tfd = std::move(*f);
+        made->store(true, std::memory_order_relaxed);
         return 0;
       }))
     return r;
@@ -1136,15 +1168,61 @@ int TreeSync::EnsureAncestors(const std::string& path) {
   // Ancestors the target lacks (created while it was out) come first.
   for (size_t pos = path.find('/'); pos != std::string::npos; pos = path.find('/', pos + 1)) {
     std::string anc = path.substr(0, pos);
+    if (round_ && target_dirs_.contains(anc)) continue;
     auto st = std::make_shared<struct stat>();
     Backend* t = target_;
     int r = t->Run([t, anc, st] { return t->Stat(anc, st.get()); });
-    if (r == 0 && S_ISDIR(st->st_mode)) continue;
     if (r != 0 && r != ENOENT) return r;
-    bool is_dir = false;
-    if (int e = SyncEntry(anc, &is_dir)) return e;
+    if (r != 0 || !S_ISDIR(st->st_mode)) {
+      if (plain_only_) return kNotPlain;
+      bool is_dir = false;
+      if (int e = SyncEntry(anc, &is_dir)) return e;
+    }
+    if (round_ && target_dirs_.size() < kMaxFresh) target_dirs_.insert(anc);
   }
   return 0;
+}
+
+namespace {
+
+// Erases path and what lies under it from a sorted container of paths
+// ("a/b", "a/b/c"; not "a/b!", which sorts between them).
+template <class Sorted>
+void EraseSubtree(Sorted& c, const std::string& path) {
+  for (auto it = c.lower_bound(path); it != c.end();) {
+    const std::string& p = [&]() -> const std::string& {
+      if constexpr (requires { it->first; }) return it->first; else return *it;
+    }();
+    if (!p.starts_with(path)) break;
+    if (p.size() == path.size() || p[path.size()] == '/')
+      it = c.erase(it);
+    else
+      ++it;
+  }
+}
+
+}  // namespace
+
+void TreeSync::ForgetTargetDirs(const std::string& path) {
+  EraseSubtree(fresh_, path);
+  EraseSubtree(target_dirs_, path);
+}
+
+void TreeSync::BeginRound() {
+  round_ = true;
+  fresh_.clear();
+  target_dirs_.clear();
+}
+
+void TreeSync::EndRound() {
+  round_ = false;
+  fresh_.clear();
+  target_dirs_.clear();
+}
+
+bool TreeSync::CopiedSince(const std::string& path) const {
+  auto it = fresh_.find(path);
+  return round_ && tracker_ && it != fresh_.end() && tracker_->Quiet(path) == std::optional<uint64_t>(it->second);
 }
 
 int TreeSync::Reconcile(const std::string& path, journal::Scope scope, bool force_data) {

@@ -33,6 +33,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <shared_mutex>
 #include <string>
 #include <thread>
@@ -150,6 +151,28 @@ class TreeSync {
   // replay changed what it holds). Caller holds *sync_mu exclusively.
   int ReconcileDirTimes(const std::string& path) { return SyncDirTimes(path); }
 
+  // A plain-only TreeSync (a replay's lane, run beside others) copies only
+  // what needs no directory work and no link work: a Reconcile that would
+  // make, remove or copy a directory, touch a file with several names on
+  // either side, or make a missing ancestor, changes nothing and returns
+  // kNotPlain (the caller replays the entry the full way, alone).
+  static constexpr int kNotPlain = -2;
+  void SetPlainOnly(bool on) { plain_only_ = on; }
+
+  // A replay round (BeginRound .. EndRound) remembers what its Reconciles
+  // made on the target: the directories found or made there (so the
+  // ancestors of its next paths are not looked up again), and each entry
+  // made or copied whole with the write count of its path just before
+  // (WriteTracker::Quiet). Caller: the replay thread, between rounds.
+  void BeginRound();
+  void EndRound();
+  // Whether a Reconcile of this round made or copied path whole, and no
+  // write through the mount touched it since: the target's entry is the
+  // source's as of after every write journaled for it, so an entry of the
+  // journal for path alone is already replayed (a file in a directory the
+  // round copied whole). False without a WriteTracker.
+  bool CopiedSince(const std::string& path) const;
+
   Backend* source() const { return source_; }
   Backend* target() const { return target_; }
 
@@ -181,7 +204,10 @@ class TreeSync {
   // copies xattrs and the rest of the attributes after SyncFile and
   // SyncSpecial.
   int SyncDir(const std::string& path, const std::shared_ptr<struct stat>& s, bool have);
-  int SyncFile(const std::string& path, const struct stat& s, bool have, const struct stat& d, bool force_data);
+  // *copied: the data was copied, into a file given s's owner, mode and
+  // times (CopyToTemp), so SyncEntry need not set them again.
+  int SyncFile(const std::string& path, const struct stat& s, bool have, const struct stat& d, bool force_data,
+               bool* copied);
   int SyncSpecial(const std::string& path, const std::shared_ptr<struct stat>& s, bool have, const struct stat& d);
   int ListUnion(const std::string& dir, std::vector<std::string>* names);
   int SyncDirTimes(const std::string& path);
@@ -202,6 +228,9 @@ class TreeSync {
   int ReconcileChildren(const std::string& dir);
   // Creates (from the source) the ancestors of path the target lacks.
   int EnsureAncestors(const std::string& path);
+  // The round's memory of path, and of what is under it, is dropped (the
+  // target's entry is being removed or replaced).
+  void ForgetTargetDirs(const std::string& path);
   bool SameContent(const std::string& path);
   // Copies the source's data of path onto the target: into a new file
   // renamed over the target's name, or, with `in_place`, into the target's
@@ -291,6 +320,14 @@ class TreeSync {
   bool finished_ GUARDED_BY(sync_mu_) = false;
 
   std::string displaced_dir_;  // .nasfs/displaced/<start time>, set by Run
+  std::atomic<bool> tmp_dir_made_{false};  // the target's .nasfs/tmp was there at the last copy
+
+  // A replay round's memory (BeginRound); the replay thread's alone.
+  static constexpr size_t kMaxFresh = 1 << 20;  // entries each; past it, nothing more is remembered
+  bool round_ = false;
+  bool plain_only_ = false;
+  std::map<std::string, uint64_t> fresh_;  // made or copied whole -> its WriteTracker count before
+  std::set<std::string> target_dirs_;      // directories on the target, found or made
 
   // Hard links. The steps that touch these run one at a time: the copy's
   // SyncEntry holds *sync_mu_ exclusively, as does a FUSE thread's

@@ -1006,6 +1006,127 @@ TEST_F(TreeSyncTest, ReconcileListsTheFilesItCopiedIntoATree) {
   EXPECT_TRUE(rs.TakeCopied().empty());
 }
 
+// A replay round remembers what it copied whole: a file in a directory the
+// target lacked need not be copied again for its own journal entry, unless
+// a write through the mount touched it after the copy looked at it. Outside
+// a round, or with no tracker, nothing counts as copied.
+TEST_F(TreeSyncTest, ARoundRemembersWhatItCopiedWholeUntilAWriteTouchesIt) {
+  PutFile(S("d/a"), "one");
+  PutFile(S("d/e/b"), "two");
+  PutFile(S("old"), "old");
+  PutFile(D("old"), "old");
+  SetMtime(S("old"), timespec{1000, 0});
+  SetMtime(D("old"), timespec{1000, 0});
+  WriteTracker tracker;
+  TreeSync rs(src_.get(), dst_.get(), &sync_mu_, false, false, nullptr);
+  ASSERT_EQ(rs.Reconcile("d", journal::Scope::kEntry, true), 0);
+  EXPECT_FALSE(rs.CopiedSince("d/a")) << "no round under way";
+
+  rs.SetWriteTracker(&tracker);
+  rs.BeginRound();
+  PutFile(S("n/a"), "new one");
+  PutFile(S("n/e/b"), "new two");
+  ASSERT_EQ(rs.Reconcile("n", journal::Scope::kEntry, true), 0);  // the target lacked n: copied whole
+  ASSERT_EQ(rs.Reconcile("old", journal::Scope::kEntry, false), 0);
+  EXPECT_EQ(ReadFile(D("n/e/b")), "new two");
+  EXPECT_TRUE(rs.CopiedSince("n"));
+  EXPECT_TRUE(rs.CopiedSince("n/a"));
+  EXPECT_TRUE(rs.CopiedSince("n/e/b"));
+  EXPECT_FALSE(rs.CopiedSince("old")) << "the same on both sides: compared, not copied";
+  EXPECT_FALSE(rs.CopiedSince("n/missing"));
+
+  // A write through the mount after the copy: its entry is replayed.
+  tracker.Begin("n/a");
+  EXPECT_FALSE(rs.CopiedSince("n/a")) << "a write under way";
+  tracker.End("n/a");
+  EXPECT_FALSE(rs.CopiedSince("n/a")) << "a write since the copy";
+  EXPECT_TRUE(rs.CopiedSince("n/e/b"));
+
+  // Removed from the target by the round (the source lost it): forgotten.
+  ASSERT_EQ(::unlink(S("n/e/b").c_str()), 0);
+  ASSERT_EQ(::rmdir(S("n/e").c_str()), 0);
+  ASSERT_EQ(rs.Reconcile("n/e", journal::Scope::kTree, false), 0);
+  EXPECT_FALSE(Exists(D("n/e")));
+  EXPECT_FALSE(rs.CopiedSince("n/e/b"));
+  EXPECT_FALSE(rs.CopiedSince("n/e"));
+
+  rs.EndRound();
+  EXPECT_FALSE(rs.CopiedSince("n")) << "a round's memory ends with it";
+}
+
+// A replay lane's plain-only TreeSync copies lone files and refuses, having
+// changed nothing, whatever needs directory or link work: the replay thread
+// does those alone.
+TEST_F(TreeSyncTest, APlainOnlyReconcileCopiesLoneFilesAndRefusesTheRest) {
+  TreeSync rs(src_.get(), dst_.get(), &sync_mu_, false, false, nullptr);
+  rs.SetPlainOnly(true);
+  PutFile(S("d/f"), "new data");
+  PutFile(D("d/f"), "old");
+  ASSERT_EQ(rs.Reconcile("d/f", journal::Scope::kEntry, true), 0);
+  EXPECT_EQ(ReadFile(D("d/f")), "new data");
+  PutFile(D("d/gone"), "the source lost it");
+  ASSERT_EQ(rs.Reconcile("d/gone", journal::Scope::kEntry, true), 0);
+  EXPECT_FALSE(Exists(D("d/gone")));
+  ASSERT_EQ(::symlink("d/f", S("d/l").c_str()), 0);
+  ASSERT_EQ(rs.Reconcile("d/l", journal::Scope::kEntry, true), 0);
+  EXPECT_TRUE(Exists(D("d/l")));
+
+  // A directory on either side.
+  ASSERT_EQ(::mkdir(S("d/sub").c_str(), 0755), 0);
+  EXPECT_EQ(rs.Reconcile("d/sub", journal::Scope::kEntry, true), TreeSync::kNotPlain);
+  EXPECT_FALSE(Exists(D("d/sub")));
+  ASSERT_EQ(::mkdir(D("d/tdir").c_str(), 0755), 0);
+  PutFile(S("d/tdir"), "a file where the target has a directory");
+  EXPECT_EQ(rs.Reconcile("d/tdir", journal::Scope::kEntry, true), TreeSync::kNotPlain);
+  struct stat st;
+  ASSERT_EQ(::lstat(D("d/tdir").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  // A missing ancestor.
+  PutFile(S("n/f"), "under a directory the target lacks");
+  EXPECT_EQ(rs.Reconcile("n/f", journal::Scope::kEntry, true), TreeSync::kNotPlain);
+  EXPECT_FALSE(Exists(D("n")));
+  // A file with other names, on the source or on the target.
+  PutFile(S("d/h1"), "linked");
+  ASSERT_EQ(::link(S("d/h1").c_str(), S("d/h2").c_str()), 0);
+  EXPECT_EQ(rs.Reconcile("d/h1", journal::Scope::kEntry, true), TreeSync::kNotPlain);
+  EXPECT_FALSE(Exists(D("d/h1")));
+  PutFile(S("d/t1"), "alone on the source");
+  PutFile(D("d/t1"), "linked on the target");
+  ASSERT_EQ(::link(D("d/t1").c_str(), D("d/t2").c_str()), 0);
+  EXPECT_EQ(rs.Reconcile("d/t1", journal::Scope::kEntry, true), TreeSync::kNotPlain);
+  EXPECT_EQ(ReadFile(D("d/t2")), "linked on the target");
+
+  // The same TreeSync, not plain-only, does all of it.
+  rs.SetPlainOnly(false);
+  for (const char* p : {"d/sub", "d/tdir", "n/f", "d/h1", "d/t1"})
+    EXPECT_EQ(rs.Reconcile(p, journal::Scope::kEntry, true), 0) << p;
+  EXPECT_EQ(ReadFile(D("n/f")), "under a directory the target lacks");
+  EXPECT_EQ(ReadFile(D("d/t1")), "alone on the source");
+}
+
+// A new copy of a file's data takes the source's owner, mode and times on
+// the temp file before it is renamed into place; the attributes are not set
+// a second time, so they must be right from the copy alone.
+TEST_F(TreeSyncTest, ACopiedFileHasTheSourcesModeOwnerAndTimes) {
+  PutFile(S("f"), "data");
+  ASSERT_EQ(::chmod(S("f").c_str(), 04751), 0);
+  ASSERT_EQ(::chown(S("f").c_str(), 1234, 5678), 0);
+  ASSERT_EQ(::chmod(S("f").c_str(), 04751), 0);  // chown cleared the set-id bit
+  SetMtime(S("f"), timespec{1000000, 123456789});
+  PutFile(D("f"), "stale data");
+  TreeSync rs(src_.get(), dst_.get(), &sync_mu_, false, false, nullptr);
+  ASSERT_EQ(rs.Reconcile("f", journal::Scope::kEntry, true), 0);
+  struct stat s, d;
+  ASSERT_EQ(::lstat(S("f").c_str(), &s), 0);
+  ASSERT_EQ(::lstat(D("f").c_str(), &d), 0);
+  EXPECT_EQ(ReadFile(D("f")), "data");
+  EXPECT_EQ(d.st_mode, s.st_mode);
+  EXPECT_EQ(d.st_uid, 1234u);
+  EXPECT_EQ(d.st_gid, 5678u);
+  EXPECT_EQ(d.st_mtim.tv_sec, s.st_mtim.tv_sec);
+  EXPECT_EQ(d.st_mtim.tv_nsec, s.st_mtim.tv_nsec);
+}
+
 // Design hole of issue 10: with io_uring unavailable (disabled by the
 // kernel or a seccomp filter) the copy must still finish.
 TEST_F(TreeSyncTest, WithoutIoUringTheCopyStillFinishes) {
