@@ -131,6 +131,7 @@ tl::expected<void, std::string> ApplyOption(Options& o, std::string_view opt) {
       {"threads", &Options::fuse_threads, 2, 1024},
       {"backend_threads", &Options::backend_threads, 1, 256},
       {"replay_share", &Options::replay_share, 1, 100},
+      {"replay_threads", &Options::replay_threads, 1, 16},
       {"peer_timeout", &Options::peer_timeout_s, 1, 86400},
   };
   for (const auto& io : kIntOptions) {
@@ -411,7 +412,10 @@ nasfs options (-o):
   threads=N              most FUSE worker threads (default 64)
   backend_threads=N      worker threads per NAS (default 16)
   replay_share=PERCENT   most of its time a replay onto a returning NAS may
-                         spend working; it sleeps the rest (default 75)
+                         spend working; it sleeps the rest (default 75;
+                         each of its threads)
+  replay_threads=N       files a replay copies at once (default 4; 1: one
+                         at a time)
   peer_timeout=SECONDS   another web server whose heartbeat on the NAS has
                          not changed for this long is taken for dead: its
                          unfinished replay is finished by this one (default

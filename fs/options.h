@@ -36,6 +36,7 @@ struct Options {
   int fuse_threads = 64;
   int backend_threads = 16;
   int replay_share = 75;  // percent of its time a replay may work (the rest it sleeps)
+  int replay_threads = 4;  // files a replay copies at once
   int peer_timeout_s = 10;  // a web server silent this long is dead: its replay is taken over
 
   bool foreground = false;

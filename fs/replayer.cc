@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <deque>
+#include <memory>
 #include <set>
 #include <string>
 #include <thread>
@@ -30,6 +32,11 @@ class Nasfs::Replayer {
         t0_(Clock::now()),
         share_(fs.opts_.replay_share / 100.0) {
     rs_.SetWriteTracker(&fs_.writes_);  // Settle and takeovers copy data before their lock
+    for (int i = 0; i < fs.opts_.replay_threads && fs.opts_.replay_threads > 1; ++i) {
+      lanes_.push_back(std::make_unique<TreeSync>(&o_, &b_, &fs.sync_mu_, false, false, nullptr));
+      lanes_.back()->SetWriteTracker(&fs_.writes_);
+      lanes_.back()->SetPlainOnly(true);
+    }
     fs_.settle_.clear();
     MutexLock lk(&fs_.replay_mu_);
     fs_.replay_ = ReplayProgress{};
@@ -80,6 +87,7 @@ class Nasfs::Replayer {
   // The progress status shows, once the replay ends.
   void Finish(const std::string& result) {
     uint64_t bytes = rs_.Status().value("bytes_copied", uint64_t{0});
+    for (const auto& l : lanes_) bytes += l->Status().value("bytes_copied", uint64_t{0});
     MutexLock lk(&fs_.replay_mu_);
     fs_.replay_.bytes = bytes;
     fs_.replay_.result = result;
@@ -207,7 +215,11 @@ class Nasfs::Replayer {
     }
     std::vector<journal::Pending> replayed;  // each as BeginReplay found it
     std::string failed;
+    rs_.BeginRound();
+    for (const auto& l : lanes_) l->BeginRound();
     int err = ReplayEntries(entries, draining, drain_end, &replayed, &failed);
+    rs_.EndRound();
+    for (const auto& l : lanes_) l->EndRound();
     if (err == ECANCELED) return true;
     // The source changed under the copy (EAGAIN), or a path or its parent
     // went away on the source meanwhile (a write of this or another web
@@ -226,52 +238,224 @@ class Nasfs::Replayer {
     // a write through the mount does not wait for those.
     for (auto& p : rs_.TakeRelinked()) fs_.settle_.insert(std::move(p));
     for (auto& p : rs_.TakeCopied()) fs_.settle_.insert(std::move(p));
+    for (const auto& l : lanes_)
+      for (auto& p : l->TakeCopied()) fs_.settle_.insert(std::move(p));
     fs_.replayed_paths_.fetch_add(replayed.size(), std::memory_order_relaxed);
     if (draining && SwitchBack(/*takeover=*/false)) return false;
     drain.End();
     return true;
   }
 
+  // Whether the replay goes on: false once nasfs stops or either side
+  // leaves its state (the round ends; SidesStillUp says why).
+  bool Going() const {
+    return !fs_.stopping_ && b_.state() == BackendState::kRecovering && o_.state() == BackendState::kHealthy;
+  }
+
+  // Throttle: work at most `share` of the time, so the website keeps the
+  // NAS it reads from (not while writes wait on the drain).
+  void Throttle(Clock::time_point w0, bool draining) const {
+    if (share_ < 1.0 && !draining) std::this_thread::sleep_for((Clock::now() - w0) * ((1.0 - share_) / share_));
+  }
+
+  void CountDone() {
+    MutexLock lk(&fs_.replay_mu_);
+    ++fs_.replay_.done;
+  }
+
+  // An entry a lane may take: one path alone, not a directory's times, no
+  // link to make and no other names to bring over. (A lane still refuses
+  // it, TreeSync::kNotPlain, if it finds a directory or a linked file.)
+  static bool LaneEntry(const journal::Pending& e) {
+    using journal::Op;
+    constexpr uint32_t kSerialOps = (1u << static_cast<unsigned>(Op::kDirTimes)) |
+                                    (1u << static_cast<unsigned>(Op::kCrash));
+    return e.scope == journal::Scope::kEntry && e.link_from.empty() && e.inodes.empty() && !(e.ops & kSerialOps);
+  }
+
+  // The lanes of one round: entries of single files replayed several at
+  // once, each lane with a plain-only TreeSync of its own (lanes_). The
+  // replay thread hands them out in order, and replays every other entry
+  // itself once the lanes are idle (Quiesce), so a directory's work never
+  // runs beside work beneath it; lane entries are files on both sides, so
+  // no two running ones lie one under the other.
+  class LaneRun {
+   public:
+    LaneRun(Replayer& r, bool draining) : r_(r), draining_(draining) {
+      for (size_t i = 0; i < r.lanes_.size(); ++i) threads_.emplace_back([this, i] { Lane(*r_.lanes_[i]); });
+    }
+    ~LaneRun() { Close(); }
+
+    // Queues e for a lane; false (not queued) once a lane failed.
+    bool Push(journal::Pending e) {
+      MutexLock lk(&mu_);
+      while (err_ == 0 && queue_.size() >= threads_.size()) cv_.Wait(&mu_);
+      if (err_) return false;
+      queue_.push_back(std::move(e));
+      cv_.SignalAll();
+      return true;
+    }
+    // Waits until the lanes hold nothing.
+    void Quiesce() {
+      MutexLock lk(&mu_);
+      while (!queue_.empty() || busy_ > 0) cv_.Wait(&mu_);
+    }
+    // Ends the lanes (what is queued is dropped); then what they did.
+    void Close() {
+      {
+        MutexLock lk(&mu_);
+        closed_ = true;
+        queue_.clear();
+      }
+      cv_.SignalAll();
+      for (auto& t : threads_) t.join();
+      threads_.clear();
+    }
+    int Result(std::vector<journal::Pending>* replayed, std::vector<journal::Pending>* deferred, std::string* failed) {
+      MutexLock lk(&mu_);
+      for (auto& e : replayed_) replayed->push_back(std::move(e));
+      for (auto& e : deferred_) deferred->push_back(std::move(e));
+      replayed_.clear();
+      deferred_.clear();
+      *failed = failed_;
+      return err_;
+    }
+
+   private:
+    void Lane(TreeSync& rs) {
+      for (;;) {
+        journal::Pending e;
+        {
+          MutexLock lk(&mu_);
+          while (queue_.empty() && !closed_) cv_.Wait(&mu_);
+          if (queue_.empty()) return;
+          e = std::move(queue_.front());
+          queue_.pop_front();
+          ++busy_;
+        }
+        cv_.SignalAll();  // room in the queue
+        const auto w0 = Clock::now();
+        int r = ECANCELED;
+        ExceptionText what;
+        if (r_.Going() && !CatchAll(
+                              [&] {
+                                LinkedRound linked;  // unused: lane entries name no inodes
+                                r = r_.fs_.ReplayEntry(rs, e, &linked);
+                              },
+                              &what)) {
+          r_.fs_.CountInternalError();
+          r_.log_->error("replay of '{}' onto the {} failed with an internal error: {}", ShownPath(e.path),
+                         r_.b_.name(), what.c_str());
+          r = EIO;
+        }
+        if (r == 0) r_.CountDone();
+        {
+          MutexLock lk(&mu_);
+          --busy_;
+          if (r == 0)
+            replayed_.push_back(std::move(e));
+          else if (r == TreeSync::kNotPlain)
+            deferred_.push_back(std::move(e));
+          else if (err_ == 0) {
+            err_ = r;
+            failed_ = e.path;
+          }
+        }
+        cv_.SignalAll();
+        if (r == 0) r_.Throttle(w0, draining_);
+      }
+    }
+
+    Replayer& r_;
+    const bool draining_;
+    std::vector<std::thread> threads_;
+    Mutex mu_;
+    CondVar cv_;
+    std::deque<journal::Pending> queue_ GUARDED_BY(mu_);
+    int busy_ GUARDED_BY(mu_) = 0;
+    bool closed_ GUARDED_BY(mu_) = false;
+    int err_ GUARDED_BY(mu_) = 0;
+    std::string failed_ GUARDED_BY(mu_);
+    std::vector<journal::Pending> replayed_ GUARDED_BY(mu_), deferred_ GUARDED_BY(mu_);
+  };
+
   // Copies each entry as the journal has it now onto b, then the times of
   // the directories they changed; *replayed gets what was copied. 0, or
-  // the errno that stopped it (*failed: the path).
+  // the errno that stopped it (*failed: the path). Single files go to the
+  // lanes, outside a drain round (whose entries are few).
   int ReplayEntries(const std::vector<journal::Pending>& entries, bool draining, Clock::time_point drain_end,
                     std::vector<journal::Pending>* replayed, std::string* failed) {
-    std::set<std::string> parents;
     // The names of the inodes the round's kLinked entries wrote: one walk
     // of the source for all of them (a walk each cost the soak's settle).
     LinkedRound linked;
     if (int r = rs_.IndexInodesOf(entries))  // an entry that needs it walks again
       log_->warn("replay onto the {}: cannot walk the {} for linked files' names: {}", b_.name(), o_.name(),
                  std::strerror(r));
+    std::optional<LaneRun> lanes;
+    if (!draining && !lanes_.empty()) lanes.emplace(*this, draining);
+    std::vector<journal::Pending> deferred;
+    // One entry the full way, here. 0, or the errno that stopped it.
+    auto serial = [&](journal::Pending cur) {
+      if (lanes) lanes->Quiesce();
+      auto w0 = Clock::now();
+      if (int r = fs_.ReplayEntry(rs_, cur, &linked)) {
+        *failed = cur.path;
+        return r;
+      }
+      // What it did to directories (made, removed) the lanes look up again.
+      if (lanes)
+        for (const auto& l : lanes_) l->BeginRound();
+      replayed->push_back(std::move(cur));
+      CountDone();
+      Throttle(w0, draining);
+      return 0;
+    };
     for (const auto& e : entries) {
-      if (fs_.stopping_ || b_.state() != BackendState::kRecovering || o_.state() != BackendState::kHealthy)
-        return ECANCELED;
+      if (!Going()) return ECANCELED;
       if (draining && Clock::now() >= drain_end) break;  // the rest is the next round's
       // The entry as of now (the snapshot may be older); none if a write
       // journaled for b has not landed on o yet: take it next round.
       journal::Pending cur;
       if (!fs_.journal_->BeginReplay(t_, e.path, &cur)) continue;
-      auto w0 = Clock::now();
-      log_->debug("replay onto the {}: '{}' ops {:#x} scope {} seq {}{}{}", b_.name(), ShownPath(cur.path), cur.ops,
+      // A path this round already copied whole (in a directory the target
+      // lacked), untouched since: nothing of it is left to copy. Not a
+      // subtree (writes beneath it are not counted on its path) and not
+      // a link (its other names are the entry's work too).
+      const bool copied = cur.scope == journal::Scope::kEntry && cur.link_from.empty() && cur.inodes.empty() &&
+                          rs_.CopiedSince(cur.path);
+      const bool lane = lanes && !copied && LaneEntry(cur);
+      log_->debug("replay onto the {}: '{}' ops {:#x} scope {} seq {}{}{}{}", b_.name(), ShownPath(cur.path), cur.ops,
                   static_cast<int>(cur.scope), cur.seq,
                   cur.link_from.empty() ? "" : " link from " + ShownPath(cur.link_from),
-                  cur.data_only ? fmt::format(" ranges {}", cur.ranges.size()) : "");
-      if (int r = fs_.ReplayEntry(rs_, cur, &linked)) {
-        *failed = cur.path;
+                  cur.data_only ? fmt::format(" ranges {}", cur.ranges.size()) : "",
+                  copied ? ": copied whole already this round" : lane ? ": to a lane" : "");
+      if (copied) {
+        replayed->push_back(std::move(cur));
+        CountDone();
+      } else if (lane) {
+        if (!lanes->Push(std::move(cur))) break;  // a lane failed: its error below
+      } else if (int r = serial(std::move(cur))) {
         return r;
       }
-      if (!cur.path.empty()) parents.insert(ParentOf(cur.path));
-      replayed->push_back(std::move(cur));
-      {
-        MutexLock lk(&fs_.replay_mu_);
-        ++fs_.replay_.done;
-      }
-      // Throttle: work at most `share` of the time, so the website keeps
-      // the NAS it reads from (not while writes wait on the drain).
-      if (share_ < 1.0 && !draining) std::this_thread::sleep_for((Clock::now() - w0) * ((1.0 - share_) / share_));
+    }
+    if (lanes) {
+      lanes->Quiesce();
+      lanes->Close();
+      if (int r = lanes->Result(replayed, &deferred, failed)) return r;
+    }
+    // What a lane found to need directory or link work, the full way.
+    std::sort(deferred.begin(), deferred.end(),
+              [](const journal::Pending& x, const journal::Pending& y) { return ComparePaths(x.path, y.path) < 0; });
+    lanes.reset();
+    for (auto& cur : deferred) {
+      if (!Going()) return ECANCELED;
+      log_->debug("replay onto the {}: '{}': not a lone file: the full way", b_.name(), ShownPath(cur.path));
+      if (int r = serial(std::move(cur))) return r;
     }
     // Entries created or removed by the replay moved their directories' times.
+    std::set<std::string> parents;
+    for (const auto& cur : *replayed)
+      if (!cur.path.empty()) parents.insert(ParentOf(cur.path));
     for (const auto& p : parents)
       if (int r = rs_.ReconcileDirTimes(p)) {
         *failed = p;
@@ -286,6 +470,8 @@ class Nasfs::Replayer {
   const journal::Target t_;
   std::shared_ptr<spdlog::logger> log_;
   TreeSync rs_;
+  // Plain-only TreeSyncs, one per lane (replay_threads; none when 1).
+  std::vector<std::unique_ptr<TreeSync>> lanes_;
   const Clock::time_point t0_;
   const double share_;
 };

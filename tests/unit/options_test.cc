@@ -63,7 +63,7 @@ class OptionsTest : public ::testing::Test {
 TEST_F(OptionsTest, AFullCommandLineSetsEveryField) {
   auto o = Parse({Spec(), mnt_, "-o",
                   "io_timeout=250,node=web1,journal=/x,control=/y.sock,source=master,"
-                  "cache_timeout=0.5,threads=8,backend_threads=4",
+                  "cache_timeout=0.5,threads=8,backend_threads=4,replay_threads=2",
                   "-f"});
   ASSERT_TRUE(o) << o.error();
   EXPECT_EQ(o->master, master_);
@@ -78,6 +78,7 @@ TEST_F(OptionsTest, AFullCommandLineSetsEveryField) {
   EXPECT_DOUBLE_EQ(o->cache_timeout_s, 0.5);
   EXPECT_EQ(o->fuse_threads, 8);
   EXPECT_EQ(o->backend_threads, 4);
+  EXPECT_EQ(o->replay_threads, 2);
   EXPECT_TRUE(o->foreground);
   EXPECT_FALSE(o->debug);
   EXPECT_FALSE(o->show_help);
@@ -116,6 +117,7 @@ TEST_F(OptionsTest, DefaultsFollowTheMountIdAndTheHostName) {
   EXPECT_EQ(o->source, "");
   EXPECT_EQ(o->fuse_threads, 64);
   EXPECT_EQ(o->backend_threads, 16);
+  EXPECT_EQ(o->replay_threads, 4);
   EXPECT_EQ(o->control_gid, static_cast<gid_t>(-1));
   EXPECT_FALSE(o->foreground);
   EXPECT_THAT(o->fuse_mount_opts, IsEmpty());
@@ -183,7 +185,7 @@ TEST_F(OptionsTest, BadIoTimeoutsAreRefusedNamingTheOption) {
 
 TEST_F(OptionsTest, BadThreadCountsAndCacheTimeoutsAreRefused) {
   for (const char* bad : {"threads=1", "threads=x", "threads=1025", "backend_threads=0",
-                          "backend_threads=257", "cache_timeout=-1", "cache_timeout=abc",
+                          "backend_threads=257", "replay_threads=0", "replay_threads=17", "cache_timeout=-1", "cache_timeout=abc",
                           "cache_timeout=3601", "cache_timeout=nan", "cache_timeout="}) {
     EXPECT_NE(ErrorFor(bad), "") << bad << " was accepted";
   }
