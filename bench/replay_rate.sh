@@ -8,18 +8,19 @@
 # (the status's journal.replay.seconds: the copy alone, probes not counted)
 # and, for scale, `cp -a` of the same new files between two plain
 # directories on this disk. Rounds alternate between the replay_threads
-# values given, so their figures come from one run; it prints each round
-# and, per value, the medians: entries replayed, seconds, entries/s, and
-# replay/cp (the replay also compares, journals and keeps links).
+# values given (and --old, another nasfs build run with its defaults), so
+# their figures come from one run; it prints each round and, per setting,
+# the medians: entries replayed, seconds, entries/s, and replay/cp (the
+# replay also compares, journals and keeps links).
 #
 #   sudo bash bench/replay_rate.sh [--rounds N] [--files N] [--dirs N]
-#                                  [--share PCT] [--threads "1 4"]
+#              [--share PCT] [--threads "1 4"] [--old PATH/TO/nasfs]
 #   (run from the repo, after a build; --share sets replay_share, default
 #   100 so the figure is the replay's own speed)
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NASFS=$REPO/build/fs/nasfs NASFSCTL=$REPO/build/tools/nasfsctl
-ROUNDS=3 FILES=2000 DIRS=20 SHARE=100 THREADS="1 4"
+ROUNDS=3 FILES=2000 DIRS=20 SHARE=100 THREADS="1 4" OLD=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds|--files|--dirs|--share)
@@ -29,12 +30,16 @@ while [ $# -gt 0 ]; do
     --threads)
       [[ "${2:-}" =~ ^[0-9\ ]+$ ]] || { echo "replay_rate.sh: --threads needs numbers (\"1 4\"), not '${2:-}'" >&2; exit 2; }
       THREADS=$2; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --old) OLD=${2:-}; shift 2 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "replay_rate.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 [ -x "$NASFS" ] || { echo "replay_rate.sh: no $NASFS: build first" >&2; exit 2; }
 [ "$SHARE" -le 100 ] || { echo "replay_rate.sh: --share is a percent (1-100)" >&2; exit 2; }
+[ -z "$OLD" ] || [ -x "$OLD" ] || { echo "replay_rate.sh: --old $OLD is not an executable" >&2; exit 2; }
+SETTINGS=$THREADS
+[ -z "$OLD" ] || SETTINGS="$SETTINGS old"
 
 W=$(mktemp -d /var/tmp/nasfs-replay-rate.XXXXXX)
 source "$REPO/bench/lib.sh"
@@ -49,13 +54,15 @@ make_tree() {
   done
 }
 
-# One round with replay_threads=$1: prints "entries replay_seconds cp_seconds".
+# One round with replay_threads=$1 (or "old": the --old build): prints
+# "entries replay_seconds cp_seconds".
 round() {
   bench_cleanup
   mkdir -p "$W/store" "$W/master" "$W/backup" "$W/mnt" "$W/cp"
   bindfs "$W/store" "$W/master"
-  "$NASFS" "$W/master:$W/backup" "$W/mnt" \
-    -o "control=$W/ctl.sock,journal=$W/journal,node=bench,replay_share=$SHARE,replay_threads=$1,probe_successes=1"
+  local bin=$NASFS opts="control=$W/ctl.sock,journal=$W/journal,node=bench,replay_share=$SHARE,probe_successes=1"
+  if [ "$1" = old ]; then bin=$OLD; else opts="$opts,replay_threads=$1"; fi
+  "$bin" "$W/master:$W/backup" "$W/mnt" -o "$opts"
   make_tree "$W/mnt/old" "$FILES" f
   pkill -KILL -f "bindfs $W/store"
   wait_for 'j["read_from"]' backup
@@ -88,9 +95,9 @@ round() {
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 declare -A rates ratios secs_all
-printf '%-6s %7s %8s %9s %10s %8s %9s\n' round threads entries replay_s entries/s cp_s replay/cp
+printf '%-6s %7s %8s %9s %10s %8s %9s\n' round setting entries replay_s entries/s cp_s replay/cp
 for r in $(seq "$ROUNDS"); do
-  for t in $THREADS; do
+  for t in $SETTINGS; do
     read -r n s c < <(round "$t")
     rate=$(awk -v n="$n" -v s="$s" 'BEGIN { printf "%.0f", n / s }')
     ratio=$(awk -v s="$s" -v c="$c" 'BEGIN { printf "%.1f", s / c }')
@@ -98,8 +105,8 @@ for r in $(seq "$ROUNDS"); do
     rates[$t]+="$rate " ratios[$t]+="$ratio " secs_all[$t]+="$s "
   done
 done
-for t in $THREADS; do
-  printf 'median, replay_threads=%s: replay %.2f s, %s entries/s, replay/cp %s (entries/s from %s to %s)\n' "$t" \
+for t in $SETTINGS; do
+  printf 'median, %s: replay %.2f s, %s entries/s, replay/cp %s (entries/s from %s to %s)\n' "$([ "$t" = old ] && echo "the --old build" || echo "replay_threads=$t")" \
     "$(printf '%s\n' ${secs_all[$t]} | median)" "$(printf '%s\n' ${rates[$t]} | median)" \
     "$(printf '%s\n' ${ratios[$t]} | median)" \
     "$(printf '%s\n' ${rates[$t]} | sort -n | head -1)" "$(printf '%s\n' ${rates[$t]} | sort -n | tail -1)"
