@@ -8,8 +8,10 @@
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -282,9 +284,15 @@ class Nasfs::Replayer {
   class LaneRun {
    public:
     LaneRun(Replayer& r, bool draining) : r_(r), draining_(draining) {
-      for (size_t i = 0; i < r.lanes_.size(); ++i) threads_.emplace_back([this, i] { Lane(*r_.lanes_[i]); });
+      try {
+        for (size_t i = 0; i < r.lanes_.size(); ++i) threads_.emplace_back([this, i] { Lane(*r_.lanes_[i]); });
+      } catch (const std::system_error& e) {  // no thread to be had: the lanes started so far do
+        r_.log_->warn("replay onto the {}: {} of {} lanes started: {}", r_.b_.name(), threads_.size(),
+                      r.lanes_.size(), e.what());
+      }
     }
     ~LaneRun() { Close(); }
+    size_t size() const { return threads_.size(); }
 
     // Queues e for a lane; false (not queued) once a lane failed.
     bool Push(journal::Pending e) {
@@ -393,6 +401,7 @@ class Nasfs::Replayer {
                  std::strerror(r));
     std::optional<LaneRun> lanes;
     if (!draining && !lanes_.empty()) lanes.emplace(*this, draining);
+    if (lanes && lanes->size() == 0) lanes.reset();  // one at a time, here
     std::vector<journal::Pending> deferred;
     // One entry the full way, here. 0, or the errno that stopped it.
     auto serial = [&](journal::Pending cur) {

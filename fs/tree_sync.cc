@@ -1174,9 +1174,20 @@ int TreeSync::EnsureAncestors(const std::string& path) {
     int r = t->Run([t, anc, st] { return t->Stat(anc, st.get()); });
     if (r != 0 && r != ENOENT) return r;
     if (r != 0 || !S_ISDIR(st->st_mode)) {
-      if (plain_only_) return kNotPlain;
+      if (plain_only_) {
+        // Gone from the source too (a directory removed or renamed since
+        // the entry was journaled): path is on neither side, nothing to do.
+        if (r == ENOENT) {
+          Backend* src = source_;
+          int rs = src->Run([src, anc, st] { return src->Stat(anc, st.get()); });
+          if (rs == ENOENT) return kNeitherHas;
+          if (rs) return rs;
+        }
+        return kNotPlain;
+      }
       bool is_dir = false;
       if (int e = SyncEntry(anc, &is_dir)) return e;
+      fresh_.erase(anc);  // made without what it holds: its own entry, if any, still copies that
     }
     if (round_ && target_dirs_.size() < kMaxFresh) target_dirs_.insert(anc);
   }
@@ -1204,6 +1215,7 @@ void EraseSubtree(Sorted& c, const std::string& path) {
 }  // namespace
 
 void TreeSync::ForgetTargetDirs(const std::string& path) {
+  if (!round_) return;  // (the copier's TreeSync, used by two threads, never has a round)
   EraseSubtree(fresh_, path);
   EraseSubtree(target_dirs_, path);
 }
@@ -1253,7 +1265,7 @@ int TreeSync::FinishLinks() {
 }
 
 int TreeSync::ReconcileOnce(const std::string& path, journal::Scope scope, bool force_data) {
-  if (int r = EnsureAncestors(path)) return r;
+  if (int r = EnsureAncestors(path)) return r == kNeitherHas ? 0 : r;
   bool is_dir = false, created = false;
   if (int r = SyncEntry(path, &is_dir, force_data, &created)) return r;
   if (!is_dir) return 0;

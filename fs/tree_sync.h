@@ -155,7 +155,8 @@ class TreeSync {
   // what needs no directory work and no link work: a Reconcile that would
   // make, remove or copy a directory, touch a file with several names on
   // either side, or make a missing ancestor, changes nothing and returns
-  // kNotPlain (the caller replays the entry the full way, alone).
+  // kNotPlain (the caller replays the entry the full way, alone). A path
+  // below an ancestor neither side has is on neither: done, 0.
   static constexpr int kNotPlain = -2;
   void SetPlainOnly(bool on) { plain_only_ = on; }
 
@@ -227,7 +228,10 @@ class TreeSync {
   // ReconcileSubtree of every name either side has in dir.
   int ReconcileChildren(const std::string& dir);
   // Creates (from the source) the ancestors of path the target lacks.
+  // (Plain-only: kNotPlain for an ancestor the target lacks and the source
+  // holds; kNeitherHas when both lack one, so path is on neither side.)
   int EnsureAncestors(const std::string& path);
+  static constexpr int kNeitherHas = -3;
   // The round's memory of path, and of what is under it, is dropped (the
   // target's entry is being removed or replaced).
   void ForgetTargetDirs(const std::string& path);

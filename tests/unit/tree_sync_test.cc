@@ -1034,6 +1034,16 @@ TEST_F(TreeSyncTest, ARoundRemembersWhatItCopiedWholeUntilAWriteTouchesIt) {
   EXPECT_TRUE(rs.CopiedSince("n/e/b"));
   EXPECT_FALSE(rs.CopiedSince("old")) << "the same on both sides: compared, not copied";
   EXPECT_FALSE(rs.CopiedSince("n/missing"));
+  // Ancestors made for a deeper path are made without what they hold: their
+  // own entries still copy it.
+  PutFile(S("m/x/f"), "deep");
+  PutFile(S("m/x/other"), "not copied with f");
+  ASSERT_EQ(rs.Reconcile("m/x/f", journal::Scope::kEntry, true), 0);
+  EXPECT_EQ(ReadFile(D("m/x/f")), "deep");
+  EXPECT_FALSE(Exists(D("m/x/other")));
+  EXPECT_TRUE(rs.CopiedSince("m/x/f"));
+  EXPECT_FALSE(rs.CopiedSince("m/x"));
+  EXPECT_FALSE(rs.CopiedSince("m"));
 
   // A write through the mount after the copy: its entry is replayed.
   tracker.Begin("n/a");
@@ -1085,6 +1095,9 @@ TEST_F(TreeSyncTest, APlainOnlyReconcileCopiesLoneFilesAndRefusesTheRest) {
   PutFile(S("n/f"), "under a directory the target lacks");
   EXPECT_EQ(rs.Reconcile("n/f", journal::Scope::kEntry, true), TreeSync::kNotPlain);
   EXPECT_FALSE(Exists(D("n")));
+  // An ancestor neither side has (removed since): nothing to do, done.
+  EXPECT_EQ(rs.Reconcile("gone/deeper/f", journal::Scope::kEntry, true), 0);
+  EXPECT_FALSE(Exists(D("gone")));
   // A file with other names, on the source or on the target.
   PutFile(S("d/h1"), "linked");
   ASSERT_EQ(::link(S("d/h1").c_str(), S("d/h2").c_str()), 0);
