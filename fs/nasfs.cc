@@ -716,9 +716,8 @@ void Nasfs::WaitForDrain(journal::Target t, const std::vector<journal::Change>& 
   const int ti = journal::TargetIndex(t);
   MutexLock lk(&drain_mu_);
   if (!draining_[ti] || !journal_->Touches(t, changes)) return;
-  // Bounded whatever the replay does (a large copy in the drain).
-  const auto bound = std::min<std::chrono::milliseconds>(kMaxDrainWait, kDrainBudget + io_timeout());
-  const auto until = Clock::now() + bound;
+  // Bounded whatever the replay does.
+  const auto until = Clock::now() + kDrainHold;
   while (draining_[ti])
     if (!drain_cv_.WaitUntil(&drain_mu_, until)) break;
 }

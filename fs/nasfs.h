@@ -271,20 +271,23 @@ class Nasfs {
   void ReplayLoop(Backend& b);
   class Replayer;
   // The replay's drain round (see ReplayLoop) comes once at most this many
-  // entries are left, or from this round on; it works at most kDrainBudget
-  // with the writes to pending paths held back.
+  // entries are left, or from this round on. It copies for at most
+  // kDrainBudget, then sets directory times and tries the switch-back.
   static constexpr size_t kDrainEntries = 64;
   static constexpr uint64_t kMaxRounds = 8;
-  static constexpr std::chrono::milliseconds kDrainBudget{400};
-  // While the replay onto t drains, a write that touches a path pending for
-  // t waits for the drain (at most kMaxDrainWait, and no longer than the
-  // budget and one NAS call: a request's bound) instead of pending it
-  // again: the drain can then empty the set and switch back, while every
-  // other write goes on. Writes never wait otherwise. A drain still busy
-  // then (one large copy) lets the write go on: it pends the path again,
-  // and the journal keeps just what it changed (Journal::Done), so the next
-  // drain has little to copy.
-  static constexpr std::chrono::milliseconds kMaxDrainWait{1000};
+  static constexpr std::chrono::milliseconds kDrainBudget{200};
+  // A write to a path pending for t, while the replay onto t drains, waits
+  // for the drain instead of pending the path again: the drain (its budget
+  // and its switch-back fit in this) can then empty the set and switch
+  // back, while every other write goes on. Writes never wait otherwise.
+  // Each such write waits at most kDrainHold, whatever the drain does (a
+  // NAS call in it hangs, a large copy): it then goes on and pends its
+  // path again, and the journal keeps just what it changed (Journal::Done),
+  // so the next drain has little to copy. The hold also paces a steady
+  // writer to a file the drain copies (one write per kDrainHold), so its
+  // new ranges stay few. Held, plus its own NAS call, a write stays within
+  // io_timeout + kDrainHold.
+  static constexpr std::chrono::milliseconds kDrainHold{400};
   void WaitForDrain(journal::Target t, const std::vector<journal::Change>& changes);
   // b is being replayed onto only because other web servers' logs list
   // writes it lacks (nothing of this server's is pending for it), and the

@@ -71,9 +71,12 @@ class Nasfs::Replayer {
     Nasfs& fs;
     int ti;
     bool on = false;
-    void Start() {
+    // Returns when its copies must stop (kDrainBudget from now).
+    Clock::time_point Start() {
+      const auto now = Clock::now();
       MutexLock lk(&fs.drain_mu_);
       fs.draining_[ti] = on = true;
+      return now + kDrainBudget;
     }
     void End() {
       if (!on) return;
@@ -203,16 +206,14 @@ class Nasfs::Replayer {
     // A steady stream of writes keeps re-pending what it touches (a
     // directory taking new files): once little is left, or after many
     // rounds, a drain round holds back the writes to pending paths (only
-    // those, for kDrainBudget and at most kMaxDrainWait), so the set can
-    // empty and the switch-back comes. What the budget leaves is the next
-    // round's.
+    // those, each for at most kDrainHold), so the set can empty and the
+    // switch-back comes. What its kDrainBudget leaves is the next round's.
     Drain drain{fs_, journal::TargetIndex(t_)};
     const bool draining = entries.size() <= kDrainEntries || round >= kMaxRounds;
     Clock::time_point drain_end{};
     if (draining) {
       fs_.Settle(b_, o_, rs_);
-      drain.Start();
-      drain_end = Clock::now() + kDrainBudget;
+      drain_end = drain.Start();
       entries = PendingSorted();
     }
     std::vector<journal::Pending> replayed;  // each as BeginReplay found it
@@ -265,14 +266,20 @@ class Nasfs::Replayer {
     ++fs_.replay_.done;
   }
 
-  // An entry a lane may take: one path alone, not a directory's times, no
-  // link to make and no other names to bring over. (A lane still refuses
-  // it, TreeSync::kNotPlain, if it finds a directory or a linked file.)
+  // An entry of one path alone: no subtree, no link to make and no other
+  // names to bring over.
+  static bool LoneEntry(const journal::Pending& e) {
+    return e.scope == journal::Scope::kEntry && e.link_from.empty() && e.inodes.empty();
+  }
+
+  // An entry a lane may take: a lone one, not a directory's times. (A lane
+  // still refuses it, TreeSync::kNotPlain, if it finds a directory or a
+  // linked file.)
   static bool LaneEntry(const journal::Pending& e) {
     using journal::Op;
     constexpr uint32_t kSerialOps = (1u << static_cast<unsigned>(Op::kDirTimes)) |
                                     (1u << static_cast<unsigned>(Op::kCrash));
-    return e.scope == journal::Scope::kEntry && e.link_from.empty() && e.inodes.empty() && !(e.ops & kSerialOps);
+    return LoneEntry(e) && !(e.ops & kSerialOps);
   }
 
   // The lanes of one round: entries of single files replayed several at
@@ -430,8 +437,7 @@ class Nasfs::Replayer {
       // lacked), untouched since: nothing of it is left to copy. Not a
       // subtree (writes beneath it are not counted on its path) and not
       // a link (its other names are the entry's work too).
-      const bool copied = cur.scope == journal::Scope::kEntry && cur.link_from.empty() && cur.inodes.empty() &&
-                          rs_.CopiedSince(cur.path);
+      const bool copied = LoneEntry(cur) && rs_.CopiedSince(cur.path);
       const bool lane = lanes && !copied && LaneEntry(cur);
       log_->debug("replay onto the {}: '{}' ops {:#x} scope {} seq {}{}{}{}", b_.name(), ShownPath(cur.path), cur.ops,
                   static_cast<int>(cur.scope), cur.seq,
