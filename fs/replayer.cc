@@ -208,14 +208,51 @@ class Nasfs::Replayer {
     // rounds, a drain round holds back the writes to pending paths (only
     // those, each for at most kDrainHold), so the set can empty and the
     // switch-back comes. What its kDrainBudget leaves is the next round's.
-    Drain drain{fs_, journal::TargetIndex(t_)};
-    const bool draining = entries.size() <= kDrainEntries || round >= kMaxRounds;
-    Clock::time_point drain_end{};
-    if (draining) {
-      fs_.Settle(b_, o_, rs_);
-      drain_end = drain.Start();
+    // Past kMaxRounds with much left, a pass that holds nothing back comes
+    // first, with the lanes: a drain does little a round (its budget, one
+    // at a time), and its round's fixed costs (Settle, the walk for linked
+    // files, the switch-back's reading of the logs) would then be most of
+    // the replay's time.
+    const bool many = entries.size() > kDrainEntries;
+    if (round >= kMaxRounds && many) {
+      IndexLinked(entries);
+      if (auto r = Pass(entries, /*draining=*/false, {}); r != PassResult::kDone) return r == PassResult::kAgain;
       entries = PendingSorted();
     }
+    const bool draining = !many || round >= kMaxRounds;
+    Drain drain{fs_, journal::TargetIndex(t_)};
+    Clock::time_point drain_end{};
+    if (draining) {
+      // What takes time but changes nothing on b comes before the hold.
+      fs_.Settle(b_, o_, rs_);
+      IndexLinked(PendingSorted());
+      drain_end = drain.Start();
+      entries = PendingSorted();
+    } else {
+      IndexLinked(entries);
+    }
+    if (auto r = Pass(entries, draining, drain_end); r != PassResult::kDone) return r == PassResult::kAgain;
+    if (draining && SwitchBack(/*takeover=*/false)) return false;
+    drain.End();
+    return true;
+  }
+
+  // The names of the inodes the entries' kLinked entries wrote: one walk
+  // of the source for all of them (a walk each cost the soak's settle).
+  // An entry whose inodes it lacks walks again.
+  void IndexLinked(const std::vector<journal::Pending>& entries) {
+    if (int r = rs_.IndexInodesOf(entries))
+      log_->warn("replay onto the {}: cannot walk the {} for linked files' names: {}", b_.name(), o_.name(),
+                 std::strerror(r));
+  }
+
+  enum class PassResult {
+    kDone,     // every entry taken was replayed and marked done
+    kAgain,    // the round ends; the next one takes what is left
+    kStopped,  // the replay stopped (Finish said why)
+  };
+  // Replays the entries once (ReplayEntries) and marks what it did done.
+  PassResult Pass(const std::vector<journal::Pending>& entries, bool draining, Clock::time_point drain_end) {
     std::vector<journal::Pending> replayed;  // each as BeginReplay found it
     std::string failed;
     rs_.BeginRound();
@@ -223,15 +260,15 @@ class Nasfs::Replayer {
     int err = ReplayEntries(entries, draining, drain_end, &replayed, &failed);
     rs_.EndRound();
     for (const auto& l : lanes_) l->EndRound();
-    if (err == ECANCELED) return true;
+    if (err == ECANCELED) return PassResult::kAgain;
     // The source changed under the copy (EAGAIN), or a path or its parent
     // went away on the source meanwhile (a write of this or another web
     // server): the next round takes it again. Not the NAS's fault.
-    if (err == EAGAIN || err == ENOENT || err == ENOTDIR) return true;
+    if (err == EAGAIN || err == ENOENT || err == ENOTDIR) return PassResult::kAgain;
     if (err) {
       fs_.OnFault(b_, fmt::format("replay of '{}': {}", ShownPath(failed), std::strerror(err)));
       Finish(fmt::format("stopped: replay of '{}': {}", ShownPath(failed), std::strerror(err)));
-      return false;
+      return PassResult::kStopped;
     }
     for (const auto& e : replayed) {
       fs_.journal_->Done(t_, e.path, e.seq);
@@ -244,9 +281,7 @@ class Nasfs::Replayer {
     for (const auto& l : lanes_)
       for (auto& p : l->TakeCopied()) fs_.settle_.insert(std::move(p));
     fs_.replayed_paths_.fetch_add(replayed.size(), std::memory_order_relaxed);
-    if (draining && SwitchBack(/*takeover=*/false)) return false;
-    drain.End();
-    return true;
+    return PassResult::kDone;
   }
 
   // Whether the replay goes on: false once nasfs stops or either side
@@ -400,16 +435,12 @@ class Nasfs::Replayer {
   // lanes, outside a drain round (whose entries are few).
   int ReplayEntries(const std::vector<journal::Pending>& entries, bool draining, Clock::time_point drain_end,
                     std::vector<journal::Pending>* replayed, std::string* failed) {
-    // The names of the inodes the round's kLinked entries wrote: one walk
-    // of the source for all of them (a walk each cost the soak's settle).
     LinkedRound linked;
-    if (int r = rs_.IndexInodesOf(entries))  // an entry that needs it walks again
-      log_->warn("replay onto the {}: cannot walk the {} for linked files' names: {}", b_.name(), o_.name(),
-                 std::strerror(r));
     std::optional<LaneRun> lanes;
     if (!draining && !lanes_.empty()) lanes.emplace(*this, draining);
     if (lanes && lanes->size() == 0) lanes.reset();  // one at a time, here
     std::vector<journal::Pending> deferred;
+    size_t taken = 0;
     // One entry the full way, here. 0, or the errno that stopped it.
     auto serial = [&](journal::Pending cur) {
       if (lanes) lanes->Quiesce();
@@ -428,11 +459,14 @@ class Nasfs::Replayer {
     };
     for (const auto& e : entries) {
       if (!Going()) return ECANCELED;
-      if (draining && Clock::now() >= drain_end) break;  // the rest is the next round's
+      // The rest is the next round's; one entry at least, so that a round
+      // whose budget went elsewhere still moves.
+      if (draining && taken > 0 && Clock::now() >= drain_end) break;
       // The entry as of now (the snapshot may be older); none if a write
       // journaled for b has not landed on o yet: take it next round.
       journal::Pending cur;
       if (!fs_.journal_->BeginReplay(t_, e.path, &cur)) continue;
+      ++taken;
       // A path this round already copied whole (in a directory the target
       // lacked), untouched since: nothing of it is left to copy. Not a
       // subtree (writes beneath it are not counted on its path) and not
