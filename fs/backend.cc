@@ -163,7 +163,16 @@ void Backend::SwapRoot(UniqueFd fd) {
 
 void Backend::SetState(BackendState s, const std::string& why) {
   BackendState old = state_.exchange(s, std::memory_order_acq_rel);
-  if (old == s) return;
+  if (old != s) StateChanged(old, s, why);
+}
+
+bool Backend::SetStateIf(BackendState from, BackendState to, const std::string& why) {
+  if (!state_.compare_exchange_strong(from, to, std::memory_order_acq_rel)) return false;
+  if (from != to) StateChanged(from, to, why);
+  return true;
+}
+
+void Backend::StateChanged(BackendState old, BackendState s, const std::string& why) {
   state_changes_.fetch_add(1, std::memory_order_relaxed);
   {
     MutexLock lk(&status_mu_);

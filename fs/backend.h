@@ -179,6 +179,9 @@ class Backend {
 
   BackendState state() const { return state_.load(std::memory_order_acquire); }
   void SetState(BackendState s, const std::string& why);
+  // SetState only if the state is `from` now (atomically): whether it did.
+  // Of two threads deciding the same change, one makes it.
+  bool SetStateIf(BackendState from, BackendState to, const std::string& why);
   // Records the error that made a state change (shown as last_error).
   void SetLastError(const std::string& e);
 
@@ -287,6 +290,8 @@ class Backend {
   // An O_PATH fd of directory `dir` beneath root: cached, or opened beneath
   // its parent's cached fd, or beneath root (and then cached).
   Result<DirCache::Fd> DirFd(const DirCache::Fd& root, const std::string& dir) const;
+  // Counts and logs a change of state made.
+  void StateChanged(BackendState old, BackendState s, const std::string& why);
 
   const Role role_;
   const std::string path_;

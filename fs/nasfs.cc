@@ -484,14 +484,18 @@ void Nasfs::OnSyncDone(Backend& target, bool ok) {
 void Nasfs::OnFault(Backend& b, const std::string& why) {
   b.SetLastError(why);
   auto s = b.state();
-  if (s == BackendState::kDown) return;
-  if (s == BackendState::kSyncing) SetFullSync(b, true);
-  if (&b == master_.get() && s == BackendState::kHealthy && backup_->state() == BackendState::kHealthy) {
-    failovers_.fetch_add(1, std::memory_order_relaxed);
-    Logger("health")->warn("reads move to the backup {}: master {} failed ({})", backup_->path(),
-                                master_->path(), why);
+  if (s != BackendState::kDown) {
+    if (s == BackendState::kSyncing) SetFullSync(b, true);
+    if (&b == master_.get() && s == BackendState::kHealthy && backup_->state() == BackendState::kHealthy) {
+      failovers_.fetch_add(1, std::memory_order_relaxed);
+      Logger("health")->warn("reads move to the backup {}: master {} failed ({})", backup_->path(),
+                             master_->path(), why);
+    }
+    b.SetState(BackendState::kDown, why);
   }
-  b.SetState(BackendState::kDown, why);
+  // Also when b was down already: another thread may have taken it down a
+  // moment ago and not yet ruled on the other NAS, and this caller (a read
+  // failing over) looks at the other NAS next.
   (void)ServeAloneIfOnlyPeersPending(Other(b));
 }
 
@@ -499,11 +503,13 @@ bool Nasfs::ServeAloneIfOnlyPeersPending(Backend& b) {
   Backend& o = Other(b);
   if (b.state() != BackendState::kRecovering || o.state() != BackendState::kDown || journal_->HasPending(Tgt(b)))
     return false;
+  if (!b.SetStateIf(BackendState::kRecovering, BackendState::kHealthy,
+                    fmt::format("serves alone: the {} is down", o.name())))
+    return b.state() == BackendState::kHealthy;  // another thread's ruling, the same
   Logger("health")->warn("the {} went out while the {} waited only for other web servers' replays: the {} serves "
                          "alone (it holds every write of this server; the others' newest writes reach it when they "
                          "replay)",
                          o.name(), b.name(), b.name());
-  b.SetState(BackendState::kHealthy, fmt::format("serves alone: the {} is down", o.name()));
   return true;
 }
 
@@ -629,8 +635,17 @@ std::shared_ptr<Call> Nasfs::SubmitRead(Backend& b, WorkerPool::Fn fn, Clock::ti
       deadline);
 }
 
+Backend* Nasfs::PickForRead() {
+  if (Backend* b = router_.Pick()) return b;
+  // Neither serves. Between one NAS going down and the ruling on the other
+  // (OnFault, perhaps on another thread just now), this request rules too.
+  for (Backend* x : {master_.get(), backup_.get()})
+    if (ServeAloneIfOnlyPeersPending(*x)) break;
+  return router_.Pick();
+}
+
 int Nasfs::ReadHedged(const std::function<WorkerPool::Fn(const Backend&)>& make, int* from, bool hedge) {
-  Backend* b = router_.Pick();
+  Backend* b = PickForRead();
   if (!b) return EIO;
   Backend& o = Other(*b);
   const auto start = Clock::now();

@@ -249,6 +249,9 @@ class Nasfs {
   // awaited). Unhedged, a fault or a missed deadline sends the NAS down and
   // the read is tried once on the other. *from: the role index answering.
   int ReadHedged(const std::function<WorkerPool::Fn(const Backend&)>& make, int* from, bool hedge);
+  // The router's NAS for a read; when neither serves, rules on serving
+  // alone first (ServeAloneIfOnlyPeersPending). nullptr: none can.
+  Backend* PickForRead();
   static constexpr std::chrono::milliseconds kHedgeFloor{10};
   // Waits for the first of a read's two calls (first on b, hedge on Other(b))
   // to answer without a fault; each call's fault or missed deadline sends its

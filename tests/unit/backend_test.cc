@@ -97,6 +97,26 @@ class BackendTest : public ::testing::TestWithParam<bool> {
   Caller who_{1234, 5678};
 };
 
+// Of threads racing to make one change of state, exactly one makes it
+// (what lets every fault report rule on serving alone: Nasfs::OnFault).
+TEST_P(BackendTest, SetStateIfChangesTheStateOnlyFromTheGivenOneAndOnce) {
+  auto changes = [&] { return nas_->Status()["state_changes"].get<uint64_t>(); };
+  nas_->SetState(BackendState::kRecovering, "test");
+  const uint64_t before = changes();
+  EXPECT_FALSE(nas_->SetStateIf(BackendState::kDown, BackendState::kHealthy, "from the wrong state"));
+  EXPECT_EQ(nas_->state(), BackendState::kRecovering);
+  std::atomic<int> made{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 8; ++i)
+    threads.emplace_back([&] {
+      if (nas_->SetStateIf(BackendState::kRecovering, BackendState::kHealthy, "raced")) ++made;
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(made.load(), 1);
+  EXPECT_EQ(nas_->state(), BackendState::kHealthy);
+  EXPECT_EQ(changes(), before + 1);
+}
+
 TEST_P(BackendTest, OpenRootFailsForAMissingDirectoryOrAFile) {
   Backend missing(Role::kBackup, root_ + "/nope", 1, std::chrono::milliseconds(100));
   auto r = missing.OpenRoot();
