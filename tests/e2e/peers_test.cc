@@ -1330,7 +1330,7 @@ TEST_F(PeersTest, ABackupWaitingOnlyForAnotherServersReplayServesWhenTheMasterDi
   // (the first ones find the master dead and are served by the backup).
   // Several readers at once: a read that found the master dead just after
   // another request took it down once answered EIO, before that request
-  // had let the backup serve alone (the hour soak at 8b58a41, t=889 s).
+  // had let the backup serve alone (an hour soak at a71463d, t=889 s).
   std::vector<std::string> failed_reads;
   std::mutex failed_mu;
   std::atomic<bool> go{false};
