@@ -1169,17 +1169,15 @@ int TreeSync::EnsureAncestors(const std::string& path) {
   for (size_t pos = path.find('/'); pos != std::string::npos; pos = path.find('/', pos + 1)) {
     std::string anc = path.substr(0, pos);
     if (round_ && target_dirs_.contains(anc)) continue;
-    auto st = std::make_shared<struct stat>();
-    Backend* t = target_;
-    int r = t->Run([t, anc, st] { return t->Stat(anc, st.get()); });
+    struct stat st{};
+    int r = target_->RunStat(anc, &st);
     if (r != 0 && r != ENOENT) return r;
-    if (r != 0 || !S_ISDIR(st->st_mode)) {
+    if (r != 0 || !S_ISDIR(st.st_mode)) {
       if (plain_only_) {
         // Gone from the source too (a directory removed or renamed since
         // the entry was journaled): path is on neither side, nothing to do.
         if (r == ENOENT) {
-          Backend* src = source_;
-          int rs = src->Run([src, anc, st] { return src->Stat(anc, st.get()); });
+          int rs = source_->RunStat(anc, &st);
           if (rs == ENOENT) return kNeitherHas;
           if (rs) return rs;
         }
